@@ -1,0 +1,89 @@
+"""Albumentations pipelines for training and evaluation.
+
+Masks always use nearest-neighbour interpolation and pad with the ignore id (255), so
+label values after any transform stay within the scheme's ids plus 255. A horizontal
+flip swaps left/right ids in schemes that keep sides apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+
+from faceparse.labels import IGNORE_INDEX, LabelScheme, get_scheme
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "FlipWithLabelSwap",
+    "train_transform",
+    "eval_transform",
+    "denormalize",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class FlipWithLabelSwap(A.HorizontalFlip):
+    """Horizontal flip that also relabels left <-> right parts in the mask."""
+
+    def __init__(self, flip_lut: Sequence[int] | np.ndarray, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self.flip_lut = np.asarray(flip_lut, dtype=np.uint8)
+
+    def apply_to_mask(self, mask: np.ndarray, **params: Any) -> np.ndarray:
+        return self.flip_lut[super().apply_to_mask(mask, **params)]
+
+
+def _finish() -> list[A.BasicTransform]:
+    return [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
+
+
+def train_transform(
+    image_size: int,
+    scheme: str | LabelScheme,
+    scale: Sequence[float] = (0.85, 1.15),
+    rotate: float = 15.0,
+    translate: float = 0.08,
+    hflip: float = 0.5,
+    color_jitter: float = 0.5,
+    blur_noise: float = 0.2,
+) -> A.Compose:
+    """Resize, random scale/rotate/translate, flip with label swap, colour and blur/noise."""
+    flip_lut = get_scheme(scheme).flip_lut()
+    return A.Compose([
+        A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR,
+                 mask_interpolation=cv2.INTER_NEAREST),
+        A.Affine(scale=tuple(scale), translate_percent=(-translate, translate),
+                 rotate=(-rotate, rotate), keep_ratio=True, interpolation=cv2.INTER_LINEAR,
+                 mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
+                 fill=0, fill_mask=IGNORE_INDEX, p=1.0),
+        FlipWithLabelSwap(flip_lut, p=hflip),
+        A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.03, p=color_jitter),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.08))],
+                p=blur_noise),
+        *_finish(),
+    ])
+
+
+def eval_transform(image_size: int) -> A.Compose:
+    """Resize to the evaluation size (nearest for masks) and normalise."""
+    return A.Compose([
+        A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR,
+                 mask_interpolation=cv2.INTER_NEAREST),
+        *_finish(),
+    ])
+
+
+def denormalize(images: np.ndarray) -> np.ndarray:
+    """(B, 3, H, W) normalised float images -> (B, H, W, 3) uint8 RGB for pictures."""
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)[:, None, None]
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)[:, None, None]
+    rgb = (images * std + mean).clip(0, 1) * 255
+    return rgb.round().astype(np.uint8).transpose(0, 2, 3, 1)
