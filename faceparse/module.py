@@ -1,0 +1,118 @@
+"""The LightningModule: loss, optimisation and metrics around a :class:`FaceParser`.
+
+It knows nothing of the encoder or decoder internals; optimizer and scheduler arrive
+as Hydra ``_partial_`` callables and are completed here with the trainable parameters
+(a frozen ViT never enters the optimizer) and the run's total step count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from faceparse.labels import get_scheme
+from faceparse.losses import DeepSupervisionLoss
+from faceparse.metrics import SegmentationMetrics
+
+__all__ = ["FaceParsingModule"]
+
+STAGES = ("val", "test")
+
+
+class FaceParsingModule(L.LightningModule):
+    """Trains a face parser with CE + aux loss; logs ``{stage}/{metric}`` names.
+
+    Args:
+        net: the face parser (encoder + decoder).
+        optimizer: ``partial`` taking the parameters.
+        scheduler: ``partial`` taking the optimizer and ``total_steps``, or ``None``.
+        labels: label scheme name (class names for per-class metrics).
+        aux_weight: weight of the auxiliary losses.
+        class_weights: optional CE weights per class.
+        dice_weight: weight of a soft Dice term added to CE.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        labels: str = "ourface",
+        aux_weight: float = 0.4,
+        class_weights: Sequence[float] | None = None,
+        dice_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.scheme = get_scheme(labels)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.criterion = DeepSupervisionLoss(aux_weight, class_weights, dice_weight)
+        self.metrics = nn.ModuleDict(
+            {stage: SegmentationMetrics(self.scheme.num_classes) for stage in STAGES}
+        )
+        self.last_scores: dict[str, dict[str, torch.Tensor]] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits, aux = self.net.forward_with_aux(batch["image"])
+        losses = self.criterion(logits, aux, batch["mask"].long())
+        self.log_dict(
+            {f"train/{k}": v for k, v in losses.items()},
+            prog_bar=True,
+            batch_size=batch["image"].shape[0],
+        )
+        return losses["loss"]
+
+    def _eval_step(self, stage: str, batch: dict) -> dict[str, torch.Tensor]:
+        logits = self.net(batch["image"])
+        target = batch["mask"].long()
+        loss = self.criterion.cross_entropy(logits, target)
+        self.log(f"{stage}/loss", loss, batch_size=target.shape[0], sync_dist=True)
+        preds = logits.argmax(1)
+        self.metrics[stage].update(preds, target)
+        return {"preds": preds}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step("val", batch)
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._eval_step("test", batch)
+
+    def _log_epoch(self, stage: str) -> None:
+        scores = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        values = {f"{stage}/{k}": scores[k].float() for k in ("f1_mean", "miou", "pixel_acc")}
+        for i, name in enumerate(self.scheme.class_names):
+            if scores["present"][i]:
+                values[f"{stage}/f1/{name}"] = scores["f1"][i].float()
+                values[f"{stage}/iou/{name}"] = scores["iou"][i].float()
+        self.log(f"{stage}/f1_mean", values.pop(f"{stage}/f1_mean"), prog_bar=True)
+        self.log_dict(values)
+        self.last_scores[stage] = scores
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(
+            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny inputs, the reference checkpoint key list, Hydra composition."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig, open_dict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "conf"
+SHARED_FIXTURES = Path("/work/shared/fixtures")
+SEED_CHECKPOINT_KEYS = SHARED_FIXTURES / "seed_checkpoint_keys.json"
+DINOV3_FIXTURE = SHARED_FIXTURES / "dinov3"
+
+
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Spell the FaceSynthetics scheme ``facesynth`` in test ids.
+
+    ``pytest -k "not synthetic"`` (which skips the slow synthetic-data tests) would
+    otherwise also drop every label/transform test of the FaceSynthetics scheme.
+    """
+    return "facesynth" if val == "facesynthetics" else None
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Run a module's tiny CPU tensors on one thread.
+
+    On inputs this small, intra-op threads only add synchronisation, and on a busy
+    2-core machine OpenMP's spinning makes forwards tens of times slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def seed_checkpoint_shapes() -> dict[str, tuple[int, ...]]:
+    """Every ``state_dict`` key of the original project's checkpoint and its shape."""
+    if not SEED_CHECKPOINT_KEYS.is_file():
+        pytest.skip(f"{SEED_CHECKPOINT_KEYS} not available")
+    state = json.loads(SEED_CHECKPOINT_KEYS.read_text())["state_dict"]
+    return {k: tuple(v) for k, v in state.items()}
+
+
+@pytest.fixture(scope="session")
+def dinov3_fixture() -> Path:
+    """Folder with the tiny official-format DINOv3 checkpoint and its reference outputs."""
+    if not (DINOV3_FIXTURE / "dinov3_tiny_official.pth").is_file():
+        pytest.skip(f"{DINOV3_FIXTURE} not available")
+    return DINOV3_FIXTURE
+
+
+@pytest.fixture(scope="session")
+def vit_small():
+    """One frozen DINOv3 ViT-S/16 (random weights) shared by read-only tests."""
+    from faceparse.models import DinoVitEncoder
+
+    torch.manual_seed(0)
+    return DinoVitEncoder(size="small")
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose ``conf/train.yaml`` as ``python -m faceparse.train`` would.
+
+    The Hydra config is registered (``${hydra:...}`` resolves, with the run folder in
+    ``tmp_path``) and then removed, so the returned config resolves as the task sees it.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    import faceparse.train  # noqa: F401  (registers the num_classes/auto_precision resolvers)
+
+    def _compose(overrides: Sequence[str] = ()) -> DictConfig:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg.hydra
+        return cfg
+
+    return _compose
