@@ -63,7 +63,7 @@ def render_face_with_landmarks(
     """
     rng = np.random.default_rng([seed, index])
     face = Face.sample(rng)
-    scale = size * rng.uniform(0.45, 0.8)  # head height in pixels
+    scale = size * rng.uniform(0.6, 0.9)  # head height in pixels
     centre = (size / 2 + rng.uniform(-0.35, 0.35) * max(size - 0.9 * scale, 0.0),
               scale / 2 + (size - scale) * rng.uniform(0.2, 0.65))
     angle = rng.uniform(-20.0, 20.0)

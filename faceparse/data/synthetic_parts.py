@@ -350,7 +350,7 @@ def draw_mouth(cv: Canvas, fr: Frame, face: Face, rng: np.random.Generator) -> n
     xn = np.linspace(-1.0, 1.0, 25)
     x = xn * face.mouth_w + 1.2 * face.yaw
     line = face.mouth_v - rng.uniform(-0.012, 0.025) * xn**2
-    gap = 0.0 if rng.random() < 0.45 else rng.uniform(0.012, 0.06)
+    gap = 0.0 if rng.random() < 0.25 else rng.uniform(0.03, 0.08)
     inner = (1 - xn**2) ** 0.8
     up_in, lo_in = line - 0.35 * gap * inner, line + 0.65 * gap * inner
     bow = 1.0 - rng.uniform(0.1, 0.35) * np.exp(-((xn / 0.15) ** 2))
