@@ -94,3 +94,20 @@ def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
         return cfg
 
     return _compose
+
+
+@pytest.fixture(scope="session")
+def dataset_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    """Small copies of every dataset in its distributed layout, written once per session:
+    name -> (data.root, {sample id: native mask}). Tests that damage files copy them first."""
+    import fixtures_data as fx
+
+    base = tmp_path_factory.mktemp("datasets")
+    return {
+        "celebamask": (base / "CelebAMask-HQ", fx.write_celebamask(base / "CelebAMask-HQ")),
+        "lapa": (base / "LaPa", fx.write_lapa(base / "LaPa")),
+        "facesynthetics": (base / "fs", fx.write_facesynthetics(base / "fs")),
+        "helen": (base / "helen", fx.write_helenstar(base / "helen")),
+        "helen_smith": (base / "smith", fx.write_helen_smith(base / "smith")),
+        "folder": (base / "folder", fx.write_folder(base / "folder")),
+    }

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+import cv2
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
@@ -12,7 +15,9 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from faceparse.data.transforms import eval_transform, train_transform
 from faceparse.labels import get_scheme
 
-__all__ = ["FaceDataModule", "seed_worker_transform"]
+__all__ = ["FaceDataModule", "SkipReportingLoader", "seed_worker_transform", "init_worker"]
+
+log = logging.getLogger(__name__)
 
 
 def seed_worker_transform(worker_id: int) -> None:
@@ -27,6 +32,31 @@ def seed_worker_transform(worker_id: int) -> None:
         transform.set_random_seed(info.seed % 2**32)
 
 
+def init_worker(worker_id: int) -> None:
+    """Seed the worker's augmentations; one OpenCV thread, as the workers are the parallelism."""
+    cv2.setNumThreads(1)
+    seed_worker_transform(worker_id)
+
+
+class SkipReportingLoader(DataLoader):
+    """A DataLoader that says, after each pass, how many bad samples the dataset skipped.
+
+    The dataset's ``skipped`` counter lives in shared memory, so skips in worker
+    processes count too; each skip was already logged with its file names.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        counter = getattr(self.dataset, "skipped", None)
+        start = counter.value if counter is not None else 0
+        try:
+            yield from super().__iter__()
+        finally:
+            skipped = counter.value - start if counter is not None else 0
+            if skipped:
+                log.warning("%d bad samples skipped in this pass over %s (see the warnings "
+                            "above for the files)", skipped, type(self.dataset).__name__)
+
+
 class FaceDataModule(L.LightningDataModule):
     """Datasets come from one factory called as ``dataset(split=, labels=, transform=)``.
 
@@ -35,6 +65,8 @@ class FaceDataModule(L.LightningDataModule):
         labels: target label scheme name; the model's ``num_classes`` derives from it.
         image_size: square training/evaluation size (a multiple of 16).
         augment: keyword arguments of :func:`faceparse.data.transforms.train_transform`.
+        root: where the dataset lives on disk (``data.root``), passed to the dataset;
+            ``None`` for datasets that need no files.
     """
 
     def __init__(
@@ -47,6 +79,7 @@ class FaceDataModule(L.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = True,
         augment: Mapping[str, Any] | None = None,
+        root: str | None = None,
     ) -> None:
         super().__init__()
         if image_size % 16:
@@ -59,6 +92,7 @@ class FaceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.augment = dict(augment or {})
+        self.root = root
         self.datasets: dict[str, Dataset] = {}
 
     def make_dataset(self, split: str) -> Dataset:
@@ -69,7 +103,16 @@ class FaceDataModule(L.LightningDataModule):
         )
         # Main-process loading (num_workers=0) draws augmentations from this seed.
         transform.set_random_seed(int(torch.randint(2**31, ()).item()))
-        return self.dataset_factory(split=split, labels=self.scheme.name, transform=transform)
+        return self.open_dataset(split, transform)
+
+    def open_dataset(self, split: str, transform: Callable[..., dict] | None = None,
+                     **overrides: Any) -> Dataset:
+        """The split's dataset; ``prepare`` and ``stats`` call it without a transform."""
+        kwargs: dict[str, Any] = {"split": split, "labels": self.scheme.name,
+                                  "transform": transform}
+        if self.root is not None:
+            kwargs["root"] = Path(self.root)
+        return self.dataset_factory(**{**kwargs, **overrides})
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
@@ -80,7 +123,7 @@ class FaceDataModule(L.LightningDataModule):
                 self.datasets[split] = self.make_dataset(split)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        return SkipReportingLoader(
             self.datasets[split],
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
@@ -88,7 +131,7 @@ class FaceDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker_transform if self.num_workers > 0 else None,
+            worker_init_fn=init_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

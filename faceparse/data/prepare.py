@@ -1,0 +1,132 @@
+"""Write the prepared form of a dataset once (see :mod:`faceparse.data.prepared`).
+
+Every sample is decoded, merged (CelebAMask-HQ parts), checked, resized to the training
+size (area for images, nearest for labels) and written as a JPEG + label PNG pair, in
+worker processes, with a progress bar. Resumable: a sample whose two files exist is
+not redone; atomic: files appear under their final name only when complete, and a
+split's index is written after its last sample, so a killed run is never read as done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+from faceparse.data.files import FileDataset
+from faceparse.data.io import BadSampleError, encode_image, write_atomic
+from faceparse.data.prepared import IMAGE_EXT, LABEL_EXT, PreparedLayout
+
+__all__ = ["prepare_split", "prepare_dataset", "SplitReport"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitReport:
+    """What one split's run did."""
+
+    written: int = 0
+    reused: int = 0
+    skipped: int = 0
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first step of every transform, done once: square ``size``, labels never blended."""
+    if image.shape[:2] != (size, size):
+        shrink = image.shape[0] * image.shape[1] > size * size
+        image = cv2.resize(image, (size, size),
+                           interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    if mask.shape != (size, size):
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+# The dataset and target of this worker process, set once by ``_init_worker``.
+_JOB: dict = {}
+
+
+def _init_worker(dataset: FileDataset, layout: PreparedLayout, size: int) -> None:
+    cv2.setNumThreads(1)
+    _JOB.update(dataset=dataset, layout=layout, size=size)
+
+
+def _prepare_one(index: int) -> tuple[str, str | None]:
+    """('written' | 'reused' | 'skipped', reason) for one sample."""
+    dataset: FileDataset = _JOB["dataset"]
+    layout: PreparedLayout = _JOB["layout"]
+    sample_id = dataset.ids[index]
+    if layout.is_done(dataset.split, sample_id):
+        return "reused", None
+    try:
+        image, mask = resize_pair(*dataset.load_checked(index), _JOB["size"])
+    except BadSampleError as err:
+        if dataset.strict:
+            raise
+        return "skipped", str(err)
+    write_atomic(layout.image_path(dataset.split, sample_id), encode_image(image, IMAGE_EXT))
+    write_atomic(layout.label_path(dataset.split, sample_id), encode_image(mask, LABEL_EXT))
+    return "written", None
+
+
+def _run(indices: Sequence[int], workers: int,
+         init_args: tuple) -> Iterable[tuple[str, str | None]]:
+    if workers <= 1:
+        _init_worker(*init_args)
+        yield from map(_prepare_one, indices)
+        return
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=init_args) as pool:
+        yield from pool.map(_prepare_one, indices, chunksize=8)
+
+
+def prepare_split(dataset: FileDataset, layout: PreparedLayout, size: int, workers: int,
+                  progress: Progress | None = None) -> SplitReport:
+    """Prepare every sample of a raw dataset split, then write the split's index."""
+    if dataset.prepared is not None:
+        raise ValueError("prepare reads the raw files: open the dataset with prepared_dir=None")
+    report, done = SplitReport(), []
+    task = progress.add_task(dataset.split, total=len(dataset)) if progress else None
+    results = _run(range(len(dataset)), workers, (dataset, layout, size))
+    for sample_id, (status, reason) in zip(dataset.ids, results, strict=True):
+        setattr(report, status, getattr(report, status) + 1)
+        if status == "skipped":
+            log.warning("skipped: %s", reason)
+        else:
+            done.append(sample_id)
+        if progress is not None:
+            progress.advance(task)
+    layout.write_index(dataset.split, done)
+    return report
+
+
+def prepare_dataset(open_raw, prepared_dir: str | Path, size: int, splits: Sequence[str],
+                    workers: int | None = None) -> dict[str, SplitReport]:
+    """Prepare ``splits`` of the dataset that ``open_raw(split)`` opens from raw files.
+
+    The native scheme is kept (``meta.json`` names it), so any target scheme can train
+    on the result. An existing copy of another dataset, scheme or size is refused.
+    """
+    layout = PreparedLayout(Path(prepared_dir))
+    workers = workers if workers is not None else os.cpu_count() or 1
+    reports = {}
+    with Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn()) as progress:
+        for split in splits:
+            dataset: FileDataset = open_raw(split)
+            meta = {"dataset": type(dataset).__name__, "scheme": dataset.native_scheme.name,
+                    "image_size": size}
+            old = layout.read_meta()
+            if old is not None and {k: old.get(k) for k in meta} != meta:
+                raise FileExistsError(f"{layout.root} holds a prepared copy of {old}, not "
+                                      f"{meta}; choose another data.dataset.prepared_dir")
+            if old is None:
+                layout.write_meta(meta)
+            reports[split] = prepare_split(dataset, layout, size, workers, progress)
+    return reports

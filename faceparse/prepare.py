@@ -1,0 +1,41 @@
+"""Prepare a dataset once for fast training: ``python -m faceparse.prepare data=celebamask
+data.root=/path/to/CelebAMask-HQ [workers=8] [splits=[train,val]]``.
+
+Writes to ``data.dataset.prepared_dir`` (``<root>/prepared_<image_size>`` by default),
+which training then reads instead of the raw files. Re-running resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from faceparse.config import register_resolvers
+from faceparse.data.prepare import prepare_dataset
+
+log = logging.getLogger(__name__)
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    prepared_dir = cfg.data.dataset.get("prepared_dir")
+    if not prepared_dir:
+        raise ValueError(f"data.dataset ({cfg.data.dataset._target_}) has no prepared_dir: "
+                         f"nothing to prepare")
+    datamodule = instantiate(cfg.data)
+    reports = prepare_dataset(
+        lambda split: datamodule.open_dataset(split, prepared_dir=None),
+        prepared_dir, cfg.data.image_size, cfg.splits, cfg.workers,
+    )
+    for split, report in reports.items():
+        log.info("%s: %d written, %d already done, %d skipped", split, report.written,
+                 report.reused, report.skipped)
+    log.info("prepared copy in %s", prepared_dir)
+
+
+if __name__ == "__main__":
+    main()

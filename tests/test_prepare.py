@@ -1,0 +1,162 @@
+"""The prepare step (resumable, atomic, parallel, read by training) and class statistics."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from faceparse.data import prepare as prepare_mod
+from faceparse.data.celebamask import CelebAMaskHQ
+from faceparse.data.io import BadSampleError
+from faceparse.data.prepare import prepare_dataset
+from faceparse.data.prepared import PreparedLayout
+from faceparse.data.stats import class_counts, class_weights, weights_override
+from faceparse.labels import get_scheme
+
+REPO = Path(__file__).resolve().parents[1]
+SPLITS = ("train", "val", "test")
+
+
+@pytest.fixture
+def celeba(dataset_copies, tmp_path: Path) -> tuple[Path, dict]:
+    """A private copy of the CelebAMask-HQ fixture (tests here write into it)."""
+    root, expected = dataset_copies["celebamask"]
+    shutil.copytree(root, tmp_path / "CelebAMask-HQ")
+    return tmp_path / "CelebAMask-HQ", expected
+
+
+def opener(root: Path, **kwargs):
+    return lambda split: CelebAMaskHQ(split, root, labels="celebamask", **kwargs)
+
+
+def test_prepare_writes_resized_pairs_that_training_reads(celeba) -> None:
+    root, expected = celeba
+    out = root / "prepared_32"
+    reports = prepare_dataset(opener(root), out, 32, SPLITS, workers=0)
+    assert {s: r.written for s, r in reports.items()} == {"train": 4, "val": 2, "test": 2}
+    layout = PreparedLayout(out)
+    assert layout.read_meta()["scheme"] == "celebamask"
+    for split in SPLITS:
+        raw = CelebAMaskHQ(split, root, labels="celebamask")
+        ready = CelebAMaskHQ(split, root, labels="celebamask", prepared_dir=out)
+        assert raw.prepared is None and ready.prepared is not None
+        assert ready.ids == raw.ids == layout.read_index(split)
+        for i, sample_id in enumerate(ready.ids):
+            image, mask = ready.load_checked(i)
+            assert image.shape == (32, 32, 3) and mask.shape == (32, 32)
+            want = cv2.resize(expected[sample_id], (32, 32), interpolation=cv2.INTER_NEAREST)
+            np.testing.assert_array_equal(mask, want)
+    # Labels stay native: the same copy serves the ourface target.
+    ourface = CelebAMaskHQ("val", root, labels="ourface", prepared_dir=out)
+    assert ourface.prepared is not None and ourface[0]["mask"].max() < 11
+
+
+def test_prepare_resumes_and_redoes_only_missing_files(celeba) -> None:
+    root, _ = celeba
+    out = root / "prepared_32"
+    prepare_dataset(opener(root), out, 32, ["train"], workers=0)
+    layout = PreparedLayout(out)
+    layout.label_path("train", "2000").unlink()
+    report = prepare_dataset(opener(root), out, 32, ["train"], workers=0)["train"]
+    assert (report.written, report.reused) == (1, 3)
+    with pytest.raises(FileExistsError, match="prepared copy"):
+        prepare_dataset(opener(root), out, 64, ["train"], workers=0)  # another size
+
+
+def test_killed_run_leaves_nothing_counted_as_done(celeba, monkeypatch) -> None:
+    """Kill the run at its fifth file rename: no index, no partial file under a final name;
+    a rerun completes the copy."""
+    root, _ = celeba
+    out = root / "prepared_32"
+    calls = {"n": 0}
+    real_replace = os.replace
+
+    def dying_replace(src, dst):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(opener(root), out, 32, ["train"], workers=0)
+    monkeypatch.setattr(os, "replace", real_replace)
+    layout = PreparedLayout(out)
+    assert layout.read_index("train") is None
+    assert not list(out.rglob("*.tmp"))
+    finished = [p for p in (out / "train").rglob("*.*")]
+    assert finished and all(cv2.imread(str(p)) is not None for p in finished)
+    assert CelebAMaskHQ("train", root, prepared_dir=out).prepared is None  # raw still used
+    report = prepare_dataset(opener(root), out, 32, ["train"], workers=0)["train"]
+    assert report.written + report.reused == 4 and report.reused >= 1
+    assert CelebAMaskHQ("train", root, prepared_dir=out).prepared is not None
+
+
+def test_prepare_skips_bad_samples_or_stops_in_strict_mode(celeba) -> None:
+    root, _ = celeba
+    (root / "CelebA-HQ-img" / "1.jpg").write_bytes(b"not a jpeg")
+    report = prepare_dataset(opener(root), root / "p", 32, ["train"], workers=0)["train"]
+    assert (report.written, report.skipped) == (3, 1)
+    assert "1" not in PreparedLayout(root / "p").read_index("train")
+    with pytest.raises(BadSampleError, match="1.jpg"):
+        prepare_dataset(opener(root, strict=True), root / "q", 32, ["train"], workers=0)
+
+
+def test_prepare_command_runs_in_parallel(celeba, tmp_path: Path) -> None:
+    root, _ = celeba
+    result = subprocess.run(
+        [sys.executable, "-m", "faceparse.prepare", "data=celebamask", f"data.root={root}",
+         "data.image_size=32", "workers=2", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert PreparedLayout(root / "prepared_32").read_index("test") == ["2001", "6002"]
+    assert "train: 4 written" in result.stdout + result.stderr
+
+
+def test_resize_pair_keeps_labels_discrete(rng: np.random.Generator) -> None:
+    mask = rng.choice([0, 4, 9], size=(50, 70)).astype(np.uint8)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    out_image, out_mask = prepare_mod.resize_pair(image, mask, 32)
+    assert out_image.shape == (32, 32, 3)
+    assert set(np.unique(out_mask).tolist()) <= {0, 4, 9}
+
+
+def test_class_counts_and_weights(dataset_copies) -> None:
+    root, expected = dataset_copies["celebamask"]
+    ds = CelebAMaskHQ("train", root, labels="ourface")
+    counts = class_counts(ds, 11)
+    assert counts.sum() == sum(expected[i].size for i in ds.ids)
+    assert counts[get_scheme("ourface").index("beard")] == 0
+    assert (class_counts(ds, 11, max_samples=2) <= counts).all()
+    weights = class_weights(counts, power=1.0)
+    assert weights[get_scheme("ourface").index("beard")] == 0
+    labelled = counts > 0
+    assert np.median(weights[labelled]) == pytest.approx(1.0)
+    assert weights[0] < 1 < weights[labelled].max()  # background common, parts rare
+    override = weights_override(weights)
+    assert override.startswith("model.class_weights=[") and override.count(",") == 10
+
+
+def test_stats_command_prints_an_override(dataset_copies, capsys, monkeypatch) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from faceparse.data import stats
+
+    root, _ = dataset_copies["lapa"]
+    monkeypatch.setenv("COLUMNS", "120")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("stats", overrides=["data=lapa", f"data.root={root}",
+                                          "data.num_workers=0", "split=val"])
+    stats.main(cfg)  # a config passed in skips Hydra's command-line parsing
+    out = capsys.readouterr().out
+    assert "model.class_weights=[" in out
+    assert "never labelled" in out  # LaPa has no ears, beard or accessories
