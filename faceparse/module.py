@@ -2,7 +2,10 @@
 
 It knows nothing of the encoder or decoder internals; optimizer and scheduler arrive
 as Hydra ``_partial_`` callables and are completed here with the trainable parameters
-(a frozen ViT never enters the optimizer) and the run's total step count.
+(a frozen ViT never enters the optimizer; a submodule with an ``lr_scale`` attribute, such
+as a fine-tuned ViT, gets its own parameter group) and the run's total step count.
+Checkpoints carry the resolved network config and label scheme (see
+:mod:`faceparse.checkpoints`) and the RNG states, so a resumed run repeats exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from faceparse.checkpoints import META_KEY, checkpoint_metadata, rng_states, set_rng_states
 from faceparse.labels import get_scheme
 from faceparse.losses import DeepSupervisionLoss
 from faceparse.metrics import SegmentationMetrics
@@ -34,6 +38,9 @@ class FaceParsingModule(L.LightningModule):
         aux_weight: weight of the auxiliary losses.
         class_weights: optional CE weights per class.
         dice_weight: weight of a soft Dice term added to CE.
+        channels_last: NHWC weights and activations for the convolutions (CUDA only).
+        cudnn_benchmark: let cuDNN time its convolution algorithms (CUDA only).
+        compile: ``torch.compile`` each part of the net (slow first steps, then faster).
     """
 
     def __init__(
@@ -45,6 +52,9 @@ class FaceParsingModule(L.LightningModule):
         aux_weight: float = 0.4,
         class_weights: Sequence[float] | None = None,
         dice_weight: float = 0.0,
+        channels_last: bool = True,
+        cudnn_benchmark: bool = True,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
@@ -57,6 +67,24 @@ class FaceParsingModule(L.LightningModule):
             {stage: SegmentationMetrics(self.scheme.num_classes) for stage in STAGES}
         )
         self.last_scores: dict[str, dict[str, torch.Tensor]] = {}
+        # The resolved ``model.net`` config; the entry point sets it (only it has the config).
+        self.net_config: dict[str, Any] | None = None
+        self.channels_last = channels_last
+        self.cudnn_benchmark = cudnn_benchmark
+        self.compile_parts = compile
+        self.compiled = False  # setup runs once per stage; compile once
+
+    def setup(self, stage: str) -> None:
+        """Speed-ups that only pay on a GPU are switched on only there (CPU stays plain)."""
+        if self.trainer.strategy.root_device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
+            if self.channels_last:  # kept by the later move to the GPU
+                self.net.to(memory_format=torch.channels_last)
+        if self.compile_parts and not self.compiled:
+            # In place (state_dict keys unchanged); each child, so forward_with_aux is covered.
+            for part in self.net.children():
+                part.compile()
+            self.compiled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -104,9 +132,41 @@ class FaceParsingModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[META_KEY] = checkpoint_metadata(self.net_config, self.scheme)
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only a resumed fit continues the random streams (shuffling, dropout).
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting and "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters; those of a module with ``lr_scale`` form their own group."""
+        scaled = {
+            id(p): m.lr_scale
+            for m in self.modules() if hasattr(m, "lr_scale")
+            for p in m.parameters()
+        }
+        groups: dict[float, list[nn.Parameter]] = {}
+        for p in self.parameters():
+            if p.requires_grad:
+                groups.setdefault(scaled.get(id(p), 1.0), []).append(p)
+        return [{"params": ps, "lr_scale": scale} for scale, ps in groups.items()]
+
+    def _fused_option(self) -> dict[str, bool]:
+        """``fused: null`` in the optimizer config means fused kernels exactly on CUDA."""
+        keywords = getattr(self.optimizer_factory, "keywords", {})
+        if "fused" in keywords and keywords["fused"] is None:
+            return {"fused": self.device.type == "cuda"}
+        return {}
+
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params=params)
+        groups = self._param_groups()
+        optimizer = self.optimizer_factory(params=groups, **self._fused_option())
+        for group in optimizer.param_groups:
+            group["lr"] *= group["lr_scale"]
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(

@@ -1,7 +1,10 @@
 """Train a face parser: ``python -m faceparse.train [group=option ...] [key=value ...]``.
 
 Reads top to bottom: seed, instantiate data/model/callbacks/loggers/trainer, fit, test
-on the best checkpoint, return the metric a sweeper optimises.
+on the best checkpoint, return the metric a sweeper optimises. ``ckpt_path`` resumes one
+of our full checkpoints exactly; any other supported checkpoint (decoder-only export, the
+original FaceParsing project's) initialises the weights and training starts afresh.
+Checkpoints are read data-only; ``trust_pickle=true`` opts out for a trusted file.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from faceparse.checkpoints import is_resumable, load_net_weights
 from faceparse.config import register_resolvers
+from faceparse.models.checkpoint_io import safe_globals
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -38,19 +43,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    model.net_config = OmegaConf.to_container(cfg.model.net, resolve=True)
+    trust_pickle = bool(cfg.trust_pickle)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not is_resumable(ckpt_path, trust_pickle):
+        log.info("%s is not a full faceparse checkpoint: loading its weights only", ckpt_path)
+        load_net_weights(model.net, ckpt_path, model.scheme, trust_pickle)
+        ckpt_path = None
     callbacks = instantiate_all(cfg.get("callbacks"))
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     try:
         if cfg.train:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            with safe_globals(ckpt_path or "checkpoint"):
+                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path,
+                            weights_only=not trust_pickle)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.test:
             checkpoint = trainer.checkpoint_callback
             best = checkpoint.best_model_path if checkpoint else ""
             if not best:
                 log.warning("no best checkpoint; testing the current weights")
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+            with safe_globals(best or "checkpoint"):
+                trainer.test(model, datamodule=datamodule, ckpt_path=best or None,
+                             weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     finally:
         for logger in loggers:

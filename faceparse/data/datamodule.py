@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from faceparse.data.transforms import eval_transform, train_transform
+from faceparse.data.transforms import eval_transform, seed_transform, train_transform
 from faceparse.labels import get_scheme
 
 __all__ = ["FaceDataModule", "SkipReportingLoader", "seed_worker_transform", "init_worker"]
@@ -29,7 +29,7 @@ def seed_worker_transform(worker_id: int) -> None:
     info = get_worker_info()
     transform = getattr(info.dataset, "transform", None)
     if transform is not None:
-        transform.set_random_seed(info.seed % 2**32)
+        seed_transform(transform, info.seed % 2**32)
 
 
 def init_worker(worker_id: int) -> None:
@@ -67,6 +67,8 @@ class FaceDataModule(L.LightningDataModule):
         augment: keyword arguments of :func:`faceparse.data.transforms.train_transform`.
         root: where the dataset lives on disk (``data.root``), passed to the dataset;
             ``None`` for datasets that need no files.
+        prefetch_factor: batches each worker loads ahead (``None``: PyTorch's 2); raise
+            it when decoding time varies a lot between batches.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class FaceDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         augment: Mapping[str, Any] | None = None,
         root: str | None = None,
+        prefetch_factor: int | None = None,
     ) -> None:
         super().__init__()
         if image_size % 16:
@@ -93,6 +96,7 @@ class FaceDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.augment = dict(augment or {})
         self.root = root
+        self.prefetch_factor = prefetch_factor
         self.datasets: dict[str, Dataset] = {}
 
     def make_dataset(self, split: str) -> Dataset:
@@ -102,7 +106,7 @@ class FaceDataModule(L.LightningDataModule):
             else eval_transform(self.image_size)
         )
         # Main-process loading (num_workers=0) draws augmentations from this seed.
-        transform.set_random_seed(int(torch.randint(2**31, ()).item()))
+        seed_transform(transform, int(torch.randint(2**31, ()).item()))
         return self.open_dataset(split, transform)
 
     def open_dataset(self, split: str, transform: Callable[..., dict] | None = None,
@@ -113,6 +117,25 @@ class FaceDataModule(L.LightningDataModule):
         if self.root is not None:
             kwargs["root"] = Path(self.root)
         return self.dataset_factory(**{**kwargs, **overrides})
+
+    def state_dict(self) -> dict[str, Any]:
+        """Augmentation RNG states per split, saved in checkpoints so a resumed run draws
+        the same augmentations (exact with ``num_workers=0``; workers keep their own)."""
+        return {
+            split: {
+                "numpy": ds.transform.random_generator.bit_generator.state,
+                "python": ds.transform.py_random.getstate(),
+            }
+            for split, ds in self.datasets.items()
+            if hasattr(getattr(ds, "transform", None), "random_generator")
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for split, rng in state_dict.items():
+            transform = self.datasets[split].transform if split in self.datasets else None
+            if transform is not None:
+                transform.random_generator.bit_generator.state = rng["numpy"]
+                transform.py_random.setstate(rng["python"])
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
@@ -132,6 +155,7 @@ class FaceDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
             worker_init_fn=init_worker if self.num_workers > 0 else None,
+            prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -7,6 +7,7 @@ flip swaps left/right ids in schemes that keep sides apart.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "train_transform",
     "eval_transform",
     "denormalize",
+    "seed_transform",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -79,6 +81,15 @@ def eval_transform(image_size: int) -> A.Compose:
                  mask_interpolation=cv2.INTER_NEAREST),
         *_finish(),
     ])
+
+
+def seed_transform(transform: A.BaseCompose, seed: int) -> None:
+    """Give a pipeline ONE numpy and ONE python generator, shared by all its transforms.
+
+    Albumentations' ``set_random_seed`` gives every child its own generator with the same
+    seed, which correlates their draws and leaves no single state to checkpoint.
+    """
+    transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
 
 
 def denormalize(images: np.ndarray) -> np.ndarray:

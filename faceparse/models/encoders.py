@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 from faceparse.models.blocks import ConvBNReLU
-from faceparse.models.weights import load_dinov3_weights, load_vgg_weights
+from faceparse.models.weights import load_dinov3_weights, load_vgg_weights, vgg_hub_file
 
 __all__ = ["VggEncoder", "DinoVitEncoder", "DualEncoder", "VitPyramidEncoder"]
 
@@ -36,11 +36,17 @@ class VggEncoder(nn.Module):
 
     ``num_stages=4`` gives strides 1, 2, 4, 8 (the dual model's CNN branch; the module
     list then matches the original project's ``encoder.cnn.layers.<i>`` keys);
-    ``num_stages=5`` adds block 5 at stride 16 for the CNN-only ablation.
+    ``num_stages=5`` adds block 5 at stride 16 for the CNN-only ablation. ImageNet weights
+    come from ``weights`` (a torchvision file) or, with ``pretrained``, from the torch hub
+    cache; nothing is downloaded.
     """
 
     def __init__(
-        self, arch: str = "vgg19_bn", num_stages: int = 4, weights: str | Path | None = None
+        self,
+        arch: str = "vgg19_bn",
+        num_stages: int = 4,
+        weights: str | Path | None = None,
+        pretrained: bool = False,
     ) -> None:
         super().__init__()
         if not 1 <= num_stages <= 5:
@@ -59,6 +65,15 @@ class VggEncoder(nn.Module):
             + [convs[-1].out_channels]
         )
         self.strides = tuple(2**i for i in range(num_stages))
+        if weights is None and pretrained:
+            weights = vgg_hub_file(arch)
+            if not weights.is_file():
+                raise FileNotFoundError(
+                    f"encoder.cnn.pretrained=true but {weights.name} is not in the torch hub "
+                    f"cache {weights.parent}, and faceparse does not download. Copy the file "
+                    f"there (or set encoder.cnn.weights=<path>); on a machine online, "
+                    f"torchvision.models.{arch}(weights='IMAGENET1K_V1') fetches it."
+                )
         if weights is not None:
             load_vgg_weights(self.layers, weights)
 
@@ -83,6 +98,8 @@ class DinoVitEncoder(nn.Module):
     ``train()`` says, and its forward keeps no activations. Several ``layers`` are
     concatenated along channels (an ablation of which depths feed the decoder).
     ``size`` is small (S/16, 384 ch), base (B/16, 768) or large (L/16, 1024).
+    ``finetune_blocks=N`` trains the last N blocks and the final norm of a frozen ViT;
+    ``lr_scale`` multiplies the learning rate of whatever part of the ViT trains.
     """
 
     def __init__(
@@ -91,6 +108,8 @@ class DinoVitEncoder(nn.Module):
         layers: Sequence[int] = (-1,),
         frozen: bool = True,
         weights: str | Path | None = None,
+        finetune_blocks: int = 0,
+        lr_scale: float = 0.1,
     ) -> None:
         super().__init__()
         if size not in DINOV3_MODELS:
@@ -110,23 +129,36 @@ class DinoVitEncoder(nn.Module):
         self.layers = tuple(sorted({i % depth for i in layers}))
         if len(self.layers) != len(layers):
             raise ValueError(f"layers {list(layers)} name the same block twice")
+        if not 0 <= finetune_blocks <= depth:
+            raise ValueError(f"finetune_blocks must be in 0..{depth}, got {finetune_blocks}")
         self.frozen = frozen
+        self.lr_scale = lr_scale
         self.out_channels = (self.model.embed_dim * len(self.layers),)
         self.strides = (VIT_PATCH,)
         if weights is not None:
             load_dinov3_weights(self.model, weights)
+        # The fine-tuned tail (a plain tuple: its modules are already registered in the ViT,
+        # so state_dict keys stay the same); the rest of a frozen ViT stays in eval mode.
+        self.tuned: tuple[nn.Module, ...] = ()
         if frozen:
             self.model.requires_grad_(False)
             self.model.eval()
+            if finetune_blocks:
+                self.tuned = (*self.model.blocks[depth - finetune_blocks :], self.model.norm)
+                for module in self.tuned:
+                    module.requires_grad_(True)
 
     def train(self, mode: bool = True) -> DinoVitEncoder:
         super().train(mode)
         if self.frozen:
             self.model.eval()
+            for module in self.tuned:
+                module.train(mode)
         return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+        trains = not self.frozen or bool(self.tuned)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
             maps = self.model.forward_intermediates(
                 x, indices=list(self.layers), norm=True, output_fmt="NCHW", intermediates_only=True
             )
