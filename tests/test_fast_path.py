@@ -1,0 +1,139 @@
+"""The fast path's options reach the code that acts on them, and stay off where they cost.
+
+GPU-only branches (channels_last, cuDNN autotuning, fused AdamW) are exercised on the CPU by
+pretending the trainer's device is CUDA; their speed is measured by ``faceparse.bench``.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from faceparse.data.datamodule import FaceDataModule
+from faceparse.data.datasets import SyntheticFaces
+from faceparse.inference import predict, prepare_for_inference
+from faceparse.module import FaceParsingModule
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+SMALL = ["encoder.cnn.arch=vgg11_bn", "encoder.vit.size=small", "decoder.decoder_channels=32"]
+
+
+@pytest.fixture
+def module(compose_train) -> FaceParsingModule:
+    return instantiate(compose_train(SMALL).model)
+
+
+def attach(module: FaceParsingModule, device: str) -> None:
+    """A stand-in trainer: ``setup`` only asks it for the root device."""
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+
+
+def conv_weights(module: nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_config_options_reach_the_module(compose_train) -> None:
+    cfg = compose_train([*SMALL, "model.compile=true", "model.channels_last=false",
+                         "model.cudnn_benchmark=false"])
+    module = instantiate(cfg.model)
+    assert module.compile_parts and not module.channels_last and not module.cudnn_benchmark
+    assert cfg.optimizer.fused is None  # the module decides from the device
+
+
+def test_cpu_setup_changes_nothing(module: FaceParsingModule) -> None:
+    benchmark = torch.backends.cudnn.benchmark
+    attach(module, "cpu")
+    module.setup("fit")
+    assert all(w.is_contiguous() for w in conv_weights(module.net))
+    assert torch.backends.cudnn.benchmark == benchmark
+    assert not module.compiled
+
+
+def test_cuda_setup_turns_on_channels_last_and_cudnn_benchmark(
+    module: FaceParsingModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    attach(module, "cuda")
+    module.setup("fit")
+    assert torch.backends.cudnn.benchmark
+    weights = [w for w in conv_weights(module.net) if w.shape[-1] > 1 or w.shape[-2] > 1]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+
+
+def test_compile_option_compiles_each_part_once_in_place(module: FaceParsingModule) -> None:
+    keys = list(module.state_dict())
+    module.compile_parts = True
+    attach(module, "cpu")
+    module.setup("fit")
+    module.setup("test")
+    assert module.compiled
+    assert all(part._compiled_call_impl is not None for part in module.net.children())
+    assert list(module.state_dict()) == keys
+
+
+def test_fused_adamw_only_on_cuda(module: FaceParsingModule,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    module.scheduler_factory = None
+    assert not module.configure_optimizers()["optimizer"].defaults["fused"]
+    monkeypatch.setattr(FaceParsingModule, "device", property(lambda self: torch.device("cuda")))
+    assert module.configure_optimizers()["optimizer"].defaults["fused"]
+
+
+def test_frozen_vit_keeps_no_activations_and_uses_sdpa(module: FaceParsingModule) -> None:
+    module.train()
+    vit = module.net.encoder.vit
+    assert not vit.model.training
+    (out,) = vit(torch.randn(1, 3, 32, 32))
+    assert out.grad_fn is None and not out.requires_grad
+    assert all(block.attn.fused_attn for block in vit.model.blocks)
+
+
+class Logits(nn.Module):
+    """A stand-in net: a 1x1 conv giving 5-class logits at the input's resolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_predict_gives_argmax_labels_without_softmax(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = prepare_for_inference(Logits())
+    images = torch.randn(5, 3, 16, 16)
+    calls = []
+    softmax = torch.Tensor.softmax
+    monkeypatch.setattr(torch.Tensor, "softmax", lambda t, *a, **k: calls.append(1)
+                        or softmax(t, *a, **k))
+    out = predict(net, images, batch_size=2)
+    assert not calls and out.probs is None
+    assert out.labels.dtype == torch.uint8 and out.labels.shape == (5, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(out.labels.long(), net(images).argmax(1))
+
+
+def test_predict_gives_probabilities_when_asked() -> None:
+    net = prepare_for_inference(Logits())
+    out = predict(net, torch.randn(3, 3, 8, 8), batch_size=2, probs=True)
+    assert out.probs.shape == (3, 5, 8, 8)
+    torch.testing.assert_close(out.probs.sum(1), torch.ones(3, 8, 8))
+    assert torch.equal(out.probs.argmax(1), out.labels.long())
+
+
+def test_prepare_for_inference_stays_plain_on_cpu() -> None:
+    net = prepare_for_inference(Logits().train())
+    assert not net.training and net.conv.weight.is_contiguous()
+
+
+@pytest.mark.parametrize(("workers", "expected"), [(0, None), (2, 4)])
+def test_prefetch_factor_reaches_the_loader(workers: int, expected: int | None) -> None:
+    datamodule = FaceDataModule(SyntheticFaces, image_size=32, num_workers=workers,
+                                prefetch_factor=4)
+    datamodule.datasets["train"] = datamodule.make_dataset("train")
+    loader = datamodule.train_dataloader()
+    assert loader.prefetch_factor == expected and loader.persistent_workers == (workers > 0)
