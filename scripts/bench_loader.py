@@ -19,7 +19,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from faceparse.data.celebamask import CelebAMaskHQ
-from faceparse.data.datamodule import init_worker
+from faceparse.data.datamodule import seed_worker_transform, single_thread_opencv
 from faceparse.data.facesynthetics import FaceSynthetics
 from faceparse.data.prepare import prepare_dataset
 from faceparse.data.synthetic import render_face, write_facesynthetics
@@ -60,7 +60,7 @@ def write_celebamask(root: Path, count: int) -> None:
 def throughput(dataset, workers: int, passes: int) -> float:
     """Images per second over ``passes`` epochs, after one warm-up batch."""
     loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=workers,
-                        persistent_workers=workers > 0, worker_init_fn=init_worker)
+                        persistent_workers=workers > 0, worker_init_fn=seed_worker_transform)
     next(iter(loader))
     start, seen = time.perf_counter(), 0
     for _ in range(passes):
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--passes", type=int, default=2)
     args = parser.parse_args()
-    cv2.setNumThreads(1)
+    single_thread_opencv()
     with tempfile.TemporaryDirectory() as tmp:
         celeba, synth = Path(tmp) / "CelebAMask-HQ", Path(tmp) / "FaceSynthetics"
         write_celebamask(celeba, args.samples)

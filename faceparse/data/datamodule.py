@@ -15,7 +15,12 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from faceparse.data.transforms import eval_transform, seed_transform, train_transform
 from faceparse.labels import get_scheme
 
-__all__ = ["FaceDataModule", "SkipReportingLoader", "seed_worker_transform", "init_worker"]
+__all__ = [
+    "FaceDataModule",
+    "SkipReportingLoader",
+    "seed_worker_transform",
+    "single_thread_opencv",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +37,13 @@ def seed_worker_transform(worker_id: int) -> None:
         seed_transform(transform, info.seed % 2**32)
 
 
-def init_worker(worker_id: int) -> None:
-    """Seed the worker's augmentations; one OpenCV thread, as the workers are the parallelism."""
+def single_thread_opencv() -> None:
+    """One OpenCV thread, set in the parent *before* loader workers are forked.
+
+    Workers are the parallelism; and OpenCV's thread pool does not survive ``fork``: a
+    worker that reconfigures or uses an inherited live pool can hang for ever.
+    """
     cv2.setNumThreads(1)
-    seed_worker_transform(worker_id)
 
 
 class SkipReportingLoader(DataLoader):
@@ -146,6 +154,8 @@ class FaceDataModule(L.LightningDataModule):
                 self.datasets[split] = self.make_dataset(split)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if self.num_workers > 0:
+            single_thread_opencv()
         return SkipReportingLoader(
             self.datasets[split],
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
@@ -154,7 +164,7 @@ class FaceDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=init_worker if self.num_workers > 0 else None,
+            worker_init_fn=seed_worker_transform if self.num_workers > 0 else None,
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
 
