@@ -110,3 +110,8 @@ def dataset_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[
         "helen_smith": (base / "smith", fx.write_helen_smith(base / "smith")),
         "folder": (base / "folder", fx.write_folder(base / "folder")),
     }
+
+
+def state_shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """``{prefix + key: shape}`` of a module's state dict (buffers included)."""
+    return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}

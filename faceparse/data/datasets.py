@@ -87,8 +87,9 @@ class FaceParsingDataset(Dataset):
     def load_checked(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`load`, with the image sized to the mask and the ids checked."""
         image, native = self.load(index)
-        image = match_image_to_mask(image, native, self.describe(index))
-        check_label_values(native, self.native_scheme, self.describe(index))
+        name = self.describe(index)
+        image = match_image_to_mask(image, native, name)
+        check_label_values(native, self.native_scheme, name)
         return image, native
 
     def _first_good(self, index: int) -> tuple[np.ndarray, np.ndarray]:
