@@ -18,6 +18,7 @@ and JSON, and writes ``bench.json`` to the run folder.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -27,13 +28,17 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import timm
 import torch
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -44,7 +49,8 @@ from faceparse.config import register_resolvers
 from faceparse.data.synthetic import write_facesynthetics
 from faceparse.inference import predict, prepare_for_inference
 
-__all__ = ["PeakMemory", "run", "count_flops", "format_table"]
+__all__ = ["PeakMemory", "run", "run_variants", "count_flops", "format_table",
+           "format_comparison"]
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -113,6 +119,7 @@ def machine() -> dict[str, Any]:
         cpu = names[0] if names else cpu
     info = {"cpu": cpu, "cores_usable": len(os.sched_getaffinity(0)),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "timm": timm.__version__, "lightning": L.__version__,
             "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
@@ -240,21 +247,23 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
                               cfg.bench.steps)
     net = instantiate(cfg.model.net).eval().to(device)
     flops = count_flops(net, size, device)  # eager and fp32: before compile and autocast
-    net = prepare_for_inference(net, device, cfg.model.channels_last, cfg.bench.compile)
+    net = prepare_for_inference(net, device, cfg.model.channels_last, cfg.bench.compile,
+                                cfg.model.cudnn_benchmark)
     images = torch.randn(b * steps, 3, size, size)
     peak = _peak_tflops(cfg, device)
+    bf16 = device.type == "cuda" if cfg.bench.bf16 is None else cfg.bench.bf16
     result: dict[str, Any] = {
         "batch_size": b, "image_size": size, "device": str(device),
-        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "precision": "bf16 autocast" if bf16 else "fp32",
         "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
         "gflops_per_image": flops / 1e9, "peak_bf16_tflops": peak,
     }
     for mode, probs in (("labels", False), ("softmax", True)):
         for _ in range(warmup):
-            predict(net, images[:b], b, probs=probs)
+            predict(net, images[:b], b, probs=probs, bf16=bf16)
         with PeakMemory(device) as memory:
             start = time.perf_counter()
-            predict(net, images, b, probs=probs)
+            predict(net, images, b, probs=probs, bf16=bf16)
             _sync(device)
             elapsed = time.perf_counter() - start
         rate = len(images) / elapsed
@@ -281,38 +290,131 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "net": OmegaConf.to_container(cfg.model.net, resolve=True),
     }
     for name in cfg.bench.sections:
+        _free_memory()  # what the previous section or variant left must not count
         results[name] = SECTIONS[name](cfg)
     return results
 
 
-def format_table(results: dict[str, Any]) -> str:
-    """One row per measurement: section, setting, images/s, peak MiB."""
-    rows = [("section", "setting", "images/s", "peak MiB")]
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _selects_variants(override: str) -> bool:
+    """``compare=...``, ``bench.compare...=``, ``~bench.compare.x``: not for the variants."""
+    key = _override_key(override)
+    return key == "compare" or key.split(".")[:2] == ["bench", "compare"]
+
+
+def run_variants(
+    overrides: Sequence[str],
+    variants: Mapping[str, Sequence[str]],
+    on_result: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run the bench again for each variant: ``overrides`` plus the variant's own.
+
+    A variant's override replaces the command's for the same key, so a variant can narrow
+    ``bench.sections`` or switch one option off. A variant that fails is logged and kept
+    as ``{"error": ...}`` so the others still run; ``on_result`` sees each as it finishes.
+    Needs Hydra initialised (the entry point, or ``initialize_config_dir``).
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for name, extra in variants.items():
+        replaced = {_override_key(o) for o in extra}
+        kept = [o for o in overrides
+                if _override_key(o) not in replaced and not _selects_variants(o)]
+        log.info("variant %s: %s", name, " ".join(extra))
+        try:
+            results[name] = run(compose("bench", overrides=[*kept, *extra]))
+        except Exception as error:  # one broken option must not lose the other figures
+            log.exception("variant %s failed", name)
+            results[name] = {"error": f"{type(error).__name__}: {error}"}
+        if on_result is not None:
+            on_result(name, results[name])
+    return results
+
+
+def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float | None]]:
+    """Every figure of a result, keyed by what was measured: (setting, images/s, peak MiB)."""
+    rows: dict[str, tuple[str, float, float | None]] = {}
     for row in results.get("data", []):
-        rows.append(("data", f"workers={row['workers']}", f"{row['images_per_s']:.1f}", ""))
+        rows[f"data workers={row['workers']}"] = ("", row["images_per_s"], None)
     if "train" in results:
         t = results["train"]
-        rows.append(("train", f"{t['batch_size']}x{t['image_size']}px {t['precision']}",
-                     f"{t['images_per_s']:.2f}", f"{t['peak_mib']:.0f}"))
+        rows["train"] = (f"{t['batch_size']}x{t['image_size']}px {t['precision']}",
+                         t["images_per_s"], t["peak_mib"])
     if "infer" in results:
         i = results["infer"]
         for mode in ("labels", "softmax"):
             mfu = f" mfu={i[mode]['mfu']:.1%}" if i[mode]["mfu"] is not None else ""
-            rows.append(("infer", f"{mode} {i['gflops_per_image']:.1f} GFLOP/img{mfu}",
-                         f"{i[mode]['images_per_s']:.2f}", f"{i[mode]['peak_mib']:.0f}"))
-    widths = [max(len(r[c]) for r in rows) for c in range(4)]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+            rows[f"infer {mode}"] = (
+                f"{i['batch_size']}x{i['image_size']}px {i['precision']} "
+                f"{i['gflops_per_image']:.1f} GFLOP/img{mfu}",
+                i[mode]["images_per_s"], i[mode]["peak_mib"],
+            )
+    return rows
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+def _mib(peak: float | None) -> str:
+    return "" if peak is None else f"{peak:.0f}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """One row per measurement: what, setting, images/s, peak MiB."""
+    rows = [("measured", "setting", "images/s", "peak MiB")]
+    rows += [(key, setting, f"{rate:.2f}", _mib(peak))
+             for key, (setting, rate, peak) in measurements(results).items()]
+    return _aligned(rows)
+
+
+def format_comparison(results: dict[str, Any]) -> str:
+    """Each variant's figures against the same measurement of the baseline run."""
+    base = measurements(results)
+    rows = [("variant", "measured", "setting", "images/s", "x baseline", "peak MiB")]
+    for key, (setting, rate, peak) in base.items():
+        rows.append(("baseline", key, setting, f"{rate:.2f}", "1.00", _mib(peak)))
+    for name, variant in results.get("compare", {}).items():
+        if "error" in variant:
+            rows.append((name, "failed", variant["error"][:60], "", "", ""))
+        for key, (setting, rate, peak) in measurements(variant).items():
+            ratio = f"{rate / base[key][1]:.2f}" if key in base else ""
+            rows.append((name, key, setting, f"{rate:.2f}", ratio, _mib(peak)))
+    return _aligned(rows)
+
+
+def _save(path: Path, results: dict[str, Any]) -> None:
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
 def main(cfg: DictConfig) -> None:
-    results = run(cfg)
-    text = json.dumps(results, indent=2)
-    print(format_table(results))
-    print(text)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "bench.json").write_text(text + "\n")
+    results = run(cfg)
+    save = partial(_save, output_dir / "bench.json", results)
+    save()  # after every run, so a comparison stopped half-way keeps its figures
+    if cfg.bench.compare:
+        results["compare"] = {}
+
+        def keep(name: str, variant: dict[str, Any]) -> None:
+            results["compare"][name] = variant
+            save()
+
+        variants = OmegaConf.to_container(cfg.bench.compare, resolve=True)
+        run_variants(HydraConfig.get().overrides.task, variants, on_result=keep)
+    print(json.dumps(results, indent=2))
+    print(format_comparison(results) if "compare" in results else format_table(results))
 
 
 if __name__ == "__main__":

@@ -29,10 +29,18 @@ def prepare_for_inference(
     device: str | torch.device = "cpu",
     channels_last: bool = True,
     compile: bool = False,
+    cudnn_benchmark: bool = True,
 ) -> nn.Module:
-    """Eval mode on ``device``; channels_last on CUDA; ``torch.compile`` (in place) if asked."""
+    """Eval mode on ``device``; channels_last on CUDA; ``torch.compile`` (in place) if asked.
+
+    On CUDA, ``cudnn_benchmark`` sets the process-wide ``torch.backends.cudnn.benchmark``:
+    cuDNN times its convolution algorithms once per input shape, which pays when the
+    shapes repeat (a fixed image size) and costs time when every batch has a new shape.
+    """
     device = torch.device(device)
     net = net.eval().to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark
     if channels_last and device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     if compile:

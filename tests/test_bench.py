@@ -13,7 +13,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from faceparse.bench import PeakMemory, _rss_bytes, count_flops, format_table, run
+from faceparse.bench import (
+    PeakMemory,
+    _rss_bytes,
+    count_flops,
+    format_comparison,
+    format_table,
+    run,
+    run_variants,
+)
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 TINY = [
@@ -60,6 +68,31 @@ def test_bench_runs_every_section(tmp_path: Path) -> None:
 def test_unknown_section_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown bench sections"):
         run(compose_bench(tmp_path, [*TINY, "bench.sections=[trian]"]))
+
+
+def test_variants_rerun_with_their_overrides_and_survive_failures(tmp_path: Path) -> None:
+    overrides = [*TINY, f"paths.output_dir={tmp_path}", "bench.sections=[infer]"]
+    results = run(compose_bench(tmp_path, overrides))
+    seen = []
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        variants = run_variants(
+            [*overrides, "compare=fast_path", "~bench.compare.compiled"],
+            {"explicit_attention": ["encoder.vit.fused_attn=false", "bench.bf16=false"],
+             "broken": ["bench.sections=[trian]"]},
+            on_result=lambda name, result: seen.append(name),
+        )
+    assert seen == ["explicit_attention", "broken"]
+    explicit = variants["explicit_attention"]
+    assert explicit["net"]["encoder"]["vit"]["fused_attn"] is False
+    assert set(explicit) == {"machine", "command", "net", "infer"}  # the command's sections
+    assert "compare" not in explicit  # the command's compare=... is not run again
+    assert "unknown bench sections" in variants["broken"]["error"]
+    results["compare"] = variants
+    table = format_comparison(results).splitlines()
+    assert [row.split()[:3] for row in table[1:4]] == [
+        ["baseline", "infer", "labels"], ["baseline", "infer", "softmax"],
+        ["explicit_attention", "infer", "labels"]]
+    assert table[-1].split()[:2] == ["broken", "failed"]
 
 
 def test_flops_count_convolutions_and_attention() -> None:

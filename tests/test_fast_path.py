@@ -125,9 +125,11 @@ def test_predict_gives_probabilities_when_asked() -> None:
     assert torch.equal(out.probs.argmax(1), out.labels.long())
 
 
-def test_prepare_for_inference_stays_plain_on_cpu() -> None:
-    net = prepare_for_inference(Logits().train())
+def test_prepare_for_inference_stays_plain_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    net = prepare_for_inference(Logits().train(), cudnn_benchmark=True)
     assert not net.training and net.conv.weight.is_contiguous()
+    assert not torch.backends.cudnn.benchmark  # a process-wide CUDA setting: left alone
 
 
 @pytest.mark.parametrize(("workers", "expected"), [(0, None), (2, 4)])

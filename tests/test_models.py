@@ -181,6 +181,29 @@ def test_dino_vit_several_layers_concatenate(vit_small: DinoVitEncoder, images) 
     assert not torch.allclose(both[:, :384], last)
 
 
+def test_dino_vit_explicit_attention_matches_fused(
+    vit_small: DinoVitEncoder, images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``fused_attn=False`` computes the same map without calling PyTorch's SDPA."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+
+    def counting_sdpa(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
+    explicit = DinoVitEncoder("small", fused_attn=False)
+    explicit.load_state_dict(vit_small.state_dict())
+    with torch.no_grad():
+        (expected,) = vit_small(images)
+        fused_calls = len(calls)
+        (out,) = explicit(images)
+    assert fused_calls == len(vit_small.model.blocks)
+    assert len(calls) == fused_calls  # the explicit path never reached SDPA
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_dino_vit_unknown_size() -> None:
     with pytest.raises(ValueError, match="huge"):
         DinoVitEncoder("huge")

@@ -100,6 +100,8 @@ class DinoVitEncoder(nn.Module):
     ``size`` is small (S/16, 384 ch), base (B/16, 768) or large (L/16, 1024).
     ``finetune_blocks=N`` trains the last N blocks and the final norm of a frozen ViT;
     ``lr_scale`` multiplies the learning rate of whatever part of the ViT trains.
+    ``fused_attn=False`` swaps PyTorch's fused SDPA (flash / memory-efficient kernels) for
+    timm's explicit softmax(QK^T)V, the slow path kept for comparison and debugging.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class DinoVitEncoder(nn.Module):
         weights: str | Path | None = None,
         finetune_blocks: int = 0,
         lr_scale: float = 0.1,
+        fused_attn: bool = True,
     ) -> None:
         super().__init__()
         if size not in DINOV3_MODELS:
@@ -118,6 +121,9 @@ class DinoVitEncoder(nn.Module):
         self.model = timm.create_model(
             DINOV3_MODELS[size], pretrained=False, dynamic_img_size=True
         )
+        for module in self.model.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = fused_attn
         depth = len(self.model.blocks)
         outside = [i for i in layers if not -depth <= i < depth]
         if outside:

@@ -1,0 +1,69 @@
+"""The fast path on a real GPU: what the CPU suite can only fake (skipped without CUDA).
+
+Run on a GPU machine with ``pytest tests/test_cuda.py``; speeds come from
+``python -m faceparse.bench compare=fast_path`` (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+from torch.utils.data import DataLoader
+
+from faceparse.inference import predict, prepare_for_inference
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+SMALL = ["encoder.cnn.arch=vgg11_bn", "encoder.vit.size=small", "decoder.decoder_channels=32",
+         "trainer=gpu"]
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def test_training_on_cuda_uses_every_fast_path_option(compose_train,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cfg = compose_train(SMALL)
+    assert cfg.trainer.precision == "bf16-mixed"
+    module = instantiate(cfg.model)
+    vit_before = {k: v.clone() for k, v in module.net.encoder.vit.state_dict().items()}
+    decoder_before = {k: v.clone() for k, v in module.net.decoder.state_dict().items()}
+    batch = {"image": torch.randn(2, 3, 64, 64),
+             "mask": torch.randint(0, module.scheme.num_classes, (2, 64, 64), dtype=torch.uint8)}
+    trainer = L.Trainer(accelerator="gpu", devices=1, precision=cfg.trainer.precision,
+                        max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(module, DataLoader([batch, batch], batch_size=None))
+    assert torch.backends.cudnn.benchmark
+    assert trainer.optimizers[0].defaults["fused"]
+    convs = [m.weight for m in module.net.modules()
+             if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    vit_after = module.net.encoder.vit.state_dict()
+    assert all(torch.equal(vit_before[k], vit_after[k].cpu()) for k in vit_before)
+    decoder_after = module.net.decoder.state_dict()
+    assert any(not torch.equal(decoder_before[k], decoder_after[k].cpu())
+               for k in decoder_before if decoder_before[k].is_floating_point())
+
+
+def test_bf16_inference_matches_fp32(compose_train, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    net = instantiate(compose_train(SMALL).model.net)
+    images = torch.randn(4, 3, 64, 64)
+    with torch.inference_mode():
+        reference = net.eval()(images)  # fp32 on the CPU
+    net = prepare_for_inference(net, "cuda")
+    assert torch.backends.cudnn.benchmark
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+        logits = net(images.cuda())
+    assert logits.dtype == torch.bfloat16
+    assert relative_error(logits.cpu(), reference) < 3e-2
+    labels = predict(net, images, batch_size=2).labels
+    agreement = (labels.long() == reference.argmax(1)).float().mean().item()
+    assert agreement > 0.8  # random weights: some logits are near-ties
