@@ -279,14 +279,18 @@ SECTIONS: dict[str, Callable[[DictConfig], Any]] = {
 }
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the sections ``bench.sections`` names; return their figures with the machine's."""
+def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the sections ``bench.sections`` names; return their figures with the machine's.
+
+    ``overrides`` are recorded as the command (default: this process's arguments).
+    """
     unknown = [s for s in cfg.bench.sections if s not in SECTIONS]
     if unknown:
         raise ValueError(f"unknown bench sections {unknown}; choose from {list(SECTIONS)}")
     torch.manual_seed(cfg.seed)
     results: dict[str, Any] = {
-        "machine": machine(), "command": " ".join(["python -m faceparse.bench", *sys.argv[1:]]),
+        "machine": machine(), "command": " ".join(["python -m faceparse.bench",
+                             *(sys.argv[1:] if overrides is None else overrides)]),
         "net": OmegaConf.to_container(cfg.model.net, resolve=True),
     }
     for name in cfg.bench.sections:
@@ -330,7 +334,8 @@ def run_variants(
                 if _override_key(o) not in replaced and not _selects_variants(o)]
         log.info("variant %s: %s", name, " ".join(extra))
         try:
-            results[name] = run(compose("bench", overrides=[*kept, *extra]))
+            variant_overrides = [*kept, *extra]
+            results[name] = run(compose("bench", overrides=variant_overrides), variant_overrides)
         except Exception as error:  # one broken option must not lose the other figures
             log.exception("variant %s failed", name)
             results[name] = {"error": f"{type(error).__name__}: {error}"}

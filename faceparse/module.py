@@ -162,6 +162,33 @@ class FaceParsingModule(L.LightningModule):
             return {"fused": self.device.type == "cuda"}
         return {}
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip for a fused optimizer too, when no gradient scaler is in play.
+
+        Lightning refuses to clip under mixed precision when the optimizer is fused, since
+        with an fp16 ``GradScaler`` the fused step unscales internally and the gradients it
+        would clip are still scaled. bf16 and fp32 have no scaler: the gradients are true,
+        so they are clipped here, before the fused step.
+        """
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if not optimizer.defaults.get("fused") or scaler is not None:
+            super().configure_gradient_clipping(
+                optimizer, gradient_clip_val, gradient_clip_algorithm
+            )
+            return
+        if not gradient_clip_val:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            nn.utils.clip_grad_norm_(params, gradient_clip_val)
+
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self._param_groups()
         optimizer = self.optimizer_factory(params=groups, **self._fused_option())

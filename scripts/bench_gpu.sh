@@ -7,7 +7,8 @@
 #   3. loader with prefetch_factor 4;  4. batch 32 (utilisation at a larger batch);
 #   5. torch.compile for train and infer (minutes of compilation first).
 # Usage: scripts/bench_gpu.sh [OUTPUT_DIR]; writes bench_gpu.json (every step's figures)
-# and bench_gpu.log there. PYTHON picks the interpreter; COMMON replaces the shared overrides.
+# and bench_gpu.log there. PYTHON picks the interpreter; COMMON replaces the shared overrides;
+# STEPS (e.g. "fast_path compiled") runs only the steps it names.
 set -u
 out=$(mkdir -p "${1:-outputs/bench_gpu}" && cd "${1:-outputs/bench_gpu}" && pwd)
 work=$(mktemp -d)
@@ -19,6 +20,7 @@ log="$out/bench_gpu.log"
 step() {  # step NAME SECONDS COMMAND...: run, keep its log, show its last lines
     local name=$1 limit=$2
     shift 2
+    [[ " ${STEPS:-$name} " == *" $name "* ]] || return 0  # STEPS="a b": only those steps
     echo "== $name (limit ${limit}s): $*" | tee -a "$log"
     local start=$SECONDS status
     timeout "$limit" "$@" > "$work/$name.out" 2>&1

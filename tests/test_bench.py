@@ -86,6 +86,7 @@ def test_variants_rerun_with_their_overrides_and_survive_failures(tmp_path: Path
     assert explicit["net"]["encoder"]["vit"]["fused_attn"] is False
     assert set(explicit) == {"machine", "command", "net", "infer"}  # the command's sections
     assert "compare" not in explicit  # the command's compare=... is not run again
+    assert explicit["command"].endswith("encoder.vit.fused_attn=false bench.bf16=false")
     assert "unknown bench sections" in variants["broken"]["error"]
     results["compare"] = variants
     table = format_comparison(results).splitlines()

@@ -35,7 +35,8 @@ def test_training_on_cuda_uses_every_fast_path_option(compose_train,
     batch = {"image": torch.randn(2, 3, 64, 64),
              "mask": torch.randint(0, module.scheme.num_classes, (2, 64, 64), dtype=torch.uint8)}
     trainer = L.Trainer(accelerator="gpu", devices=1, precision=cfg.trainer.precision,
-                        max_steps=2, logger=False, enable_checkpointing=False,
+                        max_steps=2, gradient_clip_val=1.0, logger=False,
+                        enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, DataLoader([batch, batch], batch_size=None))

@@ -6,12 +6,15 @@ pretending the trainer's device is CUDA; their speed is measured by ``faceparse.
 
 from __future__ import annotations
 
+from functools import partial
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 from torch import nn
+from torch.utils.data import DataLoader
 
 from faceparse.data.datamodule import FaceDataModule
 from faceparse.data.datasets import SyntheticFaces
@@ -139,3 +142,34 @@ def test_prefetch_factor_reaches_the_loader(workers: int, expected: int | None) 
     datamodule.datasets["train"] = datamodule.make_dataset("train")
     loader = datamodule.train_dataloader()
     assert loader.prefetch_factor == expected and loader.persistent_workers == (workers > 0)
+
+
+def test_fused_adamw_trains_with_gradient_clipping_under_bf16(module: FaceParsingModule) -> None:
+    """Lightning refuses to clip for a fused optimizer under mixed precision (an fp16 scaler
+    would leave the gradients scaled); bf16 has no scaler, so the module clips itself. The
+    default GPU setup (bf16-mixed, fused AdamW, gradient_clip_val 1.0) depends on this."""
+    module.optimizer_factory = partial(torch.optim.AdamW, lr=1e-3, fused=True)
+    module.scheduler_factory = None
+    batch = {"image": torch.randn(2, 3, 32, 32),
+             "mask": torch.randint(0, module.scheme.num_classes, (2, 32, 32), dtype=torch.uint8)}
+    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", gradient_clip_val=1.0,
+                        max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(module, DataLoader([batch], batch_size=None))
+    assert trainer.optimizers[0].defaults["fused"] and trainer.global_step == 1
+
+
+@pytest.mark.parametrize(("algorithm", "check"), [
+    ("norm", lambda grads: torch.linalg.vector_norm(torch.cat(grads)) <= 1.0 + 1e-5),
+    ("value", lambda grads: torch.cat(grads).abs().max() <= 1.0),
+])
+def test_module_clips_for_a_fused_optimizer(module: FaceParsingModule, algorithm: str,
+                                            check) -> None:
+    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None))
+    params = [p for p in module.net.decoder.parameters()]
+    for p in params:
+        p.grad = torch.full_like(p, 10.0)
+    optimizer = torch.optim.AdamW(params, fused=True)
+    module.configure_gradient_clipping(optimizer, 1.0, algorithm)
+    assert check([p.grad.flatten() for p in params])
