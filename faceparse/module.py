@@ -156,10 +156,13 @@ class FaceParsingModule(L.LightningModule):
         return [{"params": ps, "lr_scale": scale} for scale, ps in groups.items()]
 
     def _fused_option(self) -> dict[str, bool]:
-        """``fused: null`` in the optimizer config means fused kernels exactly on CUDA."""
+        """``fused: null`` in the optimizer config means fused kernels on CUDA, unless an fp16
+        gradient scaler is in play (Lightning cannot clip gradients for a fused step then)."""
         keywords = getattr(self.optimizer_factory, "keywords", {})
         if "fused" in keywords and keywords["fused"] is None:
-            return {"fused": self.device.type == "cuda"}
+            plugin = getattr(self._trainer, "precision_plugin", None)
+            scaler = getattr(plugin, "scaler", None)
+            return {"fused": self.device.type == "cuda" and scaler is None}
         return {}
 
     def configure_gradient_clipping(

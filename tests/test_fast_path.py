@@ -84,6 +84,9 @@ def test_fused_adamw_only_on_cuda(module: FaceParsingModule,
     assert not module.configure_optimizers()["optimizer"].defaults["fused"]
     monkeypatch.setattr(FaceParsingModule, "device", property(lambda self: torch.device("cuda")))
     assert module.configure_optimizers()["optimizer"].defaults["fused"]
+    # fp16 with a gradient scaler: Lightning cannot clip for a fused step, so not fused
+    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()))
+    assert not module.configure_optimizers()["optimizer"].defaults["fused"]
 
 
 def test_frozen_vit_keeps_no_activations_and_uses_sdpa(module: FaceParsingModule) -> None:
