@@ -52,7 +52,7 @@ bench compiled 240 "bench.sections=[train,infer]" model.compile=true bench.compi
 "$py" - "$work" "$out/bench_gpu.json" <<'EOF'
 import json, sys
 from pathlib import Path
-from faceparse.bench import format_comparison, format_table
+from faceparse.bench_report import format_comparison, format_table
 work, target = Path(sys.argv[1]), Path(sys.argv[2])
 found = {p.parent.name: json.loads(p.read_text()) for p in sorted(work.glob("*/bench.json"))}
 target.write_text(json.dumps(found, indent=2) + "\n")

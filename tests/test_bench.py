@@ -13,15 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from faceparse.bench import (
-    PeakMemory,
-    _rss_bytes,
-    count_flops,
-    format_comparison,
-    format_table,
-    run,
-    run_variants,
-)
+from faceparse.bench import PeakMemory, _rss_bytes, count_flops, run, run_variants
+from faceparse.bench_report import format_comparison, format_table
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 TINY = [
