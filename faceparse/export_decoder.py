@@ -10,30 +10,24 @@ Options: ``trust_pickle=true`` reads a source checkpoint that needs arbitrary un
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 
 from faceparse.checkpoints import export_decoder_only
+from faceparse.cli import hydra_entry
 
 log = logging.getLogger(__name__)
-
-USAGE = "usage: python -m faceparse.export_decoder ckpt=<full.ckpt> out=<decoder.ckpt>"
 
 
 def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Parse ``key=value`` arguments, export, log the report and return it."""
-    args = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
-    unknown = set(args) - {"ckpt", "out", "trust_pickle"}
-    if unknown or "ckpt" not in args or "out" not in args:
-        raise SystemExit(f"{USAGE} [trust_pickle=true]; unknown: {sorted(unknown)}")
-    report = export_decoder_only(args.ckpt, args.out, bool(args.get("trust_pickle", False)))
-    log.info("wrote %s (%s, was %s)", args.out, _mb(report["size_after"]),
+def export_decoder(cfg: DictConfig) -> dict[str, Any]:
+    """Export ``cfg.ckpt`` to ``cfg.out``, log the report and return it."""
+    report = export_decoder_only(cfg.ckpt, cfg.out, bool(cfg.trust_pickle))
+    log.info("wrote %s (%s, was %s)", cfg.out, _mb(report["size_after"]),
              _mb(report["size_before"]))
     log.info("removed %d keys, %d parameters: %s", report["removed_keys"],
              report["removed_params"], ", ".join(report["removed_modules"]) or "nothing")
@@ -43,6 +37,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+@hydra_entry("export_decoder")
+def main(cfg: DictConfig) -> None:
+    export_decoder(cfg)
+
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     main()

@@ -15,7 +15,10 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from faceparse.labels import IGNORE_INDEX
 
-__all__ = ["SegmentationMetrics", "scores_from_confusion"]
+__all__ = ["HEADLINE", "SegmentationMetrics", "scores_from_confusion"]
+
+# The figures papers report: mean F1 over foreground classes present, mIoU, pixel accuracy.
+HEADLINE = ("f1_mean", "miou", "pixel_acc")
 
 
 def scores_from_confusion(

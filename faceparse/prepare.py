@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import logging
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from faceparse.config import register_resolvers
-from faceparse.data.prepare import prepare_dataset
+from faceparse.cli import hydra_entry
+from faceparse.data.prepare import SplitReport, prepare_dataset
 
 log = logging.getLogger(__name__)
-register_resolvers()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
-def main(cfg: DictConfig) -> None:
+def prepare(cfg: DictConfig) -> dict[str, SplitReport]:
+    """Prepare ``cfg.splits`` of ``cfg.data`` into its ``prepared_dir``; return each report."""
     prepared_dir = cfg.data.dataset.get("prepared_dir")
     if not prepared_dir:
         raise ValueError(f"data.dataset ({cfg.data.dataset._target_}) has no prepared_dir: "
@@ -35,6 +33,12 @@ def main(cfg: DictConfig) -> None:
         log.info("%s: %d written, %d already done, %d skipped", split, report.written,
                  report.reused, report.skipped)
     log.info("prepared copy in %s", prepared_dir)
+    return reports
+
+
+@hydra_entry("prepare")
+def main(cfg: DictConfig) -> None:
+    prepare(cfg)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Reads top to bottom: seed, instantiate data/model/callbacks/loggers/trainer, fit
 on the best checkpoint, return the metric a sweeper optimises. ``ckpt_path`` resumes one
 of our full checkpoints exactly; any other supported checkpoint (decoder-only export, the
 original FaceParsing project's) initialises the weights and training starts afresh.
-Checkpoints are read data-only; ``trust_pickle=true`` opts out for a trusted file.
+``train=false`` tests ``ckpt_path`` and nothing else. Checkpoints are read data-only;
+``trust_pickle=true`` opts out for a trusted file.
 """
 
 from __future__ import annotations
@@ -14,19 +15,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from faceparse.checkpoints import is_resumable, load_net_weights
-from faceparse.config import register_resolvers
-from faceparse.models.checkpoint_io import safe_globals
+from faceparse.checkpoints import start_from
+from faceparse.cli import hydra_entry
+from faceparse.safe_load import safe_globals
 
 log = logging.getLogger(__name__)
-register_resolvers()
-# A frozen ViT stays in eval mode on purpose; Lightning would warn about it every fit.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -34,8 +31,23 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
 
 
+def _test_target(trainer: L.Trainer, trained: bool, resume: str | None) -> str | None:
+    """The checkpoint to test: the best of this run, or the given one (None: the weights
+    already in the module, loaded from a weights-only file or left by training)."""
+    if not trained:
+        return resume
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if not best:
+        log.warning("no best checkpoint (no ModelCheckpoint, or fast_dev_run): testing the "
+                    "weights as training left them")
+    return best or None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as the config says; return the logged metrics as floats."""
+    if not cfg.train and not cfg.get("ckpt_path"):
+        raise ValueError("train=false tests a checkpoint, and none is given: set "
+                         "ckpt_path=<run>/checkpoints/<file>.ckpt (or drop train=false)")
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -43,30 +55,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    model.net_config = OmegaConf.to_container(cfg.model.net, resolve=True)
     trust_pickle = bool(cfg.trust_pickle)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not is_resumable(ckpt_path, trust_pickle):
-        log.info("%s is not a full faceparse checkpoint: loading its weights only", ckpt_path)
-        load_net_weights(model.net, ckpt_path, model.scheme, trust_pickle)
-        ckpt_path = None
+    resume = None
+    if cfg.get("ckpt_path"):
+        resume = start_from(cfg.ckpt_path, model.net, model.scheme, trust_pickle)
     callbacks = instantiate_all(cfg.get("callbacks"))
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     try:
         if cfg.train:
-            with safe_globals(ckpt_path or "checkpoint"):
-                trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path,
+            with safe_globals(resume or "checkpoint"):
+                trainer.fit(model, datamodule=datamodule, ckpt_path=resume,
                             weights_only=not trust_pickle)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.test:
-            checkpoint = trainer.checkpoint_callback
-            best = checkpoint.best_model_path if checkpoint else ""
-            if not best:
-                log.warning("no best checkpoint; testing the current weights")
-            with safe_globals(best or "checkpoint"):
-                trainer.test(model, datamodule=datamodule, ckpt_path=best or None,
-                             weights_only=True)
+            tested = _test_target(trainer, cfg.train, resume)
+            with safe_globals(tested or "checkpoint"):
+                trainer.test(model, datamodule=datamodule, ckpt_path=tested,
+                             weights_only=not trust_pickle)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     finally:
         for logger in loggers:
@@ -74,8 +80,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra_entry("train")
 def main(cfg: DictConfig) -> float | None:
+    # A frozen ViT stays in eval mode on purpose; Lightning would warn about it every fit.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     metrics = train(cfg)
     value = metrics.get(cfg.get("optimized_metric") or "")
     if value is not None:

@@ -47,12 +47,12 @@ bench fast_path 330 compare=fast_path "~bench.compare.compiled" \
 bench prefetch 90 "bench.sections=[data]" +data.prefetch_factor=4 \
     "bench.data.workers=[4,8,16]" bench.data.batches=24 bench.data.write_faces=192
 bench batch32 120 "bench.sections=[train,infer]" data.batch_size=32 bench.steps=5
-bench compiled 240 "bench.sections=[train,infer]" model.compile=true bench.compile=true
+bench compiled 240 "bench.sections=[train,infer]" fast_path.compile=true
 
 "$py" - "$work" "$out/bench_gpu.json" <<'EOF'
 import json, sys
 from pathlib import Path
-from faceparse.bench_report import format_comparison, format_table
+from faceparse.bench.report import format_comparison, format_table
 work, target = Path(sys.argv[1]), Path(sys.argv[2])
 found = {p.parent.name: json.loads(p.read_text()) for p in sorted(work.glob("*/bench.json"))}
 target.write_text(json.dumps(found, indent=2) + "\n")

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader
 
-from faceparse.data.celebamask import CelebAMaskHQ
-from faceparse.data.datamodule import seed_worker_transform, single_thread_opencv
-from faceparse.data.facesynthetics import FaceSynthetics
+from faceparse.data.loaders import seed_worker_transform, single_thread_opencv
 from faceparse.data.prepare import prepare_dataset
+from faceparse.data.readers.celebamask import CelebAMaskHQ
+from faceparse.data.readers.facesynthetics import FaceSynthetics
 from faceparse.data.synthetic import render_face, write_facesynthetics
 from faceparse.data.transforms import train_transform
 from faceparse.labels import CELEBAMASK, FACESYNTHETICS

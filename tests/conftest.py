@@ -12,7 +12,6 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
 # Copies of the project's shared fixtures (see tests/fixtures/README.md).
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SEED_CHECKPOINT_KEYS = FIXTURES / "seed_checkpoint_keys.json"
@@ -67,26 +66,54 @@ def vit_small():
     from faceparse.models import DinoVitEncoder
 
     torch.manual_seed(0)
-    return DinoVitEncoder(size="small")
+    return DinoVitEncoder(size="small", random_init=True)
 
 
-@pytest.fixture
-def compose_train(tmp_path: Path) -> Callable[..., DictConfig]:
-    """Compose ``conf/train.yaml`` as ``python -m faceparse.train`` would.
+# A small CPU model on a few tiny synthetic faces: what most training tests run.
+TINY = (
+    "cnn.arch=vgg11_bn",
+    "vit.size=small",
+    "vit.random_init=true",
+    "decoder.decoder_channels=32",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.dataset.sizes={train: 8, val: 4, test: 4}",
+    "trainer.max_epochs=1",
+    "trainer.accelerator=cpu",
+    "trainer.log_every_n_steps=1",
+)
 
-    The Hydra config is registered (``${hydra:...}`` resolves, with the run folder in
-    ``tmp_path``) and then removed, so the returned config resolves as the task sees it.
+
+@pytest.fixture(scope="session")
+def tiny() -> tuple[str, ...]:
+    """The :data:`TINY` overrides."""
+    return TINY
+
+
+@pytest.fixture(scope="session")
+def compose(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., DictConfig]:
+    """Compose ``conf/<config>.yaml`` as ``python -m faceparse.<command>`` would.
+
+    ``compose(overrides, config="train", output_dir=None)``: the resolvers are registered,
+    the Hydra config is set with the run folder in ``output_dir`` (default: a fresh
+    temporary folder) so ``${hydra:...}`` resolves, then removed from the returned config,
+    which resolves as the task sees it.
     """
-    from hydra import compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
-    import faceparse.train  # noqa: F401  (registers the num_classes/auto_precision resolvers)
+    from faceparse.cli import CONF_DIR, register_resolvers
 
-    def _compose(overrides: Sequence[str] = ()) -> DictConfig:
+    register_resolvers()
+
+    def _compose(overrides: Sequence[str] = (), config: str = "train",
+                 output_dir: str | Path | None = None) -> DictConfig:
+        output_dir = Path(output_dir or tmp_path_factory.mktemp("run"))
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+            cfg = hydra_compose(config, overrides=list(overrides), return_hydra_config=True)
         with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+            cfg.hydra.runtime.output_dir = str(output_dir)
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
             del cfg.hydra

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faceparse.data.facesynthetics import split_of
+from faceparse.data.readers.facesynthetics import split_of
 from faceparse.data.synthetic import render_face, render_face_with_landmarks
 from faceparse.labels import CELEBAMASK, FACESYNTHETICS, LAPA, LabelScheme
 
@@ -33,6 +33,12 @@ _FS_TO_LAPA = {
 }
 # Parts that CelebAMask-HQ's skin annotation covers too: merging must let them win.
 _UNDER_SKIN = ("nose", "l_eye", "r_eye", "l_brow", "r_brow", "mouth", "u_lip", "l_lip")
+# Overlaps whose winner depends on the merge order, as in the real annotations: hair runs
+# under a hat, and each eye's mask runs under the glasses on its side. BiSeNet's order
+# paints hat after hair and eye_g after the eyes, so the hat and the glasses win.
+_UNDER = {"hair": ("hat",), "l_eye": ("eye_g",), "r_eye": ("eye_g",)}
+# Faces rendered for some ids, so that the fixture has glasses (0) and a hat (1).
+_CELEBA_RENDER = {0: 12, 1: 10}
 
 
 def fs_lut(target: LabelScheme, names: dict[str, str]) -> np.ndarray:
@@ -69,13 +75,15 @@ def write_celebamask(root: Path, splits: dict[int, str] = CELEBA_SPLITS, mask_si
     codes = {"train": 0, "val": 1, "test": 2}
     expected, mapping, partition = {}, ["idx orig_idx orig_file"], []
     for hq in sorted(splits):
-        image, native = face(hq, image_size, CELEBAMASK, _FS_TO_CELEBA)
+        image, native = face(_CELEBA_RENDER.get(hq, hq), image_size, CELEBAMASK, _FS_TO_CELEBA)
         native = native[:: image_size // mask_size, :: image_size // mask_size]
         write_rgb(root / "CelebA-HQ-img" / f"{hq}.jpg", image)
         for label, part in enumerate(CELEBAMASK.class_names[1:], start=1):
             region = native == label
             if part == "skin":
                 region |= np.isin(native, [CELEBAMASK.index(p) for p in _UNDER_SKIN])
+            for under in _UNDER.get(part, ()):
+                region |= (native == CELEBAMASK.index(under)) & _side_of(native, part)
             if region.any():
                 white = np.repeat(region[..., None], 3, axis=2).astype(np.uint8) * 255
                 write_rgb(root / "CelebAMask-HQ-mask-anno" / str(hq // 2000)
@@ -88,6 +96,16 @@ def write_celebamask(root: Path, splits: dict[int, str] = CELEBA_SPLITS, mask_si
     (root / "CelebA-HQ-to-CelebA-mapping.txt").write_text("\n".join(mapping) + "\n")
     (root / "list_eval_partition.txt").write_text("\n".join(sorted(partition)) + "\n")
     return expected
+
+
+def _side_of(native: np.ndarray, part: str) -> np.ndarray:
+    """Columns on the side of the face where ``part`` is (everywhere for unsided parts)."""
+    columns = np.arange(native.shape[1])[None, :]
+    if part not in ("l_eye", "r_eye"):
+        return np.ones_like(native, bool)
+    eyes = {p: np.nonzero(native == CELEBAMASK.index(p))[1].mean() for p in ("l_eye", "r_eye")}
+    middle = (eyes["l_eye"] + eyes["r_eye"]) / 2
+    return (columns < middle) == (eyes[part] < middle)
 
 
 LAPA_SIZES = {"train": [(64, 64), (72, 56), (64, 80)], "val": [(64, 64), (48, 64)],

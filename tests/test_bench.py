@@ -3,22 +3,24 @@ checked for shape and sense only (speed targets live in BENCHMARKS.md, not in te
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from hydra import initialize_config_dir
 from torch import nn
 
-from faceparse.bench import PeakMemory, _rss_bytes, count_flops, run, run_variants
-from faceparse.bench_report import format_comparison, format_table
+from faceparse.bench import PeakMemory, count_flops, run, run_variants
+from faceparse.bench.measure import rss_bytes
+from faceparse.bench.report import format_comparison, format_table
+from faceparse.cli import CONF_DIR
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 TINY = [
-    "encoder.cnn.arch=vgg11_bn", "encoder.vit.size=small", "decoder.decoder_channels=32",
+    "cnn.arch=vgg11_bn", "vit.size=small", "decoder.decoder_channels=32",
     "data.image_size=32", "bench.warmup=1", "bench.steps=1", "bench.data.workers=[0]",
     "bench.data.batches=2", "bench.data.write_faces=4", "trainer.accelerator=cpu",
 ]
@@ -26,25 +28,22 @@ TINY = [
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
-def compose_bench(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("bench", overrides=overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-        cfg.paths.output_dir = str(tmp_path)
-    return cfg
+@pytest.fixture
+def compose_bench(compose, tmp_path: Path):
+    return lambda overrides: compose(overrides, config="bench", output_dir=tmp_path)
 
 
-def test_bench_defaults_are_the_reference_model_at_a_small_size(tmp_path: Path) -> None:
-    cfg = compose_bench(tmp_path, [])
-    assert cfg.encoder.cnn.arch == "vgg19_bn" and cfg.encoder.vit.size == "large"
+def test_bench_defaults_are_the_reference_model_at_a_small_size(compose_bench) -> None:
+    cfg = compose_bench([])
+    assert cfg.cnn.arch == "vgg19_bn" and cfg.vit.size == "large"
+    assert cfg.model.net.encoder._target_ == "faceparse.models.DualEncoder"
+    assert cfg.vit.random_init  # speed needs no DINOv3 file, and says so
     assert cfg.data.image_size == 128 and cfg.bench.sections == ["data", "train", "infer"]
     assert "FaceSynthetics" in cfg.data.dataset._target_
 
 
-def test_bench_runs_every_section(tmp_path: Path) -> None:
-    results = run(compose_bench(tmp_path, TINY))
+def test_bench_runs_every_section(compose_bench) -> None:
+    results = run(compose_bench(TINY))
     assert results["machine"]["torch"] == torch.__version__
     (data,) = results["data"]
     assert data["workers"] == 0 and data["images_per_s"] > 0
@@ -58,19 +57,20 @@ def test_bench_runs_every_section(tmp_path: Path) -> None:
     assert table.count("\ninfer") == 2 and "workers=0" in table
 
 
-def test_unknown_section_is_refused(tmp_path: Path) -> None:
+def test_unknown_section_is_refused(compose_bench) -> None:
     with pytest.raises(ValueError, match="unknown bench sections"):
-        run(compose_bench(tmp_path, [*TINY, "bench.sections=[trian]"]))
+        run(compose_bench([*TINY, "bench.sections=[trian]"]))
 
 
-def test_variants_rerun_with_their_overrides_and_survive_failures(tmp_path: Path) -> None:
+def test_variants_rerun_with_their_overrides_and_survive_failures(compose_bench,
+                                                                   tmp_path: Path) -> None:
     overrides = [*TINY, f"paths.output_dir={tmp_path}", "bench.sections=[infer]"]
-    results = run(compose_bench(tmp_path, overrides))
+    results = run(compose_bench(overrides))
     seen = []
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         variants = run_variants(
             [*overrides, "compare=fast_path", "~bench.compare.compiled"],
-            {"explicit_attention": ["encoder.vit.fused_attn=false", "bench.bf16=false"],
+            {"explicit_attention": ["vit.fused_attn=false", "bench.bf16=false"],
              "broken": ["bench.sections=[trian]"]},
             on_result=lambda name, result: seen.append(name),
         )
@@ -79,7 +79,7 @@ def test_variants_rerun_with_their_overrides_and_survive_failures(tmp_path: Path
     assert explicit["net"]["encoder"]["vit"]["fused_attn"] is False
     assert set(explicit) == {"machine", "command", "net", "infer"}  # the command's sections
     assert "compare" not in explicit  # the command's compare=... is not run again
-    assert explicit["command"].endswith("encoder.vit.fused_attn=false bench.bf16=false")
+    assert explicit["command"].endswith("vit.fused_attn=false bench.bf16=false")
     assert "unknown bench sections" in variants["broken"]["error"]
     results["compare"] = variants
     table = format_comparison(results).splitlines()
@@ -105,7 +105,21 @@ def test_flops_count_convolutions_and_attention() -> None:
 def test_cpu_peak_memory_keeps_the_highest_resident_set_seen() -> None:
     with PeakMemory(torch.device("cpu"), interval_s=0.001) as memory:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
-        during = _rss_bytes()
+        during = rss_bytes()
         time.sleep(0.02)  # torch ops release the GIL for the sampler; a test must yield it
         del block
     assert memory.method == "cpu rss sampled" and memory.peak >= during
+
+
+@pytest.mark.slow
+def test_bench_command_prints_and_writes_its_figures(tmp_path: Path) -> None:
+    """``python -m faceparse.bench`` as a user runs it: the table, and bench.json."""
+    result = subprocess.run(
+        [sys.executable, "-m", "faceparse.bench", *TINY, "bench.sections=[train,infer]",
+         f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert set(results) == {"machine", "command", "net", "train", "infer"}
+    assert results["command"].startswith("python -m faceparse.bench cnn.arch=vgg11_bn")
+    assert results["train"]["images_per_s"] > 0
+    assert "infer labels" in result.stdout and "images/s" in result.stdout

@@ -8,39 +8,35 @@ so every file here is small; checkpoints are built from our own modules' random 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
 import pytest
 import timm
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
-from faceparse import export_decoder, original_project
 from faceparse.checkpoints import (
     META_KEY,
+    CheckpointKind,
     build_net,
     export_decoder_only,
-    is_resumable,
     load_face_parser,
     load_net_weights,
+    read_checkpoint,
 )
+from faceparse.checkpoints import original as original_project
+from faceparse.export_decoder import export_decoder
 from faceparse.labels import get_scheme
-from faceparse.models import encoders as encoders_module
-from faceparse.models.checkpoint_io import UnsafeCheckpointError, safe_load
+from faceparse.models import dinov3 as dinov3_module
+from faceparse.safe_load import UnsafeCheckpointError, safe_load
 from faceparse.train import train
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 OFFICIAL = Path(__file__).parent / "fixtures" / "dinov3" / "dinov3_tiny_official.pth"
 VIT_FILE = "dinov3_vitl16_pretrain_lvd1689m-tiny0000.pth"
-TINY = [
-    "encoder.cnn.arch=vgg11_bn", "encoder.vit.size=small", "decoder.decoder_channels=32",
-    "data.image_size=32", "data.batch_size=4", "data.dataset.sizes={train: 8, val: 4, test: 4}",
-    "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar=null", "callbacks.prediction_images=null",
-]
+QUIET = ["callbacks.progress_bar=null", "callbacks.prediction_images=null"]
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 CREATE_MODEL = timm.create_model  # the real one, before the tiny_vit fixture patches it
@@ -54,29 +50,33 @@ def _tiny_create(create, name: str, **kwargs):
 def tiny_vit():
     """Every DINOv3 size builds the fixture's ViT; its width names the original's ViT."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(encoders_module.timm, "create_model", partial(_tiny_create, CREATE_MODEL))
+        mp.setattr(dinov3_module.timm, "create_model", partial(_tiny_create, CREATE_MODEL))
         mp.setattr(original_project, "VIT_SIZES", {64: "large"})
         yield mp
 
 
-def compose_tiny(out: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=TINY + overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-        cfg.paths.output_dir = str(out)
-        cfg.paths.root_dir = str(out)
-    return cfg
+@pytest.fixture(scope="module")
+def compose_tiny(compose, tiny):
+    def _compose(out: Path, overrides: list[str]):
+        return compose([*tiny, *QUIET, *overrides], output_dir=out)
+
+    return _compose
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory, compose_tiny) -> Path:
     """A real run's ``last.ckpt``, its ViT loaded from an official-format file."""
     out = tmp_path_factory.mktemp("trained")
     shutil.copy(OFFICIAL, out / VIT_FILE)
-    train(compose_tiny(out, [f"encoder.vit.weights={out / VIT_FILE}", "test=false"]))
+    train(compose_tiny(out, [f"vit.weights={out / VIT_FILE}", "vit.random_init=false",
+                             "test=false"]))
     return out / "checkpoints" / "last.ckpt"
+
+
+def export_command(*args: str) -> subprocess.CompletedProcess:
+    """``python -m faceparse.export_decoder``, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "faceparse.export_decoder", *args],
+                          capture_output=True, text=True, timeout=300)
 
 
 def images(seed: int = 0, size: tuple[int, int] = (32, 48)) -> torch.Tensor:
@@ -97,7 +97,8 @@ def test_checkpoint_carries_config_and_labels(trained: Path) -> None:
     assert meta["labels"] == "ourface" and len(meta["class_names"]) == 11
     assert meta["model"]["_target_"] == "faceparse.models.FaceParser"
     assert meta["model"]["encoder"]["vit"]["weights"].endswith(VIT_FILE)
-    assert "rng_states" in ckpt and is_resumable(trained)
+    assert "rng_states" in ckpt
+    assert read_checkpoint(trained).kind is CheckpointKind.RUN
 
 
 def test_load_face_parser_from_the_path_alone(trained: Path, tmp_path: Path) -> None:
@@ -110,9 +111,11 @@ def test_load_face_parser_from_the_path_alone(trained: Path, tmp_path: Path) -> 
         assert torch.equal(value, state[f"net.{key}"]), key
 
 
-def test_decoder_only_export_equals_full_checkpoint(trained: Path, tmp_path: Path) -> None:
+def test_decoder_only_export_equals_full_checkpoint(trained: Path, tmp_path: Path,
+                                                    compose) -> None:
     out = tmp_path / "decoder.ckpt"
-    report = export_decoder.main([f"ckpt={trained}", f"out={out}"])
+    report = export_decoder(compose([f"ckpt={trained}", f"out={out}"], config="export_decoder"))
+    assert read_checkpoint(out).kind is CheckpointKind.WEIGHTS
     full = torch.load(trained, weights_only=True)["state_dict"]
     vit_keys = [k for k in full if k.startswith("net.encoder.vit.model.")]
     vit_bytes = sum(full[k].numel() * full[k].element_size() for k in vit_keys)
@@ -141,7 +144,7 @@ def test_decoder_only_refuses_another_dinov3_file(trained: Path, tmp_path: Path)
         load_face_parser(tmp_path / "decoder.ckpt", vit_weights=tmp_path / "other.pth")
 
 
-def test_export_refuses_a_vit_not_loaded_from_a_file(tmp_path: Path) -> None:
+def test_export_refuses_a_vit_not_loaded_from_a_file(tmp_path: Path, compose_tiny) -> None:
     train(compose_tiny(tmp_path, ["test=false", "callbacks.model_checkpoint.save_top_k=0"]))
     with pytest.raises(ValueError, match="not loaded from a file"):
         export_decoder_only(tmp_path / "checkpoints" / "last.ckpt", tmp_path / "d.ckpt")
@@ -226,7 +229,7 @@ def test_original_layout_builds_real_size_models(vit: int, num_classes: int,
     state = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
     assert original_project.is_original_checkpoint(state)
     with pytest.MonkeyPatch.context() as mp, torch.device("meta"):
-        mp.setattr(encoders_module.timm, "create_model", CREATE_MODEL)
+        mp.setattr(dinov3_module.timm, "create_model", CREATE_MODEL)
         mp.setattr(original_project, "VIT_SIZES", {768: "base", 1024: "large"})
         config = original_project.original_net_config(state)
         net = build_net(config)
@@ -256,13 +259,14 @@ def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": Payload(marker)}, path)
-    for load in (safe_load, load_face_parser, is_resumable):
+    for load in (safe_load, load_face_parser, read_checkpoint):
         with pytest.raises(UnsafeCheckpointError, match="_pwned") as info:
             load(path)
         assert "trust_pickle" in str(info.value)
-    with pytest.raises(UnsafeCheckpointError):
-        export_decoder.main([f"ckpt={path}", f"out={tmp_path / 'out.ckpt'}"])
-    assert not marker.exists()
+    result = export_command(f"ckpt={path}", f"out={tmp_path / 'out.ckpt'}",
+                            f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0 and "UnsafeCheckpointError" in result.stderr
+    assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
     safe_load(path, trust_pickle=True)  # the explicit opt-in really unpickles
     assert marker.read_text() == "code ran"
 
@@ -278,7 +282,8 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- resume
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_resume_matches_an_uninterrupted_run(tmp_path: Path, compose_tiny) -> None:
     """Two epochs straight vs one epoch, then resume from its checkpoint for the second."""
     # Full augmentation: its RNG state travels in the checkpoint (FaceDataModule.state_dict).
     common = ["trainer.max_epochs=2", "test=false", "callbacks.model_checkpoint.save_top_k=-1"]

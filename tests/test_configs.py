@@ -9,17 +9,19 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from faceparse.config import auto_precision
+from faceparse.cli import CONF_DIR
+from faceparse.fast_path import auto_precision
 from faceparse.labels import get_scheme
+from faceparse.training.optim import fused_default
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = (
-    "data", "encoder", "decoder", "optimizer", "scheduler", "trainer", "logger", "callbacks",
-    "experiment", "debug",
+    "data", "cnn", "vit", "encoder", "decoder", "loss", "optimizer", "scheduler", "trainer",
+    "logger", "callbacks", "experiment", "debug",
 )
-MODEL_GROUPS = ("encoder", "decoder", "optimizer", "scheduler")
+MODEL_GROUPS = ("cnn", "vit", "encoder", "decoder", "loss", "optimizer", "scheduler")
+RANDOM_VIT = "vit.random_init=true"  # no DINOv3 file in tests: random weights, on purpose
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -31,16 +33,6 @@ def options(*groups: str) -> list[tuple[str, str]]:
 
 def ids(pairs: list[tuple[str, str]]) -> list[str]:
     return [f"{g}={o}" for g, o in pairs]
-
-
-def use_small_vits(node: DictConfig) -> None:
-    """Set ``size: small`` on every DINOv3 encoder in a config subtree."""
-    if node.get("_target_") == "faceparse.models.DinoVitEncoder":
-        node.size = "small"
-    for key in node:
-        child = node[key]
-        if isinstance(child, DictConfig):
-            use_small_vits(child)
 
 
 def has_unresolved(value) -> bool:
@@ -59,8 +51,8 @@ def test_every_group_has_a_folder() -> None:
             assert options(group), f"conf/{group} has no option"
 
 
-def test_defaults_compose_and_resolve(compose_train, tmp_path: Path) -> None:
-    cfg = compose_train()
+def test_defaults_compose_and_resolve(compose, tmp_path: Path) -> None:
+    cfg = compose(output_dir=tmp_path / "run")
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert not has_unresolved(resolved)
     assert resolved["paths"]["output_dir"] == str(tmp_path / "run")
@@ -73,8 +65,8 @@ MODEL_OPTIONS = options(*MODEL_GROUPS)
 
 
 @pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=ids(ALL_OPTIONS))
-def test_option_composes_and_resolves(compose_train, group: str, option: str) -> None:
-    cfg = compose_train([f"{group}={option}"])
+def test_option_composes_and_resolves(compose, group: str, option: str) -> None:
+    cfg = compose([f"{group}={option}"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert not has_unresolved(resolved)
     assert resolved["model"]["net"]["num_classes"] == get_scheme(cfg.data.labels).num_classes
@@ -82,13 +74,12 @@ def test_option_composes_and_resolves(compose_train, group: str, option: str) ->
 
 @pytest.mark.parametrize(("group", "option"), MODEL_OPTIONS, ids=ids(MODEL_OPTIONS))
 def test_model_option_instantiates_with_derived_class_count(
-    compose_train, group: str, option: str
+    compose, group: str, option: str
 ) -> None:
-    overrides = [f"{group}={option}", "data.labels=celebamask"]
-    if group in ("optimizer", "scheduler"):
+    overrides = [f"{group}={option}", "data.labels=celebamask", "vit.size=small", RANDOM_VIT]
+    if group in ("loss", "optimizer", "scheduler"):
         overrides.append("encoder=vit")  # the cheapest encoder; these options are about training
-    cfg = compose_train(overrides)
-    use_small_vits(cfg.encoder)
+    cfg = compose(overrides)
     assert OmegaConf.is_interpolation(cfg.model.net, "num_classes")  # never typed twice
     module = instantiate(cfg.model)
     assert module.net.num_classes == 19 == module.scheme.num_classes
@@ -120,47 +111,47 @@ def test_model_option_instantiates_with_derived_class_count(
     [("ourface", 11), ("celebamask", 19), ("celebamask_farl", 19), ("lapa", 11),
      ("facesynthetics", 19)],
 )
-def test_num_classes_follows_the_label_scheme(compose_train, labels: str, num_classes: int) -> None:
-    cfg = compose_train([f"data.labels={labels}"])
+def test_num_classes_follows_the_label_scheme(compose, labels: str, num_classes: int) -> None:
+    cfg = compose([f"data.labels={labels}"])
     assert cfg.model.net.num_classes == num_classes
     assert cfg.model.labels == labels
 
 
 @pytest.mark.parametrize("option", [o for _, o in options("logger")])
-def test_logger_option_instantiates(compose_train, option: str) -> None:
+def test_logger_option_instantiates(compose, option: str) -> None:
     from faceparse.train import instantiate_all
 
     if option == "wandb":
         pytest.importorskip("wandb")
     if option == "tensorboard":
         pytest.importorskip("tensorboard")
-    cfg = compose_train([f"logger={option}"])
+    cfg = compose([f"logger={option}"])
     loggers = instantiate_all(cfg.logger)
     assert len(loggers) == len(cfg.logger) >= 1
     assert all(isinstance(lg, L.pytorch.loggers.Logger) for lg in loggers)
 
 
 @pytest.mark.parametrize("option", [o for _, o in options("callbacks")])
-def test_callbacks_option_instantiates(compose_train, option: str) -> None:
+def test_callbacks_option_instantiates(compose, option: str) -> None:
     from faceparse.train import instantiate_all
 
-    cfg = compose_train([f"callbacks={option}"])
+    cfg = compose([f"callbacks={option}"])
     callbacks = instantiate_all(cfg.callbacks)
     assert len(callbacks) == len(cfg.callbacks)
     assert all(isinstance(cb, L.Callback) for cb in callbacks)
 
 
 @pytest.mark.parametrize("option", ["cpu", "default"])
-def test_cpu_trainers_instantiate(compose_train, option: str) -> None:
-    cfg = compose_train([f"trainer={option}", "trainer.accelerator=cpu"])
+def test_cpu_trainers_instantiate(compose, option: str) -> None:
+    cfg = compose([f"trainer={option}", "trainer.accelerator=cpu"])
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert isinstance(trainer, L.Trainer)
     assert trainer.gradient_clip_val == 1.0
     assert cfg.trainer.precision == "32-true"
 
 
-def test_ddp_trainer(compose_train) -> None:
-    cfg = compose_train(["trainer=ddp", "trainer.devices=8"])
+def test_ddp_trainer(compose) -> None:
+    cfg = compose(["trainer=ddp", "trainer.devices=8"])
     assert cfg.trainer.strategy == "ddp"
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 8
     assert cfg.trainer.sync_batchnorm is True
@@ -168,45 +159,124 @@ def test_ddp_trainer(compose_train) -> None:
     assert cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.max_epochs == 30
 
 
-def test_debug_fdr_turns_on_fast_dev_run(compose_train) -> None:
-    cfg = compose_train(["debug=fdr"])
+def test_debug_fdr_turns_on_fast_dev_run(compose) -> None:
+    cfg = compose(["debug=fdr"])
     assert cfg.trainer.fast_dev_run is True
-    assert cfg.logger is None
+    # Lightning replaces the loggers itself; with none, the LR monitor callback would refuse
+    assert cfg.logger and cfg.callbacks.lr_monitor
 
 
-def test_scheduler_none_gives_constant_lr(compose_train) -> None:
-    assert compose_train(["scheduler=none"]).model.scheduler is None
+def test_scheduler_none_gives_constant_lr(compose) -> None:
+    assert compose(["scheduler=none"]).model.scheduler is None
 
 
-@pytest.mark.parametrize("override", ["encoder.not_a_key=1", "trainer.max_epoch=3"])
-def test_misspelt_key_fails_at_compose(compose_train, override: str) -> None:
+@pytest.mark.parametrize("override", ["encoder.not_a_key=1", "vit.not_a_key=1",
+                                      "trainer.max_epoch=3"])
+def test_misspelt_key_fails_at_compose(compose, override: str) -> None:
     key = override.split("=")[0].rsplit(".", 1)[1]
     with pytest.raises(ConfigCompositionException, match=key):
-        compose_train([override])
+        compose([override])
 
 
-def test_unknown_option_lists_the_available_ones(compose_train) -> None:
+def test_unknown_option_lists_the_available_ones(compose) -> None:
     with pytest.raises(MissingConfigException, match="dual"):
-        compose_train(["encoder=duel"])
+        compose(["encoder=duel"])
 
 
 @pytest.mark.parametrize(
     ("overrides", "node"),
-    [(["encoder=cnn", "encoder.arch=vgg11_bn", "+encoder.not_a_key=1"], "encoder"),
+    [(["encoder=cnn", "cnn.arch=vgg11_bn", "+cnn.not_a_key=1"], "encoder"),
      (["+trainer.max_epoch=3"], "trainer")],
 )
-def test_forced_unknown_key_fails_at_instantiate(compose_train, overrides, node: str) -> None:
-    cfg = compose_train(overrides)
+def test_forced_unknown_key_fails_at_instantiate(compose, overrides, node: str) -> None:
+    cfg = compose(overrides)
     with pytest.raises(InstantiationException, match="not_a_key|max_epoch"):
         instantiate(cfg[node])
 
 
-def test_auto_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_precision_and_fused_optimizer(monkeypatch: pytest.MonkeyPatch) -> None:
     assert auto_precision("cpu") == "32-true"
+    assert not fused_default("auto", "32-true")  # no GPU here
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert auto_precision("gpu") == "bf16-mixed"
     assert auto_precision("auto") == "bf16-mixed"
     assert auto_precision("cpu") == "32-true"  # never bf16 on a CPU
+    assert fused_default("gpu", "bf16-mixed") and fused_default("auto", "32-true")
+    assert not fused_default("cpu", "32-true")
+    assert not fused_default("gpu", "16-mixed")  # an fp16 scaler: Lightning cannot clip then
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert auto_precision("gpu") == "32-true"
+
+
+ENCODERS = [o for _, o in options("encoder")]
+DATA = [o for _, o in options("data")]
+EXPERIMENTS = [o for _, o in options("experiment")]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_with_every_encoder_and_data_option(
+    compose, experiment: str
+) -> None:
+    """An experiment is a diff that applies to any encoder and dataset (a CPU-sized fusion
+    sweep composes): every pair resolves, every net and datamodule instantiates."""
+    for encoder in ENCODERS:
+        cfg = compose([f"experiment={experiment}", f"encoder={encoder}"])
+        net = instantiate(cfg.model.net)
+        assert type(net.encoder).__name__ == cfg.model.net.encoder._target_.rsplit(".", 1)[1]
+    for data in DATA:
+        cfg = compose([f"experiment={experiment}", f"data={data}", "data.root=/nowhere"])
+        assert not has_unresolved(OmegaConf.to_container(cfg, resolve=True))
+        datamodule = instantiate(cfg.data)  # reads no file before setup
+        assert datamodule.image_size == cfg.data.image_size
+    for encoder in ENCODERS:
+        for data in DATA:
+            resolved = OmegaConf.to_container(
+                compose([f"experiment={experiment}", f"encoder={encoder}", f"data={data}"]),
+                resolve=True)
+            assert not has_unresolved(resolved), (encoder, data)
+
+
+def test_a_frozen_vit_without_weights_is_refused(compose) -> None:
+    """The default (reference) model has a frozen DINOv3 ViT: without its file, training
+    would look normal on noise. The refusal says where to get the file and where to put it."""
+    with pytest.raises(InstantiationException) as info:
+        instantiate(compose().model.net)
+    message = str(info.value)
+    for hint in ("facebookresearch/dinov3", "dinov3_vitl16_pretrain_lvd1689m", "checkpoints/",
+                 "vit.weights=", "vit.random_init=true"):
+        assert hint in message
+    with pytest.raises(InstantiationException, match="dinov3_vits16"):
+        instantiate(compose(["vit.size=small", "vit.finetune_blocks=2"]).model.net)
+    # a ViT that trains entirely may start from random weights
+    net = instantiate(compose(["vit.size=small", "vit.frozen=false", "encoder=vit"]).model.net)
+    assert all(p.requires_grad for p in net.encoder.vit.parameters())
+
+
+def test_data_options_share_one_datamodule_default(compose) -> None:
+    """Each data option is the shared default plus its dataset: the datamodule keys are
+    written once (conf/data/default.yaml), the dataset's in conf/data/dataset/."""
+    default = compose(["data=default"]).data
+    for data in DATA:
+        cfg = compose([f"data={data}"]).data
+        assert cfg._target_ == default._target_ and set(cfg) == set(default)
+        assert cfg.dataset._target_.startswith("faceparse.data.")
+    for path in (CONF_DIR / "data").glob("*.yaml"):
+        if path.stem != "default":
+            assert "batch_size" not in path.read_text(), path
+
+
+def test_importing_a_command_registers_nothing() -> None:
+    """Resolvers are registered when a command runs, not as a side effect of an import."""
+    import subprocess
+    import sys
+
+    code = ("import faceparse.train, faceparse.bench.__main__, faceparse.stats\n"
+            "from omegaconf import OmegaConf\n"
+            "from faceparse.cli import RESOLVERS, register_resolvers\n"
+            "assert not any(OmegaConf.has_resolver(n) for n in RESOLVERS)\n"
+            "register_resolvers()\n"
+            "assert all(OmegaConf.has_resolver(n) for n in RESOLVERS)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -16,18 +16,18 @@ from torch.utils.data import DataLoader
 from faceparse.inference import predict, prepare_for_inference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-SMALL = ["encoder.cnn.arch=vgg11_bn", "encoder.vit.size=small", "decoder.decoder_channels=32",
-         "trainer=gpu"]
+SMALL = ["cnn.arch=vgg11_bn", "vit.size=small", "vit.random_init=true",
+         "decoder.decoder_channels=32", "trainer=gpu"]
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-def test_training_on_cuda_uses_every_fast_path_option(compose_train,
+def test_training_on_cuda_uses_every_fast_path_option(compose,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    cfg = compose_train(SMALL)
+    cfg = compose(SMALL)
     assert cfg.trainer.precision == "bf16-mixed"
     module = instantiate(cfg.model)
     vit_before = {k: v.clone() for k, v in module.net.encoder.vit.state_dict().items()}
@@ -53,9 +53,9 @@ def test_training_on_cuda_uses_every_fast_path_option(compose_train,
                for k in decoder_before if decoder_before[k].is_floating_point())
 
 
-def test_bf16_inference_matches_fp32(compose_train, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bf16_inference_matches_fp32(compose, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    net = instantiate(compose_train(SMALL).model.net)
+    net = instantiate(compose(SMALL).model.net)
     images = torch.randn(4, 3, 64, 64)
     with torch.inference_mode():
         reference = net.eval()(images)  # fp32 on the CPU

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from faceparse.data.celebamask import CelebAMaskHQ
 from faceparse.data.datamodule import SkipReportingLoader
-from faceparse.data.folder import ImageMaskFolder
 from faceparse.data.io import BadSampleError, DatasetNotFoundError, read_image, read_mask
-from faceparse.data.lapa import LaPa
+from faceparse.data.readers.celebamask import CelebAMaskHQ
+from faceparse.data.readers.folder import ImageMaskFolder
+from faceparse.data.readers.lapa import LaPa
 from faceparse.data.transforms import eval_transform
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -58,10 +58,10 @@ def test_missing_lapa_split_folder(lapa: Path) -> None:
     assert len(LaPa("val", lapa)) == 2
 
 
-def test_configs_instantiate_without_data_and_fail_at_setup(compose_train, tmp_path) -> None:
+def test_configs_instantiate_without_data_and_fail_at_setup(compose, tmp_path) -> None:
     from hydra.utils import instantiate
 
-    cfg = compose_train(["data=lapa", f"paths.data_dir={tmp_path}"])
+    cfg = compose(["data=lapa", f"paths.data_dir={tmp_path}"])
     datamodule = instantiate(cfg.data)  # no files needed yet
     with pytest.raises(DatasetNotFoundError, match="LaPa train split"):
         datamodule.setup("fit")
@@ -74,6 +74,24 @@ def test_image_without_mask_is_left_out_or_refused_when_strict(lapa: Path, caplo
     assert "without a mask" in caplog.text
     with pytest.raises(DatasetNotFoundError, match="masks in all"):
         LaPa("train", lapa, strict=True)
+
+
+def test_two_images_with_one_name_are_named_or_refused_when_strict(tmp_path: Path,
+                                                                  caplog) -> None:
+    """``a.jpg`` and ``a.png`` would share the mask ``a.png``: one is read, both are named."""
+    import fixtures_data as fx
+
+    fx.write_folder(tmp_path / "train", 3)
+    photo = tmp_path / "train" / "images" / "photo_001.png"
+    twin = photo.with_suffix(".jpg")
+    twin.write_bytes(cv2.imencode(".jpg", cv2.imread(str(photo)))[1].tobytes())
+    with caplog.at_level(logging.WARNING):
+        ds = ImageMaskFolder("train", tmp_path, transform=None, scheme="facesynthetics")
+    assert len(ds) == 3 and ds.pairs["photo_001"][0] == twin  # sorted: .jpg comes first
+    assert str(photo) in caplog.text and str(twin) in caplog.text
+    with pytest.raises(ValueError, match="photo_001.png") as info:
+        ImageMaskFolder("train", tmp_path, transform=None, scheme="facesynthetics", strict=True)
+    assert str(twin) in str(info.value)
 
 
 DAMAGE = {
@@ -104,10 +122,12 @@ def test_bad_sample_is_skipped_with_its_file_named(lapa: Path, damage: str, capl
 def test_truncated_files_are_detected(tmp_path: Path, rng: np.random.Generator) -> None:
     """OpenCV decodes a truncated JPEG into a grey-filled image with only a console warning."""
     image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    for ext in (".jpg", ".png"):
+    messages = {".jpg": r"truncated JPEG \(no end-of-image marker after the last scan\)",
+                ".png": r"truncated PNG \(no IEND chunk\)"}
+    for ext, message in messages.items():
         data = cv2.imencode(ext, image)[1].tobytes()
         (tmp_path / f"cut{ext}").write_bytes(data[: len(data) * 3 // 4])
-        with pytest.raises(BadSampleError, match="truncated"):
+        with pytest.raises(BadSampleError, match=message):  # the message, not the path
             read_image(tmp_path / f"cut{ext}")
     progressive = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
     (tmp_path / "ok.jpg").write_bytes(progressive)

@@ -17,17 +17,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from faceparse.data.datamodule import FaceDataModule
-from faceparse.data.datasets import SyntheticFaces
+from faceparse.data.synthetic import SyntheticFaces
+from faceparse.fast_path import FastPath
 from faceparse.inference import predict, prepare_for_inference
-from faceparse.module import FaceParsingModule
+from faceparse.training import FaceParsingModule
+from faceparse.training.optim import build_optimizer, param_groups
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-SMALL = ["encoder.cnn.arch=vgg11_bn", "encoder.vit.size=small", "decoder.decoder_channels=32"]
+SMALL = ["cnn.arch=vgg11_bn", "vit.size=small", "vit.random_init=true",
+         "decoder.decoder_channels=32"]
 
 
 @pytest.fixture
-def module(compose_train) -> FaceParsingModule:
-    return instantiate(compose_train(SMALL).model)
+def module(compose) -> FaceParsingModule:
+    return instantiate(compose(SMALL).model)
 
 
 def attach(module: FaceParsingModule, device: str) -> None:
@@ -39,12 +42,12 @@ def conv_weights(module: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in module.modules() if isinstance(m, nn.Conv2d)]
 
 
-def test_config_options_reach_the_module(compose_train) -> None:
-    cfg = compose_train([*SMALL, "model.compile=true", "model.channels_last=false",
-                         "model.cudnn_benchmark=false"])
+def test_config_options_reach_the_module(compose) -> None:
+    cfg = compose([*SMALL, "fast_path.compile=true", "fast_path.channels_last=false",
+                   "fast_path.cudnn_benchmark=false"])
     module = instantiate(cfg.model)
-    assert module.compile_parts and not module.channels_last and not module.cudnn_benchmark
-    assert cfg.optimizer.fused is None  # the module decides from the device
+    assert module.fast_path == FastPath(channels_last=False, cudnn_benchmark=False, compile=True)
+    assert cfg.optimizer.fused is False  # decided from the trainer's accelerator: a CPU here
 
 
 def test_cpu_setup_changes_nothing(module: FaceParsingModule) -> None:
@@ -53,7 +56,7 @@ def test_cpu_setup_changes_nothing(module: FaceParsingModule) -> None:
     module.setup("fit")
     assert all(w.is_contiguous() for w in conv_weights(module.net))
     assert torch.backends.cudnn.benchmark == benchmark
-    assert not module.compiled
+    assert all(part._compiled_call_impl is None for part in module.net.children())
 
 
 def test_cuda_setup_turns_on_channels_last_and_cudnn_benchmark(
@@ -67,26 +70,55 @@ def test_cuda_setup_turns_on_channels_last_and_cudnn_benchmark(
     assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
 
 
-def test_compile_option_compiles_each_part_once_in_place(module: FaceParsingModule) -> None:
+def test_compile_option_compiles_each_part_once_in_place(
+    module: FaceParsingModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
     keys = list(module.state_dict())
-    module.compile_parts = True
+    module.fast_path = FastPath(compile=True)
+    compiled = []
+    original = nn.Module.compile
+    monkeypatch.setattr(nn.Module, "compile",
+                        lambda self, *a, **k: compiled.append(self) or original(self, *a, **k))
     attach(module, "cpu")
     module.setup("fit")
     module.setup("test")
-    assert module.compiled
+    assert compiled == list(module.net.children())  # once each, although setup ran twice
     assert all(part._compiled_call_impl is not None for part in module.net.children())
     assert list(module.state_dict()) == keys
 
 
-def test_fused_adamw_only_on_cuda(module: FaceParsingModule,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    module.scheduler_factory = None
-    assert not module.configure_optimizers()["optimizer"].defaults["fused"]
-    monkeypatch.setattr(FaceParsingModule, "device", property(lambda self: torch.device("cuda")))
-    assert module.configure_optimizers()["optimizer"].defaults["fused"]
+@pytest.mark.parametrize(("accelerator", "precision", "fused"), [
+    ("cpu", "32-true", False), ("gpu", "bf16-mixed", True), ("gpu", "32-true", True),
     # fp16 with a gradient scaler: Lightning cannot clip for a fused step, so not fused
-    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()))
-    assert not module.configure_optimizers()["optimizer"].defaults["fused"]
+    ("gpu", "16-mixed", False),
+])
+def test_fused_adamw_only_on_cuda_without_a_gradient_scaler(
+    compose, monkeypatch: pytest.MonkeyPatch, accelerator: str, precision: str, fused: bool
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = compose([*SMALL, f"trainer.accelerator={accelerator}",
+                   f"trainer.precision={precision}"])
+    assert cfg.optimizer.fused is fused
+    module = instantiate(cfg.model)
+    optimizer = build_optimizer(module.optimizer_factory, module)
+    assert bool(optimizer.defaults["fused"]) is fused
+
+
+def test_parts_declare_their_parameter_groups(compose) -> None:
+    """A fine-tuned ViT tail learns at ``lr_scale`` x the rate; the frozen rest never enters
+    the optimizer; every other trainable parameter trains at the base rate."""
+    module = instantiate(compose([*SMALL, "vit.finetune_blocks=2", "vit.lr_scale=0.25",
+                                  "optimizer.lr=1e-3"]).model)
+    groups = param_groups(module)
+    assert [g["lr_scale"] for g in groups] == [1.0, 0.25]
+    vit = module.net.encoder.vit
+    tuned = {id(p) for p in vit.parameters() if p.requires_grad}
+    assert {id(p) for p in groups[1]["params"]} == tuned
+    assert not tuned & {id(p) for p in groups[0]["params"]}
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    assert sum(len(g["params"]) for g in groups) == len(trainable)
+    optimizer = build_optimizer(module.optimizer_factory, module)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 2.5e-4])
 
 
 def test_frozen_vit_keeps_no_activations_and_uses_sdpa(module: FaceParsingModule) -> None:
@@ -133,7 +165,7 @@ def test_predict_gives_probabilities_when_asked() -> None:
 
 def test_prepare_for_inference_stays_plain_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    net = prepare_for_inference(Logits().train(), cudnn_benchmark=True)
+    net = prepare_for_inference(Logits().train(), "cpu", FastPath(cudnn_benchmark=True))
     assert not net.training and net.conv.weight.is_contiguous()
     assert not torch.backends.cudnn.benchmark  # a process-wide CUDA setting: left alone
 

@@ -9,7 +9,7 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import cv2, numpy as np
     from faceparse.data.datamodule import FaceDataModule
-    from faceparse.data.datasets import SyntheticFaces
+    from faceparse.data.synthetic import SyntheticFaces
     from functools import partial
 
     cv2.setNumThreads(2)  # the parent's pool is alive when the workers are forked

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from faceparse.losses import DeepSupervisionLoss
 from faceparse.metrics import SegmentationMetrics, scores_from_confusion
-from faceparse.schedulers import cosine_with_warmup
+from faceparse.training.schedulers import cosine_with_warmup
 
 IGNORE = 255
 C = 4
@@ -94,7 +94,7 @@ def test_class_weights_are_applied(batch) -> None:
 
 
 def test_class_weights_from_a_hydra_list(batch) -> None:
-    """``model.class_weights=[...]`` arrives from Hydra as a ListConfig."""
+    """``loss.class_weights=[...]`` arrives from Hydra as a ListConfig."""
     logits, aux, target = batch
     weights = [0.5, 1.0, 2.0, 4.0]
     from_config = DeepSupervisionLoss(class_weights=OmegaConf.create(weights))
@@ -243,3 +243,63 @@ def test_cosine_without_warmup_starts_at_base_and_decays_to_zero() -> None:
     assert lrs[0] == pytest.approx(0.1)
     assert lrs[5] == pytest.approx(0.05)
     assert lrs[10] == pytest.approx(0.0)
+
+
+# --------------------------------------------------------------------------- on label maps
+
+# Small label maps whose scores are computed by hand below. Class 2 is in the ground truth
+# but never predicted, class 3 is predicted once but absent from the ground truth, and one
+# pixel is ignored.
+TARGET = torch.tensor([[[0, 0, 1, 1], [2, 2, IGNORE, 0]]])
+PREDS = torch.tensor([[[0, 1, 1, 1], [3, 0, 0, 0]]])
+# 7 counted pixels; confusion (rows = truth): [[2, 1, 0, 0], [0, 2, 0, 0], [1, 0, 0, 1], 0s]
+# F1: class 0 = 2*2/(3+3), class 1 = 2*2/(2+3), class 2 = 0; class 3 is left out (absent).
+HAND = {
+    "f1_mean": (4 / 5 + 0) / 2,  # foreground classes present in the truth: 1 and 2
+    "miou": (2 / 4 + 2 / 3 + 0) / 3,  # every class present in the truth: 0, 1 and 2
+    "pixel_acc": 4 / 7,
+}
+
+
+def test_segmentation_metrics_on_label_maps_match_a_hand_computation() -> None:
+    metric = SegmentationMetrics(C)
+    metric.update(PREDS, TARGET)
+    scores = metric.compute()
+    for key, value in HAND.items():
+        assert scores[key].item() == pytest.approx(value), key
+    expected_f1 = torch.tensor([4 / 6, 4 / 5, 0, 0], dtype=torch.float64)
+    torch.testing.assert_close(scores["f1"], expected_f1)
+    assert scores["present"].tolist() == [True, True, True, False]
+
+
+class OneHotNet(torch.nn.Module):
+    """Logits that predict exactly the label map carried in the image's first channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(x[:, 0].long(), C).permute(0, 3, 1, 2).float() * self.scale
+
+
+def test_logged_validation_scores_match_a_hand_computation() -> None:
+    """What the module logs (and checkpoints are chosen by) is the papers' protocol."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from faceparse.training import FaceParsingModule
+
+    module = FaceParsingModule(OneHotNet(), torch.optim.SGD, DeepSupervisionLoss(),
+                               labels="ourface")
+    module.metrics["val"] = SegmentationMetrics(C)  # the 4 hand-made classes
+    module.scheme = type(module.scheme)("four", ("background", "a", "b", "c"))
+    batch = {"image": PREDS[:, None].float().expand(1, 3, 2, 4), "mask": TARGET}
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.validate(module, DataLoader([batch], batch_size=None), verbose=False)
+    logged = trainer.callback_metrics
+    for key, value in HAND.items():
+        assert logged[f"val/{key}"].item() == pytest.approx(value), key
+    assert logged["val/f1/a"].item() == pytest.approx(4 / 5)
+    assert "val/f1/c" not in logged  # absent from the ground truth: not logged, not averaged

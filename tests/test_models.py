@@ -16,12 +16,14 @@ from faceparse.models import (
     CoarseToFineDecoder,
     DinoVitEncoder,
     DualEncoder,
+    Encoder,
     FaceParser,
     VggEncoder,
     VitPyramidEncoder,
 )
-from faceparse.models import encoders as encoders_module
-from faceparse.models.weights import load_dinov3_weights, load_vgg_weights
+from faceparse.models import dinov3 as dinov3_module
+from faceparse.models.dinov3 import load_dinov3_weights
+from faceparse.models.vgg import load_vgg_weights
 
 H, W = 32, 48  # non-square, a multiple of 16
 VIT_CHANNELS = {"small": 384, "base": 768, "large": 1024}
@@ -129,7 +131,7 @@ def test_vgg_loads_torchvision_weights_file(tmp_path) -> None:
 
 @pytest.mark.parametrize("size", ["small", "base", "large"])
 def test_dino_vit_map_channels_and_stride(size: str, vit_small: DinoVitEncoder) -> None:
-    encoder = vit_small if size == "small" else DinoVitEncoder(size)
+    encoder = vit_small if size == "small" else DinoVitEncoder(size, random_init=True)
     batch = 1 if size == "large" else 2
     x = torch.randn(batch, 3, H, W)
     (out,) = encoder(x)
@@ -152,7 +154,7 @@ def test_dino_vit_is_frozen(vit_small: DinoVitEncoder, images) -> None:
 
 
 def test_dino_vit_can_be_fine_tuned(images) -> None:
-    encoder = DinoVitEncoder("small", frozen=False).train()
+    encoder = DinoVitEncoder("small", random_init=True, frozen=False).train()
     assert all(p.requires_grad for p in encoder.parameters())
     assert encoder.model.training
     (out,) = encoder(images)
@@ -170,7 +172,7 @@ def test_dino_vit_patch_tokens_are_final_normed(vit_small: DinoVitEncoder, image
 
 
 def test_dino_vit_several_layers_concatenate(vit_small: DinoVitEncoder, images) -> None:
-    encoder = DinoVitEncoder("small", layers=[2, -1])
+    encoder = DinoVitEncoder("small", random_init=True, layers=[2, -1])
     encoder.load_state_dict(vit_small.state_dict())
     assert encoder.out_channels == (2 * 384,)
     (both,) = encoder(images)
@@ -193,7 +195,7 @@ def test_dino_vit_explicit_attention_matches_fused(
         return sdpa(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
-    explicit = DinoVitEncoder("small", fused_attn=False)
+    explicit = DinoVitEncoder("small", random_init=True, fused_attn=False)
     explicit.load_state_dict(vit_small.state_dict())
     with torch.no_grad():
         (expected,) = vit_small(images)
@@ -206,7 +208,7 @@ def test_dino_vit_explicit_attention_matches_fused(
 
 def test_dino_vit_unknown_size() -> None:
     with pytest.raises(ValueError, match="huge"):
-        DinoVitEncoder("huge")
+        DinoVitEncoder("huge", random_init=True)
 
 
 @pytest.mark.parametrize("layers", [[4], [-5], [0, 7]])
@@ -214,14 +216,14 @@ def test_dino_vit_rejects_layers_outside_the_model(tiny_vit, layers: list[int]) 
     """A 4-block ViT has blocks 0..3 (or -4..-1); block 4 must not silently become block 0
     (e.g. ViT-L indices [5, 11, 17, 23] used with ViT-S would quietly feed 5, 11, 5, 11)."""
     with pytest.raises(ValueError, match="layer"):
-        DinoVitEncoder("small", layers=layers)
+        DinoVitEncoder("small", random_init=True, layers=layers)
 
 
 def test_dino_vit_out_channels_match_its_output(tiny_vit) -> None:
     """``[-1, 3]`` names block 3 twice on a 4-block ViT: either refuse it, or the channel
     count the decoder is built from must be what forward returns."""
     try:
-        encoder = DinoVitEncoder("small", layers=[-1, 3])
+        encoder = DinoVitEncoder("small", random_init=True, layers=[-1, 3])
     except ValueError:
         return
     (out,) = encoder(torch.randn(1, 3, 32, 32))
@@ -236,7 +238,7 @@ def tiny_vit(monkeypatch: pytest.MonkeyPatch) -> None:
     def tiny(name: str, **kwargs):
         return create(name, embed_dim=64, depth=4, num_heads=4, **kwargs)
 
-    monkeypatch.setattr(encoders_module.timm, "create_model", tiny)
+    monkeypatch.setattr(dinov3_module.timm, "create_model", tiny)
 
 
 @pytest.fixture
@@ -300,7 +302,7 @@ def test_vit_pyramid_encoder(vit_small: DinoVitEncoder, images) -> None:
 # --------------------------------------------------------------------------- face parser
 
 
-class StubVit(torch.nn.Module):
+class StubVit(Encoder):
     """Stands in for the ViT-L branch (whose weights the original checkpoints drop)."""
 
     out_channels = (1024,)
@@ -342,6 +344,22 @@ def test_face_parser_rejects_sizes_not_multiple_of_16(vgg19_5) -> None:
     assert "48x48" in str(info.value)  # the nearest valid size is suggested
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         parser(torch.randn(1, 1, 32, 32))
+
+
+def test_the_encoder_contract_is_checked_at_construction(vit_small) -> None:
+    """Encoder and decoder meet through one contract; a mismatch names both sides."""
+    shallow = VggEncoder("vgg11_bn", num_stages=4)
+    with pytest.raises(ValueError, match=r"CoarseToFineDecoder needs feature maps at strides "
+                       r"\(1, 2, 4, 8, 16\), but VggEncoder gives strides \(1, 2, 4, 8\)"):
+        FaceParser(shallow, TINY_DECODER, num_classes=3)
+    with pytest.raises(TypeError, match="not a faceparse.models.Encoder"):
+        FaceParser(torch.nn.Conv2d(3, 8, 1), TINY_DECODER, num_classes=3)
+    with pytest.raises(ValueError, match="CNN to stop below the ViT"):
+        DualEncoder(VggEncoder("vgg11_bn", num_stages=5), vit_small)
+    # the input size multiple is the encoder's coarsest stride, not a constant elsewhere
+    assert shallow.size_multiple == 8 and vit_small.size_multiple == 16
+    parser = FaceParser(VitPyramidEncoder(vit_small, (8, 16, 32, 64)), TINY_DECODER, 3)
+    assert parser.size_multiple == vit_small.strides[0] == 16
 
 
 def test_gradients_reach_cnn_and_decoder_not_frozen_vit(vit_small, images) -> None:

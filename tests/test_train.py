@@ -10,40 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
+from faceparse.cli import CONF_DIR
 from faceparse.train import train
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-TINY = [
-    "encoder.cnn.arch=vgg11_bn",
-    "encoder.vit.size=small",
-    "decoder.decoder_channels=32",
-    "data.image_size=32",
-    "data.batch_size=4",
-    "data.dataset.sizes={train: 8, val: 4, test: 4}",
-    "trainer.max_epochs=1",
-    "trainer.accelerator=cpu",
-    "trainer.log_every_n_steps=1",
-]
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
-def compose_tiny(tmp_path: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=TINY + overrides, return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]  # the run's own config, as @hydra.main hands it over
-        cfg.paths.output_dir = str(tmp_path)
-        cfg.paths.root_dir = str(tmp_path)
-    return cfg
+def run_cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "faceparse.train", *args, f"hydra.run.dir={tmp_path}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
-def test_train_writes_checkpoints_metrics_and_pictures(tmp_path: Path) -> None:
-    cfg = compose_tiny(tmp_path, [])
-    metrics = train(cfg)
+def test_train_writes_checkpoints_metrics_and_pictures(compose, tiny, tmp_path: Path) -> None:
+    metrics = train(compose(tiny, output_dir=tmp_path))
 
     assert 0.0 <= metrics["val/f1_mean"] <= 1.0
     assert 0.0 <= metrics["test/f1_mean"] <= 1.0
@@ -58,29 +38,67 @@ def test_train_writes_checkpoints_metrics_and_pictures(tmp_path: Path) -> None:
     assert any(r.get("val/f1_mean") for r in rows) and any(r.get("train/loss") for r in rows)
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["scheme"] == "ourface" and len(scores["classes"]) == 11
+    # the score files hold the logged test scores, class by class
+    assert scores["f1_mean"] == pytest.approx(metrics["test/f1_mean"])
+    for row in scores["classes"]:
+        key = f"test/f1/{row['class']}"
+        assert row["present"] == (key in metrics)
+        if row["present"]:
+            assert row["f1"] == pytest.approx(metrics[key])
     assert (tmp_path / "predictions" / "test.png").stat().st_size > 0
     assert list((tmp_path / "predictions").glob("val_epoch000.png"))
 
 
-def test_training_is_repeatable_with_a_seed(tmp_path: Path) -> None:
+def test_training_is_repeatable_with_a_seed(compose, tiny, tmp_path: Path) -> None:
     runs = [
-        train(compose_tiny(tmp_path / str(i), ["test=false", "callbacks=none"]))
+        train(compose([*tiny, "test=false", "callbacks=none"], output_dir=tmp_path / str(i)))
         for i in range(2)
     ]
     assert runs[0]["train/loss"] == pytest.approx(runs[1]["train/loss"], rel=1e-5)
 
 
-@pytest.mark.parametrize(
-    "experiment", sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
-)
-def test_every_experiment_runs_from_the_command_line(tmp_path: Path, experiment: str) -> None:
+def test_testing_a_given_checkpoint_tests_those_weights(compose, tiny, tmp_path: Path) -> None:
+    """``train=false ckpt_path=...`` scores that checkpoint, never the random weights the
+    config would build, and without ``ckpt_path`` it refuses."""
+    trained = train(compose([*tiny, "trainer.max_epochs=2"], output_dir=tmp_path / "run"))
+    (best,) = (tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt")
+    tested = train(compose([*tiny, "train=false", f"ckpt_path={best}"],
+                           output_dir=tmp_path / "test"))
+    # the loss tells weights apart even where a tiny model's F1 does not
+    for key in ("test/loss", "test/f1_mean", "test/pixel_acc"):
+        assert tested[key] == pytest.approx(trained[key], abs=1e-6), key
+    fresh = train(compose([*tiny, "trainer.max_epochs=0", "callbacks=none"],
+                          output_dir=tmp_path / "fresh"))
+    assert fresh["test/loss"] != pytest.approx(trained["test/loss"], abs=1e-3)
+    scores = json.loads((tmp_path / "test" / "scores.json").read_text())
+    assert scores["f1_mean"] == pytest.approx(tested["test/f1_mean"])
+    with pytest.raises(ValueError, match="ckpt_path="):
+        train(compose([*tiny, "train=false"], output_dir=tmp_path / "none"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_from_the_command_line(tiny, tmp_path: Path,
+                                                     experiment: str) -> None:
     """The real CLI (Hydra main) on each experiment, shrunk to a couple of batches."""
-    cmd = [
-        sys.executable, "-m", "faceparse.train", f"experiment={experiment}", *TINY,
-        "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-        "+trainer.limit_test_batches=1", f"hydra.run.dir={tmp_path}",
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = run_cli([f"experiment={experiment}", *tiny, "+trainer.limit_train_batches=2",
+                      "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert "val/f1_mean" in (tmp_path / "csv" / "metrics.csv").read_text()
+    assert json.loads((tmp_path / "scores.json").read_text())["scheme"] == "ourface"
+
+
+def test_debug_fdr_runs_from_the_command_line(tiny, tmp_path: Path) -> None:
+    """``debug=fdr`` (README): one batch of each stage; no best checkpoint is chosen."""
+    result = run_cli(["debug=fdr", *tiny], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(tmp_path.glob("checkpoints/epoch_*.ckpt"))
+    assert json.loads((tmp_path / "scores.json").read_text())["scheme"] == "ourface"
+
+
+def test_the_default_model_without_dinov3_weights_is_refused_from_the_cli(tmp_path: Path) -> None:
+    result = run_cli(["trainer.max_epochs=1", "data.image_size=32"], tmp_path)
+    assert result.returncode != 0
+    assert "facebookresearch/dinov3" in result.stderr and "vit.weights=" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()

@@ -18,15 +18,10 @@ import torchvision
 from safetensors.torch import save_file
 
 from faceparse.models import DinoVitEncoder, VggEncoder
-from faceparse.models import encoders as encoders_module
-from faceparse.models.weights import (
-    describe_vit,
-    dinov3_filter,
-    load_dinov3_weights,
-    vgg_features_filter,
-    vgg_hub_file,
-)
-from faceparse.module import FaceParsingModule
+from faceparse.models import dinov3 as dinov3_module
+from faceparse.models.dinov3 import describe_vit, dinov3_filter, load_dinov3_weights
+from faceparse.models.vgg import vgg_features_filter, vgg_hub_file
+from faceparse.training.optim import build_optimizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "dinov3"
 OFFICIAL = FIXTURE / "dinov3_tiny_official.pth"
@@ -46,7 +41,7 @@ def tiny_vit(monkeypatch: pytest.MonkeyPatch) -> None:
     """``DinoVitEncoder`` builds the fixture's 4-block, 64-wide DINOv3 ViT."""
     create = timm.create_model
     tiny = partial(create, embed_dim=64, depth=4, num_heads=4)
-    monkeypatch.setattr(encoders_module.timm, "create_model", lambda name, **kw: tiny(name, **kw))
+    monkeypatch.setattr(dinov3_module.timm, "create_model", lambda name, **kw: tiny(name, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +130,7 @@ def test_file_of_another_size_names_both_and_the_shapes() -> None:
     assert "holds a 64-wide ViT (width 64, 4 blocks)" in message
     assert "128-wide ViT (width 128, 6 blocks)" in message
     assert "expected (1, 1, 128), found (1, 1, 64)" in message
-    assert "encoder.vit.size" in message
+    assert "vit.size" in message
 
 
 def test_wrong_file_is_not_a_dinov3_checkpoint(tmp_path: Path) -> None:
@@ -171,7 +166,8 @@ def test_finetune_last_blocks(tiny_vit) -> None:
     assert trainable and all(n.startswith(("model.blocks.2.", "model.blocks.3.", "model.norm."))
                              for n in trainable)
     assert {n.split(".")[2] for n in trainable if ".blocks." in n} == {"2", "3"}
-    assert set(encoder.state_dict()) == set(DinoVitEncoder("small").state_dict())
+    random = DinoVitEncoder("small", random_init=True)
+    assert set(encoder.state_dict()) == set(random.state_dict())
     encoder.train()
     assert encoder.model.blocks[3].training and not encoder.model.blocks[1].training
     (out,) = encoder(torch.randn(1, 3, 32, 32))
@@ -179,14 +175,13 @@ def test_finetune_last_blocks(tiny_vit) -> None:
     assert encoder.model.blocks[3].mlp.fc1.weight.grad is not None
     assert encoder.model.blocks[0].mlp.fc1.weight.grad is None
     with pytest.raises(ValueError, match="finetune_blocks"):
-        DinoVitEncoder("small", finetune_blocks=5)
+        DinoVitEncoder("small", random_init=True, finetune_blocks=5)
 
 
 def test_finetuned_vit_gets_a_lower_learning_rate(tiny_vit) -> None:
-    encoder = DinoVitEncoder("small", finetune_blocks=1, lr_scale=0.1)
+    encoder = DinoVitEncoder("small", random_init=True, finetune_blocks=1, lr_scale=0.1)
     net = torch.nn.ModuleDict({"vit": encoder, "head": torch.nn.Conv2d(64, 3, 1)})
-    module = FaceParsingModule(net, partial(torch.optim.AdamW, lr=1e-3))
-    optimizer = module.configure_optimizers()["optimizer"]
+    optimizer = build_optimizer(partial(torch.optim.AdamW, lr=1e-3), net)
     lrs = sorted((g["lr"], len(g["params"])) for g in optimizer.param_groups)
     tuned = [p for p in encoder.parameters() if p.requires_grad]
     assert lrs == [(pytest.approx(1e-4), len(tuned)), (1e-3, 2)]

@@ -2,67 +2,19 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import cv2
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
+from faceparse.data.loaders import SkipReportingLoader, seed_worker_transform, single_thread_opencv
 from faceparse.data.transforms import eval_transform, seed_transform, train_transform
 from faceparse.labels import get_scheme
 
-__all__ = [
-    "FaceDataModule",
-    "SkipReportingLoader",
-    "seed_worker_transform",
-    "single_thread_opencv",
-]
-
-log = logging.getLogger(__name__)
-
-
-def seed_worker_transform(worker_id: int) -> None:
-    """Give each loader worker its own reproducible augmentation stream.
-
-    Albumentations keeps a private RNG that global seeding does not reach; torch's
-    per-worker seed derives from the run's seed, so runs repeat and workers differ.
-    """
-    info = get_worker_info()
-    transform = getattr(info.dataset, "transform", None)
-    if transform is not None:
-        seed_transform(transform, info.seed % 2**32)
-
-
-def single_thread_opencv() -> None:
-    """One OpenCV thread, set in the parent *before* loader workers are forked.
-
-    Workers are the parallelism; and OpenCV's thread pool does not survive ``fork``: a
-    worker that reconfigures or uses an inherited live pool can hang for ever.
-    """
-    cv2.setNumThreads(1)
-
-
-class SkipReportingLoader(DataLoader):
-    """A DataLoader that says, after each pass, how many bad samples the dataset skipped.
-
-    The dataset's ``skipped`` counter lives in shared memory, so skips in worker
-    processes count too; each skip was already logged with its file names.
-    """
-
-    def __iter__(self) -> Iterator[Any]:
-        counter = getattr(self.dataset, "skipped", None)
-        start = counter.value if counter is not None else 0
-        try:
-            yield from super().__iter__()
-        finally:
-            skipped = counter.value - start if counter is not None else 0
-            if skipped:
-                log.warning("%d bad samples skipped in this pass over %s (see the warnings "
-                            "above for the files)", skipped, type(self.dataset).__name__)
+__all__ = ["FaceDataModule"]
 
 
 class FaceDataModule(L.LightningDataModule):
@@ -71,7 +23,8 @@ class FaceDataModule(L.LightningDataModule):
     Args:
         dataset: a Hydra ``_partial_`` dataset class (synthetic, CelebAMask-HQ, ...).
         labels: target label scheme name; the model's ``num_classes`` derives from it.
-        image_size: square training/evaluation size (a multiple of 16).
+        image_size: square training/evaluation size; a multiple of the encoder's coarsest
+            stride (16 for every encoder here), which the net checks on its first batch.
         augment: keyword arguments of :func:`faceparse.data.transforms.train_transform`.
         root: where the dataset lives on disk (``data.root``), passed to the dataset;
             ``None`` for datasets that need no files.
@@ -93,8 +46,6 @@ class FaceDataModule(L.LightningDataModule):
         prefetch_factor: int | None = None,
     ) -> None:
         super().__init__()
-        if image_size % 16:
-            raise ValueError(f"data.image_size must be a multiple of 16, got {image_size}")
         self.dataset_factory = dataset
         self.scheme = get_scheme(labels)
         self.image_size = image_size

@@ -1,4 +1,4 @@
-"""Write the prepared form of a dataset once (see :mod:`faceparse.data.prepared`).
+"""Write the prepared form of a dataset once (see :mod:`faceparse.data.readers.prepared`).
 
 Every sample is decoded, merged (CelebAMask-HQ parts), checked, resized to the training
 size (area for images, nearest for labels) and written as a JPEG + label PNG pair, in
@@ -20,9 +20,9 @@ import cv2
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from faceparse.data.files import FileDataset
 from faceparse.data.io import BadSampleError, encode_image, write_atomic
-from faceparse.data.prepared import IMAGE_EXT, LABEL_EXT, PreparedLayout
+from faceparse.data.readers.files import FileDataset
+from faceparse.data.readers.prepared import IMAGE_EXT, LABEL_EXT, PreparedLayout
 
 __all__ = ["prepare_split", "prepare_dataset", "SplitReport"]
 

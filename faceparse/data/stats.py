@@ -1,30 +1,21 @@
-"""Class frequencies of a dataset split, and loss weights derived from them.
+"""Class frequencies of a dataset split, and loss weights derived from them
+(``python -m faceparse.stats`` prints them).
 
-``python -m faceparse.data.stats data=celebamask data.root=... [split=train]
-[max_samples=2000] [weight_power=0.5]`` prints a table of pixel shares per class of the
-target scheme and a ``model.class_weights=[...]`` override to paste into a training
-command. Weights are median-frequency balancing (Eigen & Fergus, 2015),
+Weights are median-frequency balancing (Eigen & Fergus, 2015),
 ``w_c = (median_f / f_c) ** power``: ``power=1`` is the original, ``0.5`` a milder
 form that does not blow up tiny classes; classes the data never labels get 0.
 """
 
 from __future__ import annotations
 
-import hydra
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig
-from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from faceparse.config import register_resolvers
 from faceparse.labels import IGNORE_INDEX, LabelScheme
 
-__all__ = ["class_counts", "class_weights", "weights_override"]
-
-register_resolvers()
+__all__ = ["class_counts", "class_weights", "weights_override", "render_table"]
 
 
 class _MaskHistograms(Dataset):
@@ -66,7 +57,7 @@ def class_weights(counts: np.ndarray, power: float = 0.5) -> np.ndarray:
 
 def weights_override(weights: np.ndarray) -> str:
     """The command-line override that trains with these weights."""
-    return "model.class_weights=[" + ",".join(f"{w:.4g}" for w in weights) + "]"
+    return "loss.class_weights=[" + ",".join(f"{w:.4g}" for w in weights) + "]"
 
 
 def render_table(scheme: LabelScheme, counts: np.ndarray, weights: np.ndarray,
@@ -79,20 +70,3 @@ def render_table(scheme: LabelScheme, counts: np.ndarray, weights: np.ndarray,
         table.add_row(str(i), name, f"{int(counts[i]):,}", f"{100 * counts[i] / total:.3f}",
                       f"{weights[i]:.4g}" if counts[i] else "never labelled")
     return table
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="stats")
-def main(cfg: DictConfig) -> None:
-    datamodule = instantiate(cfg.data)
-    dataset = datamodule.open_dataset(cfg.split)
-    scheme = datamodule.scheme
-    counts = class_counts(dataset, scheme.num_classes, cfg.max_samples, cfg.data.num_workers)
-    weights = class_weights(counts, cfg.weight_power)
-    console = Console()
-    console.print(render_table(scheme, counts, weights,
-                               f"{type(dataset).__name__} {cfg.split}: {scheme.name} classes"))
-    console.print(weights_override(weights), soft_wrap=True)
-
-
-if __name__ == "__main__":
-    main()

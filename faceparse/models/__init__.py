@@ -1,13 +1,18 @@
-"""Model parts: encoders (CNN, ViT, dual), the coarse-to-fine decoder, the face parser."""
+"""Model parts, one family per file: the encoder contract, VGG and DINOv3 branches, their
+fusion, the coarse-to-fine decoder and the face parser that wires them."""
 
+from faceparse.models.base import Encoder
 from faceparse.models.decoder import CoarseToFineDecoder
-from faceparse.models.encoders import DinoVitEncoder, DualEncoder, VggEncoder, VitPyramidEncoder
+from faceparse.models.dinov3 import DinoVitEncoder
 from faceparse.models.faceparser import FaceParser
+from faceparse.models.fusion import DualEncoder, VitPyramidEncoder
+from faceparse.models.vgg import VggEncoder
 
 __all__ = [
     "CoarseToFineDecoder",
     "DinoVitEncoder",
     "DualEncoder",
+    "Encoder",
     "FaceParser",
     "VggEncoder",
     "VitPyramidEncoder",

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from faceparse.models.base import check_feature_maps
 from faceparse.models.blocks import (
     AttentionRefinement,
     CoarseToFineBlock,
@@ -31,6 +32,8 @@ class CoarseToFineDecoder(nn.Module):
     Args:
         in_channels: channels of the encoder maps at strides 1, 2, 4, 8, 16.
         num_classes: output classes.
+        in_strides: the strides the encoder gives; anything but 1, 2, 4, 8, 16 is refused.
+        encoder_name: names the encoder in that refusal.
         decoder_channels: width ``C``; adapters give C/4, C/2, C, C, 2C channels.
         attention_refinement: gate the stride-16 map with global context (reference: on).
         dropout: Dropout2d before the final classifier.
@@ -43,13 +46,12 @@ class CoarseToFineDecoder(nn.Module):
         decoder_channels: int = 256,
         attention_refinement: bool = True,
         dropout: float = 0.1,
+        in_strides: Sequence[int] = DECODER_STRIDES,
+        encoder_name: str = "the encoder",
     ) -> None:
         super().__init__()
-        if len(in_channels) != len(DECODER_STRIDES):
-            raise ValueError(
-                f"CoarseToFineDecoder needs {len(DECODER_STRIDES)} feature maps at strides "
-                f"{DECODER_STRIDES}, got channels {tuple(in_channels)}"
-            )
+        check_feature_maps(type(self).__name__, DECODER_STRIDES, encoder_name, in_channels,
+                           in_strides)
         if decoder_channels % 16:
             raise ValueError(f"decoder_channels must be a multiple of 16, got {decoder_channels}")
         c = decoder_channels

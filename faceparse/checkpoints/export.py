@@ -1,0 +1,74 @@
+"""Decoder-only export: our checkpoint without the frozen DINOv3 weights.
+
+The frozen ViT equals Meta's file, so shipping it again costs ~1.2 GB for a ViT-L; the
+export keeps everything else, records a fingerprint of what it dropped (checked when the
+file is loaded beside a DINOv3 file) and reports what it removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from faceparse.checkpoints.format import (
+    META_KEY,
+    NET_PREFIX,
+    build_net,
+    fingerprint,
+    frozen_keys,
+    vit_modules,
+)
+from faceparse.checkpoints.read import read_checkpoint
+
+__all__ = ["export_decoder_only"]
+
+
+def _config_at(config: Mapping[str, Any], at: str) -> Mapping[str, Any]:
+    for key in at.split("."):
+        config = config[key]
+    return config
+
+
+def export_decoder_only(
+    ckpt_path: str | Path, out_path: str | Path, trust_pickle: bool = False
+) -> dict[str, Any]:
+    """Write ``ckpt_path`` without its frozen DINOv3 weights; return what was removed."""
+    ckpt = read_checkpoint(ckpt_path, trust_pickle)
+    path, state, meta = ckpt.path, ckpt.state_dict, ckpt.metadata or {}
+    if not meta.get("model"):
+        raise ValueError(f"{path} has no faceparse model config; export needs one")
+    with torch.device("meta"):
+        skeleton = build_net(meta["model"])
+    external, removed = {}, set()
+    for at in vit_modules(skeleton):
+        keys = frozen_keys(skeleton, f"{at}.model.")
+        file = _config_at(meta["model"], at).get("weights")
+        if not keys:
+            continue
+        if not file:
+            raise ValueError(
+                f"{at} was not loaded from a file (its weights are null), so its weights "
+                f"exist only in {path.name}; a decoder-only export would lose them"
+            )
+        tensors = {k: state[NET_PREFIX + k] for k in keys}
+        external[at] = {"file": Path(file).name, "keys": keys, "sha256": fingerprint(tensors)}
+        removed.update(NET_PREFIX + k for k in keys)
+    kept = {k: v for k, v in state.items() if k not in removed}
+    out = Path(out_path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "source": str(path),
+        "removed_keys": len(removed),
+        "removed_params": sum(state[k].numel() for k in removed),
+        "removed_modules": sorted(f"{NET_PREFIX}{at}.model" for at in external),
+        "kept_keys": len(kept),
+        "needs_beside_it": sorted(spec["file"] for spec in external.values()),
+        "dropped_entries": sorted(k for k in ckpt.contents if k not in ("state_dict", META_KEY)),
+    }
+    export_meta = {**meta, "decoder_only": {"external": external, "report": report}}
+    torch.save({META_KEY: export_meta, "state_dict": kept}, out)
+    report.update(size_before=path.stat().st_size, size_after=out.stat().st_size)
+    return report

@@ -1,0 +1,149 @@
+"""Checkpoints in, face parsers out: ours (full or decoder-only) and the original project's.
+
+A decoder-only export has no frozen DINOv3 weights (they equal the official file) and
+records a fingerprint of them, so loading it beside that file gives exactly the full
+checkpoint's model. The original project's files are mapped onto our module names.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import nn
+
+from faceparse.checkpoints.format import (
+    NET_PREFIX,
+    build_net,
+    fingerprint,
+    scheme_from_metadata,
+    vit_modules,
+)
+from faceparse.checkpoints.original import (
+    original_net_config,
+    original_scheme,
+    original_to_faceparse,
+)
+from faceparse.checkpoints.read import CheckpointFile, read_checkpoint
+from faceparse.labels import LabelScheme
+from faceparse.models import FaceParser
+from faceparse.models.dinov3 import DINOV3_FILES, DINOV3_SOURCE
+from faceparse.models.weights import load_strict
+
+log = logging.getLogger(__name__)
+
+__all__ = ["load_face_parser", "load_net_weights"]
+
+Checkpoint = str | Path | CheckpointFile
+
+
+def _read(checkpoint: Checkpoint, trust_pickle: bool) -> CheckpointFile:
+    if isinstance(checkpoint, CheckpointFile):
+        return checkpoint
+    return read_checkpoint(checkpoint, trust_pickle)
+
+
+def _find_vit_file(ckpt_path: Path, name: str | None, width: int, given: str | Path | None
+                   ) -> Path:
+    """The DINOv3 file a checkpoint without ViT weights needs: given, or beside it."""
+    if given is not None:
+        return Path(given)
+    pattern = name or DINOV3_FILES.get(width, ("", "dinov3_vit*16_*.pth"))[1]
+    found = sorted(ckpt_path.parent.glob(pattern))
+    if len(found) == 1:
+        return found[0]
+    raise FileNotFoundError(
+        f"{ckpt_path} holds no DINOv3 weights; it needs {pattern} from {DINOV3_SOURCE} "
+        f"beside it in {ckpt_path.parent} ({len(found)} found there), or pass vit_weights="
+    )
+
+
+def load_face_parser(
+    checkpoint: Checkpoint, vit_weights: str | Path | None = None, trust_pickle: bool = False
+) -> tuple[FaceParser, LabelScheme]:
+    """Any supported checkpoint -> an eval-mode :class:`FaceParser` and its label scheme.
+
+    Ours (full or decoder-only) rebuild from their stored config; the original project's
+    from their weight shapes. Files without ViT weights need the DINOv3 file
+    (``vit_weights``, or found beside the checkpoint).
+    """
+    ckpt = _read(checkpoint, trust_pickle)
+    if ckpt.original:
+        net, scheme = _load_original(ckpt, vit_weights)
+    else:
+        net, scheme = _load_ours(ckpt, vit_weights)
+    return net.eval(), scheme
+
+
+def _load_ours(ckpt: CheckpointFile, vit_weights: str | Path | None
+               ) -> tuple[FaceParser, LabelScheme]:
+    meta = ckpt.metadata or {}
+    if not meta.get("model"):
+        raise ValueError(f"{ckpt.path} has no model config (its net was not built from a "
+                         f"config, e.g. by faceparse.train), so it cannot be rebuilt")
+    external = meta.get("decoder_only", {}).get("external", {})
+    files = {
+        at: str(_find_vit_file(ckpt.path, spec["file"], 0, vit_weights))
+        for at, spec in external.items()
+    }
+    net = build_net(meta["model"], files)
+    state = {k.removeprefix(NET_PREFIX): v for k, v in ckpt.state_dict.items()}
+    own = net.state_dict()
+    for at, spec in external.items():
+        frozen = {k: own[k] for k in spec["keys"]}
+        if fingerprint(frozen) != spec["sha256"]:
+            raise ValueError(
+                f"{files[at]} is not the DINOv3 file {ckpt.path.name} was trained with "
+                f"({spec['file']}): its frozen weights differ"
+            )
+        state.update(frozen)
+    load_strict(net, state, f"checkpoint {ckpt.path}")
+    return net, scheme_from_metadata(meta)
+
+
+def _load_original(ckpt: CheckpointFile, vit_weights: str | Path | None
+                   ) -> tuple[FaceParser, LabelScheme]:
+    state = ckpt.state_dict
+    config = original_net_config(state)
+    has_vit = any(k.startswith("encoder.dinov3.") for k in state)
+    width = state["decoder.adapt_scale16.conv.weight"].shape[1]
+    files = ({} if has_vit else
+             {"encoder.vit": str(_find_vit_file(ckpt.path, None, width, vit_weights))})
+    net = build_net(config, files)
+    mapped = original_to_faceparse(state, net.encoder.vit.model)
+    if not has_vit:
+        mapped.update({k: v for k, v in net.state_dict().items() if k.startswith("encoder.vit.")})
+    load_strict(net, mapped, f"original FaceParsing checkpoint {ckpt.path}")
+    log.info("loaded the original project's %d-class checkpoint %s", config["num_classes"],
+             ckpt.path)
+    return net, original_scheme(config["num_classes"])
+
+
+def load_net_weights(
+    net: nn.Module, checkpoint: Checkpoint, scheme: LabelScheme, trust_pickle: bool = False
+) -> None:
+    """Initialise an already built net from any supported checkpoint (weights only).
+
+    ``scheme`` is the run's label scheme: a checkpoint predicting another class order is
+    refused even when the class counts agree. ViT weights the file lacks (decoder-only or
+    the original ``decoder.ckpt``) stay as the net loaded them from ``vit.weights``.
+    """
+    ckpt = _read(checkpoint, trust_pickle)
+    if ckpt.original:
+        theirs = original_scheme(ckpt.state_dict["decoder.final_conv.2.weight"].shape[0])
+        state = original_to_faceparse(ckpt.state_dict, vit_modules(net)["encoder.vit"].model)
+    else:
+        theirs = scheme_from_metadata(ckpt.metadata) if ckpt.metadata else scheme
+        state = {k.removeprefix(NET_PREFIX): v for k, v in ckpt.state_dict.items()}
+    if theirs.class_names != scheme.class_names:
+        raise ValueError(
+            f"{ckpt.path} predicts the {theirs.name!r} classes {theirs.class_names}, but this "
+            f"run's data.labels is {scheme.name!r}: set data.labels={theirs.name}"
+        )
+    own = net.state_dict()
+    vits = [f"{at}." for at in vit_modules(net)]
+    absent = [p for p in vits if not any(k.startswith(p) for k in state)]
+    kept = {k: v for k, v in own.items() if k.startswith(tuple(absent))}
+    if kept:
+        log.info("%s has no ViT weights: keeping the %d the model loaded", ckpt.path, len(kept))
+    load_strict(net, {**state, **kept}, f"checkpoint {ckpt.path}")

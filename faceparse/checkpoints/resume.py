@@ -1,0 +1,68 @@
+"""Starting a run from a checkpoint: resume it exactly, or initialise the weights from it.
+
+The RNG streams (Python, NumPy, torch, CUDA) travel in our checkpoints as plain data, so a
+resumed run draws the same shuffles, augmentations and dropout masks as one that never
+stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from faceparse.checkpoints.load import load_net_weights
+from faceparse.checkpoints.read import CheckpointKind, read_checkpoint
+from faceparse.labels import LabelScheme
+
+log = logging.getLogger(__name__)
+
+__all__ = ["start_from", "rng_states", "set_rng_states"]
+
+
+def start_from(ckpt_path: str | Path, net: nn.Module, scheme: LabelScheme,
+               trust_pickle: bool = False) -> str | None:
+    """Read ``ckpt_path`` once and act on what it is.
+
+    Our full checkpoint is returned for Lightning to resume (optimizer, loops, RNG);
+    any other supported file (a decoder-only export, the original project's) initialises
+    ``net`` now and ``None`` is returned: training starts afresh from those weights.
+    Anything else is refused.
+    """
+    checkpoint = read_checkpoint(ckpt_path, trust_pickle)
+    if checkpoint.kind is CheckpointKind.RUN:
+        log.info("resuming the run saved in %s", checkpoint.path)
+        return str(checkpoint.path)
+    log.info("%s holds weights without a training state: initialising the net from it",
+             checkpoint.path)
+    load_net_weights(net, checkpoint, scheme)
+    return None
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, NumPy and torch RNG states as plain data (loadable with ``weights_only``)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_states` captured, so a resumed run draws the same numbers."""
+    random.setstate(states["python"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

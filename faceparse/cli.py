@@ -1,0 +1,62 @@
+"""What every command shares: the ``conf/`` folder, the config resolvers, the Hydra main.
+
+Each entry point (``python -m faceparse.<name>``) is a short function over a config, made
+a command by :func:`hydra_entry`. Resolvers are registered when a command runs (and in
+the job itself, which a launcher may start in a fresh process), never as a side effect
+of importing a module.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from faceparse.fast_path import auto_precision
+from faceparse.labels import get_scheme
+from faceparse.training.optim import fused_default
+
+__all__ = ["CONF_DIR", "register_resolvers", "hydra_entry"]
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+Task = TypeVar("Task", bound=Callable[[DictConfig], Any])
+
+RESOLVERS: dict[str, Callable[..., Any]] = {
+    "num_classes": lambda scheme: get_scheme(scheme).num_classes,
+    "auto_precision": auto_precision,
+    "fused_optimizer": fused_default,
+}
+
+
+def register_resolvers() -> None:
+    """``${num_classes:<scheme>}``, ``${auto_precision:<accelerator>}`` and
+    ``${fused_optimizer:<accelerator>,<precision>}``; idempotent."""
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
+
+
+def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
+    """Make ``task(cfg)`` the command that composes ``conf/<config_name>.yaml``."""
+
+    def decorate(task: Task) -> Callable[[], Any]:
+        @functools.wraps(task)
+        def job(cfg: DictConfig) -> Any:
+            register_resolvers()  # a launcher may run the job in a fresh process
+            return task(cfg)
+
+        hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR),
+                                config_name=config_name)(job)
+
+        @functools.wraps(task)
+        def main() -> Any:
+            register_resolvers()  # Hydra resolves some values before the job runs
+            return hydra_main()
+
+        return main
+
+    return decorate

@@ -1,0 +1,56 @@
+"""Loader plumbing: per-worker augmentation seeds, OpenCV threads, skip counts per pass."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import cv2
+from torch.utils.data import DataLoader, get_worker_info
+
+from faceparse.data.transforms import seed_transform
+
+__all__ = ["SkipReportingLoader", "seed_worker_transform", "single_thread_opencv"]
+
+log = logging.getLogger(__name__)
+
+
+def seed_worker_transform(worker_id: int) -> None:
+    """Give each loader worker its own reproducible augmentation stream.
+
+    Albumentations keeps a private RNG that global seeding does not reach; torch's
+    per-worker seed derives from the run's seed, so runs repeat and workers differ.
+    """
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if transform is not None:
+        seed_transform(transform, info.seed % 2**32)
+
+
+def single_thread_opencv() -> None:
+    """One OpenCV thread, set in the parent *before* loader workers are forked.
+
+    Workers are the parallelism; and OpenCV's thread pool does not survive ``fork``: a
+    worker that reconfigures or uses an inherited live pool can hang for ever.
+    """
+    cv2.setNumThreads(1)
+
+
+class SkipReportingLoader(DataLoader):
+    """A DataLoader that says, after each pass, how many bad samples the dataset skipped.
+
+    The dataset's ``skipped`` counter lives in shared memory, so skips in worker
+    processes count too; each skip was already logged with its file names.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        counter = getattr(self.dataset, "skipped", None)
+        start = counter.value if counter is not None else 0
+        try:
+            yield from super().__iter__()
+        finally:
+            skipped = counter.value - start if counter is not None else 0
+            if skipped:
+                log.warning("%d bad samples skipped in this pass over %s (see the warnings "
+                            "above for the files)", skipped, type(self.dataset).__name__)

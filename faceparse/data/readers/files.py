@@ -1,0 +1,153 @@
+"""Base class for datasets read from disk: the prepared copy when complete, else the raw files.
+
+A subclass describes one distributed layout: the files of a split (``list_raw``), how to
+read one sample (``load_raw``) and, for messages, its files (``raw_files``) and its
+expected layout plus download source (``layout``). Missing data fails at construction
+with one error naming everything that is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from faceparse.data.io import DatasetNotFoundError, read_image, read_mask
+from faceparse.data.readers.base import SPLITS, FaceParsingDataset, Transform
+from faceparse.data.readers.prepared import PreparedLayout, find_prepared
+from faceparse.labels import LabelScheme
+
+__all__ = ["FileDataset", "PairedFileDataset", "IMAGE_EXTS"]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+log = logging.getLogger(__name__)
+
+
+class FileDataset(FaceParsingDataset):
+    """Sample ids of one split, read from a prepared copy or the raw layout.
+
+    Args:
+        split: ``train``, ``val`` or ``test``.
+        root: the unpacked download (``data.root``).
+        labels: target label scheme.
+        transform: albumentations pipeline (``None``: numpy arrays out).
+        prepared_dir: where ``python -m faceparse.prepare`` writes; read when complete.
+        strict: raise on a bad sample instead of skipping it.
+    """
+
+    title: str  # the dataset's name in messages
+    layout: str  # expected files under data.root and where to get them
+
+    def __init__(
+        self,
+        split: str,
+        root: str | Path,
+        labels: str | LabelScheme = "ourface",
+        transform: Transform | None = None,
+        prepared_dir: str | Path | None = None,
+        strict: bool = False,
+    ) -> None:
+        super().__init__(labels, transform, strict)
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+        self.split = split
+        self.root = Path(root)
+        self.prepared: PreparedLayout | None = find_prepared(
+            prepared_dir, type(self).__name__, self.native_scheme.name, split
+        )
+        ids = self.prepared.read_index(split) if self.prepared else self.list_raw(split)
+        if not ids:
+            self.missing([f"any {split} sample"])
+        self.ids: list[str] = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def list_raw(self, split: str) -> list[str]:
+        """Sample ids of ``split`` in the raw layout, in a fixed order."""
+        raise NotImplementedError
+
+    def load_raw(self, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """RGB image and native mask of one sample from the raw files."""
+        raise NotImplementedError
+
+    def raw_files(self, sample_id: str) -> list[Path]:
+        """The raw files of one sample (for messages)."""
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        sample_id = self.ids[index]
+        if self.prepared is None:
+            return self.load_raw(sample_id)
+        return (read_image(self.prepared.image_path(self.split, sample_id)),
+                read_mask(self.prepared.label_path(self.split, sample_id)))
+
+    def describe(self, index: int) -> str:
+        sample_id = self.ids[index]
+        if self.prepared is None:
+            files = self.raw_files(sample_id)
+        else:
+            files = [self.prepared.image_path(self.split, sample_id),
+                     self.prepared.label_path(self.split, sample_id)]
+        return " + ".join(map(str, files))
+
+    def missing(self, what: Iterable[str | Path]) -> None:
+        """Raise one :class:`DatasetNotFoundError` naming every missing item and the layout."""
+        items = "\n".join(f"  - {w}" for w in what)
+        raise DatasetNotFoundError(
+            f"{self.title} {self.split} split: missing under data.root={self.root}:\n{items}\n"
+            f"Expected layout:\n{self.layout}"
+        )
+
+    def require(self, *relative: str) -> None:
+        """Check that these paths exist under the root, reporting all absent ones at once."""
+        absent = [self.root / r for r in relative if not (self.root / r).exists()]
+        if absent:
+            self.missing(absent)
+
+
+class PairedFileDataset(FileDataset):
+    """Layouts with one image file and one single-channel label PNG per sample.
+
+    Subclasses fill ``self.pairs`` (id -> (image, mask)) in :meth:`list_raw`.
+    """
+
+    pairs: dict[str, tuple[Path, Path]]
+
+    def load_raw(self, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+        image_path, mask_path = self.pairs[sample_id]
+        return read_image(image_path), read_mask(mask_path)
+
+    def raw_files(self, sample_id: str) -> list[Path]:
+        return list(self.pairs[sample_id])
+
+    def pair_up(self, candidates: Iterable[tuple[str, Path, Path]]) -> list[str]:
+        """Keep (id, image, mask) candidates whose mask exists.
+
+        Images without a mask (a partly unpacked download) are left out with a warning;
+        two images with one id (``a.jpg`` and ``a.png``: one mask name) keep the first,
+        with a warning naming both. ``strict`` refuses either instead.
+        """
+        self.pairs, unpaired, twins = {}, [], []
+        for sample_id, image, mask in candidates:
+            if sample_id in self.pairs:
+                twins.append((self.pairs[sample_id][0], image))
+            elif mask.is_file():
+                self.pairs[sample_id] = (image, mask)
+            else:
+                unpaired.append(mask)
+        if unpaired and (self.strict or not self.pairs):
+            self.missing(unpaired[:10] + [f"({len(unpaired)} masks in all)"])
+        if unpaired:
+            log.warning("%s %s: %d images without a mask left out, e.g. %s", self.title,
+                        self.split, len(unpaired), unpaired[0])
+        if twins:
+            named = "; ".join(f"{b} (kept: {a})" for a, b in twins[:10])
+            message = (f"{self.title} {self.split}: {len(twins)} images share a name with "
+                       f"another image, and so its mask; rename them. Not read: {named}")
+            if self.strict:
+                raise ValueError(message)
+            log.warning(message)
+        return sorted(self.pairs)

@@ -1,0 +1,58 @@
+"""Batched prediction: label maps straight from the logits, probabilities only when asked.
+
+Softmax is monotonic, so the argmax of the logits is the argmax of the probabilities: a
+full-resolution (N, C, H, W) softmax is computed only for ``probs=True``. Everything runs
+under ``torch.inference_mode``; on CUDA the net runs in bf16 autocast and, after
+:func:`prepare_for_inference`, with the :class:`~faceparse.fast_path.FastPath` options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from faceparse.fast_path import FastPath
+
+__all__ = ["Prediction", "prepare_for_inference", "predict"]
+
+
+@dataclass
+class Prediction:
+    """``labels`` (N, H, W) uint8 on the CPU; ``probs`` (N, C, H, W) float32 when asked."""
+
+    labels: torch.Tensor
+    probs: torch.Tensor | None = None
+
+
+def prepare_for_inference(
+    net: nn.Module, device: str | torch.device = "cpu", fast_path: FastPath | None = None
+) -> nn.Module:
+    """Eval mode on ``device``, with the fast path's options where they pay there."""
+    net = net.eval().to(device)
+    return (fast_path or FastPath()).apply(net, device)
+
+
+def predict(
+    net: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 8,
+    probs: bool = False,
+    bf16: bool | None = None,
+) -> Prediction:
+    """Label maps for ImageNet-normalised ``images`` (N, 3, H, W), ``batch_size`` at a time.
+
+    ``bf16=None`` means bf16 autocast exactly when the net is on CUDA.
+    """
+    device = next(net.parameters()).device
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+    labels, all_probs = [], []
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        for chunk in images.split(batch_size):
+            logits = net(chunk.to(device, non_blocking=True))
+            label_type = torch.uint8 if logits.shape[1] <= 256 else torch.int64
+            labels.append(logits.argmax(1).to(label_type).cpu())
+            if probs:
+                all_probs.append(logits.float().softmax(1).cpu())
+    return Prediction(torch.cat(labels), torch.cat(all_probs) if probs else None)

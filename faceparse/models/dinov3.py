@@ -1,0 +1,214 @@
+"""The ViT branch: a timm DINOv3 ViT whose final-normed patch tokens form a stride-16 map.
+
+Weights are Meta's official checkpoints (``dinov3_vit*16_pretrain_lvd1689m-*.pth``, which
+users download under Meta's licence) or timm's converted ``.safetensors``; timm's
+``eva.checkpoint_filter_fn`` renames the official keys. A frozen ViT without weights is
+refused: its random features would feed the decoder noise while training looked normal.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from faceparse.models.base import Encoder
+from faceparse.models.weights import (
+    CHECKPOINT_DIR_HINT,
+    StateDict,
+    load_state_dict_file,
+    load_strict,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DinoVitEncoder",
+    "DINOV3_FILES",
+    "DINOV3_SOURCE",
+    "dinov3_filter",
+    "describe_vit",
+    "load_dinov3_weights",
+]
+
+# DINOv3 ViTs in timm with query/value biases (exact for every official checkpoint).
+DINOV3_MODELS = {
+    "small": "vit_small_patch16_dinov3_qkvb",
+    "base": "vit_base_patch16_dinov3_qkvb",
+    "large": "vit_large_patch16_dinov3_qkvb",
+}
+DINOV3_WIDTHS = {"small": 384, "base": 768, "large": 1024}
+DINOV3_SOURCE = "https://github.com/facebookresearch/dinov3 (Meta licence, request access there)"
+# Official file names by width: S/16, B/16, L/16.
+DINOV3_FILES = {
+    384: ("ViT-S/16", "dinov3_vits16_pretrain_lvd1689m-*.pth"),
+    768: ("ViT-B/16", "dinov3_vitb16_pretrain_lvd1689m-*.pth"),
+    1024: ("ViT-L/16", "dinov3_vitl16_pretrain_lvd1689m-*.pth"),
+}
+
+
+class DinoVitEncoder(Encoder):
+    """A timm DINOv3 ViT returning final-normed patch tokens as a stride-16 map.
+
+    Frozen by default: parameters need no grad, the ViT stays in eval mode whatever
+    ``train()`` says, and its forward keeps no activations. Several ``layers`` are
+    concatenated along channels (an ablation of which depths feed the decoder).
+    ``size`` is small (S/16, 384 ch), base (B/16, 768) or large (L/16, 1024).
+    ``weights`` is the DINOv3 file; a frozen ViT without one is refused unless
+    ``random_init`` says random weights are meant (tests, the synthetic quickstart).
+    ``finetune_blocks=N`` trains the last N blocks and the final norm of a frozen ViT;
+    ``lr_scale`` multiplies the learning rate of whatever part of the ViT trains.
+    ``fused_attn=False`` swaps PyTorch's fused SDPA (flash / memory-efficient kernels) for
+    timm's explicit softmax(QK^T)V, the slow path kept for comparison and debugging.
+    """
+
+    def __init__(
+        self,
+        size: str = "large",
+        layers: Sequence[int] = (-1,),
+        frozen: bool = True,
+        weights: str | Path | None = None,
+        random_init: bool = False,
+        finetune_blocks: int = 0,
+        lr_scale: float = 0.1,
+        fused_attn: bool = True,
+    ) -> None:
+        super().__init__()
+        if size not in DINOV3_MODELS:
+            raise ValueError(f"unknown DINOv3 size {size!r}; choose one of {list(DINOV3_MODELS)}")
+        if weights is None and frozen and not random_init:
+            raise FileNotFoundError(_no_weights_message(DINOV3_WIDTHS[size]))
+        self.size = size
+        self.model = timm.create_model(
+            DINOV3_MODELS[size], pretrained=False, dynamic_img_size=True
+        )
+        for module in self.model.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = fused_attn
+        depth = len(self.model.blocks)
+        outside = [i for i in layers if not -depth <= i < depth]
+        if outside:
+            raise ValueError(
+                f"layers {outside} are outside the {depth}-block ViT-{size}; "
+                f"use 0..{depth - 1} or -{depth}..-1"
+            )
+        # timm returns blocks once each, in depth order: name each block once.
+        self.layers = tuple(sorted({i % depth for i in layers}))
+        if len(self.layers) != len(layers):
+            raise ValueError(f"layers {list(layers)} name the same block twice")
+        if not 0 <= finetune_blocks <= depth:
+            raise ValueError(f"finetune_blocks must be in 0..{depth}, got {finetune_blocks}")
+        self.frozen = frozen
+        self.lr_scale = lr_scale
+        self.out_channels = (self.model.embed_dim * len(self.layers),)
+        self.strides = (self.model.patch_embed.patch_size[0],)
+        if weights is not None:
+            load_dinov3_weights(self.model, weights)
+        # The fine-tuned tail (a plain tuple: its modules are already registered in the ViT,
+        # so state_dict keys stay the same); the rest of a frozen ViT stays in eval mode.
+        self.tuned: tuple[nn.Module, ...] = ()
+        if frozen:
+            self.model.requires_grad_(False)
+            self.model.eval()
+            if finetune_blocks:
+                self.tuned = (*self.model.blocks[depth - finetune_blocks :], self.model.norm)
+                for module in self.tuned:
+                    module.requires_grad_(True)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Whatever part of the ViT trains learns at ``lr_scale`` times the learning rate."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad],
+                 "lr_scale": self.lr_scale}]
+
+    def train(self, mode: bool = True) -> DinoVitEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.model.eval()
+            for module in self.tuned:
+                module.train(mode)
+        return self
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        trains = not self.frozen or bool(self.tuned)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+            maps = self.model.forward_intermediates(
+                x, indices=list(self.layers), norm=True, output_fmt="NCHW", intermediates_only=True
+            )
+        return [torch.cat(maps, dim=1) if len(maps) > 1 else maps[0]]
+
+
+def _no_weights_message(width: int) -> str:
+    name, pattern = DINOV3_FILES.get(width, ("DINOv3", "dinov3_vit*16_pretrain_lvd1689m-*.pth"))
+    return (
+        f"the frozen DINOv3 {name} has no weights (vit.weights is null): trained on, its "
+        f"random features would feed the decoder noise. Download {pattern} from "
+        f"{DINOV3_SOURCE}, put it in {CHECKPOINT_DIR_HINT} and set "
+        f"vit.weights=<that file>; or set vit.random_init=true to use random weights on "
+        f"purpose (tests, the synthetic quickstart)."
+    )
+
+
+def dinov3_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> StateDict:
+    """Meta's official or timm's DINOv3 keys -> the timm ViT's keys.
+
+    timm's ``eva.checkpoint_filter_fn`` does the renaming (``ls1.gamma`` -> ``gamma_1``,
+    storage -> register tokens, ``qkv.bias`` -> query/value biases; the key bias is dropped
+    because softmax cancels it). timm's own bias-free conversion has no query/value biases:
+    they are zero by construction, so zeros are filled in.
+    """
+    from timm.models.eva import checkpoint_filter_fn
+
+    state = checkpoint_filter_fn(dict(state_dict), model)
+    own = model.state_dict()
+    missing = set(own) - set(state)
+    bias_free = not any(k.endswith(".q_bias") for k in state)
+    if missing and bias_free and all(k.endswith((".q_bias", ".v_bias")) for k in missing):
+        log.info("bias-free DINOv3 weights: setting %d query/value biases to 0", len(missing))
+        state.update({k: torch.zeros_like(own[k]) for k in missing})
+    return state
+
+
+def describe_vit(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``ViT-B/16 (width 768, 12 blocks)`` for a DINOv3 state dict, in any key naming."""
+    width = state_dict["cls_token"].shape[-1]
+    blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    name = DINOV3_FILES.get(width, (f"{width}-wide ViT",))[0]
+    return f"{name} (width {width}, {len(blocks)} blocks)"
+
+
+def _check_dinov3(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """Refuse files that are no DINOv3 ViT, or use another RoPE, before renaming keys."""
+    if "cls_token" not in state or not ({"storage_tokens", "reg_token"} & set(state)):
+        sample = ", ".join(list(state)[:4])
+        raise ValueError(
+            f"{path} is not a DINOv3 ViT checkpoint (no cls_token and storage/register tokens; "
+            f"its first keys are {sample}). Use an official {DINOV3_FILES[1024][1]}-style file "
+            f"from {DINOV3_SOURCE} or timm's converted DINOv3 weights."
+        )
+    periods, ours = state.get("rope_embed.periods"), model.rope.periods
+    if periods is not None and periods.shape == ours.shape and not torch.allclose(periods, ours):
+        raise ValueError(f"{path}: its RoPE periods differ from timm's DINOv3 (another RoPE base?)")
+
+
+def load_dinov3_weights(model: nn.Module, path: str | Path) -> None:
+    """Load Meta's official DINOv3 checkpoint (or timm's ``.safetensors``) into a timm ViT."""
+    path = Path(path).expanduser()
+    size, pattern = DINOV3_FILES.get(model.embed_dim, ("DINOv3", "dinov3_vit*16_*.pth"))
+    state = load_state_dict_file(path, f"DINOv3 {size}", f"{pattern} from {DINOV3_SOURCE}")
+    _check_dinov3(state, model, path)
+    found = describe_vit(state)
+    expected = describe_vit({"cls_token": model.cls_token, **model.state_dict()})
+    try:
+        load_strict(model, dinov3_filter(state, model), f"DINOv3 weights {path}")
+    except ValueError as error:
+        raise ValueError(
+            f"the file holds a {found}, this encoder is a {expected} (set vit.size to match "
+            f"the file, or use {pattern}). {error}"
+        ) from None
+    log.info("loaded DINOv3 %s weights from %s", found, path)
