@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from faceparse.checkpoints import (
@@ -142,6 +143,32 @@ def test_decoder_only_refuses_another_dinov3_file(trained: Path, tmp_path: Path)
     torch.save(other, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not the DINOv3 file"):
         load_face_parser(tmp_path / "decoder.ckpt", vit_weights=tmp_path / "other.pth")
+
+
+def test_starting_from_a_decoder_only_file_needs_its_dinov3_file(
+    trained: Path, tmp_path: Path, compose, tiny
+) -> None:
+    """The frozen ViT a decoder-only file leaves out must be the one it was trained with:
+    a random ViT or another DINOv3 file is refused, the right file gives the same net."""
+    export_decoder_only(trained, tmp_path / "decoder.ckpt")
+    other = torch.load(OFFICIAL, weights_only=True)
+    other["norm.weight"] = other["norm.weight"] + 1e-3
+    torch.save(other, tmp_path / "other.pth")
+
+    def net(*overrides: str) -> torch.nn.Module:
+        return instantiate(compose([*tiny, *overrides]).model.net)
+
+    scheme = get_scheme("ourface")
+    with pytest.raises(ValueError, match="vit.weights=<the DINOv3 file"):
+        load_net_weights(net(), tmp_path / "decoder.ckpt", scheme)
+    with pytest.raises(ValueError, match="not the DINOv3 file"):
+        load_net_weights(net(f"vit.weights={tmp_path / 'other.pth'}"), tmp_path / "decoder.ckpt",
+                         scheme)
+    started = net(f"vit.weights={OFFICIAL}")
+    load_net_weights(started, tmp_path / "decoder.ckpt", scheme)
+    reference, _ = load_face_parser(trained)
+    x = images()
+    assert torch.equal(logits(started, x), logits(reference, x))
 
 
 def test_export_refuses_a_vit_not_loaded_from_a_file(tmp_path: Path, compose_tiny) -> None:

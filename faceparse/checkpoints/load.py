@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from faceparse.checkpoints.format import (
@@ -26,7 +27,7 @@ from faceparse.checkpoints.original import (
 )
 from faceparse.checkpoints.read import CheckpointFile, read_checkpoint
 from faceparse.labels import LabelScheme
-from faceparse.models import FaceParser
+from faceparse.models import DinoVitEncoder, FaceParser
 from faceparse.models.dinov3 import DINOV3_FILES, DINOV3_SOURCE
 from faceparse.models.weights import load_strict
 
@@ -141,9 +142,29 @@ def load_net_weights(
             f"run's data.labels is {scheme.name!r}: set data.labels={theirs.name}"
         )
     own = net.state_dict()
-    vits = [f"{at}." for at in vit_modules(net)]
-    absent = [p for p in vits if not any(k.startswith(p) for k in state)]
-    kept = {k: v for k, v in own.items() if k.startswith(tuple(absent))}
+    vits = vit_modules(net)
+    absent = [at for at in vits if not any(k.startswith(f"{at}.") for k in state)]
+    external = (ckpt.metadata or {}).get("decoder_only", {}).get("external", {})
+    for at in absent:
+        _check_kept_vit(ckpt, at, vits[at], own, external.get(at))
+    kept = {k: v for k, v in own.items() if k.startswith(tuple(f"{at}." for at in absent))}
     if kept:
         log.info("%s has no ViT weights: keeping the %d the model loaded", ckpt.path, len(kept))
     load_strict(net, {**state, **kept}, f"checkpoint {ckpt.path}")
+
+
+def _check_kept_vit(ckpt: CheckpointFile, at: str, vit: DinoVitEncoder,
+                    own: dict[str, torch.Tensor], spec: dict | None) -> None:
+    """A file without ViT weights needs the run's ViT to hold the ones it was trained with."""
+    if vit.weights_file is None:
+        raise ValueError(
+            f"{ckpt.path} holds no weights for {at}, and this run's ViT has none either "
+            f"(vit.random_init=true): set vit.weights=<the DINOv3 file it was trained with, "
+            f"{spec['file'] if spec else 'dinov3_vit*16_pretrain_lvd1689m-*.pth'}> "
+            f"from {DINOV3_SOURCE}"
+        )
+    if spec and fingerprint({k: own[k] for k in spec["keys"]}) != spec["sha256"]:
+        raise ValueError(
+            f"{vit.weights_file} is not the DINOv3 file {ckpt.path.name} was trained with "
+            f"({spec['file']}): its frozen weights differ"
+        )

@@ -105,6 +105,7 @@ class DinoVitEncoder(Encoder):
         if not 0 <= finetune_blocks <= depth:
             raise ValueError(f"finetune_blocks must be in 0..{depth}, got {finetune_blocks}")
         self.frozen = frozen
+        self.weights_file = str(weights) if weights is not None else None
         self.lr_scale = lr_scale
         self.out_channels = (self.model.embed_dim * len(self.layers),)
         self.strides = (self.model.patch_embed.patch_size[0],)
