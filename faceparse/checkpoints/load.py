@@ -91,13 +91,8 @@ def _load_ours(ckpt: CheckpointFile, vit_weights: str | Path | None
     state = {k.removeprefix(NET_PREFIX): v for k, v in ckpt.state_dict.items()}
     own = net.state_dict()
     for at, spec in external.items():
-        frozen = {k: own[k] for k in spec["keys"]}
-        if fingerprint(frozen) != spec["sha256"]:
-            raise ValueError(
-                f"{files[at]} is not the DINOv3 file {ckpt.path.name} was trained with "
-                f"({spec['file']}): its frozen weights differ"
-            )
-        state.update(frozen)
+        _check_fingerprint(ckpt, files[at], own, spec)
+        state.update({k: own[k] for k in spec["keys"]})
     load_strict(net, state, f"checkpoint {ckpt.path}")
     return net, scheme_from_metadata(meta)
 
@@ -163,8 +158,15 @@ def _check_kept_vit(ckpt: CheckpointFile, at: str, vit: DinoVitEncoder,
             f"{spec['file'] if spec else 'dinov3_vit*16_pretrain_lvd1689m-*.pth'}> "
             f"from {DINOV3_SOURCE}"
         )
-    if spec and fingerprint({k: own[k] for k in spec["keys"]}) != spec["sha256"]:
+    if spec:
+        _check_fingerprint(ckpt, vit.weights_file, own, spec)
+
+
+def _check_fingerprint(ckpt: CheckpointFile, file: str, own: dict[str, torch.Tensor],
+                       spec: dict) -> None:
+    """The frozen weights loaded from ``file`` are those the decoder-only export left out."""
+    if fingerprint({k: own[k] for k in spec["keys"]}) != spec["sha256"]:
         raise ValueError(
-            f"{vit.weights_file} is not the DINOv3 file {ckpt.path.name} was trained with "
+            f"{file} is not the DINOv3 file {ckpt.path.name} was trained with "
             f"({spec['file']}): its frozen weights differ"
         )
