@@ -31,6 +31,8 @@ def test_train_writes_checkpoints_metrics_and_pictures(compose, tiny, tmp_path: 
     assert "last.ckpt" in ckpts and "epoch_000.ckpt" in ckpts
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert any(k.startswith("net.decoder.final_conv") for k in state["state_dict"])
+    # the training size travels with the weights: inference runs at it by default
+    assert state["faceparse"]["image_size"] == compose(tiny).data.image_size
 
     assert (tmp_path / "config_resolved.yaml").read_text().count("${") == 0
     with open(tmp_path / "csv" / "metrics.csv") as f:

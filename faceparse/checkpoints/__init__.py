@@ -9,6 +9,7 @@ from faceparse.checkpoints.format import (
     checkpoint_metadata,
 )
 from faceparse.checkpoints.load import load_face_parser, load_net_weights
+from faceparse.checkpoints.locate import LocatedCheckpoint, locate_checkpoint
 from faceparse.checkpoints.read import CheckpointFile, CheckpointKind, read_checkpoint
 from faceparse.checkpoints.resume import rng_states, set_rng_states, start_from
 
@@ -16,12 +17,14 @@ __all__ = [
     "META_KEY",
     "CheckpointFile",
     "CheckpointKind",
+    "LocatedCheckpoint",
     "build_face_parser",
     "build_net",
     "checkpoint_metadata",
     "export_decoder_only",
     "load_face_parser",
     "load_net_weights",
+    "locate_checkpoint",
     "read_checkpoint",
     "rng_states",
     "set_rng_states",

@@ -47,13 +47,19 @@ NET_TARGET = "faceparse.models.FaceParser"
 ALLOWED_TARGET_PREFIX = "faceparse.models."
 
 
-def checkpoint_metadata(net_config: Mapping[str, Any] | None, scheme: LabelScheme) -> dict:
-    """What a checkpoint needs to rebuild its model and name its classes."""
+def checkpoint_metadata(net_config: Mapping[str, Any] | None, scheme: LabelScheme,
+                        image_size: int | None = None) -> dict:
+    """What a checkpoint needs to rebuild its model, name its classes and size its input.
+
+    ``image_size`` is the square side the model was trained at (``None`` when unknown);
+    inference runs at it by default.
+    """
     return {
         "version": META_VERSION,
         "model": copy.deepcopy(dict(net_config)) if net_config is not None else None,
         "labels": scheme.name,
         "class_names": list(scheme.class_names),
+        "image_size": image_size,
     }
 
 

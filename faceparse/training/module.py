@@ -39,6 +39,7 @@ class FaceParsingModule(L.LightningModule):
         scheduler: ``partial`` taking the optimizer and ``total_steps``, or ``None``.
         labels: label scheme name (class names for per-class metrics).
         fast_path: speed options, switched on once when the first stage starts.
+        image_size: the training input side, recorded in checkpoints for inference.
 
     The validation and test loss is ``loss`` without the auxiliary terms.
     """
@@ -51,6 +52,7 @@ class FaceParsingModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         labels: str = "ourface",
         fast_path: FastPath | None = None,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer", "loss", "scheduler", "fast_path"],
@@ -65,6 +67,7 @@ class FaceParsingModule(L.LightningModule):
         )
         self.fast_path = fast_path or FastPath()
         self.fast_path_applied = False
+        self.image_size = image_size
 
     def setup(self, stage: str) -> None:
         if not self.fast_path_applied:  # setup runs once per stage: fit, then test
@@ -116,7 +119,8 @@ class FaceParsingModule(L.LightningModule):
         self._log_epoch("test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[META_KEY] = checkpoint_metadata(self.net.config, self.scheme)
+        checkpoint[META_KEY] = checkpoint_metadata(self.net.config, self.scheme,
+                                                    self.image_size)
         checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
