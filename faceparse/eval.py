@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
 from faceparse.cli import hydra_entry
 from faceparse.data.loaders import single_thread_opencv
-from faceparse.evaluation import Protocol, TestTimeAugment, file_fingerprint, score_split
+from faceparse.evaluation import MultiPassTTA, Protocol, file_fingerprint, score_split
 from faceparse.evaluation.report import write_report
 from faceparse.evaluation.samples import EvalSamples, collate_samples
 from faceparse.inference.batch import prepare_for_inference
@@ -79,7 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loader = DataLoader(samples, batch_size=int(cfg.data.eval_batch_size or cfg.data.batch_size),
                         num_workers=workers, collate_fn=collate_samples,
                         pin_memory=device.type == "cuda")
-    tta = TestTimeAugment.from_options(cfg.tta.flip, cfg.tta.scales, net.size_multiple)
+    tta = MultiPassTTA.from_options(cfg.tta.flip, cfg.tta.scales, net.size_multiple)
     result = score_split(net, loader, model_scheme, to_scored, scored.num_classes, tta, device,
                          int(cfg.worst))
     present = result.scores["present"].tolist()

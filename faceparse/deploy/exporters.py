@@ -38,8 +38,11 @@ def onnx_metadata(scheme: LabelScheme, image_size: int, size_multiple: int, dyna
 def export_onnx(net: nn.Module, out: Path, scheme: LabelScheme, image_size: int,
                 dynamic: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """Write ``out`` and return the onnxruntime parser that runs it (for the parity check)."""
-    import onnx
-
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("exporting to ONNX needs onnx and onnxruntime: pip install "
+                          "'faceparse[export]'") from None
     example = torch.zeros(1, 3, image_size, image_size)
     axes = {"images": {0: "batch", 2: "height", 3: "width"},
             "logits": {0: "batch", 2: "height", 3: "width"}} if dynamic else None

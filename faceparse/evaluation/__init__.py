@@ -3,7 +3,7 @@
 from faceparse.evaluation.protocol import Protocol, file_fingerprint
 from faceparse.evaluation.report import write_report
 from faceparse.evaluation.score import EvalResult, score_split
-from faceparse.evaluation.tta import TestTimeAugment
+from faceparse.evaluation.tta import MultiPassTTA
 
-__all__ = ["EvalResult", "Protocol", "TestTimeAugment", "file_fingerprint", "score_split",
+__all__ = ["EvalResult", "Protocol", "MultiPassTTA", "file_fingerprint", "score_split",
            "write_report"]

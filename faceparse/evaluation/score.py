@@ -16,7 +16,7 @@ from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader
 
-from faceparse.evaluation.tta import TestTimeAugment
+from faceparse.evaluation.tta import MultiPassTTA
 from faceparse.labels import LabelScheme
 from faceparse.metrics import SegmentationMetrics, scores_from_confusion
 
@@ -64,7 +64,7 @@ def score_split(
     model_scheme: LabelScheme,
     to_scored: np.ndarray,
     num_scored: int,
-    tta: TestTimeAugment,
+    tta: MultiPassTTA,
     device: torch.device,
     worst: int = 8,
 ) -> EvalResult:

@@ -17,11 +17,11 @@ from torch import nn
 
 from faceparse.labels import LabelScheme
 
-__all__ = ["TestTimeAugment"]
+__all__ = ["MultiPassTTA"]
 
 
 @dataclass(frozen=True)
-class TestTimeAugment:
+class MultiPassTTA:
     """``flip``: add mirrored passes; ``scales``: input scale factors (1.0 = as given).
 
     ``size_multiple`` rounds scaled sides to what the net accepts.
@@ -74,5 +74,5 @@ class TestTimeAugment:
 
     @classmethod
     def from_options(cls, flip: bool, scales: Sequence[float] | None, size_multiple: int
-                     ) -> TestTimeAugment:
+                     ) -> MultiPassTTA:
         return cls(bool(flip), tuple(float(s) for s in (scales or (1.0,))), size_multiple)
