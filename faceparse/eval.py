@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
-from faceparse.cli import hydra_entry
+from faceparse.cli import hydra_entry, one_line_errors
 from faceparse.data.loaders import single_thread_opencv
 from faceparse.evaluation import MultiPassTTA, Protocol, file_fingerprint, score_split
 from faceparse.evaluation.report import write_report
@@ -100,6 +100,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra_entry("eval")
+@one_line_errors(ValueError, KeyError, FileNotFoundError, ImportError)
 def main(cfg: DictConfig) -> float | None:
     return evaluate(cfg)["f1_mean"]
 

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
-from faceparse.cli import hydra_entry
+from faceparse.cli import hydra_entry, one_line_errors
 from faceparse.deploy import FORMATS, ParityError, check_parity, export_net, parity_inputs
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra_entry("export")
+@one_line_errors(ValueError, KeyError, FileNotFoundError, ImportError, ParityError)
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

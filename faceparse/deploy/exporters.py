@@ -69,8 +69,10 @@ def export_torchscript(net: nn.Module, out: Path, scheme: LabelScheme, image_siz
     extra = {"faceparse.json": json.dumps(
         {k.removeprefix(META_PREFIX): v
          for k, v in onnx_metadata(scheme, image_size, net.size_multiple, dynamic).items()})}
-    torch.jit.save(traced, str(out), _extra_files=extra)
-    return torch.jit.load(str(out))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated, still the portable format
+        torch.jit.save(traced, str(out), _extra_files=extra)
+        return torch.jit.load(str(out))
 
 
 FORMATS: dict[str, Callable[..., Callable[[torch.Tensor], torch.Tensor]]] = {
