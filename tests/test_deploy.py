@@ -75,3 +75,19 @@ def test_missing_onnxruntime_names_the_extra(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r"pip install 'faceparse\[export\]'"):
         load_onnx_parser(tmp_path / "model.onnx")
+
+
+def test_bench_deploy_section_times_both_engines(compose, tmp_path: Path) -> None:
+    from faceparse.bench import run
+    from faceparse.bench.report import format_table
+
+    cfg = compose(["bench.sections=[deploy]", "cnn.arch=vgg11_bn", "vit.size=small",
+                   "decoder.decoder_channels=32", "data.image_size=32", "bench.steps=1",
+                   "bench.deploy.repeats=2"], config="bench", output_dir=tmp_path)
+    deploy = run(cfg)["deploy"]
+    assert deploy["parity"]["passed"] and deploy["images_per_repeat"] == 2
+    for engine in ("torch_cpu", "onnxruntime_cpu"):
+        assert len(deploy[engine]["all"]) == 2 and deploy[engine]["images_per_s"] > 0
+    assert deploy["onnx_vs_torch"] == pytest.approx(
+        deploy["onnxruntime_cpu"]["images_per_s"] / deploy["torch_cpu"]["images_per_s"])
+    assert "deploy onnxruntime_cpu" in format_table({"deploy": deploy})
