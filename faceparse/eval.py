@@ -51,6 +51,21 @@ def scoring_scheme(model: LabelScheme, data_labels: str, labels: str | None) -> 
     return data
 
 
+def raw_files_unless(cfg: DictConfig) -> dict[str, Any]:
+    """Reader overrides that skip the prepared copy (resized JPEGs) unless it may be used.
+
+    Scoring at the original resolution needs the original masks; at the model size the
+    prepared copy is used only when ``use_prepared=true`` (its images are re-encoded).
+    """
+    if "prepared_dir" not in cfg.data.dataset:
+        return {}
+    if cfg.use_prepared and cfg.resolution == "original":
+        log.warning("use_prepared=true is ignored at resolution=original: the prepared copy "
+                    "holds resized masks")
+    keep = bool(cfg.use_prepared) and cfg.resolution == "model"
+    return {} if keep else {"prepared_dir": None}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.ckpt`` on ``cfg.split`` of ``cfg.data``; write and return the report."""
     if cfg.resolution not in ("model", "original"):
@@ -69,7 +84,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     net = prepare_for_inference(net, device)
 
     datamodule = instantiate(cfg.data)
-    reader = datamodule.open_dataset(str(cfg.split), None, labels=scored.name)
+    reader = datamodule.open_dataset(str(cfg.split), None, labels=scored.name,
+                                     **raw_files_unless(cfg))
     if len(reader) == 0:
         raise ValueError(f"split={cfg.split} of data={type(reader).__name__} has no samples")
     samples = EvalSamples(reader, image_size, cfg.resolution == "original")
@@ -87,6 +103,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         checkpoint=str(located.path), checkpoint_sha256=file_fingerprint(located.path),
         model_labels=model_scheme.name, dataset=type(reader).__name__,
         dataset_labels=reader.native_scheme.name, scored_labels=scored.name,
+        source="prepared copy" if getattr(reader, "prepared", None) else "original files",
         split=str(cfg.split), samples=result.samples, skipped=result.skipped,
         resolution=str(cfg.resolution), image_size=image_size, tta=tta.describe(),
         background=[scored.class_names[0]],

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from faceparse.data.io import BadSampleError
 from faceparse.data.readers.base import FaceParsingDataset
 from faceparse.data.synthetic import SyntheticFaces
-from faceparse.eval import scoring_scheme
+from faceparse.eval import raw_files_unless, scoring_scheme
 from faceparse.evaluation import MultiPassTTA, Protocol, score_split, write_report
 from faceparse.evaluation.samples import EvalSamples, collate_samples
 from faceparse.labels import LAPA, LabelScheme, get_scheme, mapping_lut
@@ -65,7 +65,8 @@ def _score(tmp_path: Path) -> dict:
     loader = DataLoader(samples, batch_size=2, collate_fn=collate_samples)
     result = score_split(FixedPrediction(PRED, 5), loader, FIVE, mapping_lut(FIVE, FIVE), 5,
                          MultiPassTTA(), torch.device("cpu"), worst=2)
-    protocol = Protocol("m.ckpt", "ab" * 32, "five", "TwoSamples", "five", "five", "test",
+    protocol = Protocol("m.ckpt", "ab" * 32, "five", "TwoSamples", "five", "five", "files",
+                        "test",
                         result.samples, result.skipped, "original", 4,
                         background=["background"], averaged=["a", "b", "d"])
     return write_report(tmp_path, result, FIVE, protocol)
@@ -178,3 +179,13 @@ def test_multi_scale_tta_averages_passes_at_the_input_size() -> None:
     torch.testing.assert_close(out, torch.full_like(out, 2.0))  # (1 + 2 + 3) / 3
     with pytest.raises(ValueError, match="positive"):
         MultiPassTTA(scales=(0.0,))
+
+
+@pytest.mark.parametrize(("args", "overrides"), [
+    (("data=celebamask", "resolution=original", "use_prepared=true"), {"prepared_dir": None}),
+    (("data=celebamask",), {"prepared_dir": None}),  # published scores read the originals
+    (("data=celebamask", "use_prepared=true"), {}),
+    ((), {}),  # synthetic faces have no prepared copy
+])
+def test_scoring_reads_original_files_unless_told(compose, args, overrides) -> None:
+    assert raw_files_unless(compose(["ckpt=x.ckpt", *args], config="eval")) == overrides

@@ -34,6 +34,7 @@ class Protocol:
     dataset: str
     dataset_labels: str  # the order the dataset's masks are read in (its merge order)
     scored_labels: str
+    source: str  # original files, or the prepared copy (resized, JPEG)
     split: str
     samples: int
     skipped: list[str] = field(default_factory=list)
@@ -54,7 +55,7 @@ class Protocol:
                  f"resized bilinearly)")
         return (
             f"{self.samples} images of the {self.dataset} '{self.split}' split "
-            f"({len(self.skipped)} bad samples skipped), masks read in the "
+            f"({len(self.skipped)} bad samples skipped) from its {self.source}, masks read in the "
             f"'{self.dataset_labels}' order and scored in '{self.scored_labels}' "
             f"(the model predicts '{self.model_labels}'), {where}. One confusion matrix "
             f"over the split; pixels labelled {self.ignore_index} are ignored. Mean F1 "
