@@ -79,7 +79,9 @@ def one_line_errors(*errors: type[BaseException]) -> Callable[[Task], Task]:
             except errors as err:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
-                print(f"error: {err}", file=sys.stderr)
+                # a KeyError's str() is its repr; the message is its argument
+                message = err.args[0] if isinstance(err, KeyError) and err.args else err
+                print(f"error: {message}", file=sys.stderr)
                 raise SystemExit(1) from None
 
         return run  # type: ignore[return-value]

@@ -83,11 +83,32 @@ def test_bench_deploy_section_times_both_engines(compose, tmp_path: Path) -> Non
 
     cfg = compose(["bench.sections=[deploy]", "cnn.arch=vgg11_bn", "vit.size=small",
                    "decoder.decoder_channels=32", "data.image_size=32", "bench.steps=1",
-                   "bench.deploy.repeats=2"], config="bench", output_dir=tmp_path)
+                   "bench.deploy.repeats=2", "bench.deploy.threads=2"], config="bench",
+                  output_dir=tmp_path)
+    threads = torch.get_num_threads()
     deploy = run(cfg)["deploy"]
+    assert deploy["torch_threads"] == deploy["onnxruntime_threads"] == 2
+    assert torch.get_num_threads() == threads  # restored for the next section
     assert deploy["parity"]["passed"] and deploy["images_per_repeat"] == 2
     for engine in ("torch_cpu", "onnxruntime_cpu"):
         assert len(deploy[engine]["all"]) == 2 and deploy[engine]["images_per_s"] > 0
     assert deploy["onnx_vs_torch"] == pytest.approx(
         deploy["onnxruntime_cpu"]["images_per_s"] / deploy["torch_cpu"]["images_per_s"])
     assert "deploy onnxruntime_cpu" in format_table({"deploy": deploy})
+
+
+def test_the_export_command_removes_a_file_that_fails_parity(compose, tiny_net, tmp_path: Path
+                                                             ) -> None:
+    from faceparse.checkpoints import checkpoint_metadata
+    from faceparse.export import export
+
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in tiny_net.state_dict().items()},
+                "faceparse": checkpoint_metadata(tiny_net.config, get_scheme("ourface"), 32)},
+               ckpt)
+    out = tmp_path / "model.pt"
+    cfg = compose([f"ckpt={ckpt}", f"out={out}", "format=torchscript", "parity.images=1",
+                   "parity.min_agreement=1.01"], config="export")  # no export can reach it
+    with pytest.raises(ParityError, match="argmax agreement 100.0000% \\(at least 101.00%\\)"):
+        export(cfg)
+    assert not out.exists() and not Path(f"{out}.parity.json").exists()

@@ -18,7 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from faceparse.deploy import check_parity, export_net, parity_inputs
+from faceparse.deploy import check_parity, export_net, load_onnx_parser, parity_inputs
 from faceparse.labels import get_scheme
 
 __all__ = ["bench_deploy"]
@@ -35,13 +35,25 @@ def _rate(run: Any, images: torch.Tensor, batch: int) -> float:
 
 def bench_deploy(cfg: DictConfig) -> dict[str, Any]:
     """Images/s of the torch net (fp32, CPU) and its ONNX export (onnxruntime CPU)."""
+    before = torch.get_num_threads()
+    try:
+        return _bench_deploy(cfg)
+    finally:
+        torch.set_num_threads(before)  # bench.deploy.threads must not leak to other sections
+
+
+def _bench_deploy(cfg: DictConfig) -> dict[str, Any]:
     b, size = int(cfg.data.batch_size), int(cfg.data.image_size)
     steps, repeats = int(cfg.bench.steps), int(cfg.bench.deploy.repeats)
+    threads = cfg.bench.deploy.threads
+    if threads:
+        torch.set_num_threads(int(threads))
     net = instantiate(cfg.model.net).eval()
     images = parity_inputs(b * steps, size)
     with tempfile.TemporaryDirectory() as tmp:
-        parser = export_net(net, Path(tmp) / "model.onnx", "onnx", get_scheme(cfg.data.labels),
-                            size, dynamic=True)
+        path = Path(tmp) / "model.onnx"
+        export_net(net, path, "onnx", get_scheme(cfg.data.labels), size, dynamic=True)
+        parser = load_onnx_parser(path, threads=threads)
         parity = check_parity(net, parser, images[:b])
         rates: dict[str, list[float]] = {"torch_cpu": [], "onnxruntime_cpu": []}
         with torch.inference_mode():
@@ -53,6 +65,7 @@ def bench_deploy(cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {
         "batch_size": b, "image_size": size, "images_per_repeat": len(images),
         "repeats": repeats, "torch_threads": torch.get_num_threads(),
+        "onnxruntime_threads": threads or "default",
         "parity": parity.to_json(),
     }
     for name, values in rates.items():

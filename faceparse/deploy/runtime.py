@@ -47,7 +47,8 @@ class OnnxFaceParser:
     and ``dynamic`` (whether other sizes and batch sizes are accepted) come from the file.
     """
 
-    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None
+                 ) -> None:
         ort = require_onnxruntime()
         self.path = Path(path)
         if not self.path.is_file():
@@ -57,7 +58,10 @@ class OnnxFaceParser:
         if providers[0] not in ort.get_available_providers():
             raise ValueError(f"device={device}: this onnxruntime has no {providers[0]} "
                              f"(pip install onnxruntime-gpu for CUDA)")
-        self.session = ort.InferenceSession(str(self.path), providers=providers)
+        options = ort.SessionOptions()
+        if threads:  # default: onnxruntime's own choice (one per physical core)
+            options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         meta = {k.removeprefix(META_PREFIX): v
                 for k, v in self.session.get_modelmeta().custom_metadata_map.items()
                 if k.startswith(META_PREFIX)}
@@ -94,6 +98,8 @@ class OnnxFaceParser:
         return self
 
 
-def load_onnx_parser(path: str | Path, device: str = "cpu") -> OnnxFaceParser:
-    """An exported ``model.onnx`` as a callable parser with its scheme and image size."""
-    return OnnxFaceParser(path, device)
+def load_onnx_parser(path: str | Path, device: str = "cpu", threads: int | None = None
+                     ) -> OnnxFaceParser:
+    """An exported ``model.onnx`` as a callable parser with its scheme and image size;
+    ``threads`` caps onnxruntime's intra-op threads (``None``: its default)."""
+    return OnnxFaceParser(path, device, threads)

@@ -16,6 +16,7 @@ from rich.progress import Progress
 from torch import nn
 from torch.utils.data import DataLoader
 
+from faceparse.data.transforms import denormalize
 from faceparse.evaluation.tta import MultiPassTTA
 from faceparse.labels import LabelScheme
 from faceparse.metrics import SegmentationMetrics, scores_from_confusion
@@ -72,8 +73,6 @@ def score_split(
 
     ``to_scored`` is the (256,) lookup from the model's ids to the scoring scheme's.
     """
-    from faceparse.data.transforms import denormalize
-
     metrics = SegmentationMetrics(num_scored)
     lut = torch.as_tensor(to_scored.astype(np.int64))
     heap: list[WorstImage] = []
