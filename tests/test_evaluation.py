@@ -104,7 +104,11 @@ def test_the_report_states_its_protocol_and_names_skipped_samples(tmp_path: Path
     assert rows[-1][0] == "pixel_acc" and float(rows[-1][1]) == pytest.approx(4 / 7)
     assert Image.open(tmp_path / "confusion.png").size[0] > 200
     grid = np.asarray(Image.open(tmp_path / "worst_images.png"))
-    assert grid.shape == (4, 4 * 3 + 8, 3)  # photo | truth | prediction at the 4 px input
+    # photo | truth | prediction at the 4 px input, enlarged 32x to 128 px
+    assert grid.shape == (128, 128 * 3 + 8, 3)
+    truth_tile = grid[:, 132:260]
+    assert (truth_tile[:64, :64] == FIVE.palette[0]).all()  # TRUTH[0, :2] is background
+    assert (truth_tile[64:, :64] == FIVE.palette[2]).all()  # TRUTH[1, :2] is class b
     assert (tmp_path / "protocol.txt").read_text().startswith("1 images of the TwoSamples")
 
 

@@ -85,14 +85,17 @@ def confusion_figure(confusion: np.ndarray, scheme: LabelScheme, path: Path) -> 
     plt.close(fig)
 
 
-def worst_grid(worst: list[WorstImage], scheme: LabelScheme) -> np.ndarray:
-    """Rows of photo | truth | prediction, worst first, 4 px white gaps."""
+def worst_grid(worst: list[WorstImage], scheme: LabelScheme, min_side: int = 128
+               ) -> np.ndarray:
+    """Rows of photo | truth | prediction, worst first, 4 px white gaps; tiles smaller than
+    ``min_side`` are enlarged by whole pixels (nearest) so small inputs stay readable."""
     rows = []
     for item in worst:
-        h, w = item.photo.shape[:2]
-        gap = np.full((h, 4, 3), 255, np.uint8)
-        rows.append(np.concatenate([item.photo, gap, colorize(item.truth, scheme), gap,
-                                    colorize(item.prediction, scheme)], axis=1))
+        factor = -(-min_side // min(item.photo.shape[:2]))
+        tiles = [item.photo, colorize(item.truth, scheme), colorize(item.prediction, scheme)]
+        tiles = [t.repeat(factor, 0).repeat(factor, 1) for t in tiles]
+        gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1))
         rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
     return np.concatenate(rows[:-1], axis=0)
 
