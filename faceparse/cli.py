@@ -9,6 +9,8 @@ of importing a module.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +22,7 @@ from faceparse.fast_path import auto_precision
 from faceparse.labels import get_scheme
 from faceparse.training.optim import fused_default
 
-__all__ = ["CONF_DIR", "register_resolvers", "hydra_entry"]
+__all__ = ["CONF_DIR", "register_resolvers", "hydra_entry", "one_line_errors"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 Task = TypeVar("Task", bound=Callable[[DictConfig], Any])
@@ -58,5 +60,30 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
             return hydra_main()
 
         return main
+
+    return decorate
+
+
+def one_line_errors(*errors: type[BaseException]) -> Callable[[Task], Task]:
+    """Report ``errors`` (bad input the task refuses) as one ``error:`` line and exit 1.
+
+    A user who typed a wrong option needs the message, not a stack trace;
+    ``HYDRA_FULL_ERROR=1`` still shows the trace.
+    """
+
+    def decorate(task: Task) -> Task:
+        @functools.wraps(task)
+        def run(cfg: DictConfig) -> Any:
+            try:
+                return task(cfg)
+            except errors as err:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                # a KeyError's str() is its repr; the message is its argument
+                message = err.args[0] if isinstance(err, KeyError) and err.args else err
+                print(f"error: {message}", file=sys.stderr)
+                raise SystemExit(1) from None
+
+        return run  # type: ignore[return-value]
 
     return decorate

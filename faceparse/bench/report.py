@@ -25,6 +25,12 @@ def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float |
                 f"{i['gflops_per_image']:.1f} GFLOP/img{mfu}",
                 i[mode]["images_per_s"], i[mode]["peak_mib"],
             )
+    if "deploy" in results:
+        d = results["deploy"]
+        for engine in ("torch_cpu", "onnxruntime_cpu"):
+            rows[f"deploy {engine}"] = (
+                f"{d['batch_size']}x{d['image_size']}px fp32 median of {d['repeats']}",
+                d[engine]["images_per_s"], None)
     return rows
 
 

@@ -16,6 +16,7 @@ import torch
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
+from faceparse.bench.deploy import bench_deploy
 from faceparse.bench.measure import machine
 from faceparse.bench.sections import bench_data, bench_infer, bench_train
 
@@ -24,7 +25,7 @@ __all__ = ["SECTIONS", "run", "run_variants"]
 log = logging.getLogger(__name__)
 
 SECTIONS: dict[str, Callable[[DictConfig], Any]] = {
-    "data": bench_data, "train": bench_train, "infer": bench_infer,
+    "data": bench_data, "train": bench_train, "infer": bench_infer, "deploy": bench_deploy,
 }
 
 

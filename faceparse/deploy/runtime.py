@@ -1,0 +1,105 @@
+"""Run an exported ONNX face parser with onnxruntime, called like the torch net.
+
+Self-contained on purpose: ``faceparse.predict`` (and any deployment) loads a
+``model.onnx`` with :func:`load_onnx_parser` and needs no model or training code. The
+label scheme, class names, input size and size multiple travel in the ONNX file's
+``metadata_props`` (written by :mod:`faceparse.deploy.exporters`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from faceparse.labels import LabelScheme, get_scheme
+
+__all__ = ["OnnxFaceParser", "load_onnx_parser", "require_onnxruntime", "META_PREFIX"]
+
+META_PREFIX = "faceparse."  # metadata_props keys: faceparse.labels, faceparse.class_names, ...
+
+
+def require_onnxruntime():
+    """Import onnxruntime, or say how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError("running ONNX models needs onnxruntime: pip install "
+                          "'faceparse[export]'") from None
+    return onnxruntime
+
+
+def _scheme(meta: dict[str, str]) -> LabelScheme:
+    names = tuple(json.loads(meta["class_names"]))
+    try:
+        scheme = get_scheme(meta["labels"])
+    except KeyError:
+        return LabelScheme(meta["labels"], names)
+    return scheme if scheme.class_names == names else LabelScheme(meta["labels"], names)
+
+
+class OnnxFaceParser:
+    """Normalised float (B, 3, H, W) tensor in, logits tensor out, like :class:`FaceParser`.
+
+    ``scheme``, ``image_size`` (the side it was exported at / trained at), ``size_multiple``
+    and ``dynamic`` (whether other sizes and batch sizes are accepted) come from the file.
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None
+                 ) -> None:
+        ort = require_onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {self.path}")
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                     if str(device).startswith("cuda") else ["CPUExecutionProvider"])
+        if providers[0] not in ort.get_available_providers():
+            raise ValueError(f"device={device}: this onnxruntime has no {providers[0]} "
+                             f"(pip install onnxruntime-gpu for CUDA)")
+        options = ort.SessionOptions()
+        if threads:  # default: onnxruntime's own choice (one per physical core)
+            options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        meta = {k.removeprefix(META_PREFIX): v
+                for k, v in self.session.get_modelmeta().custom_metadata_map.items()
+                if k.startswith(META_PREFIX)}
+        if "class_names" not in meta:
+            raise ValueError(f"{self.path} was not exported by faceparse (no "
+                             f"{META_PREFIX}class_names metadata): export it with "
+                             f"python -m faceparse.export")
+        self.scheme = _scheme(meta)
+        self.num_classes = self.scheme.num_classes
+        self.image_size = int(meta["image_size"])
+        self.size_multiple = int(meta["size_multiple"])
+        self.dynamic = meta.get("dynamic") == "true"
+        self.input_name = self.session.get_inputs()[0].name
+
+    def check_input_size(self, x: torch.Tensor) -> None:
+        """The same refusals as the torch net, plus the fixed size of a static export."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(f"input {h}x{w} is not a multiple of {self.size_multiple}")
+        fixed = self.session.get_inputs()[0].shape
+        if not self.dynamic and list(x.shape) != list(fixed):
+            raise ValueError(f"{self.path.name} was exported for input {fixed} only, got "
+                             f"{list(x.shape)}: export with dynamic=true for other sizes")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input_size(x)
+        array = x.detach().to("cpu", torch.float32).numpy()
+        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(array)})
+        return torch.from_numpy(logits)
+
+    def eval(self) -> OnnxFaceParser:  # so code written for nn.Module can call it
+        return self
+
+
+def load_onnx_parser(path: str | Path, device: str = "cpu", threads: int | None = None
+                     ) -> OnnxFaceParser:
+    """An exported ``model.onnx`` as a callable parser with its scheme and image size;
+    ``threads`` caps onnxruntime's intra-op threads (``None``: its default)."""
+    return OnnxFaceParser(path, device, threads)

@@ -1,0 +1,126 @@
+"""Evaluate a checkpoint like the papers: ``python -m faceparse.eval ckpt=... data=... split=test``.
+
+Loads any supported checkpoint (file or run folder), scores one split of any dataset in
+one confusion matrix, optionally with flip/multi-scale TTA and at each image's original
+resolution, and writes a report folder that states its protocol (``faceparse.evaluation``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
+from faceparse.cli import hydra_entry, one_line_errors
+from faceparse.data.loaders import single_thread_opencv
+from faceparse.evaluation import MultiPassTTA, Protocol, file_fingerprint, score_split
+from faceparse.evaluation.report import write_report
+from faceparse.evaluation.samples import EvalSamples, collate_samples
+from faceparse.inference.batch import prepare_for_inference
+from faceparse.labels import LabelScheme, get_scheme, mapping_lut
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available; asking for CUDA without one is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but no CUDA device is visible: use device=cpu")
+    return torch.device(name)
+
+
+def scoring_scheme(model: LabelScheme, data_labels: str, labels: str | None) -> LabelScheme:
+    """The scheme predictions and truth are compared in; a class mismatch is refused."""
+    if labels is not None:
+        return get_scheme(labels)
+    data = get_scheme(data_labels)
+    if data.class_names != model.class_names:
+        raise ValueError(
+            f"the checkpoint predicts {model.num_classes} '{model.name}' classes but "
+            f"data.labels={data.name} has {data.num_classes}: set data.labels={model.name}, "
+            f"or labels=<scheme> (e.g. labels=ourface) to score both in a common scheme"
+        )
+    return data
+
+
+def raw_files_unless(cfg: DictConfig) -> dict[str, Any]:
+    """Reader overrides that skip the prepared copy (resized JPEGs) unless it may be used.
+
+    Scoring at the original resolution needs the original masks; at the model size the
+    prepared copy is used only when ``use_prepared=true`` (its images are re-encoded).
+    """
+    if "prepared_dir" not in cfg.data.dataset:
+        return {}
+    if cfg.use_prepared and cfg.resolution == "original":
+        log.warning("use_prepared=true is ignored at resolution=original: the prepared copy "
+                    "holds resized masks")
+    keep = bool(cfg.use_prepared) and cfg.resolution == "model"
+    return {} if keep else {"prepared_dir": None}
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.ckpt`` on ``cfg.split`` of ``cfg.data``; write and return the report."""
+    if cfg.resolution not in ("model", "original"):
+        raise ValueError(f"resolution={cfg.resolution}: choose model or original")
+    located = locate_checkpoint(cfg.ckpt)
+    ckpt = read_checkpoint(located.path, bool(cfg.trust_pickle))
+    net, model_scheme = load_face_parser(ckpt, cfg.vit_weights)
+    scored = scoring_scheme(model_scheme, cfg.data.labels, cfg.labels)
+    to_scored = mapping_lut(model_scheme, scored)
+    image_size = int(cfg.image_size or (ckpt.metadata or {}).get("image_size")
+                     or cfg.data.image_size)
+    if image_size % net.size_multiple:
+        raise ValueError(f"image_size={image_size} is not a multiple of the model's "
+                         f"{net.size_multiple}: set image_size= to a multiple of it")
+    device = pick_device(str(cfg.device))
+    net = prepare_for_inference(net, device)
+
+    datamodule = instantiate(cfg.data)
+    reader = datamodule.open_dataset(str(cfg.split), None, labels=scored.name,
+                                     **raw_files_unless(cfg))
+    if len(reader) == 0:
+        raise ValueError(f"split={cfg.split} of data={type(reader).__name__} has no samples")
+    samples = EvalSamples(reader, image_size, cfg.resolution == "original")
+    workers = int(cfg.data.num_workers)
+    if workers:
+        single_thread_opencv()
+    loader = DataLoader(samples, batch_size=int(cfg.data.eval_batch_size or cfg.data.batch_size),
+                        num_workers=workers, collate_fn=collate_samples,
+                        pin_memory=device.type == "cuda")
+    tta = MultiPassTTA.from_options(cfg.tta.flip, cfg.tta.scales, net.size_multiple)
+    result = score_split(net, loader, model_scheme, to_scored, scored.num_classes, tta, device,
+                         int(cfg.worst))
+    present = result.scores["present"].tolist()
+    protocol = Protocol(
+        checkpoint=str(located.path), checkpoint_sha256=file_fingerprint(located.path),
+        model_labels=model_scheme.name, dataset=type(reader).__name__,
+        dataset_labels=reader.native_scheme.name, scored_labels=scored.name,
+        source="prepared copy" if getattr(reader, "prepared", None) else "original files",
+        split=str(cfg.split), samples=result.samples, skipped=result.skipped,
+        resolution=str(cfg.resolution), image_size=image_size, tta=tta.describe(),
+        background=[scored.class_names[0]],
+        averaged=[n for i, n in enumerate(scored.class_names) if i and present[i]],
+    )
+    out = Path(cfg.out or cfg.paths.output_dir)
+    report = write_report(out, result, scored, protocol)
+    log.info("%s", protocol.describe())
+    log.info("report written to %s", out)
+    return report
+
+
+@hydra_entry("eval")
+@one_line_errors(ValueError, KeyError, FileNotFoundError, ImportError)
+def main(cfg: DictConfig) -> float | None:
+    return evaluate(cfg)["f1_mean"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Export a checkpoint for deployment: ``python -m faceparse.export ckpt=... format=onnx out=...``.
+
+The whole net (DINOv3 ViT included) goes to ONNX or TorchScript at a fixed input size,
+or ``dynamic=true`` for any batch and side. Every export is compared with PyTorch on
+synthetic faces, and one that differs beyond ``parity.atol`` / ``parity.min_agreement``
+fails the command (the file is removed). ``faceparse.deploy.load_onnx_parser`` runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
+from faceparse.cli import hydra_entry, one_line_errors
+from faceparse.deploy import FORMATS, ParityError, check_parity, export_net, parity_inputs
+
+log = logging.getLogger(__name__)
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export ``cfg.ckpt`` to ``cfg.out``, check parity, write and return the parity report."""
+    fmt = str(cfg.format)
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt} is unknown: choose one of {', '.join(FORMATS)}")
+    located = locate_checkpoint(cfg.ckpt)
+    ckpt = read_checkpoint(located.path, bool(cfg.trust_pickle))
+    net, scheme = load_face_parser(ckpt, cfg.vit_weights)
+    image_size = cfg.image_size or (ckpt.metadata or {}).get("image_size")
+    if not image_size:
+        raise ValueError(f"{located.path} records no training image size: set image_size=")
+    image_size = int(image_size)
+    out = Path(cfg.out)
+    exported = export_net(net, out, fmt, scheme, image_size, bool(cfg.dynamic))
+    sizes = [image_size] + ([image_size + 2 * net.size_multiple] if cfg.dynamic else [])
+    reports = []
+    try:
+        for size in sizes:
+            reports.append(check_parity(net, exported, parity_inputs(int(cfg.parity.images), size),
+                                        float(cfg.parity.atol), float(cfg.parity.min_agreement)))
+            log.info("%s", reports[-1].describe())
+    except ParityError:
+        out.unlink(missing_ok=True)
+        raise
+    result = {"checkpoint": str(located.path), "out": str(out), "format": fmt,
+              "labels": scheme.name, "image_size": image_size, "dynamic": bool(cfg.dynamic),
+              "parity": [r.to_json() for r in reports]}
+    Path(f"{out}.parity.json").write_text(json.dumps(result, indent=2))
+    log.info("wrote %s (%s, %.1f MiB)", out, fmt, out.stat().st_size / 2**20)
+    return result
+
+
+@hydra_entry("export")
+@one_line_errors(ValueError, KeyError, FileNotFoundError, ImportError, ParityError)
+def main(cfg: DictConfig) -> None:
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""faceparse.deploy: the whole net (DINOv3 ViT-S with RoPE) to ONNX/TorchScript, parity, runtime."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from faceparse.deploy import (
+    ParityError,
+    check_parity,
+    export_net,
+    load_onnx_parser,
+    parity_inputs,
+)
+from faceparse.labels import get_scheme
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_net(compose, tiny):
+    torch.manual_seed(0)
+    return instantiate(compose(tiny).model.net).eval()
+
+
+def test_onnx_export_runs_like_the_torch_net_at_any_size(tiny_net, tmp_path: Path) -> None:
+    out = tmp_path / "model.onnx"
+    export_net(tiny_net, out, "onnx", get_scheme("ourface"), 32, dynamic=True)
+    parser = load_onnx_parser(out)
+    assert parser.scheme == get_scheme("ourface") and parser.num_classes == 11
+    assert (parser.image_size, parser.size_multiple, parser.dynamic) == (32, 16, True)
+    for shape in [(2, 3, 32, 32), (1, 3, 48, 64)]:  # other batch, other non-square size
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(parser(x), tiny_net(x), atol=1e-4, rtol=1e-4)
+    report = check_parity(tiny_net, parser, parity_inputs(2, 32))
+    assert report.passed and report.argmax_agreement == 1.0 and report.max_abs_diff < 1e-4
+
+
+def test_a_static_export_refuses_other_sizes(tiny_net, tmp_path: Path) -> None:
+    out = tmp_path / "static.onnx"
+    export_net(tiny_net, out, "onnx", get_scheme("ourface"), 32, dynamic=False)
+    parser = load_onnx_parser(out)
+    assert parser.dynamic is False
+    with pytest.raises(ValueError, match="exported for input .* dynamic=true"):
+        parser(torch.zeros(1, 3, 48, 48))
+    with pytest.raises(ValueError, match="not a multiple of 16"):
+        parser(torch.zeros(1, 3, 40, 40))
+
+
+def test_torchscript_export_matches(tiny_net, tmp_path: Path) -> None:
+    loaded = export_net(tiny_net, tmp_path / "model.pt", "torchscript", get_scheme("ourface"),
+                        32, dynamic=True)
+    x = parity_inputs(1, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), tiny_net(x))
+
+
+def test_parity_failure_and_unknown_format_are_refused(tiny_net, tmp_path: Path) -> None:
+    def shifted(x: torch.Tensor) -> torch.Tensor:
+        return tiny_net(x) + torch.linspace(0, 1, 11)[None, :, None, None]
+
+    with pytest.raises(ParityError, match=r"max \|logit diff\| 1.00e\+00 \(tolerance 0.001\)"):
+        check_parity(tiny_net, shifted, parity_inputs(1, 32))
+    with pytest.raises(ValueError, match="format=tflite is unknown: choose one of onnx, "
+                                         "torchscript"):
+        export_net(tiny_net, tmp_path / "m", "tflite", get_scheme("ourface"), 32)
+
+
+def test_missing_onnxruntime_names_the_extra(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r"pip install 'faceparse\[export\]'"):
+        load_onnx_parser(tmp_path / "model.onnx")
+
+
+def test_bench_deploy_section_times_both_engines(compose, tmp_path: Path) -> None:
+    from faceparse.bench import run
+    from faceparse.bench.report import format_table
+
+    cfg = compose(["bench.sections=[deploy]", "cnn.arch=vgg11_bn", "vit.size=small",
+                   "decoder.decoder_channels=32", "data.image_size=32", "bench.steps=1",
+                   "bench.deploy.repeats=2", "bench.deploy.threads=2"], config="bench",
+                  output_dir=tmp_path)
+    threads = torch.get_num_threads()
+    deploy = run(cfg)["deploy"]
+    assert deploy["torch_threads"] == deploy["onnxruntime_threads"] == 2
+    assert torch.get_num_threads() == threads  # restored for the next section
+    assert deploy["parity"]["passed"] and deploy["images_per_repeat"] == 2
+    for engine in ("torch_cpu", "onnxruntime_cpu"):
+        assert len(deploy[engine]["all"]) == 2 and deploy[engine]["images_per_s"] > 0
+    assert deploy["onnx_vs_torch"] == pytest.approx(
+        deploy["onnxruntime_cpu"]["images_per_s"] / deploy["torch_cpu"]["images_per_s"])
+    assert "deploy onnxruntime_cpu" in format_table({"deploy": deploy})
+
+
+def test_the_export_command_removes_a_file_that_fails_parity(compose, tiny_net, tmp_path: Path
+                                                             ) -> None:
+    from faceparse.checkpoints import checkpoint_metadata
+    from faceparse.export import export
+
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in tiny_net.state_dict().items()},
+                "faceparse": checkpoint_metadata(tiny_net.config, get_scheme("ourface"), 32)},
+               ckpt)
+    out = tmp_path / "model.pt"
+    cfg = compose([f"ckpt={ckpt}", f"out={out}", "format=torchscript", "parity.images=1",
+                   "parity.min_agreement=1.01"], config="export")  # no export can reach it
+    with pytest.raises(ParityError, match="argmax agreement 100.0000% \\(at least 101.00%\\)"):
+        export(cfg)
+    assert not out.exists() and not Path(f"{out}.parity.json").exists()

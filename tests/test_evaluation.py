@@ -1,0 +1,195 @@
+"""faceparse.evaluation: every score against a hand computation, TTA, the report files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+
+from faceparse.data.io import BadSampleError
+from faceparse.data.readers.base import FaceParsingDataset
+from faceparse.data.synthetic import SyntheticFaces
+from faceparse.eval import raw_files_unless, scoring_scheme
+from faceparse.evaluation import MultiPassTTA, Protocol, score_split, write_report
+from faceparse.evaluation.samples import EvalSamples, collate_samples
+from faceparse.labels import LAPA, LabelScheme, get_scheme, mapping_lut
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+# background, a, b, c (absent from the truth and never predicted), d (never predicted)
+FIVE = LabelScheme("five", ("background", "a", "b", "c", "d"))
+TRUTH = np.array([[0, 0, 1, 1],
+                  [2, 2, 255, 4]], dtype=np.uint8)
+PRED = np.array([[0, 1, 1, 1],
+                 [1, 2, 3, 0]], dtype=np.uint8)  # the 3 falls on an ignored pixel
+
+
+class FixedPrediction(nn.Module):
+    """Logits whose argmax is ``PRED`` for every image, whatever the input."""
+
+    def __init__(self, pred: np.ndarray, num_classes: int) -> None:
+        super().__init__()
+        onehot = nn.functional.one_hot(torch.from_numpy(pred).long(), num_classes)
+        self.register_buffer("logits", onehot.permute(2, 0, 1).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(x.shape[0], -1, -1, -1)
+
+
+class TwoSamples(FaceParsingDataset):
+    """Sample 0 is TRUTH; sample 1 is a bad download."""
+
+    native_scheme = FIVE
+
+    def __len__(self) -> int:
+        return 2
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if index == 1:
+            raise BadSampleError("image is 4x2 but its mask is 9x9: broken.png")
+        return np.zeros((2, 4, 3), np.uint8), TRUTH.copy()
+
+    def describe(self, index: int) -> str:
+        return f"sample{index}.png"
+
+
+def _score(tmp_path: Path) -> dict:
+    samples = EvalSamples(TwoSamples(FIVE), image_size=4, original=True)
+    loader = DataLoader(samples, batch_size=2, collate_fn=collate_samples)
+    result = score_split(FixedPrediction(PRED, 5), loader, FIVE, mapping_lut(FIVE, FIVE), 5,
+                         MultiPassTTA(), torch.device("cpu"), worst=2)
+    protocol = Protocol("m.ckpt", "ab" * 32, "five", "TwoSamples", "five", "five", "files",
+                        "test",
+                        result.samples, result.skipped, "original", 4,
+                        background=["background"], averaged=["a", "b", "d"])
+    return write_report(tmp_path, result, FIVE, protocol)
+
+
+def test_scores_match_a_hand_computation(tmp_path: Path) -> None:
+    # counted pixels (truth, prediction): (0,0) (0,1) (1,1) (1,1) (2,1) (2,2) (4,0)
+    report = _score(tmp_path)
+    per_class = report["per_class"]
+    assert [per_class[n]["gt_pixels"] for n in FIVE.class_names] == [2, 2, 2, 0, 1]
+    # F1 = 2 tp / (truth + predicted): 2/4, 4/6, 2/3, 0 (nothing either side), 0/1
+    assert [per_class[n]["f1"] for n in FIVE.class_names] == pytest.approx(
+        [0.5, 2 / 3, 2 / 3, 0.0, 0.0])
+    # IoU = tp / (truth + predicted - tp): 1/3, 2/4, 1/2, 0, 0/1
+    assert [per_class[n]["iou"] for n in FIVE.class_names] == pytest.approx(
+        [1 / 3, 0.5, 0.5, 0.0, 0.0])
+    assert [per_class[n]["present"] for n in FIVE.class_names] == [True] * 3 + [False, True]
+    assert report["f1_mean"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)  # a, b, d; not c
+    assert report["miou"] == pytest.approx((1 / 3 + 0.5 + 0.5 + 0) / 4)  # all present
+    assert report["pixel_acc"] == pytest.approx(4 / 7)  # the 255 pixel is not counted
+    assert report["confusion"][0] == [1, 1, 0, 0, 0] and report["confusion"][4][0] == 1
+
+
+def test_the_report_states_its_protocol_and_names_skipped_samples(tmp_path: Path) -> None:
+    report = _score(tmp_path)
+    protocol = report["protocol"]
+    assert protocol["samples"] == 1 and protocol["skipped"] == ["sample1.png"]
+    assert "1 images" in protocol["text"] and "1 bad samples skipped" in protocol["text"]
+    assert "original resolution" in protocol["text"] and "a, b, d" in protocol["text"]
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["f1_mean"] == pytest.approx(report["f1_mean"])
+    rows = list(csv.reader((tmp_path / "metrics.csv").open()))
+    assert rows[0] == ["class", "f1", "iou", "present", "gt_pixels"]
+    assert rows[1][0] == "background" and float(rows[1][1]) == pytest.approx(0.5)
+    assert rows[-1][0] == "pixel_acc" and float(rows[-1][1]) == pytest.approx(4 / 7)
+    assert Image.open(tmp_path / "confusion.png").size[0] > 200
+    grid = np.asarray(Image.open(tmp_path / "worst_images.png"))
+    # photo | truth | prediction at the 4 px input, enlarged 32x to 128 px
+    assert grid.shape == (128, 128 * 3 + 8, 3)
+    truth_tile = grid[:, 132:260]
+    assert (truth_tile[:64, :64] == FIVE.palette[0]).all()  # TRUTH[0, :2] is background
+    assert (truth_tile[64:, :64] == FIVE.palette[2]).all()  # TRUTH[1, :2] is class b
+    assert (tmp_path / "protocol.txt").read_text().startswith("1 images of the TwoSamples")
+
+
+def test_predictions_are_mapped_into_the_scoring_scheme(tmp_path: Path) -> None:
+    """A FaceSynthetics model's left eye is an 'eyes' pixel in ourface."""
+    fs, ours = get_scheme("facesynthetics"), get_scheme("ourface")
+    pred = np.full((2, 2), fs.index("left_eye"), np.uint8)
+    batch = [{"image": torch.zeros(3, 2, 2), "name": "x",
+              "mask": torch.full((2, 2), ours.index("eyes"), dtype=torch.uint8)}]
+    loader = DataLoader(batch, batch_size=1, collate_fn=collate_samples)
+    result = score_split(FixedPrediction(pred, fs.num_classes), loader, fs,
+                         mapping_lut(fs, ours), ours.num_classes, MultiPassTTA(),
+                         torch.device("cpu"), worst=0)
+    assert float(result.scores["pixel_acc"]) == 1.0 and result.worst == []
+
+
+def test_a_class_mismatch_is_refused_unless_a_scoring_scheme_is_named() -> None:
+    with pytest.raises(ValueError, match="predicts 11 'ourface' classes but data.labels="
+                                         "celebamask has 19"):
+        scoring_scheme(get_scheme("ourface"), "celebamask", None)
+    assert scoring_scheme(get_scheme("ourface"), "celebamask", "ourface").name == "ourface"
+
+
+def test_original_resolution_keeps_the_mask_size() -> None:
+    reader = SyntheticFaces("test", sizes={"test": 1}, render_size=48)
+    item = EvalSamples(reader, image_size=32, original=True)[0]
+    assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (48, 48)
+    resized = EvalSamples(reader, image_size=32, original=False)[0]
+    assert resized["mask"].shape == (32, 32)
+
+
+class MirrorSymmetric(nn.Module):
+    """A net with f(flip x) == swap(flip f(x)): left/right channels follow the image side."""
+
+    def __init__(self, scheme: LabelScheme) -> None:
+        super().__init__()
+        self.scheme = scheme
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.shape[-1]
+        ramp = torch.linspace(0, 1, w)
+        smooth = nn.functional.avg_pool2d(x, 3, 1, 1)  # a symmetric kernel: flip-equivariant
+        channels = [smooth[:, c % 3] * (c + 1) for c in range(self.scheme.num_classes)]
+        for left, right in self.scheme.flip_pairs:
+            side = smooth[:, 0] * 3
+            channels[left] = channels[left] + side * ramp
+            channels[right] = channels[left] - side * ramp + side * ramp.flip(0)
+        return torch.stack(channels, 1)
+
+
+def test_flip_tta_of_a_mirror_symmetric_model_equals_no_tta() -> None:
+    torch.manual_seed(0)
+    net, x = MirrorSymmetric(LAPA), torch.randn(2, 3, 16, 32)
+    plain = MultiPassTTA()(net, x, LAPA)
+    flipped = MultiPassTTA(flip=True)(net, x, LAPA)
+    torch.testing.assert_close(flipped, plain)
+    # without the class swap the mirrored pass would disagree: the test can fail
+    assert not torch.allclose(net(x.flip(-1)).flip(-1), plain, atol=1e-3)
+
+
+def test_multi_scale_tta_averages_passes_at_the_input_size() -> None:
+    tta = MultiPassTTA(scales=(0.5, 1.0, 1.3), size_multiple=16)
+    assert [tta._scaled_side(48, s) for s in tta.scales] == [32, 48, 64]
+    seen = []
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape[-2:]))
+        return torch.full((x.shape[0], 2, *x.shape[-2:]), float(len(seen)))
+
+    out = tta(net, torch.zeros(1, 3, 48, 48), LabelScheme("two", ("background", "x")))
+    assert seen == [(32, 32), (48, 48), (64, 64)] and out.shape == (1, 2, 48, 48)
+    torch.testing.assert_close(out, torch.full_like(out, 2.0))  # (1 + 2 + 3) / 3
+    with pytest.raises(ValueError, match="positive"):
+        MultiPassTTA(scales=(0.0,))
+
+
+@pytest.mark.parametrize(("args", "overrides"), [
+    (("data=celebamask", "resolution=original", "use_prepared=true"), {"prepared_dir": None}),
+    (("data=celebamask",), {"prepared_dir": None}),  # published scores read the originals
+    (("data=celebamask", "use_prepared=true"), {}),
+    ((), {}),  # synthetic faces have no prepared copy
+])
+def test_scoring_reads_original_files_unless_told(compose, args, overrides) -> None:
+    assert raw_files_unless(compose(["ckpt=x.ckpt", *args], config="eval")) == overrides
