@@ -90,12 +90,13 @@ def test_the_reference_fusion_goes_with_every_encoder(compose, tiny, encoder: st
 
 def test_dual_encoder_refuses_inconsistent_branches(vit_small) -> None:
     """A fusion that reads VGG block 5 needs it; entry points must be CNN strides."""
+    cnn = VggEncoder("vgg11_bn", num_stages=4)
     with pytest.raises(ValueError, match=r"ConcatFusion .* stops at stride 8: set "
                                          r"cnn.num_stages=5"):
-        DualEncoder(VggEncoder("vgg11_bn", num_stages=4), vit_small, fusion=ConcatFusion)
+        DualEncoder(cnn, vit_small, fusion=ConcatFusion)
     for bad in ([8], [16, 16], [16, 2, 32]):
         with pytest.raises(ValueError, match=r"fusion.vit_into=.*ViT's own 16"):
-            DualEncoder(VggEncoder("vgg11_bn"), vit_small, vit_into=bad)
+            DualEncoder(cnn, vit_small, vit_into=bad)
 
 
 def test_gate_mixes_the_projections_by_its_value() -> None:

@@ -87,10 +87,11 @@ class DualEncoder(Encoder):
         cnn_maps = self.cnn(x)
         (vit_map,) = self.vit(x)
         fine = cnn_maps[: len(self.strides) - 1]
+        for stride, inject in self.vit_into.items():
+            at = self.strides.index(int(stride))
+            fine[at] = inject(fine[at], vit_map)
+        # VGG block 5 when the op reads it (the CNN then reaches the ViT stride)
         cnn16 = cnn_maps[-1] if len(cnn_maps) == len(self.strides) else None
-        for i, stride in enumerate(self.strides[:-1]):
-            if str(stride) in self.vit_into:
-                fine[i] = self.vit_into[str(stride)](fine[i], vit_map)
         return fine + [self.fusion(cnn16, vit_map)]
 
 
