@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from faceparse.checkpoints import start_from
-from faceparse.cli import hydra_entry
+from faceparse.cli import CONF_DIR, hydra_entry
 from faceparse.safe_load import safe_globals
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,27 @@ def _test_target(trainer: L.Trainer, trained: bool, resume: str | None) -> str |
     return best or None
 
 
+def refuse_unused_fusion(cfg: DictConfig) -> None:
+    """Only the two-branch encoder reads ``fusion``; with one branch any setting but the
+    reference (``conf/fusion/vit_only.yaml``) would be ignored silently, so it is refused:
+    a bad combination, which a sweep records as a failed job."""
+    if "fusion" not in cfg or "fusion" in cfg.encoder:
+        return
+    reference = OmegaConf.load(CONF_DIR / "fusion" / "vit_only.yaml").fusion
+    if OmegaConf.to_container(cfg.fusion) != OmegaConf.to_container(reference):
+        raise ValueError(
+            f"fusion (op {cfg.fusion.op._target_}, vit_into {list(cfg.fusion.vit_into)}) "
+            f"combines the CNN and ViT branches, but encoder {cfg.encoder._target_} has one "
+            f"branch: use encoder=dual, or the reference fusion=vit_only fusion.vit_into=[16]"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as the config says; return the logged metrics as floats."""
     if not cfg.train and not cfg.get("ckpt_path"):
         raise ValueError("train=false tests a checkpoint, and none is given: set "
                          "ckpt_path=<run>/checkpoints/<file>.ckpt (or drop train=false)")
+    refuse_unused_fusion(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -6,14 +6,28 @@ from faceparse.models.decoder import CoarseToFineDecoder
 from faceparse.models.dinov3 import DinoVitEncoder
 from faceparse.models.faceparser import FaceParser
 from faceparse.models.fusion import DualEncoder, VitPyramidEncoder
+from faceparse.models.fusion_ops import (
+    ConcatFusion,
+    CrossAttentionFusion,
+    GatedFusion,
+    SumFusion,
+    VitInjection,
+    VitOnlyFusion,
+)
 from faceparse.models.vgg import VggEncoder
 
 __all__ = [
     "CoarseToFineDecoder",
+    "ConcatFusion",
+    "CrossAttentionFusion",
     "DinoVitEncoder",
     "DualEncoder",
     "Encoder",
     "FaceParser",
+    "GatedFusion",
+    "SumFusion",
     "VggEncoder",
+    "VitInjection",
+    "VitOnlyFusion",
     "VitPyramidEncoder",
 ]

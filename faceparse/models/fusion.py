@@ -1,43 +1,98 @@
 """How the CNN and ViT branches combine into one pyramid of maps ordered by stride.
 
 :class:`DualEncoder` is the reference: VGG maps at strides 1-8 plus the DINOv3 map at
-stride 16. :class:`VitPyramidEncoder` is the ViT-only ablation: a simple pyramid built
-from the ViT map, with no CNN detail.
+stride 16; its fusion op (``faceparse.models.fusion_ops``, ``conf/fusion/``) and the
+strides the ViT enters are the fusion ablations. :class:`VitPyramidEncoder` is the
+ViT-only ablation: a simple pyramid built from the ViT map, with no CNN detail.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from faceparse.models.base import Encoder
 from faceparse.models.blocks import ConvBNReLU
 from faceparse.models.dinov3 import DinoVitEncoder
+from faceparse.models.fusion_ops import StrideFusion, VitInjection, VitOnlyFusion
 from faceparse.models.vgg import VggEncoder
 
 __all__ = ["DualEncoder", "VitPyramidEncoder"]
 
 
 class DualEncoder(Encoder):
-    """The reference encoder: the CNN's maps, then the ViT's coarser one."""
+    """The CNN's maps below the ViT stride, then one fused map at the ViT stride.
 
-    def __init__(self, cnn: VggEncoder, vit: DinoVitEncoder) -> None:
+    Args:
+        cnn: the CNN branch; it stops below the ViT stride, or reaches it (VGG block 5,
+            ``cnn.num_stages=5``) when the fusion op reads the CNN there.
+        vit: the ViT branch (one map, stride 16).
+        fusion: builds the stride-16 op from ``cnn_channels`` and ``vit_channels`` (a
+            Hydra ``_partial_`` from ``conf/fusion/``); default: the reference
+            :class:`~faceparse.models.fusion_ops.VitOnlyFusion`.
+        vit_into: the strides the ViT enters: its own (reference) and optionally finer CNN
+            levels, where it is projected, upsampled and added
+            (:class:`~faceparse.models.fusion_ops.VitInjection`).
+
+    The defaults add no parameters: the original project's checkpoints load as they are.
+    """
+
+    def __init__(
+        self,
+        cnn: VggEncoder,
+        vit: DinoVitEncoder,
+        fusion: Callable[..., StrideFusion] = VitOnlyFusion,
+        vit_into: Sequence[int] = (16,),
+    ) -> None:
         super().__init__()
-        if max(cnn.strides) >= min(vit.strides):
+        (vit_stride,) = vit.strides
+        (vit_channels,) = vit.out_channels
+        op = fusion(cnn_channels=cnn.out_channels[-1], vit_channels=vit_channels)
+        name = type(op).__name__
+        if op.needs_cnn and max(cnn.strides) != vit_stride:
+            raise ValueError(
+                f"{name} fuses the CNN's stride-{vit_stride} map with the ViT's, and the CNN "
+                f"branch stops at stride {max(cnn.strides)}: set cnn.num_stages=5"
+            )
+        if not op.needs_cnn and max(cnn.strides) >= vit_stride:
             raise ValueError(
                 f"the CNN branch reaches stride {max(cnn.strides)} and the ViT starts at "
-                f"{min(vit.strides)}: the dual encoder needs the CNN to stop below the ViT "
-                f"(cnn.num_stages=4)"
+                f"{vit_stride}: {name} needs the CNN to stop below the ViT (cnn.num_stages=4)"
+            )
+        finer = [s for s in cnn.strides if s < vit_stride]
+        into = sorted(set(vit_into), reverse=True)
+        if len(into) != len(vit_into) or vit_stride not in into or not set(into) <= {
+            *finer, vit_stride
+        }:
+            raise ValueError(
+                f"fusion.vit_into={list(vit_into)}: list each stride once, the ViT's own "
+                f"{vit_stride} first, then any of the CNN's finer strides {finer[::-1]} "
+                f"(e.g. [{vit_stride}, 8, 4])"
             )
         self.cnn = cnn
         self.vit = vit
-        self.out_channels = tuple(cnn.out_channels) + tuple(vit.out_channels)
-        self.strides = tuple(cnn.strides) + tuple(vit.strides)
+        self.fusion = op
+        # one injection per finer level the ViT enters, keyed by stride ("8", "4")
+        self.vit_into = nn.ModuleDict({
+            str(s): VitInjection(vit_channels, cnn.out_channels[cnn.strides.index(s)])
+            for s in into[1:]
+        })
+        self.out_channels = tuple(cnn.out_channels[: len(finer)]) + (op.out_channels,)
+        self.strides = (*finer, vit_stride)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.cnn(x) + self.vit(x)
+        cnn_maps = self.cnn(x)
+        (vit_map,) = self.vit(x)
+        fine = cnn_maps[: len(self.strides) - 1]
+        for stride, inject in self.vit_into.items():
+            at = self.strides.index(int(stride))
+            fine[at] = inject(fine[at], vit_map)
+        # VGG block 5 when the op reads it (the CNN then reaches the ViT stride)
+        cnn16 = cnn_maps[-1] if len(cnn_maps) == len(self.strides) else None
+        return fine + [self.fusion(cnn16, vit_map)]
 
 
 class VitPyramidEncoder(Encoder):
