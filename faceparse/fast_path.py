@@ -2,9 +2,11 @@
 
 Training (the LightningModule's ``setup``) and inference (``prepare_for_inference``) take
 their speed options from :class:`FastPath`, so what the bench measures is what both use.
-channels_last and cuDNN autotuning pay on CUDA only and are left alone on a CPU; bf16 is
-the default precision only on a GPU that supports it (CPUs without AMX/AVX-512-BF16 run
-bf16 matmuls ~100x slower than fp32). Figures: BENCHMARKS.md.
+On CUDA: channels_last, cuDNN autotuning and bf16 where the GPU supports it. On a CPU the
+choice is the CPU's (:func:`faceparse.hardware.cpu_policy`: flags and a sub-second probe):
+bf16 inference only where bf16 is faster than fp32 there (without AVX-512-BF16/AMX it is
+~80x slower), channels_last only where it pays. CPU training stays fp32 unless
+``trainer.precision`` says otherwise. Figures: BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["FastPath", "auto_precision", "on_gpu"]
+from faceparse.hardware import cpu_policy
+
+__all__ = ["FastPath", "auto_precision", "inference_bf16", "on_gpu"]
 
 
 def on_gpu(accelerator: str) -> bool:
@@ -23,8 +27,20 @@ def on_gpu(accelerator: str) -> bool:
 
 
 def auto_precision(accelerator: str = "auto") -> str:
-    """bf16 mixed precision on a GPU that supports it, fp32 otherwise (never bf16 on a CPU)."""
+    """Training precision: bf16 mixed on a GPU that supports it, fp32 otherwise.
+
+    CPU training stays fp32 even where bf16 inference pays: bf16 training on a CPU is not
+    yet shown to reach the quickstart's F1 (force it with ``trainer.precision=bf16-mixed``).
+    """
     return "bf16-mixed" if on_gpu(accelerator) and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def inference_bf16(device: str | torch.device) -> bool:
+    """Whether inference on ``device`` runs in bf16 autocast: where bf16 is the faster path."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_policy().bf16
 
 
 @dataclass(frozen=True)
@@ -32,24 +48,36 @@ class FastPath:
     """Speed options for a net on a device.
 
     Args:
-        channels_last: NHWC weights and activations for the convolutions (CUDA only).
+        channels_last: NHWC weights and activations for the convolutions: ``"auto"`` on
+            CUDA always and on a CPU where the CPU policy's probe says it pays; ``True`` or
+            ``False`` forces it on every device.
         cudnn_benchmark: let cuDNN time its convolution algorithms once per input shape
             (CUDA only; a process-wide setting). Pays when shapes repeat.
         compile: ``torch.compile`` each part of the net in place (slow first steps, then
             faster; state_dict keys unchanged, and ``forward_with_aux`` is covered too).
     """
 
-    channels_last: bool = True
+    channels_last: bool | str = "auto"
     cudnn_benchmark: bool = True
     compile: bool = False
 
     def apply(self, net: nn.Module, device: str | torch.device) -> nn.Module:
         """Switch the options on for ``net`` (in place, once) as they pay on ``device``."""
-        if torch.device(device).type == "cuda":
+        device = torch.device(device)
+        if device.type == "cuda":
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
-            if self.channels_last:  # kept by a later move to the GPU
-                net.to(memory_format=torch.channels_last)
+        if self.wants_channels_last(device):  # kept by a later move to the device
+            net.to(memory_format=torch.channels_last)
         if self.compile:
             for part in net.children():
                 part.compile()
         return net
+
+    def wants_channels_last(self, device: torch.device) -> bool:
+        """Whether NHWC pays on ``device`` (or is forced)."""
+        if self.channels_last == "auto":
+            return device.type == "cuda" or (device.type == "cpu" and cpu_policy().channels_last)
+        if isinstance(self.channels_last, bool):
+            return self.channels_last
+        raise ValueError(f"fast_path.channels_last={self.channels_last!r}: use auto, true "
+                         f"or false")

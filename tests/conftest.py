@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -16,6 +17,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SEED_CHECKPOINT_KEYS = FIXTURES / "seed_checkpoint_keys.json"
 DINOV3_FIXTURE = FIXTURES / "dinov3"
+
+# Tests compare predictions with fp32 references: CPU inference stays fp32 in the test
+# session (and its subprocesses) whatever this CPU's bf16 is; tests/test_hardware.py
+# covers the automatic choice, and a bf16 test sets it explicitly.
+os.environ.setdefault("FACEPARSE_CPU_BF16", "0")
 
 
 def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from faceparse.data.datamodule import FaceDataModule
 from faceparse.data.synthetic import SyntheticFaces
-from faceparse.fast_path import FastPath
+from faceparse.fast_path import FastPath, inference_bf16
+from faceparse.hardware import CpuPolicy
 from faceparse.inference import predict, prepare_for_inference
 from faceparse.training import FaceParsingModule
 from faceparse.training.optim import build_optimizer, param_groups
@@ -50,13 +51,52 @@ def test_config_options_reach_the_module(compose) -> None:
     assert cfg.optimizer.fused is False  # decided from the trainer's accelerator: a CPU here
 
 
-def test_cpu_setup_changes_nothing(module: FaceParsingModule) -> None:
+def cpu_policy_says(monkeypatch: pytest.MonkeyPatch, bf16: bool, channels_last: bool) -> None:
+    """Pin the CPU policy (its probes time this machine, which a test must not depend on)."""
+    policy = CpuPolicy(bf16=bf16, channels_last=channels_last, reason="test")
+    monkeypatch.setattr("faceparse.fast_path.cpu_policy", lambda: policy)
+
+
+def test_cpu_setup_changes_nothing_where_nhwc_does_not_pay(
+    module: FaceParsingModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cpu_policy_says(monkeypatch, bf16=False, channels_last=False)
     benchmark = torch.backends.cudnn.benchmark
     attach(module, "cpu")
     module.setup("fit")
     assert all(w.is_contiguous() for w in conv_weights(module.net))
     assert torch.backends.cudnn.benchmark == benchmark
     assert all(part._compiled_call_impl is None for part in module.net.children())
+
+
+@pytest.mark.parametrize(("option", "policy", "expected"), [
+    ("auto", True, True), ("auto", False, False), (True, False, True), (False, True, False),
+])
+def test_cpu_channels_last_follows_the_cpu_policy_unless_forced(
+    monkeypatch: pytest.MonkeyPatch, option: bool | str, policy: bool, expected: bool
+) -> None:
+    cpu_policy_says(monkeypatch, bf16=False, channels_last=policy)
+    net = prepare_for_inference(nn.Conv2d(3, 5, 3), "cpu", FastPath(channels_last=option))
+    assert net.weight.is_contiguous(memory_format=torch.channels_last) == expected
+
+
+def test_cpu_inference_runs_bf16_exactly_where_the_policy_says(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = prepare_for_inference(Logits(), "cpu", FastPath(channels_last=False))
+    seen = []
+    net.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    for bf16 in (True, False):
+        cpu_policy_says(monkeypatch, bf16=bf16, channels_last=False)
+        assert inference_bf16("cpu") is bf16
+        predict(net, torch.randn(1, 3, 8, 8))
+    assert seen == [torch.bfloat16, torch.float32]
+    assert predict(net, torch.randn(1, 3, 8, 8), bf16=False).labels.shape == (1, 8, 8)
+
+
+def test_a_bad_channels_last_value_is_refused() -> None:
+    with pytest.raises(ValueError, match="fast_path.channels_last='sometimes'"):
+        FastPath(channels_last="sometimes").apply(Logits(), "cpu")
 
 
 def test_cuda_setup_turns_on_channels_last_and_cudnn_benchmark(
@@ -164,6 +204,7 @@ def test_predict_gives_probabilities_when_asked() -> None:
 
 
 def test_prepare_for_inference_stays_plain_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu_policy_says(monkeypatch, bf16=False, channels_last=False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     net = prepare_for_inference(Logits().train(), "cpu", FastPath(cudnn_benchmark=True))
     assert not net.training and net.conv.weight.is_contiguous()

@@ -17,6 +17,8 @@ import lightning as L
 import timm
 import torch
 
+from faceparse.hardware import cpu_info, cpu_policy
+
 __all__ = ["PeakMemory", "machine", "rss_bytes", "sync"]
 
 
@@ -75,13 +77,12 @@ class PeakMemory:
 
 def machine() -> dict[str, Any]:
     """What the figures came from: CPU, usable cores, threads, library versions, GPU."""
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    info = {"cpu": cpu, "cores_usable": len(os.sched_getaffinity(0)),
+    cpu, policy = cpu_info(), cpu_policy()
+    info = {"cpu": cpu.model, "cpu_flags": " ".join(cpu.flags) or "-",
+            "torch_cpu_kernels": cpu.torch_capability,
+            "cpu_policy": f"bf16={policy.bf16} channels_last={policy.channels_last} "
+                          f"({policy.reason})",
+            "cores_usable": len(os.sched_getaffinity(0)),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "timm": timm.__version__, "lightning": L.__version__,
             "python": platform.python_version()}

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from faceparse.bench.measure import PeakMemory, sync
 from faceparse.data.synthetic import write_facesynthetics
+from faceparse.fast_path import inference_bf16
 from faceparse.inference import predict, prepare_for_inference
 
 __all__ = ["bench_data", "bench_train", "bench_infer", "count_flops"]
@@ -161,10 +162,11 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
     net = prepare_for_inference(net, device, instantiate(cfg.fast_path))
     images = torch.randn(b * steps, 3, size, size)
     peak = _peak_tflops(cfg, device)
-    bf16 = device.type == "cuda" if cfg.bench.bf16 is None else cfg.bench.bf16
+    bf16 = inference_bf16(device) if cfg.bench.bf16 is None else cfg.bench.bf16
     result: dict[str, Any] = {
         "batch_size": b, "image_size": size, "device": str(device),
         "precision": "bf16 autocast" if bf16 else "fp32",
+        "channels_last": instantiate(cfg.fast_path).wants_channels_last(device),
         "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
         "gflops_per_image": flops / 1e9, "peak_bf16_tflops": peak,
     }

@@ -2,7 +2,7 @@
 
 Softmax is monotonic, so the argmax of the logits is the argmax of the probabilities: a
 full-resolution (N, C, H, W) softmax is computed only for ``probs=True``. Everything runs
-under ``torch.inference_mode``; on CUDA the net runs in bf16 autocast and, after
+under ``torch.inference_mode``; in bf16 autocast where that is faster and, after
 :func:`prepare_for_inference`, with the :class:`~faceparse.fast_path.FastPath` options.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from faceparse.fast_path import FastPath
+from faceparse.fast_path import FastPath, inference_bf16
 
 __all__ = ["Prediction", "prepare_for_inference", "predict"]
 
@@ -43,10 +43,11 @@ def predict(
 ) -> Prediction:
     """Label maps for ImageNet-normalised ``images`` (N, 3, H, W), ``batch_size`` at a time.
 
-    ``bf16=None`` means bf16 autocast exactly when the net is on CUDA.
+    ``bf16=None`` means bf16 autocast where it is the faster path on the net's device
+    (:func:`~faceparse.fast_path.inference_bf16`: a bf16 GPU, or a CPU with fast bf16).
     """
     device = next(net.parameters()).device
-    bf16 = device.type == "cuda" if bf16 is None else bf16
+    bf16 = inference_bf16(device) if bf16 is None else bf16
     labels, all_probs = [], []
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         for chunk in images.split(batch_size):

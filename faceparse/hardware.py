@@ -1,0 +1,160 @@
+"""What this CPU can do, and the precision and memory format that pay on it.
+
+CPUs differ by two orders of magnitude in bf16: without AVX-512-BF16 or AMX a bf16 matmul
+is emulated (~80x slower than fp32 on an AVX2 EPYC), with them it is ~2.4x faster. So the
+choice is made here, at run time, from the CPU's flags and a sub-second probe, never from
+the device type alone; it is logged once with its reason, and every figure the bench
+publishes carries the CPU model and flags it came from.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CpuInfo", "CpuPolicy", "cpu_info", "cpu_policy"]
+
+# the flags that decide bf16 and vector width (as /proc/cpuinfo spells them)
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# a choice must win the probe by this factor: timings on a shared machine are noisy
+MARGIN = 1.15
+FORCE_BF16 = "FACEPARSE_CPU_BF16"
+FORCE_CHANNELS_LAST = "FACEPARSE_CPU_CHANNELS_LAST"
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU model, its speed-relevant flags, and the kernel level torch dispatches to."""
+
+    model: str
+    flags: tuple[str, ...]
+    torch_capability: str
+
+    @property
+    def native_bf16(self) -> bool:
+        """Whether bf16 matmuls run in hardware (AVX-512-BF16 or AMX), not emulated."""
+        return any(flag in self.flags for flag in BF16_FLAGS)
+
+    def describe(self) -> str:
+        flags = ", ".join(self.flags) or "none of " + "/".join(SPEED_FLAGS)
+        return f"{self.model} (flags: {flags}; torch kernels: {self.torch_capability})"
+
+
+def _proc_cpuinfo() -> tuple[str, set[str]]:
+    path = Path("/proc/cpuinfo")
+    if not path.is_file():
+        return platform.processor() or platform.machine(), set()
+    model, flags = "", set()
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return model or platform.machine(), flags
+
+
+@functools.cache
+def cpu_info() -> CpuInfo:
+    """This machine's CPU (read once per process)."""
+    model, flags = _proc_cpuinfo()
+    capability = torch.backends.cpu.get_cpu_capability()
+    return CpuInfo(model, tuple(f for f in SPEED_FLAGS if f in flags), capability)
+
+
+@dataclass(frozen=True)
+class CpuPolicy:
+    """bf16 autocast and channels_last on this CPU, and why."""
+
+    bf16: bool
+    channels_last: bool
+    reason: str
+
+
+def _best_seconds(work: Callable[[], object], repeats: int = 3) -> float:
+    work()  # warm-up: allocation, kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def probe_bf16_speedup(size: int = 512) -> float:
+    """fp32 time / bf16 time of a ``size``-square matmul (> 1: bf16 is faster)."""
+    a = torch.randn(size, size)
+    b = torch.randn(size, size)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    with torch.inference_mode():
+        return _best_seconds(lambda: a @ b) / _best_seconds(lambda: a16 @ b16)
+
+
+def probe_channels_last_speedup(dtype: torch.dtype = torch.float32) -> float:
+    """NCHW time / NHWC time of a VGG-like 3x3 convolution (> 1: channels_last is faster)."""
+    x = torch.randn(2, 64, 64, 64, dtype=dtype)
+    w = torch.randn(64, 64, 3, 3, dtype=dtype)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    w_cl = w.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        nchw = _best_seconds(lambda: F.conv2d(x, w, padding=1))
+        nhwc = _best_seconds(lambda: F.conv2d(x_cl, w_cl, padding=1))
+    return nchw / nhwc
+
+
+def _forced(name: str) -> bool | None:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "auto"):
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={value!r}: use 1, 0 or auto")
+
+
+@functools.cache
+def cpu_policy() -> CpuPolicy:
+    """The CPU precision and memory format for this process: decided once, logged once.
+
+    bf16 only with hardware bf16 *and* a probe showing it faster than fp32;
+    channels_last only where a probe convolution is faster in NHWC. The environment
+    variables ``FACEPARSE_CPU_BF16`` and ``FACEPARSE_CPU_CHANNELS_LAST`` (1/0/auto)
+    force either.
+    """
+    info = cpu_info()
+    reasons = []
+    bf16 = _forced(FORCE_BF16)
+    if bf16 is not None:
+        reasons.append(f"bf16 forced by {FORCE_BF16}")
+    elif not info.native_bf16:
+        bf16 = False
+        reasons.append("fp32: no AVX-512-BF16/AMX, bf16 would be emulated")
+    else:
+        speedup = probe_bf16_speedup()
+        bf16 = speedup > MARGIN
+        reasons.append(f"{'bf16' if bf16 else 'fp32'}: bf16 matmul {speedup:.2f}x fp32")
+    channels_last = _forced(FORCE_CHANNELS_LAST)
+    if channels_last is not None:
+        reasons.append(f"channels_last forced by {FORCE_CHANNELS_LAST}")
+    else:
+        speedup = probe_channels_last_speedup(torch.bfloat16 if bf16 else torch.float32)
+        channels_last = speedup > MARGIN
+        reasons.append(f"{'channels_last' if channels_last else 'NCHW'}: "
+                       f"NHWC conv {speedup:.2f}x NCHW")
+    policy = CpuPolicy(bool(bf16), bool(channels_last), "; ".join(reasons))
+    log.info("CPU fast path on %s: %s", info.describe(), policy.reason)
+    return policy

@@ -1,0 +1,103 @@
+"""The CPU policy: bf16 only with hardware bf16 that wins its probe, NHWC where it pays."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from faceparse import hardware
+from faceparse.hardware import CpuInfo, cpu_info, cpu_policy
+
+CPUINFO = """processor\t: 0
+model name\t: Test CPU 9000
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile
+processor\t: 1
+model name\t: Test CPU 9000
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile
+"""
+
+
+@pytest.fixture(autouse=True)
+def fresh_policy(monkeypatch: pytest.MonkeyPatch):
+    """Each test decides anew (the policy is cached per process) and forces nothing."""
+    for name in (hardware.FORCE_BF16, hardware.FORCE_CHANNELS_LAST):
+        monkeypatch.delenv(name, raising=False)
+    cpu_info.cache_clear()
+    cpu_policy.cache_clear()
+    yield
+    cpu_info.cache_clear()
+    cpu_policy.cache_clear()
+
+
+def fake_cpu(monkeypatch: pytest.MonkeyPatch, flags: tuple[str, ...], bf16_speedup: float,
+             nhwc_speedup: float) -> list[str]:
+    """This CPU's flags and probe results; returns the probes that ran."""
+    ran: list[str] = []
+    monkeypatch.setattr(hardware, "cpu_info", lambda: CpuInfo("Fake", flags, "AVX512"))
+    monkeypatch.setattr(hardware, "probe_bf16_speedup",
+                        lambda: ran.append("bf16") or bf16_speedup)
+    monkeypatch.setattr(hardware, "probe_channels_last_speedup",
+                        lambda dtype: ran.append(f"nhwc {dtype}") or nhwc_speedup)
+    return ran
+
+
+def test_cpu_info_reads_model_and_speed_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    (tmp_path / "cpuinfo").write_text(CPUINFO)
+    real_path = hardware.Path
+    monkeypatch.setattr(hardware, "Path", lambda p: real_path(tmp_path / "cpuinfo")
+                        if p == "/proc/cpuinfo" else real_path(p))
+    info = cpu_info()
+    assert info.model == "Test CPU 9000"
+    assert info.flags == ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+    assert info.native_bf16
+    assert "Test CPU 9000" in info.describe() and "avx512_bf16" in info.describe()
+
+
+def test_without_hardware_bf16_fp32_is_chosen_without_timing_bf16(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran = fake_cpu(monkeypatch, ("avx2",), bf16_speedup=99.0, nhwc_speedup=1.5)
+    with caplog.at_level(logging.INFO, logger="faceparse.hardware"):
+        policy = cpu_policy()
+        cpu_policy()
+    assert not policy.bf16 and policy.channels_last
+    assert ran == ["nhwc torch.float32"]  # decided once per process
+    assert "bf16 would be emulated" in policy.reason
+    assert sum("CPU fast path" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(("bf16_speedup", "nhwc_speedup", "bf16", "channels_last"), [
+    (2.4, 1.3, True, True),    # AVX-512-BF16 EPYC: bf16 wins, NHWC pays
+    (1.05, 0.9, False, False),  # a win inside the noise margin is no win
+])
+def test_hardware_bf16_is_used_only_when_the_probe_shows_it_faster(
+    monkeypatch: pytest.MonkeyPatch, bf16_speedup: float, nhwc_speedup: float, bf16: bool,
+    channels_last: bool
+) -> None:
+    fake_cpu(monkeypatch, ("avx512f", "avx512_bf16"), bf16_speedup, nhwc_speedup)
+    policy = cpu_policy()
+    assert (policy.bf16, policy.channels_last) == (bf16, channels_last)
+    assert f"{bf16_speedup:.2f}x" in policy.reason
+
+
+def test_the_environment_forces_either_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    ran = fake_cpu(monkeypatch, ("avx2",), bf16_speedup=0.01, nhwc_speedup=9.0)
+    monkeypatch.setenv(hardware.FORCE_BF16, "1")
+    monkeypatch.setenv(hardware.FORCE_CHANNELS_LAST, "off")
+    policy = cpu_policy()
+    assert policy.bf16 and not policy.channels_last and not ran
+    assert "forced by FACEPARSE_CPU_BF16" in policy.reason
+
+
+def test_a_bad_forcing_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(hardware.FORCE_BF16, "maybe")
+    with pytest.raises(ValueError, match="FACEPARSE_CPU_BF16='maybe': use 1, 0 or auto"):
+        cpu_policy()
+
+
+def test_the_probes_time_real_kernels() -> None:
+    assert hardware.probe_bf16_speedup(size=64) > 0
+    assert hardware.probe_channels_last_speedup() > 0
