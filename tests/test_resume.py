@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from faceparse.train import train
 
@@ -63,10 +64,10 @@ def test_resume_refuses_what_would_be_a_different_run(compose, tiny, tmp_path: P
 
     (run / "checkpoints").mkdir()
     shutil.copy(Path(__file__).parent / "conftest.py", run / "checkpoints" / "last.ckpt")
-    overrides = [*tiny, "data.image_size=64"]
-    (run / "config_resolved.yaml").write_text(
-        (compose_yaml := __import__("omegaconf").OmegaConf.to_yaml(
-            compose(tiny, output_dir=run), resolve=True)))
-    assert compose_yaml
+    saved = OmegaConf.to_yaml(compose(tiny, output_dir=run), resolve=True)
+    (run / "config_resolved.yaml").write_text(saved)
     with pytest.raises(ValueError, match="changes the run's config.*data.image_size"):
-        train(compose([*overrides, f"resume={run}"], output_dir=run))
+        train(compose([*tiny, "data.image_size=64", f"resume={run}"], output_dir=run))
+    with pytest.raises(ValueError, match="give one of them"):
+        train(compose([*tiny, f"resume={run}", f"ckpt_path={run}/checkpoints/last.ckpt"],
+                      output_dir=run))
