@@ -6,11 +6,13 @@ import csv
 import shutil
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from faceparse.train import train
+from faceparse.training.run_folder import newest_checkpoint
 
 # No LR schedule: its length follows max_epochs, and the stopped run is extended below.
 EXACT = ("scheduler=none", "test=false", "data.num_workers=0", "trainer.deterministic=true")
@@ -71,3 +73,20 @@ def test_resume_refuses_what_would_be_a_different_run(compose, tiny, tmp_path: P
     with pytest.raises(ValueError, match="give one of them"):
         train(compose([*tiny, f"resume={run}", f"ckpt_path={run}/checkpoints/last.ckpt"],
                       output_dir=run))
+
+
+class FailAfterOneStep(L.Callback):
+    """Stands in for a kill: the run stops with an error after its first optimizer step."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        raise RuntimeError("stopped by the test")
+
+
+def test_a_stopped_run_leaves_a_checkpoint_resume_picks(compose, tiny, tmp_path: Path) -> None:
+    cfg = compose([*tiny, *EXACT, f"+callbacks.stop._target_={__name__}.FailAfterOneStep"],
+                  output_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="stopped by the test"):
+        train(cfg)
+    saved = tmp_path / "checkpoints" / "on_exception.ckpt"
+    assert torch.load(saved, weights_only=False)["global_step"] == 1
+    assert newest_checkpoint(tmp_path) == saved

@@ -15,13 +15,14 @@ import csv
 import logging
 from pathlib import Path
 
+import lightning as L
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-__all__ = ["AUTO", "CONFIG_FILE", "ContinuingCSVLogger", "newest_checkpoint", "resume_config",
-           "run_folder"]
+__all__ = ["AUTO", "CONFIG_FILE", "ContinuingCSVLogger", "InterruptCheckpoint",
+           "newest_checkpoint", "resume_config", "run_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +129,20 @@ class ContinuingCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class InterruptCheckpoint(L.Callback):
+    """Saves ``<dirpath>/on_exception.ckpt`` when fitting stops on SIGTERM, Ctrl-C or an error.
+
+    Lightning's ``OnExceptionCheckpoint`` does the same but also turns every
+    ``fit(ckpt_path=None)`` into ``ckpt_path="last"``, with two warnings per fresh run;
+    resuming is :func:`resume_config`'s job here.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.path = Path(dirpath) / "on_exception.ckpt"
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        if trainer.state.fn == "fit":
+            trainer.save_checkpoint(self.path)
