@@ -1,7 +1,8 @@
 """Two CPU processes (gloo) on tiny data: one run folder, one writer, single-process scores.
 
-The splits have odd sizes: a sampler that pads the ranks with a repeated image would
-count that image twice and move the scores away from the one-process run's.
+The evaluation splits have 9 images: a sampler that pads the ranks with a repeated image
+would count it twice and move the scores away from the one-process run's; and with 4
+images a batch, rank 0 runs two test batches where rank 1 runs one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from faceparse.train import train
 
 pytestmark = pytest.mark.slow
 
-ODD = ("data.dataset.sizes={train: 8, val: 5, test: 5}", "data.num_workers=0",
+ODD = ("data.dataset.sizes={train: 8, val: 9, test: 9}", "data.num_workers=0",
        "callbacks.step_checkpoint.every_n_train_steps=1")
 
 

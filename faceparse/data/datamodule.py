@@ -10,10 +10,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from faceparse.data.loaders import SkipReportingLoader, seed_worker_transform, single_thread_opencv
+from faceparse.data.loaders import (
+    SkipReportingLoader,
+    eval_sampler,
+    seed_worker_transform,
+    single_thread_opencv,
+)
 from faceparse.data.transforms import eval_transform, seed_transform, train_transform
 from faceparse.labels import get_scheme
-from faceparse.training.distributed import eval_sampler
 
 __all__ = ["FaceDataModule"]
 

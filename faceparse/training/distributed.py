@@ -4,7 +4,8 @@ Lightning starts ranks > 0 of a one-machine DDP run by re-running the same comma
 ``hydra.run.dir`` set to rank 0's folder, and on SLURM every rank is started by ``srun``
 with the folder the job script fixed; either way all ranks share one run folder, decided
 before any process starts. Only rank 0 writes into it (config, checkpoints, pictures,
-scores and loggers are rank-zero already in Lightning and our callbacks).
+scores and loggers are rank-zero already in Lightning and our callbacks). Each evaluation
+sample is scored on one rank only: :func:`faceparse.data.loaders.eval_sampler`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ from __future__ import annotations
 import logging
 import warnings
 
-import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_only
-from torch.utils.data import Dataset, Sampler
 
-__all__ = ["is_rank_zero", "eval_sampler", "quiet_other_ranks"]
+__all__ = ["is_rank_zero", "quiet_other_ranks"]
 
 
 def is_rank_zero() -> bool:
@@ -26,21 +25,6 @@ def is_rank_zero() -> bool:
     ``SLURM_PROCID``) at import, so this holds before the process group exists.
     """
     return rank_zero_only.rank == 0
-
-
-def eval_sampler(dataset: Dataset) -> Sampler | None:
-    """Each sample on exactly one rank, for validation and test (``None``: one process).
-
-    Lightning's default distributed sampler pads the split with repeated samples so every
-    rank gets as many batches, and the repeats would count twice in the summed confusion
-    matrix. Ranks may run one batch apart here: evaluation has no gradient sync to hang on,
-    and the metrics sync once, at epoch end.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return None
-    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-    return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
 def quiet_other_ranks() -> None:
