@@ -59,7 +59,7 @@ def test_resume_auto_starts_afresh_in_an_empty_folder(compose, tiny, tmp_path: P
 def test_resume_refuses_what_would_be_a_different_run(compose, tiny, tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    with pytest.raises(FileNotFoundError, match="resume=.*no config_resolved.yaml"):
+    with pytest.raises(FileNotFoundError, match="resume=.*needs config_resolved.yaml"):
         train(compose([*tiny, f"resume={run}"], output_dir=run))
     with pytest.raises(ValueError, match="this run writes to"):
         train(compose([*tiny, f"resume={run}"], output_dir=tmp_path / "elsewhere"))

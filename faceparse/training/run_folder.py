@@ -93,8 +93,9 @@ def resume_config(cfg: DictConfig) -> DictConfig:
         if resume == AUTO:
             log.info("resume=auto: no checkpoint in %s yet, starting a new run there", folder)
             return cfg
-        raise FileNotFoundError(f"resume={resume}: no {CONFIG_FILE} and checkpoints/last.ckpt "
-                                "there; point it at a run folder of python -m faceparse.train")
+        raise FileNotFoundError(f"resume={resume}: a run folder needs {CONFIG_FILE} and a "
+                                "checkpoints/last.ckpt; point it at a folder that "
+                                "python -m faceparse.train trained in")
     saved = OmegaConf.load(saved_file)
     changed = _differences(saved, cfg)
     if changed:
