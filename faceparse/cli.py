@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from faceparse.fast_path import auto_precision
 from faceparse.labels import get_scheme
 from faceparse.training.optim import fused_default
+from faceparse.training.run_folder import run_folder
 
 __all__ = ["CONF_DIR", "register_resolvers", "hydra_entry", "one_line_errors"]
 
@@ -31,12 +32,14 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "num_classes": lambda scheme: get_scheme(scheme).num_classes,
     "auto_precision": auto_precision,
     "fused_optimizer": fused_default,
+    "run_folder": run_folder,
 }
 
 
 def register_resolvers() -> None:
     """``${num_classes:<scheme>}``, ``${auto_precision:<accelerator>}`` and
-    ``${fused_optimizer:<accelerator>,<precision>}``; idempotent."""
+    ``${fused_optimizer:<accelerator>,<precision>}``,
+    ``${run_folder:<resume>,<default>}``; idempotent."""
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

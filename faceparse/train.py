@@ -5,7 +5,8 @@ on the best checkpoint, return the metric a sweeper optimises. ``ckpt_path`` res
 of our full checkpoints exactly; any other supported checkpoint (decoder-only export, the
 original FaceParsing project's) initialises the weights and training starts afresh.
 ``train=false`` tests ``ckpt_path`` and nothing else. Checkpoints are read data-only;
-``trust_pickle=true`` opts out for a trusted file.
+``trust_pickle=true`` opts out for a trusted file. ``resume=auto|<run folder>`` continues a
+run in its own folder (:mod:`faceparse.training.run_folder`); under DDP only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from faceparse.checkpoints import start_from
 from faceparse.cli import CONF_DIR, hydra_entry
 from faceparse.safe_load import safe_globals
+from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
+from faceparse.training.run_folder import CONFIG_FILE, resume_config
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not cfg.train and not cfg.get("ckpt_path"):
         raise ValueError("train=false tests a checkpoint, and none is given: set "
                          "ckpt_path=<run>/checkpoints/<file>.ckpt (or drop train=false)")
+    if cfg.get("resume"):
+        cfg = resume_config(cfg)
     refuse_unused_fusion(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if is_rank_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
@@ -100,6 +106,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def main(cfg: DictConfig) -> float | None:
     # A frozen ViT stays in eval mode on purpose; Lightning would warn about it every fit.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    quiet_other_ranks()
     metrics = train(cfg)
     value = metrics.get(cfg.get("optimized_metric") or "")
     if value is not None:

@@ -10,7 +10,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from faceparse.data.loaders import SkipReportingLoader, seed_worker_transform, single_thread_opencv
+from faceparse.data.loaders import (
+    SkipReportingLoader,
+    eval_sampler,
+    seed_worker_transform,
+    single_thread_opencv,
+)
 from faceparse.data.transforms import eval_transform, seed_transform, train_transform
 from faceparse.labels import get_scheme
 
@@ -107,10 +112,14 @@ class FaceDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if self.num_workers > 0:
             single_thread_opencv()
+        dataset = self.datasets[split]
+        # DDP: evaluation counts each sample once (training keeps Lightning's sampler)
+        sampler = None if shuffle else eval_sampler(dataset)
         return SkipReportingLoader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),

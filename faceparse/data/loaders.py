@@ -1,4 +1,5 @@
-"""Loader plumbing: per-worker augmentation seeds, OpenCV threads, skip counts per pass."""
+"""Loader plumbing: per-worker augmentation seeds, OpenCV threads, skip counts per pass, and
+the evaluation sampler of a multi-process run."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import cv2
-from torch.utils.data import DataLoader, get_worker_info
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from faceparse.data.transforms import seed_transform
 
-__all__ = ["SkipReportingLoader", "seed_worker_transform", "single_thread_opencv"]
+__all__ = ["SkipReportingLoader", "eval_sampler", "seed_worker_transform",
+           "single_thread_opencv"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,21 @@ def single_thread_opencv() -> None:
     worker that reconfigures or uses an inherited live pool can hang for ever.
     """
     cv2.setNumThreads(1)
+
+
+def eval_sampler(dataset: Dataset) -> Sampler | None:
+    """Each sample on exactly one rank, for validation and test (``None``: one process).
+
+    Lightning's default distributed sampler pads the split with repeated samples so every
+    rank gets as many batches, and the repeats would count twice in the summed confusion
+    matrix. Ranks may run one batch apart here: evaluation has no gradient sync to hang on,
+    and the metrics sync once, at epoch end.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
 class SkipReportingLoader(DataLoader):

@@ -1,0 +1,149 @@
+"""Resume a run in its own folder: ``resume=auto`` or ``resume=<run folder>``.
+
+A resumed run reads the folder's ``config_resolved.yaml`` (its own config, not a fresh
+composition), continues from the newest training checkpoint the folder holds, and writes
+into the same folder, so checkpoints, ``csv/metrics.csv`` and TensorBoard continue where
+they stopped. ``resume=<folder>`` makes that folder the Hydra run folder (the
+``run_folder`` resolver in ``conf/hydra/default.yaml``); ``resume=auto`` resumes whatever
+``hydra.run.dir`` names and starts afresh when it holds no run yet, which is what a
+requeued SLURM job needs.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+__all__ = ["AUTO", "CONFIG_FILE", "ContinuingCSVLogger", "InterruptCheckpoint",
+           "newest_checkpoint", "resume_config", "run_folder"]
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+CONFIG_FILE = "config_resolved.yaml"
+# Keys that may differ between the run and the command that resumes it: how it starts, and
+# how long it trains (extending a run spreads the rest of the LR schedule over the new end).
+RESUME_KEYS = ("resume", "ckpt_path")
+EXTEND_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
+
+
+def run_folder(resume: str | None, default: str) -> str:
+    """Hydra's run folder: the run to resume, or ``default`` for a new run (and ``auto``)."""
+    if not resume or resume == AUTO:
+        return default
+    if Path(resume).is_file():
+        raise ValueError(f"resume={resume} is a file: resume takes a run folder (or auto); "
+                         "use ckpt_path=<file> to start from a checkpoint file")
+    return str(resume)
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    """The newest training state a run folder holds: ``last.ckpt`` (epoch ends and every N
+    steps), ``on_exception.ckpt`` (SIGTERM, Ctrl-C) or Lightning's ``hpc_ckpt_*.ckpt``
+    (SLURM pre-emption, SIGUSR1)."""
+    candidates = [*(folder / "checkpoints").glob("last*.ckpt"),
+                  *(folder / "checkpoints").glob("on_exception.ckpt"),
+                  *folder.glob("hpc_ckpt_*.ckpt")]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def _differences(saved: DictConfig, current: DictConfig) -> list[str]:
+    """Dotted keys whose resolved values differ, ignoring :data:`RESUME_KEYS`."""
+    flat_saved = _flatten(OmegaConf.to_container(saved, resolve=True))
+    flat_current = _flatten(OmegaConf.to_container(current, resolve=True))
+    keys = (set(flat_saved) | set(flat_current)) - set(RESUME_KEYS) - set(EXTEND_KEYS)
+    return sorted(k for k in keys if flat_saved.get(k) != flat_current.get(k))
+
+
+def _flatten(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        out: dict[str, object] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def resume_config(cfg: DictConfig) -> DictConfig:
+    """The config a ``resume=`` run trains with: the run's own, with ``ckpt_path`` set to its
+    newest checkpoint; ``cfg`` itself when ``resume=auto`` finds no run to continue.
+
+    Refuses a folder that is not where this run writes, a folder without a run, a command
+    that changes the run's config other than its length (a silently different resumed
+    run), and ``ckpt_path``.
+    """
+    resume = str(cfg.resume)
+    folder = Path(cfg.paths.output_dir)
+    if cfg.get("ckpt_path"):
+        raise ValueError("resume= continues a run folder and ckpt_path= starts from a file: "
+                         "give one of them")
+    if resume != AUTO and Path(resume).resolve() != folder.resolve():
+        raise ValueError(f"resume={resume} but this run writes to {folder}: drop "
+                         "hydra.run.dir (resume=<folder> picks the folder), or use resume=auto")
+    saved_file = folder / CONFIG_FILE
+    checkpoint = newest_checkpoint(folder)
+    if not saved_file.is_file() or checkpoint is None:
+        if resume == AUTO:
+            log.info("resume=auto: no checkpoint in %s yet, starting a new run there", folder)
+            return cfg
+        raise FileNotFoundError(f"resume={resume}: a run folder needs {CONFIG_FILE} and a "
+                                "checkpoints/last.ckpt; point it at a folder that "
+                                "python -m faceparse.train trained in")
+    saved = OmegaConf.load(saved_file)
+    changed = _differences(saved, cfg)
+    if changed:
+        raise ValueError(f"resume={resume}: the command changes the run's config ("
+                         f"{', '.join(changed[:8])}); resume with the run's own settings, or "
+                         f"start a new run with ckpt_path={checkpoint}")
+    with open_dict(saved):
+        saved.ckpt_path = str(checkpoint)
+        for key in EXTEND_KEYS:
+            if OmegaConf.select(cfg, key) is not None:
+                OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+    log.info("resuming %s from %s", folder, checkpoint.name)
+    return saved
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Keeps an existing ``metrics.csv`` (Lightning's writer deletes it) and its columns."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = sorted(csv.DictReader(file).fieldnames or [])
+
+
+class ContinuingCSVLogger(CSVLogger):
+    """Lightning's CSV logger, continuing the run folder's ``metrics.csv`` when resumed."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class InterruptCheckpoint(L.Callback):
+    """Saves ``<dirpath>/on_exception.ckpt`` when fitting stops on SIGTERM, Ctrl-C or an error.
+
+    Lightning's ``OnExceptionCheckpoint`` does the same but also turns every
+    ``fit(ckpt_path=None)`` into ``ckpt_path="last"``, with two warnings per fresh run;
+    resuming is :func:`resume_config`'s job here.
+    """
+
+    def __init__(self, dirpath: str | Path) -> None:
+        self.path = Path(dirpath) / "on_exception.ckpt"
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        if trainer.state.fn == "fit":
+            trainer.save_checkpoint(self.path)
