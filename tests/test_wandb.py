@@ -75,3 +75,20 @@ def test_a_run_with_logger_wandb_logs_config_metrics_tables_and_media(tiny, tmp_
     # the whole config reaches the other loggers too
     for hparams in (tmp_path / "csv" / "hparams.yaml", tmp_path / "tensorboard" / "hparams.yaml"):
         assert "optimized_metric: val/f1_mean" in hparams.read_text()
+
+
+def test_finish_wandb_closes_the_job_run_so_the_next_job_starts_its_own(tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    import wandb
+
+    from faceparse.training.loggers import finish_wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ids = []
+    for job in ("0", "1"):  # what a multirun does with two jobs in one process
+        logger = wandb_logger(tmp_path / job, offline=True, project="p")
+        ids.append(logger.experiment.id)
+        finish_wandb()
+        assert wandb.run is None
+    assert ids[0] != ids[1]
+    assert ids == [wandb_run_id(tmp_path / job) for job in ("0", "1")]
