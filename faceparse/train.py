@@ -24,6 +24,7 @@ from faceparse.checkpoints import start_from
 from faceparse.cli import CONF_DIR, hydra_entry
 from faceparse.safe_load import safe_globals
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
+from faceparse.training.loggers import finish_wandb, log_config
 from faceparse.training.run_folder import CONFIG_FILE, resume_config
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     try:
+        log_config(loggers, cfg)
         if cfg.train:
             with safe_globals(resume or "checkpoint"):
                 trainer.fit(model, datamodule=datamodule, ckpt_path=resume,
@@ -99,6 +101,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     finally:
         for logger in loggers:
             logger.finalize("success")
+        finish_wandb()  # each job of a sweep gets its own W&B run
     return metrics
 
 

@@ -3,5 +3,7 @@
 from faceparse.training.callbacks import PredictionImages, ScoreReport
 from faceparse.training.module import FaceParsingModule
 from faceparse.training.schedulers import cosine_with_warmup
+from faceparse.training.wandb_media import WandbMedia
 
-__all__ = ["FaceParsingModule", "PredictionImages", "ScoreReport", "cosine_with_warmup"]
+__all__ = ["FaceParsingModule", "PredictionImages", "ScoreReport", "WandbMedia",
+           "cosine_with_warmup"]

@@ -25,7 +25,8 @@ from faceparse.data.transforms import denormalize
 from faceparse.labels import LabelScheme, colorize, get_scheme
 from faceparse.metrics import HEADLINE
 
-__all__ = ["PredictionImages", "ScoreReport", "prediction_panel", "score_rows"]
+__all__ = ["PredictionImages", "ScoreReport", "first_predictions", "prediction_panel",
+           "score_rows"]
 
 
 def prediction_panel(
@@ -33,6 +34,18 @@ def prediction_panel(
 ) -> np.ndarray:
     """One row ``input | ground truth | prediction`` as an RGB uint8 array."""
     return np.concatenate([image, colorize(truth, scheme), colorize(pred, scheme)], axis=1)
+
+
+def first_predictions(trainer: L.Trainer, pl_module: L.LightningModule, batch: dict,
+                      num_images: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first images of a batch as RGB uint8, their masks and the module's predictions
+    (uint8 label maps), from its ``forward`` under the trainer's precision."""
+    n = min(num_images, batch["image"].shape[0])
+    with torch.no_grad(), trainer.precision_plugin.forward_context():
+        preds = pl_module(batch["image"][:n]).argmax(1)
+    images = denormalize(batch["image"][:n].float().cpu().numpy())
+    truth = batch["mask"][:n].cpu().numpy().astype(np.uint8)
+    return images, truth, preds.cpu().numpy().astype(np.uint8)
 
 
 class PredictionImages(L.Callback):
@@ -49,14 +62,10 @@ class PredictionImages(L.Callback):
     @rank_zero_only
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict,
               name: str) -> None:
-        n = min(self.num_images, batch["image"].shape[0])
-        with torch.no_grad(), trainer.precision_plugin.forward_context():
-            preds = pl_module(batch["image"][:n]).argmax(1)
-        images = denormalize(batch["image"][:n].float().cpu().numpy())
-        truth = batch["mask"][:n].cpu().numpy().astype(np.uint8)
+        images, truth, preds = first_predictions(trainer, pl_module, batch, self.num_images)
         rows = [
             prediction_panel(i, t, p, self.scheme)
-            for i, t, p in zip(images, truth, preds.cpu().numpy().astype(np.uint8), strict=True)
+            for i, t, p in zip(images, truth, preds, strict=True)
         ]
         self.dirpath.mkdir(parents=True, exist_ok=True)
         path = self.dirpath / f"{name}.png"

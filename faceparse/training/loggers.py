@@ -1,0 +1,123 @@
+"""Logger setup and teardown around a run: the config every logger gets, the W&B run.
+
+W&B runs offline unless an API key is configured (``WANDB_API_KEY`` or a netrc entry for
+the W&B host), so a run never prompts for a login and never waits on a missing network;
+offline runs are uploaded later with ``wandb sync``. The W&B run id is kept in the run
+folder (``wandb/run_id.txt``), so a run resumed in the same folder continues the same W&B
+run, and every job of a sweep (its own folder) gets its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = ["finish_wandb", "has_wandb_api_key", "log_config", "wandb_logger", "wandb_run_id"]
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = Path("wandb") / "run_id.txt"
+DEFAULT_HOST = "https://api.wandb.ai"
+# How long an online run waits to reach the W&B host before it falls back to offline.
+REACH_TIMEOUT_S = 3.0
+
+
+def log_config(loggers: Iterable[Logger], cfg: DictConfig) -> None:
+    """Give every logger the whole resolved config once (W&B config, ``hparams.yaml``)."""
+    params = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(params)
+
+
+def _wandb_host() -> str:
+    return os.environ.get("WANDB_BASE_URL", DEFAULT_HOST)
+
+
+def has_wandb_api_key() -> bool:
+    """Whether W&B can log in without asking: ``WANDB_API_KEY`` or a netrc entry."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        entries = netrc.netrc(os.environ.get("NETRC")).hosts
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return urlparse(_wandb_host()).hostname in entries
+
+
+def _reachable(url: str, timeout: float = REACH_TIMEOUT_S) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wandb_run_id(run_dir: str | Path) -> str:
+    """The W&B run id of a run folder: the one kept there, else a new one, kept.
+
+    A run resumed in the same folder (``resume=auto``, or ``ckpt_path`` with the same
+    ``hydra.run.dir``) thereby continues its W&B run instead of starting a new one.
+    """
+    from wandb.sdk.lib.runid import generate_id
+
+    path = Path(run_dir) / RUN_ID_FILE
+    if path.is_file() and (kept := path.read_text().strip()):
+        return kept
+    run_id = generate_id()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def wandb_logger(save_dir: str | Path, offline: bool | None = None, id: str | None = None,
+                 **kwargs: Any) -> WandbLogger:
+    """A Lightning ``WandbLogger`` that never prompts nor hangs (``conf/logger/wandb.yaml``).
+
+    Args:
+        save_dir: the run folder; W&B writes ``<save_dir>/wandb/``.
+        offline: ``None`` (default): online only with an API key and the host reachable.
+        id: the W&B run id; default: the one kept in the run folder (:func:`wandb_run_id`).
+        kwargs: ``project``, ``entity``, ``group``, ``tags``, ``name``... for ``wandb.init``.
+    """
+    import wandb
+
+    if offline is None:
+        offline = not has_wandb_api_key()
+        if offline:
+            log.info("W&B runs offline (no WANDB_API_KEY or netrc entry); upload it later "
+                     "with `wandb sync %s/wandb/offline-run-*`", save_dir)
+    if not offline and not _reachable(_wandb_host()):
+        log.warning("W&B host %s is unreachable: this run logs offline; upload it later "
+                    "with `wandb sync %s/wandb/offline-run-*`", _wandb_host(), save_dir)
+        offline = True
+    if not offline:
+        os.environ.pop("WANDB_MODE", None)  # an earlier offline job of a sweep set it
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    settings = wandb.Settings(init_timeout=60, console="off", silent=True)
+    return WandbLogger(save_dir=str(save_dir), offline=offline, id=id or wandb_run_id(save_dir),
+                       settings=settings, **kwargs)
+
+
+def finish_wandb(failed: bool | None = None) -> None:
+    """Close the W&B run of this job, if any, so the next job of a sweep starts its own.
+
+    ``failed`` defaults to whether an exception is being handled (call it in ``finally``).
+    """
+    wandb = sys.modules.get("wandb")  # a run without W&B never imports it
+    if wandb is None or wandb.run is None:
+        return
+    if failed is None:
+        failed = sys.exc_info()[0] is not None
+    wandb.finish(exit_code=1 if failed else 0)

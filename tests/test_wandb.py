@@ -1,0 +1,94 @@
+"""W&B logging: run ids kept per run folder, offline by default, and what a run writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from faceparse.training.loggers import has_wandb_api_key, wandb_logger, wandb_run_id
+
+
+def test_a_run_folder_keeps_its_wandb_run_id(tmp_path: Path) -> None:
+    first = wandb_run_id(tmp_path / "run")
+    assert (tmp_path / "run" / "wandb" / "run_id.txt").read_text().strip() == first
+    assert wandb_run_id(tmp_path / "run") == first  # resumed in the same folder
+    assert wandb_run_id(tmp_path / "other") != first  # another job of a sweep
+
+
+def test_wandb_is_offline_without_an_api_key(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert not has_wandb_api_key()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password abc\n")
+    assert has_wandb_api_key()
+    monkeypatch.setenv("NETRC", str(tmp_path / "missing"))
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert has_wandb_api_key()
+
+
+def test_an_unreachable_host_falls_back_to_offline(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    logger = wandb_logger(tmp_path, project="p")
+    assert logger._offline
+    assert logger._id == (tmp_path / "wandb" / "run_id.txt").read_text().strip()
+
+
+def wandb_file_text(run: Path) -> str:
+    """The offline run's ``.wandb`` file (protobuf records; wandb ships no Python reader
+    for it any more) as text, to find the keys and JSON values it recorded."""
+    (path,) = run.glob("run-*.wandb")
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+@pytest.mark.slow
+def test_a_run_with_logger_wandb_logs_config_metrics_tables_and_media(tiny, tmp_path: Path
+                                                                     ) -> None:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    env.pop("WANDB_API_KEY", None)
+    cmd = [sys.executable, "-m", "faceparse.train", *tiny, "logger=[csv,tensorboard,wandb]",
+           "callbacks.progress_bar=null", "callbacks.wandb_media.log_best_checkpoint=true",
+           "logger.wandb.tags=[tiny]", f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run_id = (tmp_path / "wandb" / "run_id.txt").read_text().strip()
+    (run,) = tmp_path.glob(f"wandb/offline-run-*-{run_id}")
+    recorded = wandb_file_text(run)
+    assert "tiny" in recorded and '"image_size":32' in recorded  # tags, nested config
+    for key in ("train/loss", "val/f1_mean", "test/f1_mean", "trainer/global_step",
+                "val/per_class", "test/per_class", "val/predictions", "test/predictions",
+                "val/confusion_matrix", "test/confusion_matrix"):
+        assert key in recorded, key
+    assert '"ground_truth"' in recorded and '"prediction"' in recorded  # the image masks
+    (table,) = (run / "files" / "media" / "table" / "test").glob("per_class_*.table.json")
+    rows = json.loads(table.read_text())
+    assert rows["columns"] == ["class", "present", "f1", "iou"] and len(rows["data"]) == 11
+    assert list((run / "files" / "media" / "images" / "mask" / "val").glob("*.mask.png"))
+    assert f"model-{run_id}" in recorded  # the best checkpoint's artifact
+    # the whole config reaches the other loggers too
+    for hparams in (tmp_path / "csv" / "hparams.yaml", tmp_path / "tensorboard" / "hparams.yaml"):
+        assert "optimized_metric: val/f1_mean" in hparams.read_text()
+
+
+def test_finish_wandb_closes_the_job_run_so_the_next_job_starts_its_own(tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    import wandb
+
+    from faceparse.training.loggers import finish_wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ids = []
+    for job in ("0", "1"):  # what a multirun does with two jobs in one process
+        logger = wandb_logger(tmp_path / job, offline=True, project="p")
+        ids.append(logger.experiment.id)
+        finish_wandb()
+        assert wandb.run is None
+    assert ids[0] != ids[1]
+    assert ids == [wandb_run_id(tmp_path / job) for job in ("0", "1")]
