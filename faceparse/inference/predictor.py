@@ -170,27 +170,32 @@ class Parser:
 
     def _paste(self, rgb: np.ndarray, boxes: list[Box], probs: bool) -> ParseResult:
         """Parse each box and paste its logits back; background outside every box."""
-        size = rgb.shape[:2]
+        crops = [rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in boxes]
+        logits = self.photo_logits(crops) if crops else []
+        return self.paste(rgb.shape[:2], boxes, logits, probs)
+
+    def paste(self, size: tuple[int, int], boxes: Sequence[Box], logits: Sequence[torch.Tensor],
+              probs: bool = False) -> ParseResult:
+        """Each box's model-resolution logits resized into it; where boxes overlap the more
+        confident one wins; background outside every box."""
         labels = np.full(size, self._background, np.uint8)
         best = np.full(size, -np.inf, np.float32)  # winning probability where boxes overlap
         prob = None
         if probs:
             prob = np.zeros((self.model.scheme.num_classes, *size), np.float16)
             prob[self._background] = 1
-        if boxes:
-            crops = [rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in boxes]
-            for (x0, y0, x1, y1), logits in zip(boxes, self.photo_logits(crops), strict=True):
-                for start, stop, strip in strips(logits, (y1 - y0, x1 - x0)):
-                    soft = strip.softmax(0)
-                    score, ids = (t.cpu().numpy() for t in soft.max(0))
-                    rows = slice(y0 + start, y0 + stop)
-                    win = score > best[rows, x0:x1]
-                    labels[rows, x0:x1][win] = ids[win]
-                    best[rows, x0:x1][win] = score[win]
-                    if prob is not None:
-                        region = prob[:, rows, x0:x1]
-                        region[:, win] = soft.half().cpu().numpy()[:, win]
-        return self._result(labels, prob, boxes)
+        for (x0, y0, x1, y1), box_logits in zip(boxes, logits, strict=True):
+            for start, stop, strip in strips(box_logits, (y1 - y0, x1 - x0)):
+                soft = strip.softmax(0)
+                score, ids = (t.cpu().numpy() for t in soft.max(0))
+                rows = slice(y0 + start, y0 + stop)
+                win = score > best[rows, x0:x1]
+                labels[rows, x0:x1][win] = ids[win]
+                best[rows, x0:x1][win] = score[win]
+                if prob is not None:
+                    region = prob[:, rows, x0:x1]
+                    region[:, win] = soft.half().cpu().numpy()[:, win]
+        return self._result(labels, prob, list(boxes))
 
     def boxes_for(self, rgb: np.ndarray, boxes: Sequence[Box] | None) -> list[Box]:
         """The crops for one photo: detected faces or given boxes, with the margin."""
