@@ -21,7 +21,8 @@ from faceparse.data.io import write_atomic
 from faceparse.inference.predictor import ParseResult
 from faceparse.labels import LabelScheme
 
-__all__ = ["png_bytes", "output_paths", "overlay", "visualization", "write_outputs", "read_mask_scheme"]
+__all__ = ["png_bytes", "output_paths", "overlay", "visualization", "write_outputs",
+           "read_mask_scheme"]
 
 
 def output_paths(out_dir: Path, stem: Path, overlay: bool, probs: bool) -> list[Path]:

@@ -130,7 +130,8 @@ class Parser:
         scale = s / max(height, width)
         h, w = max(1, round(height * scale)), max(1, round(width * scale))
         canvas = np.empty((s, s, 3), np.uint8)
-        canvas[:] = np.round(np.asarray(IMAGENET_MEAN) * 255).astype(np.uint8)  # zero once normalised
+        # the mean colour is zero once normalised: the padding carries no signal
+        canvas[:] = np.round(np.asarray(IMAGENET_MEAN) * 255).astype(np.uint8)
         top, left = (s - h) // 2, (s - w) // 2
         canvas[top:top + h, left:left + w] = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA
                                                          if scale < 1 else cv2.INTER_LINEAR)

@@ -20,7 +20,7 @@ import torch
 from rich.progress import Progress
 
 from faceparse.data.io import write_atomic
-from faceparse.inference.outputs import png_bytes, overlay
+from faceparse.inference.outputs import overlay, png_bytes
 
 log = logging.getLogger(__name__)
 
