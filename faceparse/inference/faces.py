@@ -1,11 +1,14 @@
-"""Face boxes for ``crop=faces`` and ``crop=box``: OpenCV's Haar cascade, or a JSON file.
+"""Face boxes for ``crop=faces`` and ``crop=box``: scikit-image's LBP cascade, or a JSON file.
 
-The cascade ships inside opencv (``cv2.data.haarcascades``), so no download and no extra
+The installed OpenCV 5 wheel no longer ships Haar cascades (``cv2.CascadeClassifier`` moved
+to the contrib modules), so the detector is the LBP frontal-face cascade that ships inside
+scikit-image (``skimage.data.lbp_frontal_face_cascade_filename``): no download, no extra
 package. It finds upright, roughly frontal faces; it misses profiles beyond ~45 degrees,
-faces rolled more than ~20 degrees, faces under ~1/20 of the photo side (below ``min_size``),
-heavily occluded or very dark faces, and it sometimes fires on face-like textures. Its box
-covers brows to chin, so crops add a ``margin`` (default 0.4 of the box per side) to take
-in hair and ears. Where it fails, give boxes (``crop=box``) or crop=none on aligned faces.
+faces rolled more than ~20 degrees, faces smaller than ``min_size`` (default 1/10 of the
+photo's short side), heavily occluded or very dark faces, and it can fire on face-like
+textures. Its box covers brows to chin, so crops add a ``margin`` (default 0.4 of the box
+per side) to take in hair and ears. Where it fails, give boxes (``crop=box``), or use
+crop=none on aligned face photos.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 __all__ = ["Box", "FaceDetector", "expand_box", "read_boxes"]
@@ -22,22 +24,22 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, end exclusive
 
 
 class FaceDetector:
-    """Frontal faces with OpenCV's bundled Haar cascade, largest first."""
+    """Frontal faces with scikit-image's bundled LBP cascade, largest first."""
 
-    def __init__(self, cascade: str = "haarcascade_frontalface_default.xml",
-                 min_size: float = 0.05) -> None:
-        path = Path(cv2.data.haarcascades) / cascade
-        self.cascade = cv2.CascadeClassifier(str(path))
-        if self.cascade.empty():
-            raise FileNotFoundError(f"OpenCV's face cascade {path} is missing or unreadable")
-        self.min_size = min_size
+    def __init__(self, min_size: float = 0.1, scale_factor: float = 1.2) -> None:
+        from skimage.data import lbp_frontal_face_cascade_filename
+        from skimage.feature import Cascade
+
+        self.cascade = Cascade(lbp_frontal_face_cascade_filename())
+        self.min_size, self.scale_factor = min_size, scale_factor
 
     def __call__(self, rgb: np.ndarray) -> list[Box]:
-        grey = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-        side = max(24, round(self.min_size * min(grey.shape)))
-        found = self.cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
-                                              minSize=(side, side))
-        boxes = [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h in found]
+        short = min(rgb.shape[:2])
+        side = max(24, round(self.min_size * short))
+        found = self.cascade.detect_multi_scale(img=rgb, scale_factor=self.scale_factor,
+                                                step_ratio=1, min_size=(side, side),
+                                                max_size=(short, short))
+        boxes = [(d["c"], d["r"], d["c"] + d["width"], d["r"] + d["height"]) for d in found]
         return sorted(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
 
 
