@@ -194,7 +194,7 @@ def test_expand_box_and_boxes_file(tmp_path):
 
 def test_photos_of_every_kind_become_upright_rgb(tmp_path):
     rgb = photo(7, (20, 30))
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(tmp_path / "g16.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(tmp_path / "g16.png")
     assert (read_photo(tmp_path / "g16.png")[..., 1] == rgb[..., 0]).all()
     Image.fromarray(rgb).convert("RGBA").save(tmp_path / "a.png")
     Image.fromarray(rgb).convert("P").save(tmp_path / "p.png")
