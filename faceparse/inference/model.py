@@ -7,6 +7,9 @@ session) plugs in here and nowhere else.
 
 from __future__ import annotations
 
+import pickle
+import struct
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_chec
 from faceparse.fast_path import FastPath
 from faceparse.inference.batch import prepare_for_inference
 from faceparse.labels import LabelScheme
+from faceparse.safe_load import UnsafeCheckpointError
 
 __all__ = ["LoadedModel", "load_model", "resolve_device"]
 
@@ -54,7 +58,14 @@ def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
                fast_path: FastPath | None = None) -> LoadedModel:
     """Any checkpoint ``load_face_parser`` takes, or a training run folder, ready to run."""
     located = locate_checkpoint(ckpt)
-    file = read_checkpoint(located.path, trust_pickle)
+    try:
+        file = read_checkpoint(located.path, trust_pickle)
+    except UnsafeCheckpointError:
+        raise
+    except (RuntimeError, EOFError, struct.error, pickle.UnpicklingError, zipfile.BadZipFile
+            ) as err:  # torch.load on a file that is not a checkpoint at all
+        raise ValueError(f"ckpt={ckpt}: {located.path} is not a readable checkpoint "
+                         f"({type(err).__name__}: {err})") from err
     net, scheme = load_face_parser(file, vit_weights, trust_pickle)
     target = resolve_device(device)
     net = prepare_for_inference(net, target, fast_path)
