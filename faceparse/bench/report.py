@@ -25,6 +25,12 @@ def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float |
                 f"{i['gflops_per_image']:.1f} GFLOP/img{mfu}",
                 i[mode]["images_per_s"], i[mode]["peak_mib"],
             )
+    if "predict" in results:
+        p = results["predict"]
+        setting = (f"{p['images']} JPEGs {p['photo_size']}px -> {p['image_size']}px, "
+                   f"model {p['model_share']:.0%} of the time")
+        rows["predict end to end"] = (setting, p["end_to_end_images_per_s"], None)
+        rows["predict model only"] = ("same inputs, forward only", p["model_images_per_s"], None)
     return rows
 
 

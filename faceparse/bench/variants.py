@@ -17,6 +17,7 @@ from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
 from faceparse.bench.measure import machine
+from faceparse.bench.predict_section import bench_predict
 from faceparse.bench.sections import bench_data, bench_infer, bench_train
 
 __all__ = ["SECTIONS", "run", "run_variants"]
@@ -24,7 +25,7 @@ __all__ = ["SECTIONS", "run", "run_variants"]
 log = logging.getLogger(__name__)
 
 SECTIONS: dict[str, Callable[[DictConfig], Any]] = {
-    "data": bench_data, "train": bench_train, "infer": bench_infer,
+    "data": bench_data, "train": bench_train, "infer": bench_infer, "predict": bench_predict,
 }
 
 
