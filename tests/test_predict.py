@@ -252,3 +252,21 @@ def test_mask_png_names_its_scheme_and_classes(parser, tmp_path):
     assert vis.shape[0] == 45 and vis.shape[1] > 2 * 70
     probs = np.load(tmp_path / "x_probs.npz")["probs"]
     assert probs.dtype == np.float16 and probs.shape == result.probs.shape
+
+
+# --------------------------------------------------------------------------- bench section
+
+
+def test_bench_predict_section_measures_a_folder_end_to_end(compose, tmp_path):
+    from faceparse.bench.report import format_table
+    from faceparse.bench.variants import run
+
+    cfg = compose(["cnn.arch=vgg11_bn", "vit.size=small", "decoder.decoder_channels=32",
+                   "data.image_size=32", "bench.sections=[predict]", "bench.predict.images=3",
+                   "bench.predict.photo_size=64", "bench.predict.workers=0", "bench.device=cpu"],
+                  config="bench", output_dir=tmp_path)
+    result = run(cfg)["predict"]
+    assert (result["images"], result["failed"], result["image_size"]) == (3, 0, 32)
+    assert result["end_to_end_images_per_s"] > 0 and result["model_images_per_s"] > 0
+    assert 0 < result["model_share"]
+    assert "predict end to end" in format_table({"predict": result})

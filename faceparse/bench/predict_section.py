@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from faceparse.checkpoints import META_KEY, checkpoint_metadata
 from faceparse.inference.folder import WriteOptions, predict_files
-from faceparse.inference.images import output_stems
+from faceparse.inference.images import output_stems, read_photo
 from faceparse.inference.predictor import Parser
 from faceparse.labels import get_scheme
 
@@ -34,6 +34,7 @@ def write_photos(folder: Path, count: int, side: int, seed: int = 0) -> list[Pat
 
     base = cv2.resize(astronaut(), (side + 64, side + 64), interpolation=cv2.INTER_AREA)
     rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
     files = []
     for n in range(count):
         y, x = rng.integers(0, 64, 2)
@@ -57,8 +58,7 @@ def bench_predict(cfg: DictConfig) -> dict[str, Any]:
         parser = Parser.from_checkpoint(ckpt, device=cfg.bench.device,
                                         batch_size=cfg.data.batch_size)
         files = write_photos(folder / "in", int(options.images), int(options.photo_size))
-        prepared = torch.stack([parser.prepare(cv2.imread(str(f))[..., ::-1].copy())[0]
-                                for f in files])
+        prepared = torch.stack([parser.prepare(read_photo(f))[0] for f in files])
         parser.forward(prepared[: cfg.data.batch_size])  # warm-up
         start = time.perf_counter()
         parser.forward(prepared)
