@@ -31,6 +31,12 @@ def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float |
             rows[f"deploy {engine}"] = (
                 f"{d['batch_size']}x{d['image_size']}px fp32 median of {d['repeats']}",
                 d[engine]["images_per_s"], None)
+    if "predict" in results:
+        p = results["predict"]
+        setting = (f"{p['images']} JPEGs {p['photo_size']}px -> {p['image_size']}px, "
+                   f"model {p['model_share']:.0%} of the time")
+        rows["predict end to end"] = (setting, p["end_to_end_images_per_s"], None)
+        rows["predict model only"] = ("same inputs, forward only", p["model_images_per_s"], None)
     return rows
 
 

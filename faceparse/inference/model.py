@@ -1,0 +1,74 @@
+"""One place that turns a ``ckpt=`` argument into a runnable net for prediction.
+
+Everything that predicts (the :class:`~faceparse.inference.predictor.Parser`, the predict
+command, the bench) loads through :func:`load_model`, so another runtime (an ONNX Runtime
+session) plugs in here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
+from faceparse.fast_path import FastPath
+from faceparse.inference.batch import prepare_for_inference
+from faceparse.labels import LabelScheme
+from faceparse.safe_load import UnsafeCheckpointError
+
+__all__ = ["LoadedModel", "load_model", "resolve_device"]
+
+Net = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class LoadedModel:
+    """A net (normalised float NCHW -> logits NCHW) and what running it needs to know.
+
+    ``image_size`` is the side the checkpoint was trained at (``None``: not recorded);
+    input sides must be multiples of ``size_multiple``.
+    """
+
+    net: Net
+    scheme: LabelScheme
+    image_size: int | None
+    size_multiple: int
+    device: torch.device
+    source: Path
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` is CUDA when there is one; ``cuda`` without a GPU is refused clearly."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device}: no CUDA GPU is available here; use device=cpu")
+    return resolved
+
+
+def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
+               device: str | torch.device = "auto", trust_pickle: bool = False,
+               fast_path: FastPath | None = None) -> LoadedModel:
+    """Any checkpoint ``load_face_parser`` takes, or a training run folder, ready to run."""
+    located = locate_checkpoint(ckpt)
+    try:
+        file = read_checkpoint(located.path, trust_pickle)
+    except UnsafeCheckpointError:
+        raise
+    except (RuntimeError, EOFError, struct.error, pickle.UnpicklingError, zipfile.BadZipFile
+            ) as err:  # torch.load on a file that is not a checkpoint at all
+        raise ValueError(f"ckpt={ckpt}: {located.path} is not a readable checkpoint "
+                         f"({type(err).__name__}: {err})") from err
+    net, scheme = load_face_parser(file, vit_weights, trust_pickle)
+    target = resolve_device(device)
+    net = prepare_for_inference(net, target, fast_path)
+    image_size = (file.metadata or {}).get("image_size")
+    return LoadedModel(net, scheme, int(image_size) if image_size else None,
+                       int(net.size_multiple), target, located.path)

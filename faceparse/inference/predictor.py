@@ -1,0 +1,225 @@
+"""The Python predictor: a checkpoint in, label maps at each photo's own size out.
+
+    parser = Parser.from_checkpoint("outputs/train/runs/<run>")   # or a .ckpt file
+    result = parser("photo.jpg")            # or a PIL image, an HxWx3 uint8 array, a tensor
+    result.labels, result.class_names, result.color()
+
+Preprocessing is the training's evaluation transform (resize + ImageNet normalisation);
+the model's logits are resized back to the photo before the argmax (:mod:`.resize`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from faceparse.data.transforms import IMAGENET_MEAN, eval_transform
+from faceparse.fast_path import auto_precision
+from faceparse.inference.faces import Box, FaceDetector, expand_box
+from faceparse.inference.images import to_rgb
+from faceparse.inference.model import LoadedModel, load_model
+from faceparse.inference.resize import labels_at_size, strips
+from faceparse.labels import LabelScheme, colorize, get_scheme, mapping_lut
+
+__all__ = ["CROPS", "ParseResult", "Parser", "Placement"]
+
+CROPS = ("none", "faces", "box")
+PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+@dataclass
+class ParseResult:
+    """``labels`` (H, W) uint8 ids of ``scheme`` at the photo's size; ``probs`` (C, H, W)
+    float16 of the model's classes when asked; ``boxes`` the face crops used (crop=faces|box).
+    """
+
+    labels: np.ndarray
+    scheme: LabelScheme
+    probs: np.ndarray | None = None
+    boxes: list[Box] = field(default_factory=list)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.scheme.class_names
+
+    def color(self) -> np.ndarray:
+        """The label map in the scheme's palette colours, RGB uint8."""
+        return colorize(self.labels, self.scheme)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a photo (or crop) sits in the square model input: rows and columns used."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+class Parser:
+    """Parse photos with a loaded model; see the module docstring.
+
+    Args:
+        model: from :func:`~faceparse.inference.model.load_model`.
+        image_size: model input side; default the checkpoint's training size.
+        keep_aspect: letterbox instead of stretching; the padding is cropped off again.
+        crop: ``none`` (the photo is one face), ``faces`` (detect faces, parse each crop
+            and paste the logits back) or ``box`` (boxes given per call).
+        margin: share of the box size added on each side of a face crop.
+        labels: write label maps in this scheme (name-based mapping); default the model's.
+        precision: ``auto`` (bf16 autocast on a GPU that has it, fp32 otherwise) or a
+            Lightning precision string (``32-true``, ``bf16-mixed``, ``16-mixed``).
+    """
+
+    def __init__(self, model: LoadedModel, image_size: int | None = None,
+                 keep_aspect: bool = False, crop: str = "none", margin: float = 0.4,
+                 labels: str | None = None, precision: str = "auto", batch_size: int = 8,
+                 detector: FaceDetector | None = None) -> None:
+        self.model = model
+        size = image_size or model.image_size
+        if size is None:
+            raise ValueError(f"{model.source} does not record the image size it was trained "
+                             f"at: pass image_size=<the data.image_size it was trained with>")
+        if size % model.size_multiple:
+            raise ValueError(f"image_size={size} must be a multiple of "
+                             f"{model.size_multiple} for this model")
+        if crop not in CROPS:
+            raise ValueError(f"crop={crop}: choose one of {', '.join(CROPS)}")
+        if precision == "auto":
+            precision = auto_precision("cuda" if model.device.type == "cuda" else "cpu")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision}: choose auto or one of "
+                             f"{', '.join(PRECISIONS)}")
+        self.image_size, self.keep_aspect, self.crop, self.margin = size, keep_aspect, crop, margin
+        self.autocast_dtype = PRECISIONS[precision]
+        self.batch_size = batch_size
+        self.out_scheme = get_scheme(labels) if labels else model.scheme
+        self.lut = mapping_lut(model.scheme, self.out_scheme) if labels else None
+        self.unmapped = ([n for i, n in enumerate(model.scheme.class_names) if self.lut[i] == 255]
+                         if self.lut is not None else [])
+        self.detector = detector if detector is not None or crop != "faces" else FaceDetector()
+        self._transform = eval_transform(size)
+        self._background = (model.scheme.index("background")
+                            if "background" in model.scheme.class_names else 0)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, vit_weights: str | Path | None = None,
+                        device: str = "auto", trust_pickle: bool = False, **options
+                        ) -> Parser:
+        """A parser for a checkpoint file or a training run folder; ``options`` as above."""
+        return cls(load_model(path, vit_weights, device, trust_pickle), **options)
+
+    @property
+    def scheme(self) -> LabelScheme:
+        return self.out_scheme
+
+    # ------------------------------------------------------------------ model side
+
+    def prepare(self, rgb: np.ndarray) -> tuple[torch.Tensor, Placement]:
+        """The normalised (3, S, S) model input for an RGB photo and where it sits in it."""
+        s = self.image_size
+        height, width = rgb.shape[:2]
+        if not self.keep_aspect:
+            return self._transform(image=rgb)["image"], Placement(0, 0, s, s)
+        scale = s / max(height, width)
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        canvas = np.empty((s, s, 3), np.uint8)
+        # the mean colour is zero once normalised: the padding carries no signal
+        canvas[:] = np.round(np.asarray(IMAGENET_MEAN) * 255).astype(np.uint8)
+        top, left = (s - h) // 2, (s - w) // 2
+        canvas[top:top + h, left:left + w] = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA
+                                                         if scale < 1 else cv2.INTER_LINEAR)
+        return self._transform(image=canvas)["image"], Placement(top, left, h, w)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits (N, C, S, S) for normalised inputs, ``batch_size`` at a time, float32."""
+        device = self.model.device
+        outputs = []
+        with torch.inference_mode(), torch.autocast(device.type, self.autocast_dtype or
+                                                    torch.float32,
+                                                    enabled=self.autocast_dtype is not None):
+            for chunk in batch.split(self.batch_size):
+                outputs.append(self.model.net(chunk.to(device, non_blocking=True)).float())
+        return torch.cat(outputs)
+
+    def photo_logits(self, rgbs: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Per photo (crop=none), the model-resolution logits of the region it occupies."""
+        prepared = [self.prepare(rgb) for rgb in rgbs]
+        logits = self.forward(torch.stack([t for t, _ in prepared]))
+        return [lg[:, p.top:p.top + p.height, p.left:p.left + p.width]
+                for lg, (_, p) in zip(logits, prepared, strict=True)]
+
+    # ------------------------------------------------------------------ photo side
+
+    def finish(self, logits: torch.Tensor, size: tuple[int, int], probs: bool,
+               boxes: list[Box] | None = None) -> ParseResult:
+        """Model-resolution logits -> a result at ``size`` in the output scheme."""
+        labels, prob = labels_at_size(logits, size, probs)
+        return self._result(labels, prob, boxes or [])
+
+    def _result(self, labels: np.ndarray, probs: np.ndarray | None, boxes: list[Box]
+                ) -> ParseResult:
+        if self.lut is not None:
+            labels = self.lut[labels]
+        return ParseResult(labels, self.out_scheme, probs, boxes)
+
+    def _paste(self, rgb: np.ndarray, boxes: list[Box], probs: bool) -> ParseResult:
+        """Parse each box and paste its logits back; background outside every box."""
+        crops = [rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in boxes]
+        logits = self.photo_logits(crops) if crops else []
+        return self.paste(rgb.shape[:2], boxes, logits, probs)
+
+    def paste(self, size: tuple[int, int], boxes: Sequence[Box], logits: Sequence[torch.Tensor],
+              probs: bool = False) -> ParseResult:
+        """Each box's model-resolution logits resized into it; where boxes overlap the more
+        confident one wins; background outside every box."""
+        labels = np.full(size, self._background, np.uint8)
+        best = np.full(size, -np.inf, np.float32)  # winning probability where boxes overlap
+        prob = None
+        if probs:
+            prob = np.zeros((self.model.scheme.num_classes, *size), np.float16)
+            prob[self._background] = 1
+        for (x0, y0, x1, y1), box_logits in zip(boxes, logits, strict=True):
+            for start, stop, strip in strips(box_logits, (y1 - y0, x1 - x0)):
+                soft = strip.softmax(0)
+                score, ids = (t.cpu().numpy() for t in soft.max(0))
+                rows = slice(y0 + start, y0 + stop)
+                win = score > best[rows, x0:x1]
+                labels[rows, x0:x1][win] = ids[win]
+                best[rows, x0:x1][win] = score[win]
+                if prob is not None:
+                    region = prob[:, rows, x0:x1]
+                    region[:, win] = soft.half().cpu().numpy()[:, win]
+        return self._result(labels, prob, list(boxes))
+
+    def boxes_for(self, rgb: np.ndarray, boxes: Sequence[Box] | None) -> list[Box]:
+        """The crops for one photo: detected faces or given boxes, with the margin."""
+        height, width = rgb.shape[:2]
+        if self.crop == "faces":
+            boxes = self.detector(rgb)
+        elif boxes is None:
+            raise ValueError("crop=box needs boxes for every image (boxes= / a boxes JSON file)")
+        return [b for b in (expand_box(b, self.margin, width, height) for b in boxes) if b]
+
+    def __call__(self, image, probs: bool = False, boxes: Sequence[Box] | None = None
+                 ) -> ParseResult:
+        """Parse one photo: a path, PIL image, HxWx3 uint8 RGB array or 3xHxW tensor."""
+        return self.predict_batch([image], probs, [boxes] if boxes is not None else None)[0]
+
+    def predict_batch(self, images: Sequence, probs: bool = False,
+                      boxes: Sequence[Sequence[Box] | None] | None = None
+                      ) -> list[ParseResult]:
+        """Parse several photos of any sizes; one forward pass per ``batch_size``."""
+        rgbs = [to_rgb(image) for image in images]
+        if self.crop != "none":
+            given = boxes if boxes is not None else [None] * len(rgbs)
+            return [self._paste(rgb, self.boxes_for(rgb, b), probs)
+                    for rgb, b in zip(rgbs, given, strict=True)]
+        return [self.finish(logits, rgb.shape[:2], probs)
+                for rgb, logits in zip(rgbs, self.photo_logits(rgbs), strict=True)]

@@ -1,0 +1,272 @@
+"""The Python predictor and its parts: reading photos, resizing logits, crops, outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from PIL import Image
+
+from faceparse.checkpoints import META_KEY, checkpoint_metadata
+from faceparse.data.io import BadSampleError
+from faceparse.inference import Parser, load_model
+from faceparse.inference.faces import FaceDetector, expand_box, read_boxes
+from faceparse.inference.images import list_inputs, output_stems, read_photo, to_rgb
+from faceparse.inference.outputs import read_mask_scheme, write_outputs
+from faceparse.inference.resize import labels_at_size, strips
+from faceparse.labels import get_scheme, mapping_lut
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def save_tiny_checkpoint(compose, tiny, path: Path, image_size: int | None = 32) -> Path:
+    """A checkpoint of a tiny random net in our format (no training needed)."""
+    cfg = compose(list(tiny))
+    torch.manual_seed(0)
+    net = instantiate(cfg.model.net)
+    meta = checkpoint_metadata(net.config, get_scheme(cfg.data.labels), image_size)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                META_KEY: meta}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(compose, tiny, tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(compose, tiny, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="module")
+def parser(ckpt) -> Parser:
+    return Parser.from_checkpoint(ckpt, device="cpu")
+
+
+def photo(seed: int = 0, size: tuple[int, int] = (45, 70)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------- logits resize
+
+
+@pytest.mark.parametrize("size", [(37, 53), (9, 8), (150, 90)])
+def test_strips_equal_one_full_resize(size):
+    logits = torch.randn(5, 16, 16, generator=torch.Generator().manual_seed(0))
+    full = F.interpolate(logits[None], size=size, mode="bilinear", align_corners=False)[0]
+    budget = 4 * 5 * size[1] * 3  # three rows at a time
+    parts = list(strips(logits, size, budget))
+    assert all(stop - start <= 3 for start, stop, _ in parts)
+    torch.testing.assert_close(torch.cat([s for *_, s in parts], 1), full)
+    labels, probs = labels_at_size(logits, size, probs=True, budget=budget)
+    np.testing.assert_array_equal(labels, full.argmax(0).numpy())
+    np.testing.assert_allclose(probs.astype(np.float32), full.softmax(0).numpy(), atol=1e-3)
+
+
+def test_a_24_megapixel_photo_is_resized_in_bounded_strips():
+    logits = torch.randn(19, 64, 64)
+    start, stop, strip = next(strips(logits, (4000, 6000)))
+    assert strip.shape == (19, stop - start, 6000)
+    assert strip.numel() * 4 <= 64 * 2**20 < 19 * 4000 * 6000 * 4
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+def test_every_input_type_gives_the_same_labels_at_the_photo_size(parser, tmp_path):
+    rgb = photo()
+    Image.fromarray(rgb).save(tmp_path / "p.png")
+    results = [parser(rgb), parser(Image.fromarray(rgb)), parser(tmp_path / "p.png"),
+               parser(torch.from_numpy(rgb).permute(2, 0, 1)),
+               parser(rgb.astype(np.float32) / 255)]
+    for result in results:
+        assert result.labels.shape == (45, 70) and result.labels.dtype == np.uint8
+        np.testing.assert_array_equal(result.labels, results[0].labels)
+    assert results[0].class_names == parser.model.scheme.class_names
+    assert results[0].color().shape == (45, 70, 3)
+
+
+def test_labels_are_the_argmax_of_logits_resized_to_the_photo(parser):
+    rgb = photo(1)
+    x = parser.prepare(rgb)[0][None]
+    with torch.no_grad():
+        logits = parser.model.net(x)
+    expected = F.interpolate(logits, size=(45, 70), mode="bilinear").argmax(1)[0].numpy()
+    result = parser(rgb, probs=True)
+    np.testing.assert_array_equal(result.labels, expected)
+    assert result.probs.shape == (parser.model.scheme.num_classes, 45, 70)
+    np.testing.assert_allclose(result.probs.astype(np.float32).sum(0), 1, atol=1e-2)
+
+
+def test_predict_batch_equals_one_by_one(parser):
+    images = [photo(2), photo(3, (20, 30)), photo(4, (64, 40))]
+    for one, batched in zip(map(parser, images), parser.predict_batch(images), strict=True):
+        np.testing.assert_array_equal(one.labels, batched.labels)
+
+
+def test_image_size_comes_from_the_checkpoint_or_must_be_given(tmp_path, ckpt):
+    assert load_model(ckpt, device="cpu").image_size == 32
+    contents = torch.load(ckpt, weights_only=True)
+    contents[META_KEY]["image_size"] = None  # as in checkpoints written before it was recorded
+    torch.save(contents, bare := tmp_path / "bare.ckpt")
+    with pytest.raises(ValueError, match="pass image_size="):
+        Parser.from_checkpoint(bare, device="cpu")
+    assert Parser.from_checkpoint(bare, device="cpu", image_size=64).image_size == 64
+
+
+def test_keep_aspect_letterboxes_and_crops_the_padding_away(parser):
+    keep = Parser(parser.model, keep_aspect=True)
+    tensor, place = keep.prepare(photo(size=(20, 40)))
+    assert (place.top, place.left, place.height, place.width) == (8, 0, 16, 32)
+    assert tensor[:, :8].abs().max() < 0.02  # padding is the mean colour: zero once normalised
+    assert keep(photo(size=(20, 40))).labels.shape == (20, 40)
+
+
+def test_labels_option_maps_by_name(parser):
+    mapped = Parser(parser.model, labels="ourface")
+    rgb = photo(5)
+    lut = mapping_lut(parser.model.scheme, "ourface")
+    np.testing.assert_array_equal(mapped(rgb).labels, lut[parser(rgb).labels])
+    assert mapped(rgb).scheme.name == "ourface"
+    with pytest.raises(KeyError, match="unknown label scheme 'nope'"):
+        Parser(parser.model, labels="nope")
+
+
+def test_crop_box_parses_the_box_and_leaves_background_elsewhere(parser):
+    rgb = photo(6, (60, 80))
+    boxed = Parser(parser.model, crop="box", margin=0.0)
+    result = boxed(rgb, boxes=[(10, 5, 50, 45)])
+    alone = parser(rgb[5:45, 10:50]).labels
+    np.testing.assert_array_equal(result.labels[5:45, 10:50], alone)
+    outside = np.ones((60, 80), bool)
+    outside[5:45, 10:50] = False
+    assert (result.labels[outside] == 0).all()
+    with pytest.raises(ValueError, match="crop=box needs boxes"):
+        boxed(rgb)
+
+
+def test_uint8_and_bad_arrays_are_handled_clearly(parser):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        to_rgb(np.full((4, 4, 3), 2.0, np.float32))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        to_rgb(np.zeros((4, 4, 5), np.uint8))
+    assert parser(np.zeros((10, 12), np.uint8)).labels.shape == (10, 12)  # grey accepted
+
+
+def test_a_checkpoint_of_the_wrong_kind_is_named(tmp_path):
+    torch.save({"weights": 1}, tmp_path / "odd.ckpt")
+    with pytest.raises(ValueError, match="odd.ckpt is not a Lightning checkpoint"):
+        load_model(tmp_path / "odd.ckpt", device="cpu")
+
+
+# --------------------------------------------------------------------------- faces
+
+
+def test_the_detector_finds_the_astronauts_face_and_crop_faces_parses_it(parser):
+    skimage_data = pytest.importorskip("skimage.data")
+    astronaut = skimage_data.astronaut()
+    boxes = FaceDetector()(astronaut)
+    assert len(boxes) == 1
+    x0, y0, x1, y1 = boxes[0]
+    assert 190 < (x0 + x1) / 2 < 250 and 90 < (y0 + y1) / 2 < 140  # her face, not the flag
+    result = Parser(parser.model, crop="faces", margin=0.25)(astronaut)
+    assert result.boxes == [expand_box(boxes[0], 0.25, 512, 512)]
+    bx0, by0, bx1, by1 = result.boxes[0]
+    outside = np.ones((512, 512), bool)
+    outside[by0:by1, bx0:bx1] = False
+    assert (result.labels[outside] == 0).all() and result.labels.shape == (512, 512)
+
+
+def test_expand_box_and_boxes_file(tmp_path):
+    assert expand_box((10, 10, 20, 30), 0.5, 100, 100) == (5, 0, 25, 40)
+    assert expand_box((200, 200, 220, 220), 0.1, 100, 100) is None
+    (tmp_path / "b.json").write_text('{"a.jpg": [[1, 2, 3, 4]]}')
+    assert read_boxes(tmp_path / "b.json") == {"a.jpg": [(1, 2, 3, 4)]}
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="bad.json"):
+        read_boxes(tmp_path / "bad.json")
+
+
+# --------------------------------------------------------------------------- reading photos
+
+
+def test_photos_of_every_kind_become_upright_rgb(tmp_path):
+    rgb = photo(7, (20, 30))
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    assert (read_photo(tmp_path / "g16.png")[..., 1] == rgb[..., 0]).all()
+    Image.fromarray(rgb).convert("RGBA").save(tmp_path / "a.png")
+    Image.fromarray(rgb).convert("P").save(tmp_path / "p.png")
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.tif")
+    frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb)]
+    frames[0].save(tmp_path / "m.gif", save_all=True, append_images=frames[1:])
+    for name in ("a.png", "p.png", "c.tif", "m.gif"):
+        assert read_photo(tmp_path / name).shape == (20, 30, 3), name
+    np.testing.assert_array_equal(read_photo(tmp_path / "a.png"), rgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    Image.fromarray(rgb).save(tmp_path / "r.jpg", exif=exif, quality=95)
+    assert read_photo(tmp_path / "r.jpg").shape == (30, 20, 3)
+
+
+def test_unreadable_files_are_refused_naming_them(tmp_path):
+    Image.fromarray(photo(size=(64, 64))).save(tmp_path / "t.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "t.jpg").read_bytes()[:300])
+    (tmp_path / "text.jpg").write_text("not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "dir.jpg").mkdir()
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "link.jpg")
+    for name in ("cut.jpg", "text.jpg", "empty.png", "dir.jpg", "link.jpg"):
+        with pytest.raises(BadSampleError, match=name):
+            read_photo(tmp_path / name)
+
+
+def test_inputs_get_distinct_outputs_and_the_output_folder_is_not_read(tmp_path):
+    for rel in ("a.jpg", "a.png", "sub/a.jpg", "out/a_mask.png", "notes.txt"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    files, root = list_inputs(tmp_path, tmp_path / "out")
+    assert sorted(f.relative_to(tmp_path).as_posix() for f in files) == [
+        "a.jpg", "a.png", "sub/a.jpg"]
+    stems = output_stems(files, root)
+    assert sorted(s.as_posix() for s in stems) == ["a_jpg", "a_png", "sub/a"]
+    globbed, groot = list_inputs(str(tmp_path / "*.jpg"))
+    assert globbed == [tmp_path / "a.jpg"] and output_stems(globbed, groot) == [Path("a")]
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        list_inputs(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images or videos"):
+        list_inputs(tmp_path / "empty")
+
+
+def test_mask_png_names_its_scheme_and_classes(parser, tmp_path):
+    rgb = photo(8)
+    result = parser(rgb, probs=True)
+    write_outputs(tmp_path, Path("x"), rgb, result, True, 0.5, parser.model.scheme)
+    mask = np.asarray(Image.open(tmp_path / "x_mask.png"))
+    np.testing.assert_array_equal(mask, result.labels)
+    name, classes = read_mask_scheme(tmp_path / "x_mask.png")
+    assert name == result.scheme.name and tuple(classes) == result.class_names
+    vis = np.asarray(Image.open(tmp_path / "x_visualization.png"))
+    assert vis.shape[0] == 45 and vis.shape[1] > 2 * 70
+    probs = np.load(tmp_path / "x_probs.npz")["probs"]
+    assert probs.dtype == np.float16 and probs.shape == result.probs.shape
+
+
+# --------------------------------------------------------------------------- bench section
+
+
+def test_bench_predict_section_measures_a_folder_end_to_end(compose, tmp_path):
+    from faceparse.bench.report import format_table
+    from faceparse.bench.variants import run
+
+    cfg = compose(["cnn.arch=vgg11_bn", "vit.size=small", "decoder.decoder_channels=32",
+                   "data.image_size=32", "bench.sections=[predict]", "bench.predict.images=3",
+                   "bench.predict.photo_size=64", "bench.predict.workers=0", "bench.device=cpu"],
+                  config="bench", output_dir=tmp_path)
+    result = run(cfg)["predict"]
+    assert (result["images"], result["failed"], result["image_size"]) == (3, 0, 32)
+    assert result["end_to_end_images_per_s"] > 0 and result["model_images_per_s"] > 0
+    assert result["model_share"] > 0
+    assert "predict end to end" in format_table({"predict": result})

@@ -1,0 +1,132 @@
+"""``python -m faceparse.predict``: what it writes, what it skips, how it refuses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from faceparse.inference.outputs import read_mask_scheme
+from faceparse.predict import predict
+from tests.test_predict import save_tiny_checkpoint
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture(scope="module")
+def ckpt(compose, tiny, tmp_path_factory) -> Path:
+    return save_tiny_checkpoint(compose, tiny, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+def _image(path: Path, size: tuple[int, int], seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path)
+
+
+def _video(path: Path, frames: int = 4) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (48, 32))
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    for _ in range(frames):  # a still scene with sensor noise: what smoothing is for
+        noise = rng.integers(-20, 21, base.shape)
+        writer.write(np.clip(base.astype(int) + noise, 0, 255).astype(np.uint8))
+    writer.release()
+
+
+def run_predict(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run([sys.executable, "-m", "faceparse.predict", "device=cpu",
+                           "num_workers=1", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def _cfg(compose, tmp_path: Path, ckpt: Path, *overrides: str):
+    return compose([f"ckpt={ckpt}", "device=cpu", "num_workers=0", *overrides],
+                   config="predict", output_dir=tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_folder_run_writes_every_output_and_resumes(compose, ckpt, tmp_path):
+    photos = tmp_path / "photos"
+    _image(photos / "a.jpg", (40, 60))
+    _image(photos / "a.png", (30, 50), 1)
+    _image(photos / "sub" / "a.jpg", (20, 30), 2)
+    (photos / "bad.jpg").write_text("not an image")
+    os.symlink(photos / "gone.jpg", photos / "broken.jpg")
+    _video(photos / "clip.mp4")
+    out = photos / "masks"  # inside the input folder: must not be read back
+    done = run_predict(f"ckpt={ckpt}", f"input={photos}", f"output_dir={out}",
+                       "labels=ourface", "save_probs=true", "smoothing=0.7",
+                       f"hydra.run.dir={tmp_path / 'run'}")
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    for stem, size in (("a_jpg", (40, 60)), ("a_png", (30, 50)), ("sub/a", (20, 30))):
+        mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
+        assert mask.shape == size and mask.max() < 11
+        assert read_mask_scheme(out / f"{stem}_mask.png")[0] == "ourface"
+        for kind in ("color.png", "overlay.png", "visualization.png", "probs.npz"):
+            assert (out / f"{stem}_{kind}").is_file(), kind
+    assert "bad.jpg" in log and "broken.jpg" in log
+    assert "7 images, 2 failed, 0 skipped" in log  # 3 photos + 4 video frames
+    assert (out / "clip_overlay.mp4").stat().st_size > 0
+    assert len(list((out / "clip_frames").glob("*_mask.png"))) == 4
+    assert "flicker" in log
+    again = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}", f"output_dir={out}",
+                         "labels=ourface", "save_probs=true"))
+    assert (again["images"], again["failed"], again["skipped"]) == (0, 2, 3)
+
+
+@pytest.mark.slow
+def test_exit_code_is_nonzero_only_when_every_input_failed(ckpt, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.png").write_bytes(b"")
+    done = run_predict(f"ckpt={ckpt}", f"input={tmp_path / 'in'}",
+                       f"output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert done.returncode == 1 and "x.png" in done.stdout + done.stderr
+    missing = run_predict(f"ckpt={ckpt}", f"input={tmp_path / 'nope'}",
+                          f"hydra.run.dir={tmp_path / 'run2'}")
+    assert missing.returncode == 2
+    assert "input=" in missing.stdout + missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize(("overrides", "error", "message"), [
+    (("input=@nope",), FileNotFoundError, "input=.*no such file"),
+    (("input=@empty",), FileNotFoundError, "no images or videos"),
+    (("input=@photo.png", "labels=klingon"), KeyError, "unknown label scheme 'klingon'"),
+    (("input=@photo.png", "crop=box"), ValueError, "crop=box needs boxes"),
+    (("input=@video.mp4",), ValueError, "OpenCV cannot open this video"),
+])
+def test_bad_arguments_are_one_clear_error(compose, ckpt, tmp_path, overrides, error, message):
+    (tmp_path / "empty").mkdir()
+    _image(tmp_path / "photo.png", (20, 20))
+    (tmp_path / "video.mp4").write_bytes(b"not a video")
+    overrides = [o.replace("@", f"{tmp_path}/") for o in overrides]
+    with pytest.raises(error, match=message):
+        predict(_cfg(compose, tmp_path, ckpt, *overrides, f"output_dir={tmp_path / 'out'}"))
+
+
+def test_a_wrong_checkpoint_is_refused_by_name(compose, tmp_path):
+    _image(tmp_path / "photo.png", (20, 20))
+    (tmp_path / "model.ckpt").write_bytes(b"junk")
+    with pytest.raises(Exception, match="model.ckpt"):
+        predict(_cfg(compose, tmp_path, tmp_path / "model.ckpt", f"input={tmp_path}/photo.png"))
+
+
+def test_crop_box_reads_boxes_from_json(compose, ckpt, tmp_path):
+    _image(tmp_path / "in" / "p.png", (40, 40))
+    (tmp_path / "boxes.json").write_text('{"p.png": [[0, 0, 20, 20]]}')
+    out = tmp_path / "out"
+    result = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                          f"output_dir={out}", "crop=box", f"boxes={tmp_path / 'boxes.json'}",
+                          "margin=0", "save_overlay=false"))
+    assert result["images"] == 1 and result["failed"] == 0
+    mask = np.asarray(Image.open(out / "p_mask.png"))
+    assert (mask[20:] == 0).all() and (mask[:, 20:] == 0).all()
+    assert not (out / "p_overlay.png").exists()
