@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -16,6 +17,7 @@ from faceparse.deploy import (
     load_onnx_parser,
     parity_inputs,
 )
+from faceparse.inference import LoadedModel, Parser, load_model
 from faceparse.labels import get_scheme
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -50,6 +52,29 @@ def test_a_static_export_refuses_other_sizes(tiny_net, tmp_path: Path) -> None:
         parser(torch.zeros(1, 3, 48, 48))
     with pytest.raises(ValueError, match="not a multiple of 16"):
         parser(torch.zeros(1, 3, 40, 40))
+
+
+def test_a_static_export_runs_any_batch_chunk_by_chunk(tiny_net, tmp_path: Path) -> None:
+    out = tmp_path / "static.onnx"
+    export_net(tiny_net, out, "onnx", get_scheme("ourface"), 32, dynamic=False)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_onnx_parser(out)(x), tiny_net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_predict_takes_an_onnx_file_and_parses_like_the_torch_net(tiny_net, tmp_path: Path
+                                                                  ) -> None:
+    out = tmp_path / "model.onnx"
+    scheme = get_scheme("ourface")
+    export_net(tiny_net, out, "onnx", scheme, 32, dynamic=True)
+    onnx = load_model(out, device="cpu")
+    assert onnx.source == out and onnx.scheme == scheme and onnx.image_size == 32
+    torch_model = LoadedModel(tiny_net, scheme, 32, 16, torch.device("cpu"), out)
+    photo = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    got = Parser(onnx, precision="32-true")(photo)
+    want = Parser(torch_model, precision="32-true")(photo)
+    assert got.labels.shape == (40, 56) and got.class_names == scheme.class_names
+    assert (got.labels == want.labels).mean() >= 0.999
 
 
 def test_torchscript_export_matches(tiny_net, tmp_path: Path) -> None:

@@ -84,15 +84,23 @@ class OnnxFaceParser:
         if h % self.size_multiple or w % self.size_multiple:
             raise ValueError(f"input {h}x{w} is not a multiple of {self.size_multiple}")
         fixed = self.session.get_inputs()[0].shape
-        if not self.dynamic and list(x.shape) != list(fixed):
+        if not self.dynamic and list(x.shape[1:]) != list(fixed[1:]):
             raise ValueError(f"{self.path.name} was exported for input {fixed} only, got "
                              f"{list(x.shape)}: export with dynamic=true for other sizes")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for ``x``; a static export's fixed batch is filled chunk by chunk."""
         self.check_input_size(x)
-        array = x.detach().to("cpu", torch.float32).numpy()
-        (logits,) = self.session.run(None, {self.input_name: np.ascontiguousarray(array)})
-        return torch.from_numpy(logits)
+        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        batch = self.session.get_inputs()[0].shape[0]
+        if self.dynamic or not isinstance(batch, int) or batch == len(array):
+            return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        outputs = []
+        for start in range(0, len(array), batch):
+            chunk = array[start:start + batch]
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)])
+            outputs.append(self.session.run(None, {self.input_name: padded})[0][:len(chunk)])
+        return torch.from_numpy(np.concatenate(outputs))
 
     def eval(self) -> OnnxFaceParser:  # so code written for nn.Module can call it
         return self

@@ -56,8 +56,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
                device: str | torch.device = "auto", trust_pickle: bool = False,
                fast_path: FastPath | None = None) -> LoadedModel:
-    """Any checkpoint ``load_face_parser`` takes, or a training run folder, ready to run."""
+    """Any checkpoint ``load_face_parser`` takes, a run folder, or an exported ``.onnx``.
+
+    An ONNX file runs through onnxruntime (``pip install 'faceparse[export]'``): no
+    training code, its scheme and sizes read from the file's metadata.
+    """
     located = locate_checkpoint(ckpt)
+    if located.path.suffix.lower() == ".onnx":
+        return _load_onnx(located.path, device)
     try:
         file = read_checkpoint(located.path, trust_pickle)
     except UnsafeCheckpointError:
@@ -72,3 +78,13 @@ def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
     image_size = (file.metadata or {}).get("image_size")
     return LoadedModel(net, scheme, int(image_size) if image_size else None,
                        int(net.size_multiple), target, located.path)
+
+
+def _load_onnx(path: Path, device: str | torch.device) -> LoadedModel:
+    from faceparse.deploy import load_onnx_parser  # onnxruntime is an optional extra
+
+    target = resolve_device(device)
+    net = load_onnx_parser(path, device=str(target))
+    # outputs come back on the CPU: the predictor moves inputs to model.device
+    return LoadedModel(net, net.scheme, net.image_size, net.size_multiple,
+                       torch.device("cpu"), path)
