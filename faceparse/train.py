@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from faceparse.checkpoints import start_from
 from faceparse.cli import hydra_entry
 from faceparse.safe_load import safe_globals
+from faceparse.training.job_status import record_job
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,14 @@ def _test_target(trainer: L.Trainer, trained: bool, resume: str | None) -> str |
         log.warning("no best checkpoint (no ModelCheckpoint, or fast_dev_run): testing the "
                     "weights as training left them")
     return best or None
+
+
+def _best_score(trainer: L.Trainer) -> dict[str, float]:
+    """``{"best/<monitor>": score}`` of the best checkpoint: what a sweep compares, not the
+    last epoch's value."""
+    callback = trainer.checkpoint_callback
+    score = getattr(callback, "best_model_score", None)
+    return {} if score is None else {f"best/{callback.monitor}": float(score)}
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -68,6 +77,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=resume,
                             weights_only=not trust_pickle)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics.update(_best_score(trainer))
         if cfg.test:
             tested = _test_target(trainer, cfg.train, resume)
             with safe_globals(tested or "checkpoint"):
@@ -84,10 +94,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def main(cfg: DictConfig) -> float | None:
     # A frozen ViT stays in eval mode on purpose; Lightning would warn about it every fit.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    metrics = train(cfg)
-    value = metrics.get(cfg.get("optimized_metric") or "")
+    value = record_job(train, cfg)  # a failed sweep job is recorded and returns None
     if value is not None:
-        log.info("%s = %.4f", cfg.optimized_metric, value)
+        log.info("%s (best checkpoint) = %.4f", cfg.optimized_metric, value)
     return value
 
 
