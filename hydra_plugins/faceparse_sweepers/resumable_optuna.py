@@ -4,8 +4,9 @@ The plugin's sweeper reloads a stored study (``load_if_exists``) but then runs `
 more trials and numbers the jobs from 0 again, writing over the first run's job folders.
 Here finished trials (complete, pruned or failed) count toward ``n_trials``, new jobs are
 numbered after every trial already in the study, and the sqlite file's folder is created
-before Optuna opens it. A search-space entry set to an empty string (``hydra.sweeper.params.fusion=""``)
-leaves the space: Hydra cannot delete a key of the sweeper's structured config.
+before Optuna opens it. A search-space entry set to an empty string
+(``hydra.sweeper.params.fusion=""``) leaves the space: Hydra cannot delete a key of
+the sweeper's structured config.
 """
 
 from __future__ import annotations
