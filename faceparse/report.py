@@ -28,9 +28,9 @@ __all__ = ["report", "main"]
 def report(sweep_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     """Write the report of ``sweep_dir``; return the files written."""
     sweep_dir = Path(sweep_dir)
+    jobs = collect_jobs(sweep_dir)  # first: a mistyped folder must not be created
     out = Path(out) if out else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    jobs = collect_jobs(sweep_dir)
     swept = swept_keys(jobs)
     rows = job_rows(jobs, swept)
     write_markdown(rows, out / "report.md", f"Sweep {sweep_dir}")
