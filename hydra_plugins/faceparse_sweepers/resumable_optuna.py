@@ -4,7 +4,8 @@ The plugin's sweeper reloads a stored study (``load_if_exists``) but then runs `
 more trials and numbers the jobs from 0 again, writing over the first run's job folders.
 Here finished trials (complete, pruned or failed) count toward ``n_trials``, new jobs are
 numbered after every trial already in the study, and the sqlite file's folder is created
-before Optuna opens it. A search-space entry set to an empty string
+before Optuna opens it. A resumed sampler is reseeded: with the config's seed it would
+propose the first run's points again. A search-space entry set to an empty string
 (``hydra.sweeper.params.fusion=""``) leaves the space: Hydra cannot delete a key of
 the sweeper's structured config.
 """
@@ -44,6 +45,8 @@ class ResumableOptunaSweeper(OptunaSweeper):
                 done = [t for t in study.trials if t.state.is_finished()]
                 impl.job_idx = len(study.trials)
                 impl.n_trials = max(0, impl.n_trials - len(done))
+                # a seeded sampler would draw the first run's points again
+                impl.sampler.reseed_rng()
                 log.info("resuming study %s: %d finished trials, %d to go",
                          impl.study_name, len(done), impl.n_trials)
                 if impl.n_trials == 0:
