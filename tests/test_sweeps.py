@@ -86,3 +86,35 @@ def test_optuna_study_resumes_without_rerunning_finished_trials(tiny, tmp_path: 
     rows = report_rows(sweep)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"finished"}
     assert {"optimizer.lr", "optimizer.weight_decay", "loss.aux_weight"} <= set(rows[0])
+
+
+def hydra_section(overrides: list[str]):
+    """The ``hydra`` part of the train config as a command line composes it."""
+    from hydra import compose, initialize_config_dir
+
+    from faceparse.cli import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True).hydra
+
+
+def test_optuna_search_space_and_study_file() -> None:
+    sweeper = hydra_section(["hparams_search=optuna"]).sweeper
+
+    assert sweeper._target_.endswith("ResumableOptunaSweeper")
+    assert sweeper.direction == "maximize" and sweeper.max_failure_rate == 1.0
+    assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay",
+                                   "decoder.decoder_channels", "loss.aux_weight", "fusion"}
+    assert sweeper.params.fusion == "choice(vit_only, concat, sum, gate, cross_attn)"
+    # one fixed folder per study name: the same command finds its study again
+    assert sweeper.storage == "sqlite:///multirun/train/optuna_search/optuna.db"
+
+
+def test_slurm_launcher_extends_the_plugin_config() -> None:
+    launcher = hydra_section(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]).launcher
+
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
+    assert launcher.max_num_timeout == 3         # requeued after a timeout or preemption
+    assert "qos" in launcher                     # the plugin's fields are all there
