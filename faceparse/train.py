@@ -24,6 +24,7 @@ from faceparse.checkpoints import start_from
 from faceparse.cli import CONF_DIR, hydra_entry
 from faceparse.safe_load import safe_globals
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
+from faceparse.training.job_status import record_job
 from faceparse.training.loggers import finish_wandb, log_config
 from faceparse.training.run_folder import CONFIG_FILE, resume_config
 
@@ -62,6 +63,14 @@ def refuse_unused_fusion(cfg: DictConfig) -> None:
         )
 
 
+def _best_score(trainer: L.Trainer) -> dict[str, float]:
+    """``{"best/<monitor>": score}`` of the best checkpoint: what a sweep compares, not the
+    last epoch's value."""
+    callback = trainer.checkpoint_callback
+    score = getattr(callback, "best_model_score", None)
+    return {} if score is None else {f"best/{callback.monitor}": float(score)}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as the config says; return the logged metrics as floats."""
     if not cfg.train and not cfg.get("ckpt_path"):
@@ -92,6 +101,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 trainer.fit(model, datamodule=datamodule, ckpt_path=resume,
                             weights_only=not trust_pickle)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics.update(_best_score(trainer))
         if cfg.test:
             tested = _test_target(trainer, cfg.train, resume)
             with safe_globals(tested or "checkpoint"):
@@ -110,10 +120,9 @@ def main(cfg: DictConfig) -> float | None:
     # A frozen ViT stays in eval mode on purpose; Lightning would warn about it every fit.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     quiet_other_ranks()
-    metrics = train(cfg)
-    value = metrics.get(cfg.get("optimized_metric") or "")
+    value = record_job(train, cfg)  # a failed sweep job is recorded and returns None
     if value is not None:
-        log.info("%s = %.4f", cfg.optimized_metric, value)
+        log.info("%s (best checkpoint) = %.4f", cfg.optimized_metric, value)
     return value
 
 

@@ -1,0 +1,57 @@
+"""Report a sweep: ``python -m faceparse.report <multirun folder> [--out <folder>]``.
+
+Writes ``report.md``, ``report.csv`` and PNG plots (into the sweep folder unless ``--out``):
+one row per job sorted by the headline test score, per-class F1, parameters, training
+images/s and peak memory; failed and running jobs are listed as such. Works while a sweep
+still runs. A positional folder rather than a Hydra config: it reads a sweep, it runs none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from faceparse.reporting import (
+    collect_jobs,
+    job_rows,
+    plot_classes,
+    plot_params,
+    swept_keys,
+    write_csv,
+    write_markdown,
+)
+
+__all__ = ["report", "main"]
+
+
+def report(sweep_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Write the report of ``sweep_dir``; return the files written."""
+    sweep_dir = Path(sweep_dir)
+    jobs = collect_jobs(sweep_dir)  # first: a mistyped folder must not be created
+    out = Path(out) if out else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    swept = swept_keys(jobs)
+    rows = job_rows(jobs, swept)
+    write_markdown(rows, out / "report.md", f"Sweep {sweep_dir}")
+    write_csv(rows, out / "report.csv")
+    files = [out / "report.md", out / "report.csv", *plot_params(rows, swept, out)]
+    classes = plot_classes(rows, out)
+    return files + ([classes] if classes else [])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m faceparse.report", description=__doc__)
+    parser.add_argument("sweep_dir", help="a multirun folder, e.g. multirun/train/<date>")
+    parser.add_argument("--out", help="where to write the report (default: the sweep folder)")
+    args = parser.parse_args(argv)
+    try:
+        files = report(args.sweep_dir, args.out)
+    except FileNotFoundError as error:
+        sys.exit(f"error: {error}")
+    print((Path(files[0])).read_text())
+    print("wrote " + ", ".join(str(f) for f in files))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""Sweep reports: collect every job of a multirun folder, tabulate and plot them."""
+
+from faceparse.reporting.collect import Job, collect_jobs, swept_keys
+from faceparse.reporting.plots import plot_classes, plot_params
+from faceparse.reporting.tables import SORT_KEY, job_rows, write_csv, write_markdown
+
+__all__ = ["SORT_KEY", "Job", "collect_jobs", "job_rows", "plot_classes", "plot_params",
+           "swept_keys", "write_csv", "write_markdown"]

@@ -1,0 +1,75 @@
+"""PNG plots of a sweep: the headline score against each swept parameter, and the per-class
+F1 of the best jobs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from faceparse.reporting.tables import SORT_KEY  # noqa: E402
+
+__all__ = ["plot_classes", "plot_params"]
+
+
+def _as_number(value: str) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def plot_params(rows: list[dict[str, Any]], swept: list[str], folder: Path) -> list[Path]:
+    """One scatter per swept key (log x for positive numbers spanning over 10x, categories
+    as positions); returns the written files."""
+    scored = [r for r in rows if not math.isnan(r[SORT_KEY])]
+    paths = []
+    for key in swept:
+        values = [r[key] for r in scored]
+        numbers = [_as_number(v) for v in values]
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        if numbers and all(n is not None for n in numbers):
+            ax.scatter(numbers, [r[SORT_KEY] for r in scored])
+            if min(numbers) > 0 and max(numbers) / min(numbers) > 10:
+                ax.set_xscale("log")
+        else:
+            names = sorted(set(map(str, values)))
+            ax.scatter([names.index(str(v)) for v in values], [r[SORT_KEY] for r in scored])
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_xlabel(key)
+        ax.set_ylabel(SORT_KEY)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = folder / f"param_{key.replace('/', '_')}.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def plot_classes(rows: list[dict[str, Any]], folder: Path, best: int = 3) -> Path | None:
+    """Grouped bars of the per-class test F1 of the ``best`` top jobs; None without scores."""
+    top = [r for r in rows if not math.isnan(r[SORT_KEY])][:best]
+    classes = [c.removeprefix("f1/") for c in rows[0] if c.startswith("f1/")] if rows else []
+    if not top or not classes:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(classes)), 3.5))
+    width = 0.8 / len(top)
+    for i, row in enumerate(top):
+        heights = [0.0 if math.isnan(row[f"f1/{c}"]) else row[f"f1/{c}"] for c in classes]
+        ax.bar([x + i * width for x in range(len(classes))], heights, width,
+               label=f"job {row['job']} ({row[SORT_KEY]:.3f})")
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(classes))], classes,
+                  rotation=40, ha="right")
+    ax.set_ylabel("test F1")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = folder / "classes_best.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

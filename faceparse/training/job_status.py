@@ -1,0 +1,80 @@
+"""Every training job leaves ``status.json`` in its run folder: running, finished or failed.
+
+In a sweep one bad job (an exception, an out-of-memory, a refused combination) must not end
+the whole multirun: Hydra's basic sweeper re-raises a job's exception. So in multirun mode
+the failure is written down (type, message, traceback) and the job returns ``None``, which
+the Optuna sweeper records as a failed trial and the basic/launcher sweeps simply keep.
+A single run still raises, so its user sees the error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from faceparse.training.distributed import is_rank_zero
+
+__all__ = ["STATUS_FILE", "in_multirun", "record_job", "sweep_value"]
+
+log = logging.getLogger(__name__)
+STATUS_FILE = "status.json"
+
+
+def in_multirun() -> bool:
+    """Whether this job is one of a Hydra multirun (sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # no Hydra config: called from Python
+        return False
+
+
+def sweep_value(metric: str | None, metrics: Mapping[str, float]) -> float | None:
+    """The value a sweeper optimises: the best checkpoint's ``metric`` when training kept one
+    (``best/<metric>``), else the last logged value; None when missing or NaN."""
+    if not metric:
+        return None
+    value = metrics.get(f"best/{metric}", metrics.get(metric))
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _write(folder: Path, **status: Any) -> None:
+    if not is_rank_zero():  # one status per run, written by the rank that owns the folder
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STATUS_FILE).write_text(json.dumps(status, indent=2))
+
+
+def record_job(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
+    """Run ``task(cfg)`` with its status recorded; return :func:`sweep_value` (None on a
+    failure in a multirun, after writing it down)."""
+    folder = Path(cfg.paths.output_dir)
+    started = time.time()
+    _write(folder, status="running", started=started)
+    try:
+        metrics = task(cfg)
+    except Exception as error:
+        _write(folder, status="failed", started=started, ended=time.time(),
+               error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # an out-of-memory job must not starve the next one
+        if not in_multirun():
+            raise
+        log.error("job failed, recorded in %s: %s: %s", folder / STATUS_FILE,
+                  type(error).__name__, error)
+        return None
+    value = sweep_value(cfg.get("optimized_metric"), metrics)
+    _write(folder, status="finished", started=started, ended=time.time(),
+           optimized_metric=cfg.get("optimized_metric"), value=value, metrics=metrics)
+    return value

@@ -1,0 +1,1 @@
+"""faceparse's Hydra plugins (Hydra only loads plugins from the ``hydra_plugins`` package)."""

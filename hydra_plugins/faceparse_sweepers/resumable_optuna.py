@@ -1,0 +1,54 @@
+"""The Optuna sweeper, made to resume: ``n_trials`` is the study's total, not a new batch.
+
+The plugin's sweeper reloads a stored study (``load_if_exists``) but then runs ``n_trials``
+more trials and numbers the jobs from 0 again, writing over the first run's job folders.
+Here finished trials (complete, pruned or failed) count toward ``n_trials``, new jobs are
+numbered after every trial already in the study, and the sqlite file's folder is created
+before Optuna opens it. A resumed sampler is reseeded: with the config's seed it would
+propose the first run's points again. A search-space entry set to an empty string
+(``hydra.sweeper.params.fusion=""``) leaves the space: Hydra cannot delete a key of
+the sweeper's structured config.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+log = logging.getLogger(__name__)
+
+
+def _sqlite_path(storage: object) -> Path | None:
+    url = str(storage or "")
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+class ResumableOptunaSweeper(OptunaSweeper):
+    """:class:`OptunaSweeper` whose re-run of the same command finishes the same study."""
+
+    def sweep(self, arguments: list[str]) -> None:
+        impl = self.sweeper
+        if impl.params:
+            impl.params = {k: v for k, v in impl.params.items() if v not in (None, "")}
+        db = _sqlite_path(impl.storage)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        if impl.storage and impl.study_name:
+            try:
+                study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
+            except KeyError:  # no such study yet
+                study = None
+            if study is not None:
+                done = [t for t in study.trials if t.state.is_finished()]
+                impl.job_idx = len(study.trials)
+                impl.n_trials = max(0, impl.n_trials - len(done))
+                # a seeded sampler would draw the first run's points again
+                impl.sampler.reseed_rng()
+                log.info("resuming study %s: %d finished trials, %d to go",
+                         impl.study_name, len(done), impl.n_trials)
+                if impl.n_trials == 0:
+                    return None
+        return super().sweep(arguments)

@@ -1,0 +1,133 @@
+"""The sweep report on a hand-written multirun folder, and the job status records."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from faceparse.report import main as report_main
+from faceparse.report import report
+from faceparse.reporting import collect_jobs, swept_keys
+from faceparse.training import job_status
+from faceparse.training.job_status import record_job, sweep_value
+
+
+def write_job(sweep: Path, num: int, overrides: list[str], status: dict | None = None,
+              f1: dict[str, float] | None = None, stats: dict | None = None,
+              val_log: list[float] | None = None) -> Path:
+    """A job folder as Hydra and our callbacks leave it."""
+    folder = sweep / str(num)
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(
+        "".join(f"- {o}\n" for o in overrides))
+    if status:
+        (folder / "status.json").write_text(json.dumps(status))
+    if f1:
+        mean = sum(f1.values()) / len(f1)
+        classes = [{"class": c, "present": True, "f1": v, "iou": v / 2} for c, v in f1.items()]
+        classes.append({"class": "beard", "present": False, "f1": 0.0, "iou": 0.0})
+        (folder / "scores.json").write_text(json.dumps(
+            {"scheme": "ourface", "f1_mean": mean, "miou": mean / 2, "pixel_acc": 0.9,
+             "classes": classes}))
+    if stats:
+        (folder / "run_stats.json").write_text(json.dumps(stats))
+    if val_log:
+        (folder / "csv").mkdir()
+        rows = "".join(f"{i},{v}\n" for i, v in enumerate(val_log))
+        (folder / "csv" / "metrics.csv").write_text("epoch,val/f1_mean\n" + rows)
+    return folder
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """Four jobs: two finished (the second better), one failed, one still running."""
+    base = ["trainer.max_epochs=1"]
+    stats = {"params_total": 2_000_000, "params_trainable": 500_000,
+             "train_images_per_s": 12.5, "peak_memory_mb": 900.0}
+    write_job(tmp_path, 0, [*base, "optimizer.lr=0.001", "fusion=concat"],
+              {"status": "finished", "value": 0.61, "optimized_metric": "val/f1_mean"},
+              {"skin": 0.8, "hair": 0.4}, stats)
+    write_job(tmp_path, 1, [*base, "optimizer.lr=0.0001", "fusion=sum"],
+              {"status": "finished", "value": 0.72, "optimized_metric": "val/f1_mean"},
+              {"skin": 0.9, "hair": 0.7}, stats)
+    write_job(tmp_path, 2, [*base, "optimizer.lr=0.01", "fusion=gate"],
+              {"status": "failed", "error": "ValueError: bad | combination"})
+    write_job(tmp_path, 3, [*base, "optimizer.lr=0.00001", "fusion=vit_only"],
+              val_log=[0.2, 0.35, 0.3])
+    return tmp_path
+
+
+def test_collect_reads_status_scores_and_running_jobs(sweep: Path) -> None:
+    jobs = {j.folder.name: j for j in collect_jobs(sweep)}
+
+    assert [jobs[n].status for n in "0123"] == ["finished", "finished", "failed", "running"]
+    assert jobs["1"].test["f1_mean"] == pytest.approx(0.8)
+    assert jobs["1"].class_f1 == {"skin": 0.9, "hair": 0.7}   # absent classes left out
+    assert jobs["3"].val_best == pytest.approx(0.35)          # best logged so far, not last
+    assert jobs["2"].error.startswith("ValueError")
+    assert swept_keys(list(jobs.values())) == ["optimizer.lr", "fusion"]
+
+
+def test_report_sorts_by_test_f1_and_lists_failed_and_running(sweep: Path,
+                                                             tmp_path_factory) -> None:
+    out = tmp_path_factory.mktemp("report")
+    files = report(sweep, out)
+
+    with open(out / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["job"] for r in rows[:2]] == ["1", "0"]        # 0.8 before 0.6
+    assert {r["job"] for r in rows[2:]} == {"2", "3"}        # no test score: last
+    assert rows[0]["fusion"] == "sum" and float(rows[0]["f1/hair"]) == pytest.approx(0.7)
+    assert float(rows[0]["params_M"]) == pytest.approx(2.0)
+    assert float(rows[0]["train_img_per_s"]) == pytest.approx(12.5)
+    assert math.isnan(float(rows[2]["test/f1_mean"]))
+    text = (out / "report.md").read_text()
+    assert "## Failed jobs" in text and "job 2: ValueError: bad \\| combination" in text
+    assert "Running (or stopped without a status): jobs 3" in text
+    pngs = {p.name for p in files if p.suffix == ".png"}
+    assert pngs == {"param_optimizer.lr.png", "param_fusion.png", "classes_best.png"}
+    assert all((out / p).stat().st_size > 1000 for p in pngs)
+
+
+def test_report_refuses_a_folder_without_jobs(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no job folder"):
+        report_main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="no such sweep folder"):
+        report_main([str(tmp_path / "missing")])
+
+
+def test_sweep_value_prefers_the_best_checkpoint() -> None:
+    metrics = {"val/f1_mean": 0.3, "best/val/f1_mean": 0.5}
+    assert sweep_value("val/f1_mean", metrics) == 0.5
+    assert sweep_value("val/f1_mean", {"val/f1_mean": 0.3}) == 0.3
+    assert sweep_value("val/f1_mean", {"val/f1_mean": math.nan}) is None
+    assert sweep_value(None, metrics) is None
+
+
+def test_failed_job_is_recorded_and_returns_none_in_a_multirun(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)},
+                            "optimized_metric": "val/f1_mean"})
+
+    def bad_task(_):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(job_status, "in_multirun", lambda: True)
+    assert record_job(bad_task, cfg) is None
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed"
+    assert status["error"] == "RuntimeError: CUDA out of memory"
+    assert "bad_task" in status["traceback"]
+
+    monkeypatch.setattr(job_status, "in_multirun", lambda: False)
+    with pytest.raises(RuntimeError, match="out of memory"):   # a single run still raises
+        record_job(bad_task, cfg)
+
+    assert record_job(lambda _: {"best/val/f1_mean": 0.4, "val/f1_mean": 0.2}, cfg) == 0.4
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "finished" and status["value"] == 0.4
