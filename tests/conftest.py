@@ -18,10 +18,11 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SEED_CHECKPOINT_KEYS = FIXTURES / "seed_checkpoint_keys.json"
 DINOV3_FIXTURE = FIXTURES / "dinov3"
 
-# Tests compare predictions with fp32 references: CPU inference stays fp32 in the test
-# session (and its subprocesses) whatever this CPU's bf16 is; tests/test_hardware.py
-# covers the automatic choice, and a bf16 test sets it explicitly.
+# Tests compare predictions with fp32 NCHW references, and the CPU policy's probes time a
+# (possibly busy) machine: the test session and its subprocesses run fp32 NCHW on the CPU
+# whatever this CPU is. tests/test_hardware.py and test_fast_path.py cover the choice.
 os.environ.setdefault("FACEPARSE_CPU_BF16", "0")
+os.environ.setdefault("FACEPARSE_CPU_CHANNELS_LAST", "0")
 
 
 def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
