@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from test_predict import save_tiny_checkpoint
 
 from faceparse.inference.outputs import read_mask_scheme
 from faceparse.predict import predict
-from tests.test_predict import save_tiny_checkpoint
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
