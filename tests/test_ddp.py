@@ -46,10 +46,11 @@ def test_two_processes_write_one_folder_once(ddp_run) -> None:
     assert len(list(run_dir.rglob("config_resolved.yaml"))) == 1
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "epoch_000.ckpt", "last.ckpt"]
-    assert sorted(p.name for p in (run_dir / "csv").iterdir()) == ["metrics.csv"]
+    # the resolved config (hparams.yaml, rank 0 only) and one metrics file
+    assert sorted(p.name for p in (run_dir / "csv").iterdir()) == ["hparams.yaml", "metrics.csv"]
     assert json.loads((run_dir / "scores.json").read_text())["scheme"] == "ourface"
     # the score is logged once (rank 1 is quiet), and Lightning's sync advice is not printed
-    assert output.count("val/f1_mean = ") == 1
+    assert output.count("val/f1_mean (best checkpoint) = ") == 1
     assert "sync_dist=True" not in output and "Warning" not in output
 
 
