@@ -16,7 +16,8 @@ from torch import nn
 
 from faceparse.bench import PeakMemory, count_flops, run, run_variants
 from faceparse.bench.measure import rss_bytes
-from faceparse.bench.report import format_comparison, format_table
+from faceparse.bench.profile import kernel_class
+from faceparse.bench.report import format_comparison, format_profile, format_table
 from faceparse.cli import CONF_DIR
 
 TINY = [
@@ -55,6 +56,45 @@ def test_bench_runs_every_section(compose_bench) -> None:
         assert infer[mode]["images_per_s"] > 0 and infer[mode]["mfu"] is None
     table = format_table(results)
     assert table.count("\ninfer") == 2 and "workers=0" in table
+
+
+def test_profile_times_every_stage_of_the_real_forward(compose_bench) -> None:
+    results = run(compose_bench([*TINY, "bench.sections=[profile]", "bench.steps=2"]))
+    profile = results["profile"]
+    assert profile["replay_max_abs_logit_diff"] == 0.0  # the stages are the net's forward
+    # forward + backward, but the frozen ViT has no backward: between 1x and 3x the forward
+    assert 3 > profile["train_gflops_per_image"] / profile["forward_gflops_per_image"] > 1.2
+    train, infer = profile["train"], profile["infer"]
+    names = [row["stage"] for row in train["stages"]]
+    assert names[:4] == [f"vgg stage {n} (stride {2 ** (n - 1)})" for n in (1, 2, 3, 4)]
+    assert names[4] == "vit (frozen)" and names[-2:] == ["aux heads", "loss"]
+    assert [row["stage"] for row in infer["stages"]] == names[:-2]  # no aux heads, no loss
+    rows = {row["stage"]: row for row in train["stages"]}
+    assert "backward_ms" not in rows["vit (frozen)"]  # frozen: no backward pass
+    assert rows["decoder level 2->1"]["backward_ms"] > 0 and rows["loss"]["backward_ms"] > 0
+    assert train["optimizer_ms"] > 0 and train["whole_ms"] > 0 and train["mfu"] is None
+    for part in (train, infer):
+        kernels = part["kernels"]
+        assert sum(c["ms"] for c in kernels["classes"].values()) == pytest.approx(
+            kernels["kernel_ms_per_step"])
+    assert profile["vit_blocks"]["blocks"] == 12
+    text = format_profile(profile)
+    assert "| decoder level 2->1 |" in text and "### infer" in text
+
+
+def test_profile_refuses_a_net_it_cannot_cut(compose_bench) -> None:
+    with pytest.raises(ValueError, match="reference net"):
+        run(compose_bench([*TINY, "encoder=cnn", "bench.sections=[profile]"]))
+
+
+def test_kernels_are_sorted_by_the_work_they_do() -> None:
+    assert kernel_class("sm90_xmma_fprop_implicit_gemm_bf16bf16") == "matmul / conv (tensor cores)"
+    assert kernel_class("cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == (
+        "attention (flash / SDPA)")
+    assert kernel_class("batch_norm_collect_statistics_channels_last_kernel") == (
+        "batch / layer norm")
+    assert kernel_class("upsample_bilinear2d_nhwc_out_frame") == "resize (upsample)"
+    assert kernel_class("conv_depthwise2d_forward_kernel") == "depthwise conv (CUDA cores)"
 
 
 def test_unknown_section_is_refused(compose_bench) -> None:

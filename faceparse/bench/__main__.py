@@ -16,7 +16,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from faceparse.bench.report import format_comparison, format_table
+from faceparse.bench.report import format_comparison, format_profile, format_table
 from faceparse.bench.variants import run, run_variants
 from faceparse.cli import hydra_entry
 
@@ -48,6 +48,8 @@ def main(cfg: DictConfig) -> None:
     results = bench(cfg, list(HydraConfig.get().overrides.task))
     print(json.dumps(results, indent=2))
     print(format_comparison(results) if "compare" in results else format_table(results))
+    if "profile" in results:
+        print(format_profile(results["profile"]))
 
 
 if __name__ == "__main__":

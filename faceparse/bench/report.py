@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["measurements", "format_table", "format_comparison"]
+__all__ = ["measurements", "format_table", "format_comparison", "format_profile"]
 
 
 def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float | None]]:
@@ -14,7 +14,8 @@ def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float |
         rows[f"data workers={row['workers']}"] = ("", row["images_per_s"], None)
     if "train" in results:
         t = results["train"]
-        rows["train"] = (f"{t['batch_size']}x{t['image_size']}px {t['precision']}",
+        mfu = f" mfu={t['mfu']:.1%}" if t.get("mfu") is not None else ""
+        rows["train"] = (f"{t['batch_size']}x{t['image_size']}px {t['precision']}{mfu}",
                          t["images_per_s"], t["peak_mib"])
     if "infer" in results:
         i = results["infer"]
@@ -37,6 +38,12 @@ def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float |
                    f"model {p['model_share']:.0%} of the time")
         rows["predict end to end"] = (setting, p["end_to_end_images_per_s"], None)
         rows["predict model only"] = ("same inputs, forward only", p["model_images_per_s"], None)
+    if "profile" in results:
+        p = results["profile"]
+        for mode in ("train", "infer"):
+            mfu = f" mfu={p[mode]['mfu']:.1%}" if p[mode]["mfu"] is not None else ""
+            rows[f"profile {mode}"] = (f"{p['batch_size']}x{p['image_size']}px whole step{mfu}",
+                                       p[mode]["images_per_s"], None)
     return rows
 
 
@@ -71,3 +78,39 @@ def format_comparison(results: dict[str, Any]) -> str:
             ratio = f"{rate / base[key][1]:.2f}" if key in base else ""
             rows.append((name, key, setting, f"{rate:.2f}", ratio, _mib(peak)))
     return _aligned(rows)
+
+
+def format_profile(profile: dict[str, Any]) -> str:
+    """Markdown tables of the ``profile`` section: stages, kernel classes, top kernels."""
+    lines = [f"{profile['batch_size']} x {profile['image_size']} px on {profile['device']}, "
+             f"bf16 {profile['bf16']}, channels_last {profile['channels_last']}; forward "
+             f"{profile['forward_gflops_per_image']:.0f} GFLOP/img, training step "
+             f"{profile['train_gflops_per_image']:.0f} GFLOP/img; replay check "
+             f"{profile['replay_max_abs_logit_diff']:.1e}"]
+    for mode in ("train", "infer"):
+        part = profile[mode]
+        mfu = f", MFU {part['mfu']:.1%}" if part["mfu"] is not None else ""
+        extra = (f", optimizer step {part['optimizer_ms']:.2f} ms" if "optimizer_ms" in part
+                 else "")
+        lines += ["", f"### {mode}: whole {part['whole_ms']:.2f} ms, {part['images_per_s']:.1f} "
+                      f"img/s{mfu}; stages alone sum to {part['stages_sum_ms']:.2f} ms{extra}",
+                  "", "| stage | forward ms | backward ms | share of the whole |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {r['stage']} | {r['forward_ms']:.2f} | "
+                  f"{r['backward_ms']:.2f} | {r['share']:.1%} |" if "backward_ms" in r else
+                  f"| {r['stage']} | {r['forward_ms']:.2f} | | {r['share']:.1%} |"
+                  for r in part["stages"]]
+        kernels = part["kernels"]
+        lines += ["", f"kernel time {kernels['kernel_ms_per_step']:.2f} ms per step:", "",
+                  "| kernel class | ms | share |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {c['ms']:.2f} | {c['share']:.1%} |"
+                  for name, c in kernels["classes"].items()]
+        lines += ["", "| top kernel | class | ms | calls | share |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| `{k['kernel'][:70]}` | {k['class']} | {k['ms']:.2f} | {k['calls']} | "
+                  f"{k['share']:.1%} |" for k in kernels["top"]]
+    v = profile["vit_blocks"]
+    lines += ["", f"ViT (inference): {v['blocks']} blocks, {v['block_mean_ms']:.2f} ms each on "
+                  f"average (max {v['block_max_ms']:.2f}), {v['outside_blocks_ms']:.2f} ms "
+                  f"outside the blocks, {v['whole_vit_ms']:.2f} ms in all"]
+    return "\n".join(lines)

@@ -14,7 +14,7 @@ import logging
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -27,10 +27,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from faceparse.bench.measure import PeakMemory, sync
 from faceparse.data.synthetic import write_facesynthetics
-from faceparse.fast_path import inference_bf16
+from faceparse.fast_path import inference_bf16, on_gpu
 from faceparse.inference import predict, prepare_for_inference
 
-__all__ = ["bench_data", "bench_train", "bench_infer", "count_flops"]
+__all__ = ["bench_data", "bench_train", "bench_infer", "count_flops", "train_flops"]
 
 log = logging.getLogger(__name__)
 FACE_FILE_SIZE = 512  # FaceSynthetics' resolution
@@ -111,6 +111,10 @@ def bench_train(cfg: DictConfig) -> dict[str, Any]:
     b, size, warmup, steps = (cfg.data.batch_size, cfg.data.image_size, cfg.bench.warmup,
                               cfg.bench.steps)
     module = instantiate(cfg.model)
+    device = torch.device("cuda" if on_gpu(cfg.trainer.accelerator) else "cpu")
+    flops = train_flops(module.to(device).net.train(), module.criterion, size,
+                        module.scheme.num_classes, device)
+    peak = _peak_tflops(cfg, device)
     batch = {"image": torch.randn(b, 3, size, size),
              "mask": torch.randint(0, module.scheme.num_classes, (b, size, size),
                                    dtype=torch.uint8)}
@@ -124,10 +128,13 @@ def bench_train(cfg: DictConfig) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
         trainer.fit(module, train_dataloaders=DataLoader(RepeatedBatch(batch, warmup + steps),
                                                          batch_size=None))
+    rate = timer.timed * b / (timer.end - timer.start)
+    achieved = flops * rate / 1e12
     return {"batch_size": b, "image_size": size, "device": str(trainer.strategy.root_device),
             "precision": str(trainer.precision), "steps": timer.timed,
-            "images_per_s": timer.timed * b / (timer.end - timer.start),
-            "peak_mib": timer.memory.mib, "memory": timer.memory.method}
+            "images_per_s": rate, "peak_mib": timer.memory.mib, "memory": timer.memory.method,
+            "train_gflops_per_image": flops / 1e9, "tflops": achieved,
+            "mfu": achieved / peak if peak else None}
 
 
 def count_flops(net: torch.nn.Module, image_size: int, device: torch.device) -> int:
@@ -137,6 +144,20 @@ def count_flops(net: torch.nn.Module, image_size: int, device: torch.device) -> 
     with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), counter:
         net(x)
     return counter.get_total_flops()
+
+
+def train_flops(net: torch.nn.Module, loss: Callable[..., torch.Tensor], image_size: int,
+                num_classes: int, device: torch.device) -> int:
+    """FLOPs of one training image: forward with aux heads, loss, backward (math SDPA)."""
+    # two images: a training BatchNorm after global pooling needs more than one value
+    x = torch.randn(2, 3, image_size, image_size, device=device)
+    target = torch.randint(0, num_classes, (2, image_size, image_size), device=device)
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        logits, aux = net.forward_with_aux(x)
+        loss(logits, aux, target)["loss"].backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops() // 2
 
 
 def _device(name: str) -> torch.device:

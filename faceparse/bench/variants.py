@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from faceparse.bench.deploy import bench_deploy
 from faceparse.bench.measure import machine
 from faceparse.bench.predict_section import bench_predict
+from faceparse.bench.profile import bench_profile
 from faceparse.bench.sections import bench_data, bench_infer, bench_train
 
 __all__ = ["SECTIONS", "run", "run_variants"]
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SECTIONS: dict[str, Callable[[DictConfig], Any]] = {
     "data": bench_data, "train": bench_train, "infer": bench_infer, "deploy": bench_deploy,
-    "predict": bench_predict,
+    "predict": bench_predict, "profile": bench_profile,
 }
 
 

@@ -1,0 +1,400 @@
+"""The ``profile`` bench section: where a training step and an inference batch spend time.
+
+The reference net (VGG + DINOv3 ViT through the coarse-to-fine decoder) is cut into the
+stages its forward runs (VGG stages, ViT, fusion, decoder levels, heads, loss), and each
+stage is timed alone, forward and backward, on the tensors the real forward hands it, with
+the training precision and memory format. The stages replay ``forward_with_aux`` exactly
+(checked on every run), so their times add up to the step's, less the optimizer and launch
+gaps. The ViT's blocks are timed in place, and ``torch.profiler`` sorts the GPU kernels of
+whole steps into matrix work (tensor cores) and the memory-bound rest.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from faceparse.bench.measure import sync
+from faceparse.bench.sections import _device, _peak_tflops, count_flops, train_flops
+from faceparse.fast_path import inference_bf16
+from faceparse.models.decoder import CoarseToFineDecoder
+from faceparse.models.fusion import DualEncoder
+from faceparse.training.optim import build_optimizer
+
+__all__ = ["Stage", "bench_profile", "kernel_class", "reference_stages"]
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One piece of the forward: reads ``inputs`` from the tensors so far, adds ``outputs``."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    run: Callable[..., Sequence[torch.Tensor]]
+    trains: bool = True  # False: the frozen ViT (no backward)
+
+
+def _vgg_segments(layers: nn.Sequential) -> list[nn.Sequential]:
+    """VGG layers cut before each max-pool: the stages whose outputs the decoder reads."""
+    cuts = [i for i, m in enumerate(layers) if isinstance(m, nn.MaxPool2d)]
+    bounds = [0, *cuts, len(layers)]
+    return [layers[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def reference_stages(net: nn.Module, with_aux: bool = True) -> list[Stage]:
+    """The forward of a VGG + ViT + coarse-to-fine net as stages over named tensors."""
+    encoder, decoder = net.encoder, net.decoder
+    if not isinstance(encoder, DualEncoder) or not isinstance(decoder, CoarseToFineDecoder):
+        raise ValueError(
+            f"the profile section cuts the reference net (DualEncoder + CoarseToFineDecoder); "
+            f"this one is {type(encoder).__name__} + {type(decoder).__name__}: use "
+            f"encoder=dual decoder=reference, or compare whole steps with the train/infer "
+            f"sections"
+        )
+    segments = _vgg_segments(encoder.cnn.layers)
+    taps = [f"cnn{s}" for s in encoder.cnn.strides]
+    stages = [
+        Stage(f"vgg stage {n + 1} (stride {encoder.cnn.strides[n]})",
+              ("image",) if n == 0 else (taps[n - 1],), (taps[n],),
+              lambda x, seg=seg: (seg(x),))
+        for n, seg in enumerate(segments)
+    ]
+    stages.append(Stage("vit (frozen)", ("image",), ("vit",),
+                        lambda x: tuple(encoder.vit(x)), trains=False))
+
+    def fuse(*maps: torch.Tensor) -> Sequence[torch.Tensor]:
+        *cnn_maps, vit_map = maps
+        fine = list(cnn_maps[: len(encoder.strides) - 1])
+        for stride, inject in encoder.vit_into.items():
+            at = encoder.strides.index(int(stride))
+            fine[at] = inject(fine[at], vit_map)
+        cnn16 = cnn_maps[-1] if len(cnn_maps) == len(encoder.strides) else None
+        return (*fine, encoder.fusion(cnn16, vit_map))
+
+    features = ("f1", "f2", "f4", "f8", "f16")
+    stages.append(Stage("fusion", (*taps, "vit"), features, fuse))
+    d = decoder
+    stages += [
+        Stage("decoder adapters", features, ("a1", "a2", "a4", "a8", "a16"),
+              lambda f1, f2, f4, f8, f16: (d.adapt_scale1(f1), d.adapt_scale2(f2),
+                                           d.adapt_scale4(f4), d.adapt_scale8(f8),
+                                           d.arm16(d.adapt_scale16(f16)))),
+        Stage("decoder level 16->8", ("a16", "a8"), ("d8",),
+              lambda a16, a8: (d.ffm_8(d.ctf_16_8(a16, a8), a8),)),
+        Stage("decoder level 8->4", ("d8", "a4"), ("d4",),
+              lambda d8, a4: (d.ffm_4(d.ctf_8_4(d8, a4), a4),)),
+        Stage("decoder level 4->2", ("d4", "a2"), ("d2",),
+              lambda d4, a2: (d.ffm_2(d.ctf_4_2(d4, a2), a2),)),
+        Stage("decoder level 2->1", ("d2", "a1"), ("d1",),
+              lambda d2, a1: (d.ffm_1(d.ctf_2_1(d2, a1), a1),)),
+        Stage("decoder head", ("d1",), ("logits",), lambda d1: (d.final_conv(d1),)),
+    ]
+    if with_aux:
+        def aux(logits: torch.Tensor, d8: torch.Tensor, d4: torch.Tensor,
+                d2: torch.Tensor) -> Sequence[torch.Tensor]:
+            size = logits.shape[-2:]
+            return tuple(
+                nn.functional.interpolate(head(x), size=size, mode="bilinear",
+                                          align_corners=False)
+                for head, x in ((d.aux_head_8, d8), (d.aux_head_4, d4), (d.aux_head_2, d2)))
+
+        stages.append(Stage("aux heads", ("logits", "d8", "d4", "d2"),
+                            ("aux8", "aux4", "aux2"), aux))
+    return stages
+
+
+def replay(stages: Sequence[Stage], tensors: Tensors) -> Tensors:
+    """Run the stages in order, each on what earlier stages wrote into ``tensors``."""
+    for stage in stages:
+        outputs = stage.run(*(tensors[k] for k in stage.inputs))
+        tensors.update(zip(stage.outputs, outputs, strict=True))
+    return tensors
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    """Milliseconds of one call: CUDA events on a GPU, a synchronised clock elsewhere."""
+    def run(work: Callable[[], Any]) -> float:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            work()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        begin = time.perf_counter()
+        work()
+        return (time.perf_counter() - begin) * 1e3
+    return run
+
+
+def _median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def time_stages(stages: Sequence[Stage], tensors: Tensors, loss: Callable[..., torch.Tensor]
+                | None, device: torch.device, bf16: bool, repeats: int) -> list[dict[str, Any]]:
+    """Median forward (and, with ``loss``, backward) milliseconds of each stage alone."""
+    timer = _timer(device)
+    training = loss is not None
+    rows = []
+    cases: list[tuple[str, Callable[..., Sequence[torch.Tensor]], tuple[str, ...], bool]] = [
+        (s.name, s.run, s.inputs, s.trains) for s in stages]
+    if training:
+        cases.append(("loss", lambda *xs: (loss(*xs),),
+                      ("logits", "aux8", "aux4", "aux2", "target"), True))
+    for name, run, inputs, trains in cases:
+        args = [tensors[k].detach().requires_grad_(
+                    training and trains and k not in ("image", "vit", "target")
+                    and tensors[k].is_floating_point()) for k in inputs]
+        grad = training and trains
+        context = (torch.enable_grad if grad else torch.inference_mode)
+
+        def forward(run: Callable[..., Sequence[torch.Tensor]] = run,
+                    args: list[torch.Tensor] = args,
+                    context: Callable[[], Any] = context) -> Sequence[torch.Tensor]:
+            with context(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                return run(*args)
+
+        forward()  # warm-up: cuDNN algorithm choice, allocator
+        fwd = _median([timer(forward) for _ in range(repeats)])
+        row: dict[str, Any] = {"stage": name, "forward_ms": fwd}
+        if grad:
+            backs = []
+            for _ in range(repeats + 1):
+                # outputs passed through from the frozen ViT take no gradient
+                outs = [o for o in forward() if o.requires_grad]
+                grads = [torch.randn_like(o) if o.ndim else None for o in outs]
+
+                def backward(outs: list[torch.Tensor] = outs,
+                             grads: list[torch.Tensor | None] = grads) -> None:
+                    if outs:
+                        torch.autograd.backward(outs, grads)
+
+                backs.append(timer(backward))
+                for a in args:
+                    a.grad = None
+            row["backward_ms"] = _median(backs[1:])
+        rows.append(row)
+    return rows
+
+
+def time_vit_blocks(vit: nn.Module, image: torch.Tensor, device: torch.device, bf16: bool
+                    ) -> dict[str, Any]:
+    """Milliseconds of each ViT block inside one real ViT forward (CUDA events in hooks)."""
+    blocks = list(vit.model.blocks)
+    marks: dict[int, list[Any]] = {}
+
+    def mark(i: int, slot: int) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            if device.type == "cuda":
+                event = torch.cuda.Event(enable_timing=True)
+                event.record()
+            else:
+                event = time.perf_counter()
+            marks.setdefault(i, [None, None])[slot] = event
+        return hook
+
+    handles = []
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(mark(i, 0)))
+        handles.append(block.register_forward_hook(mark(i, 1)))
+    timer = _timer(device)
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            vit(image)  # warm-up
+            total = timer(lambda: vit(image))
+    finally:
+        for handle in handles:
+            handle.remove()
+    sync(device)
+    if device.type == "cuda":
+        per_block = [start.elapsed_time(end) for start, end in marks.values()]
+    else:
+        per_block = [(end - start) * 1e3 for start, end in marks.values()]
+    return {"blocks": len(blocks), "whole_vit_ms": total, "blocks_ms": sum(per_block),
+            "block_mean_ms": statistics.mean(per_block), "block_max_ms": max(per_block),
+            "outside_blocks_ms": total - sum(per_block)}
+
+
+# GPU kernel names -> what does the work; first match wins
+KERNEL_CLASSES: tuple[tuple[str, str], ...] = (
+    ("depthwise conv (CUDA cores)", r"depthwise|dwconv"),
+    ("attention (flash / SDPA)", r"flash|fmha|attention|sdpa"),
+    ("resize (upsample)", r"upsample|interpolat|bilinear"),
+    ("matmul / conv (tensor cores)",
+     r"gemm|cutlass|xmma|wgmma|sm\d\d_|cudnn|implicit|fprop|dgrad|wgrad|conv|cublas"
+     r"|addmm|::mm$|bmm|matmul|linear"),
+    ("batch / layer norm", r"batch_norm|batchnorm|layer_norm|layernorm|welford|bn_"),
+    ("optimizer (AdamW)", r"adam|multi_tensor|foreach"),
+    ("softmax / cross entropy", r"softmax|nll|cross_entropy|log_softmax"),
+    ("copy / cast / layout", r"copy|cast|to_|transpose|permute|nchw|nhwc|cat|pad"),
+    ("elementwise / reduce", r"elementwise|vectorized|unrolled|reduce|pointwise|triton"),
+)
+
+
+def kernel_class(name: str) -> str:
+    """What kind of work a kernel (or CPU op) does, from its name."""
+    lowered = name.lower()
+    for label, pattern in KERNEL_CLASSES:
+        if re.search(pattern, lowered):
+            return label
+    return "other"
+
+
+def _self_time_us(event: Any, device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(getattr(event, "self_device_time_total",
+                             getattr(event, "self_cuda_time_total", 0.0)))
+    return float(event.self_cpu_time_total)
+
+
+def kernel_breakdown(work: Callable[[], Any], device: torch.device, steps: int,
+                     top: int = 15) -> dict[str, Any]:
+    """``torch.profiler`` over ``steps`` calls: time per kernel class and the top kernels.
+
+    On a GPU these are CUDA kernels; on a CPU (where there are none) the ``aten::`` ops'
+    own time stands in, so the section runs everywhere.
+    """
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    work()
+    sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            work()
+        sync(device)
+    rows = []
+    for event in prof.key_averages():
+        is_kernel = (str(getattr(event, "device_type", "")).endswith("CUDA")
+                     if device.type == "cuda" else event.key.startswith("aten::"))
+        us = _self_time_us(event, device)
+        if is_kernel and us > 0:
+            rows.append((event.key, us / steps / 1e3, event.count // steps))
+    total = sum(ms for _, ms, _ in rows) or 1.0
+    classes: dict[str, float] = {}
+    for name, ms, _ in rows:
+        classes[kernel_class(name)] = classes.get(kernel_class(name), 0.0) + ms
+    rows.sort(key=lambda r: r[1], reverse=True)
+    return {
+        "kernel_ms_per_step": total,
+        "classes": {k: {"ms": v, "share": v / total}
+                    for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
+        "top": [{"kernel": name[:120], "class": kernel_class(name), "ms": ms, "calls": calls,
+                 "share": ms / total} for name, ms, calls in rows[:top]],
+    }
+
+
+def _check_replay(net: nn.Module, stages: Sequence[Stage], image: torch.Tensor) -> float:
+    """Largest |logit difference| between the stages and ``forward_with_aux`` (eval mode)."""
+    net.eval()
+    with torch.inference_mode():
+        logits, _ = net.forward_with_aux(image)
+        replayed = replay(stages, {"image": image})["logits"]
+    return float((logits.float() - replayed.float()).abs().max())
+
+
+def _time_optimizer(train_step: Callable[[], None], optimizer: torch.optim.Optimizer,
+                    timer: Callable[[Callable[[], Any]], float], repeats: int) -> float:
+    """Median milliseconds of the optimizer step alone, on real gradients."""
+    times = []
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for _ in range(repeats):
+        train_step()  # leaves no gradients: make some
+        for p in params:
+            p.grad = torch.randn_like(p) * 1e-3
+        times.append(timer(optimizer.step))
+        optimizer.zero_grad(set_to_none=True)
+    return _median(times)
+
+
+def bench_profile(cfg: DictConfig) -> dict[str, Any]:
+    """Per-stage forward/backward times, ViT blocks, kernel classes, FLOPs and MFU."""
+    device = _device(cfg.bench.device)
+    b, size = cfg.data.batch_size, cfg.data.image_size
+    repeats, steps = max(3, cfg.bench.steps), cfg.bench.steps
+    module = instantiate(cfg.model).to(device)
+    net, criterion = module.net, module.criterion
+    num_classes = module.scheme.num_classes
+    fwd_flops = count_flops(net.eval(), size, device)
+    step_flops = train_flops(net.train(), criterion, size, num_classes, device)
+    instantiate(cfg.fast_path).apply(net, device)
+    bf16 = inference_bf16(device) if cfg.bench.bf16 is None else bool(cfg.bench.bf16)
+    peak = _peak_tflops(cfg, device)
+    torch.manual_seed(cfg.seed)
+    image = torch.randn(b, 3, size, size, device=device)
+    target = torch.randint(0, num_classes, (b, size, size), device=device)
+    if wants_cl := instantiate(cfg.fast_path).wants_channels_last(device):
+        image = image.contiguous(memory_format=torch.channels_last)
+    stages = reference_stages(net)
+    replay_error = _check_replay(net, stages[:-1], image[:1])
+
+    def loss(logits: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        *aux, target = rest
+        return criterion(logits, aux, target)["loss"]
+
+    optimizer = build_optimizer(module.optimizer_factory, module)
+    timer = _timer(device)
+
+    def train_step() -> None:
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            logits, aux = net.forward_with_aux(image)
+            value = criterion(logits, aux, target)["loss"]
+        value.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def infer_batch() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            net(image).argmax(1)
+
+    result: dict[str, Any] = {
+        "batch_size": b, "image_size": size, "device": str(device), "bf16": bf16,
+        "channels_last": wants_cl, "repeats": repeats,
+        "forward_gflops_per_image": fwd_flops / 1e9,
+        "train_gflops_per_image": step_flops / 1e9, "peak_bf16_tflops": peak,
+        "replay_max_abs_logit_diff": replay_error,
+    }
+    for mode, work, flops in (("train", train_step, step_flops), ("infer", infer_batch,
+                                                                  fwd_flops)):
+        if mode == "train":
+            net.train()
+            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+                tensors = replay(stages, {"image": image})
+            tensors["target"] = target
+        else:
+            net.eval()
+            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16,
+                                                        enabled=bf16):
+                tensors = replay(stages[:-1], {"image": image})
+        work()
+        whole = _median([timer(work) for _ in range(repeats)])
+        rate = b / whole * 1e3
+        achieved = flops * rate / 1e12
+        rows = time_stages(stages if mode == "train" else stages[:-1], tensors,
+                           loss if mode == "train" else None, device, bf16, repeats)
+        staged = sum(r["forward_ms"] + r.get("backward_ms", 0.0) for r in rows)
+        for r in rows:
+            r["share"] = (r["forward_ms"] + r.get("backward_ms", 0.0)) / whole
+        part: dict[str, Any] = {"whole_ms": whole, "images_per_s": rate, "tflops": achieved,
+                                "mfu": achieved / peak if peak else None, "stages": rows,
+                                "stages_sum_ms": staged}
+        if mode == "train":
+            part["optimizer_ms"] = _time_optimizer(train_step, optimizer, timer, repeats)
+        part["kernels"] = kernel_breakdown(work, device, steps=min(steps, 3))
+        result[mode] = part
+        del tensors
+    result["vit_blocks"] = time_vit_blocks(net.encoder.vit, image, device, bf16)
+    return result
