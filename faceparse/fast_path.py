@@ -55,11 +55,17 @@ class FastPath:
             (CUDA only; a process-wide setting). Pays when shapes repeat.
         compile: ``torch.compile`` each part of the net in place (slow first steps, then
             faster; state_dict keys unchanged, and ``forward_with_aux`` is covered too).
+        fold_batchnorm: inference only: fold each BatchNorm into the convolution before it.
+        frozen_vit_bf16: inference only: store a frozen ViT's weights in bf16 and run it in
+            bf16; ``"auto"`` where inference runs in bf16 anyway (a bf16 GPU, a CPU with
+            fast bf16).
     """
 
     channels_last: bool | str = "auto"
     cudnn_benchmark: bool = True
     compile: bool = False
+    fold_batchnorm: bool = True
+    frozen_vit_bf16: bool | str = "auto"
 
     def apply(self, net: nn.Module, device: str | torch.device) -> nn.Module:
         """Switch the options on for ``net`` (in place, once) as they pay on ``device``."""
@@ -72,6 +78,15 @@ class FastPath:
             for part in net.children():
                 part.compile()
         return net
+
+    def wants_frozen_vit_bf16(self, device: torch.device) -> bool:
+        """Whether a frozen ViT is stored and run in bf16 for inference on ``device``."""
+        if self.frozen_vit_bf16 == "auto":
+            return inference_bf16(device)
+        if isinstance(self.frozen_vit_bf16, bool):
+            return self.frozen_vit_bf16
+        raise ValueError(f"fast_path.frozen_vit_bf16={self.frozen_vit_bf16!r}: use auto, true "
+                         f"or false")
 
     def wants_channels_last(self, device: torch.device) -> bool:
         """Whether NHWC pays on ``device`` (or is forced)."""

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from faceparse.fast_path import FastPath, inference_bf16
+from faceparse.inference.fold import fold_batchnorm, frozen_vit_to_bf16
 
 __all__ = ["Prediction", "prepare_for_inference", "predict"]
 
@@ -29,9 +30,19 @@ class Prediction:
 def prepare_for_inference(
     net: nn.Module, device: str | torch.device = "cpu", fast_path: FastPath | None = None
 ) -> nn.Module:
-    """Eval mode on ``device``, with the fast path's options where they pay there."""
+    """Eval mode on ``device``, with the fast path's options where they pay there.
+
+    Also the inference-only rewrites (``fold_batchnorm``, ``frozen_vit_bf16``): the net
+    returned is for prediction, not for training or saving.
+    """
+    fast_path = fast_path or FastPath()
+    device = torch.device(device)
     net = net.eval().to(device)
-    return (fast_path or FastPath()).apply(net, device)
+    if fast_path.fold_batchnorm:
+        fold_batchnorm(net)
+    if fast_path.wants_frozen_vit_bf16(device):
+        frozen_vit_to_bf16(net)
+    return fast_path.apply(net, device)
 
 
 def predict(

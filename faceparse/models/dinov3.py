@@ -114,6 +114,8 @@ class DinoVitEncoder(Encoder):
         # The fine-tuned tail (a plain tuple: its modules are already registered in the ViT,
         # so state_dict keys stay the same); the rest of a frozen ViT stays in eval mode.
         self.tuned: tuple[nn.Module, ...] = ()
+        # set by store_frozen_weights (inference only): the dtype the ViT then runs in
+        self.compute_dtype: torch.dtype | None = None
         if frozen:
             self.model.requires_grad_(False)
             self.model.eval()
@@ -135,12 +137,30 @@ class DinoVitEncoder(Encoder):
                 module.train(mode)
         return self
 
+    def store_frozen_weights(self, dtype: torch.dtype) -> bool:
+        """Keep the frozen weights in ``dtype`` and run the ViT in ``dtype`` autocast.
+
+        For inference: autocast otherwise casts every fp32 weight on every call and
+        promotes bf16 activations back to fp32 against fp32 LayerScale weights. Buffers
+        (RoPE periods) stay fp32, and the maps come back in the caller's dtype, so the
+        rest of the net sees no difference. Returns whether anything changed.
+        """
+        frozen = [p for p in self.model.parameters() if not p.requires_grad]
+        for param in frozen:
+            param.data = param.data.to(dtype)
+        self.compute_dtype = dtype
+        return bool(frozen)
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         trains = not self.frozen or bool(self.tuned)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trains):
+        autocast = torch.autocast(x.device.type, dtype=self.compute_dtype or torch.float32,
+                                  enabled=self.compute_dtype is not None)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains), autocast:
             maps = self.model.forward_intermediates(
                 x, indices=list(self.layers), norm=True, output_fmt="NCHW", intermediates_only=True
             )
+        if self.compute_dtype is not None:
+            maps = [m.to(x.dtype) for m in maps]
         return [torch.cat(maps, dim=1) if len(maps) > 1 else maps[0]]
 
 

@@ -1,0 +1,96 @@
+"""Inference-only rewrites: BatchNorm folded into convolutions, a bf16 frozen ViT."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from faceparse.fast_path import FastPath
+from faceparse.inference import prepare_for_inference
+from faceparse.inference.fold import fold_batchnorm, frozen_vit_to_bf16
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture
+def trained_looking_net(compose, tiny) -> nn.Module:
+    """The tiny dual net with BatchNorm statistics and affines far from their defaults."""
+    torch.manual_seed(0)
+    net = instantiate(compose(tiny).model.net)
+    for bn in net.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def _batchnorms(net: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+
+
+def test_folding_removes_every_batchnorm_and_keeps_the_logits(trained_looking_net) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = trained_looking_net(x)
+    count = _batchnorms(trained_looking_net)
+    assert fold_batchnorm(trained_looking_net) == count > 20  # VGG, decoder, attention gate
+    assert _batchnorms(trained_looking_net) == 0
+    with torch.no_grad():
+        after = trained_looking_net(x)
+    torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+
+
+def test_folding_refuses_a_net_in_training_mode(trained_looking_net) -> None:
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(trained_looking_net.train())
+
+
+def test_prepare_for_inference_folds_unless_told_not_to(compose, tiny) -> None:
+    net = instantiate(compose(tiny).model.net)
+    kept = prepare_for_inference(net, "cpu", FastPath(channels_last=False, fold_batchnorm=False))
+    assert _batchnorms(kept) > 0
+    folded = prepare_for_inference(kept, "cpu", FastPath(channels_last=False))
+    assert _batchnorms(folded) == 0
+
+
+def test_a_bf16_frozen_vit_gives_maps_in_the_callers_dtype_close_to_fp32(compose, tiny
+                                                                         ) -> None:
+    torch.manual_seed(0)
+    net = instantiate(compose(tiny).model.net).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        reference = net(x)
+        vit_reference = net.encoder.vit(x)[0]
+    assert frozen_vit_to_bf16(net) == 1
+    vit = net.encoder.vit
+    assert {p.dtype for p in vit.model.parameters()} == {torch.bfloat16}
+    assert all(b.dtype != torch.bfloat16 for b in vit.model.buffers())  # RoPE stays fp32
+    with torch.no_grad():
+        vit_map = vit(x)[0]
+        logits = net(x)
+    assert vit_map.dtype == logits.dtype == torch.float32
+    # bf16 keeps ~3 significant digits: the map moves by a few percent of its scale
+    scale = vit_reference.abs().mean()
+    assert (vit_map - vit_reference).abs().mean() < 0.05 * scale
+    agreement = (logits.argmax(1) == reference.argmax(1)).float().mean()
+    assert agreement > 0.9
+
+
+def test_a_vit_with_trained_blocks_keeps_them_in_fp32() -> None:
+    from faceparse.models import DinoVitEncoder
+
+    vit = DinoVitEncoder(size="small", random_init=True, finetune_blocks=1)
+    assert vit.store_frozen_weights(torch.bfloat16)
+    dtypes = {p.dtype for p in vit.model.blocks[-1].parameters()}
+    assert dtypes == {torch.float32}
+    assert {p.dtype for p in vit.model.blocks[0].parameters()} == {torch.bfloat16}
+
+
+def test_the_bf16_vit_option_is_validated() -> None:
+    with pytest.raises(ValueError, match="frozen_vit_bf16"):
+        FastPath(frozen_vit_bf16="maybe").wants_frozen_vit_bf16(torch.device("cpu"))
+    assert FastPath(frozen_vit_bf16=True).wants_frozen_vit_bf16(torch.device("cpu"))
