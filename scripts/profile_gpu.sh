@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Where the reference model's GPU time goes, and what the fast options buy, in one lease:
-#   1. bench.sections=[profile]: each stage of a training step and an inference batch timed
-#      alone (forward, backward), the ViT's blocks, kernel classes, FLOPs and MFU;
-#   2. compare=gpu_speed: train and infer images/s and MFU, baseline against each variant.
+#   rewrites: inference images/s and MFU with the inference-only rewrites (folded BatchNorm,
+#      bf16 frozen ViT) against each switched off, and their logits against fp32;
+#   predict: a folder of 512 px JPEGs end to end against the model alone (issue 16);
+#   profile: each stage of a training step and an inference batch timed alone (forward,
+#      backward), the ViT's blocks, kernel classes, FLOPs and MFU;
+#   speed: compare=gpu_speed (torch.compile, batch 16): train and infer images/s and MFU.
 # Usage: scripts/profile_gpu.sh OUTPUT_DIR; writes <step>.json and profile_gpu.log there.
 # PYTHON picks the interpreter; COMMON replaces the shared overrides; STEPS picks steps.
 set -u
@@ -29,6 +32,9 @@ bench() {  # bench NAME SECONDS OVERRIDES...: one faceparse.bench run under a ti
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   "$py" -c "import torch; print('torch', torch.__version__)"; } | tee -a "$log"
+bench rewrites 150 "bench.sections=[infer]" bench.warmup=3 bench.steps=10 \
+    compare=inference_rewrites
+bench predict 120 "bench.sections=[predict]" bench.predict.images=128 bench.predict.workers=8
 bench profile 150 "bench.sections=[profile]" bench.steps=5
 bench speed 300 "bench.sections=[train,infer]" bench.warmup=3 bench.steps=10 compare=gpu_speed \
     ${SPEED_EXTRA:-}

@@ -52,6 +52,8 @@ def test_bench_runs_every_section(compose_bench) -> None:
     assert train["precision"] == "32-true" and train["steps"] == 1
     assert train["images_per_s"] > 0 and train["peak_mib"] > 0
     assert infer["precision"] == "fp32" and infer["gflops_per_image"] > 0
+    assert infer["fold_batchnorm"] and not infer["frozen_vit_bf16"]  # fp32 CPU: ViT stays fp32
+    assert infer["vs_fp32"]["relative_logit_error"] < 1e-5  # folding is exact up to rounding
     for mode in ("labels", "softmax"):
         assert infer[mode]["images_per_s"] > 0 and infer[mode]["mfu"] is None
     table = format_table(results)

@@ -178,19 +178,31 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
     device = _device(cfg.bench.device)
     b, size, warmup, steps = (cfg.data.batch_size, cfg.data.image_size, cfg.bench.warmup,
                               cfg.bench.steps)
+    fast_path = instantiate(cfg.fast_path)
     net = instantiate(cfg.model.net).eval().to(device)
     flops = count_flops(net, size, device)  # eager and fp32: before compile and autocast
-    net = prepare_for_inference(net, device, instantiate(cfg.fast_path))
+    params_m = sum(p.numel() for p in net.parameters()) / 1e6
     images = torch.randn(b * steps, 3, size, size)
+    with torch.inference_mode():  # the plain fp32 net's logits, to see what the fast path moves
+        reference = net(images[:b].to(device)).float()
+    net = prepare_for_inference(net, device, fast_path)
     peak = _peak_tflops(cfg, device)
     bf16 = inference_bf16(device) if cfg.bench.bf16 is None else cfg.bench.bf16
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        fast = net(images[:b].to(device)).float()
     result: dict[str, Any] = {
         "batch_size": b, "image_size": size, "device": str(device),
         "precision": "bf16 autocast" if bf16 else "fp32",
-        "channels_last": instantiate(cfg.fast_path).wants_channels_last(device),
-        "params_m": sum(p.numel() for p in net.parameters()) / 1e6,
-        "gflops_per_image": flops / 1e9, "peak_bf16_tflops": peak,
+        "channels_last": fast_path.wants_channels_last(device),
+        "fold_batchnorm": fast_path.fold_batchnorm,
+        "frozen_vit_bf16": fast_path.wants_frozen_vit_bf16(device),
+        "params_m": params_m, "gflops_per_image": flops / 1e9, "peak_bf16_tflops": peak,
+        # random weights and inputs: near-ties abound, so agreement here is a floor
+        "vs_fp32": {"relative_logit_error": float((fast - reference).norm() / reference.norm()),
+                    "label_agreement": float((fast.argmax(1) == reference.argmax(1))
+                                             .float().mean())},
     }
+    del reference, fast
     for mode, probs in (("labels", False), ("softmax", True)):
         for _ in range(warmup):
             predict(net, images[:b], b, probs=probs, bf16=bf16)
