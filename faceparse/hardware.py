@@ -9,17 +9,18 @@ publishes carries the CPU model and flags it came from.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +85,24 @@ class CpuPolicy:
     reason: str
 
 
-def _best_seconds(work: Callable[[], object], repeats: int = 3) -> float:
-    work()  # warm-up: allocation, kernel selection
-    best = float("inf")
-    for _ in range(repeats):
+def _interleaved_ratio(first: Callable[[], object], second: Callable[[], object],
+                       pairs: int = 5) -> float:
+    """Median over ``pairs`` of time(first) / time(second), the two run back to back.
+
+    Alternating the two and taking the median of per-pair ratios keeps a busy machine's
+    slow moments from landing on one side only (a best-of-N per side read 3.2x and 0.5x
+    on the same loaded machine; this reads within ~15% of a quiet run).
+    """
+    first()
+    second()  # warm-up: allocation, kernel selection
+    ratios = []
+    for _ in range(pairs):
         start = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - start)
-    return best
+        first()
+        middle = time.perf_counter()
+        second()
+        ratios.append((middle - start) / max(time.perf_counter() - middle, 1e-9))
+    return statistics.median(ratios)
 
 
 def probe_bf16_speedup(size: int = 512) -> float:
@@ -100,19 +111,18 @@ def probe_bf16_speedup(size: int = 512) -> float:
     b = torch.randn(size, size)
     a16, b16 = a.bfloat16(), b.bfloat16()
     with torch.inference_mode():
-        return _best_seconds(lambda: a @ b) / _best_seconds(lambda: a16 @ b16)
+        return _interleaved_ratio(lambda: a @ b, lambda: a16 @ b16)
 
 
 def probe_channels_last_speedup(dtype: torch.dtype = torch.float32) -> float:
-    """NCHW time / NHWC time of a VGG-like 3x3 convolution (> 1: channels_last is faster)."""
+    """NCHW time / NHWC time of VGG-like 3x3 conv + BatchNorm + ReLU (> 1: NHWC is faster)."""
     x = torch.randn(2, 64, 64, 64, dtype=dtype)
-    w = torch.randn(64, 64, 3, 3, dtype=dtype)
+    block = torch.nn.Sequential(torch.nn.Conv2d(64, 64, 3, padding=1),
+                                torch.nn.BatchNorm2d(64), torch.nn.ReLU()).eval().to(dtype)
+    block_cl = copy.deepcopy(block).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    w_cl = w.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        nchw = _best_seconds(lambda: F.conv2d(x, w, padding=1))
-        nhwc = _best_seconds(lambda: F.conv2d(x_cl, w_cl, padding=1))
-    return nchw / nhwc
+        return _interleaved_ratio(lambda: block(x), lambda: block_cl(x_cl))
 
 
 def _forced(name: str) -> bool | None:

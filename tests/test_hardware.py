@@ -101,3 +101,10 @@ def test_a_bad_forcing_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None
 def test_the_probes_time_real_kernels() -> None:
     assert hardware.probe_bf16_speedup(size=64) > 0
     assert hardware.probe_channels_last_speedup() > 0
+
+
+def test_interleaved_ratio_reads_the_ratio_of_two_timings() -> None:
+    import time
+
+    ratio = hardware._interleaved_ratio(lambda: time.sleep(0.004), lambda: time.sleep(0.002))
+    assert 1.4 < ratio < 2.6
