@@ -5,7 +5,9 @@
 #   predict: a folder of 512 px JPEGs end to end against the model alone (issue 16);
 #   profile: each stage of a training step and an inference batch timed alone (forward,
 #      backward), the ViT's blocks, kernel classes, FLOPs and MFU;
-#   speed: compare=gpu_speed (torch.compile, batch 16): train and infer images/s and MFU.
+#   speed: compare=gpu_speed (torch.compile, batch 16): train and infer images/s and MFU;
+#   cpu_policy: the host CPU's inference (ViT-B/16, 256 px, batch 2) with its chosen
+#      precision and memory format against each taken away and the original's way.
 # Usage: scripts/profile_gpu.sh OUTPUT_DIR; writes <step>.json and profile_gpu.log there.
 # PYTHON picks the interpreter; COMMON replaces the shared overrides; STEPS picks steps.
 set -u
@@ -18,10 +20,12 @@ log="$out/profile_gpu.log"
 
 bench() {  # bench NAME SECONDS OVERRIDES...: one faceparse.bench run under a time limit
     local name=$1 limit=$2 start=$SECONDS status
+    local -a base=("${common[@]}")
     shift 2
     [[ " ${STEPS:-$name} " == *" $name "* ]] || return 0
+    [[ $name == cpu* ]] && base=()  # a CPU step names its own settings
     echo "== $name (limit ${limit}s)" | tee -a "$log"
-    timeout "$limit" "$py" -m faceparse.bench "${common[@]}" "$@" "hydra.run.dir=$work/$name" \
+    timeout "$limit" "$py" -m faceparse.bench "${base[@]}" "$@" "hydra.run.dir=$work/$name" \
         > "$work/$name.out" 2>&1
     status=$?
     cat "$work/$name.out" >> "$log"
@@ -35,6 +39,8 @@ bench() {  # bench NAME SECONDS OVERRIDES...: one faceparse.bench run under a ti
 bench rewrites 150 "bench.sections=[infer]" bench.warmup=3 bench.steps=10 \
     compare=inference_rewrites
 bench predict 120 "bench.sections=[predict]" bench.predict.images=128 bench.predict.workers=8
+bench cpu_policy 150 trainer=cpu bench.device=cpu vit.size=base data.image_size=256 \
+    data.batch_size=2 "bench.sections=[infer]" bench.warmup=2 bench.steps=10 compare=cpu_policy
 bench profile 150 "bench.sections=[profile]" bench.steps=5
 bench speed 300 "bench.sections=[train,infer]" bench.warmup=3 bench.steps=10 compare=gpu_speed \
     ${SPEED_EXTRA:-}
