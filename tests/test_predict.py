@@ -65,6 +65,21 @@ def test_strips_equal_one_full_resize(size):
     np.testing.assert_allclose(probs.astype(np.float32), full.softmax(0).numpy(), atol=1e-3)
 
 
+def test_label_map_is_torch_argmax_of_the_full_resize_ties_included():
+    """The strip-wise argmax gives exactly ``F.interpolate(...).argmax(0)``: the first
+    class wins on ties (quantised logits tie often), as torch's argmax."""
+    g = torch.Generator().manual_seed(1)
+    smooth = F.interpolate(torch.randn(1, 19, 8, 8, generator=g) * 4, size=(40, 40),
+                           mode="bilinear")[0]
+    for logits in (smooth, (smooth * 2).round() / 2):
+        for size in [(160, 160), (97, 131), (7, 300)]:
+            full = F.interpolate(logits[None], size=size, mode="bilinear",
+                                 align_corners=False)[0]
+            labels, _ = labels_at_size(logits, size)
+            np.testing.assert_array_equal(labels, full.argmax(0).numpy())
+    assert ((smooth * 2).round() / 2).unique().numel() < 100  # ties did happen
+
+
 def test_a_24_megapixel_photo_is_resized_in_bounded_strips():
     logits = torch.randn(19, 64, 64)
     start, stop, strip = next(strips(logits, (4000, 6000)))
@@ -252,6 +267,29 @@ def test_mask_png_names_its_scheme_and_classes(parser, tmp_path):
     assert vis.shape[0] == 45 and vis.shape[1] > 2 * 70
     probs = np.load(tmp_path / "x_probs.npz")["probs"]
     assert probs.dtype == np.float16 and probs.shape == result.probs.shape
+
+
+def test_written_pngs_decode_to_the_reference_images(parser, tmp_path):
+    """The fast encoders change bytes, never pixels: every PNG decodes (with Pillow, as
+    users read them) to the colours, overlay and visualization computed the plain way."""
+    import cv2
+
+    from faceparse.inference.outputs import _legend
+
+    rgb = photo(9, (61, 83))
+    result = parser(rgb)
+    result.labels[:5] = np.arange(83) % result.scheme.num_classes  # many classes present
+    write_outputs(tmp_path, Path("y"), rgb, result, True, 0.4, parser.model.scheme)
+    color = result.scheme.palette_array()[result.labels]
+    blended = cv2.addWeighted(color, 0.4, rgb, 0.6, 0)
+    expected = {"mask": result.labels, "color": color, "overlay": blended,
+                "visualization": np.concatenate(
+                    [rgb, blended, _legend(result.labels, result.scheme, 61)], axis=1)}
+    for kind, want in expected.items():
+        with Image.open(tmp_path / f"y_{kind}.png") as image:
+            assert image.mode == ("L" if kind == "mask" else "RGB")
+            np.testing.assert_array_equal(np.asarray(image), want, err_msg=kind)
+    assert read_mask_scheme(tmp_path / "y_mask.png")[0] == result.scheme.name
 
 
 # --------------------------------------------------------------------------- bench section
