@@ -295,16 +295,26 @@ def test_written_pngs_decode_to_the_reference_images(parser, tmp_path):
 # --------------------------------------------------------------------------- bench section
 
 
-def test_bench_predict_section_measures_a_folder_end_to_end(compose, tmp_path):
+@pytest.mark.parametrize("overlay", [True, False])
+def test_bench_predict_section_measures_a_folder_end_to_end(compose, tmp_path, overlay):
     from faceparse.bench.report import format_table
     from faceparse.bench.variants import run
 
     cfg = compose(["cnn.arch=vgg11_bn", "vit.size=small", "decoder.decoder_channels=32",
                    "data.image_size=32", "bench.sections=[predict]", "bench.predict.images=3",
-                   "bench.predict.photo_size=64", "bench.predict.workers=0", "bench.device=cpu"],
+                   "bench.predict.photo_size=64", "bench.predict.workers=0", "bench.device=cpu",
+                   f"bench.predict.save_overlay={overlay}"],
                   config="bench", output_dir=tmp_path)
     result = run(cfg)["predict"]
     assert (result["images"], result["failed"], result["image_size"]) == (3, 0, 32)
     assert result["end_to_end_images_per_s"] > 0 and result["model_images_per_s"] > 0
     assert result["model_share"] > 0
-    assert "predict end to end" in format_table({"predict": result})
+    assert result["end_to_end_over_model"] == pytest.approx(
+        result["end_to_end_images_per_s"] / result["model_images_per_s"])
+    # the result says what was written per photo
+    assert result["save_overlay"] is overlay
+    assert result["written_per_photo"] == ["mask.png", "color.png"] + (
+        ["overlay.png", "visualization.png"] if overlay else [])
+    table = format_table({"predict": result})
+    assert "predict end to end" in table
+    assert ("mask+color+overlay+visualization" if overlay else "writes mask+color,") in table
