@@ -15,7 +15,6 @@ unless ``overwrite``, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -88,8 +87,9 @@ def _as_list(batch: list) -> list:
 
 
 def writer_threads(device: torch.device) -> int:
-    """One per core on a CPU (the writes run between batches); two beside a GPU."""
-    return max(1, min(8, os.cpu_count() or 1)) if device.type == "cpu" else 2
+    """On a CPU as many as the model's intra-op threads (the writes run between batches,
+    on the cores the model uses); two beside a GPU."""
+    return max(1, min(8, torch.get_num_threads())) if device.type == "cpu" else 2
 
 
 def _finish_and_write(parser: Parser, options: WriteOptions, stem: Path, rgb: np.ndarray,
