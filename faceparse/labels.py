@@ -201,4 +201,5 @@ def remap(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 def colorize(mask: np.ndarray, scheme: str | LabelScheme) -> np.ndarray:
     """Render a label map as an RGB image with the scheme's palette."""
-    return get_scheme(scheme).palette_array()[mask]
+    # np.take is ~4x faster than fancy indexing for a (H, W) index into a (256, 3) table
+    return np.take(get_scheme(scheme).palette_array(), mask, axis=0)

@@ -65,6 +65,21 @@ def test_strips_equal_one_full_resize(size):
     np.testing.assert_allclose(probs.astype(np.float32), full.softmax(0).numpy(), atol=1e-3)
 
 
+def test_label_map_is_torch_argmax_of_the_full_resize_ties_included():
+    """The strip-wise argmax gives exactly ``F.interpolate(...).argmax(0)``: the first
+    class wins on ties (quantised logits tie often), as torch's argmax."""
+    g = torch.Generator().manual_seed(1)
+    smooth = F.interpolate(torch.randn(1, 19, 8, 8, generator=g) * 4, size=(40, 40),
+                           mode="bilinear")[0]
+    for logits in (smooth, (smooth * 2).round() / 2):
+        for size in [(160, 160), (97, 131), (7, 300)]:
+            full = F.interpolate(logits[None], size=size, mode="bilinear",
+                                 align_corners=False)[0]
+            labels, _ = labels_at_size(logits, size)
+            np.testing.assert_array_equal(labels, full.argmax(0).numpy())
+    assert ((smooth * 2).round() / 2).unique().numel() < 100  # ties did happen
+
+
 def test_a_24_megapixel_photo_is_resized_in_bounded_strips():
     logits = torch.randn(19, 64, 64)
     start, stop, strip = next(strips(logits, (4000, 6000)))
@@ -254,19 +269,52 @@ def test_mask_png_names_its_scheme_and_classes(parser, tmp_path):
     assert probs.dtype == np.float16 and probs.shape == result.probs.shape
 
 
+def test_written_pngs_decode_to_the_reference_images(parser, tmp_path):
+    """The fast encoders change bytes, never pixels: every PNG decodes (with Pillow, as
+    users read them) to the colours, overlay and visualization computed the plain way."""
+    import cv2
+
+    from faceparse.inference.outputs import _legend
+
+    rgb = photo(9, (61, 83))
+    result = parser(rgb)
+    result.labels[:5] = np.arange(83) % result.scheme.num_classes  # many classes present
+    write_outputs(tmp_path, Path("y"), rgb, result, True, 0.4, parser.model.scheme)
+    color = result.scheme.palette_array()[result.labels]
+    blended = cv2.addWeighted(color, 0.4, rgb, 0.6, 0)
+    expected = {"mask": result.labels, "color": color, "overlay": blended,
+                "visualization": np.concatenate(
+                    [rgb, blended, _legend(result.labels, result.scheme, 61)], axis=1)}
+    for kind, want in expected.items():
+        with Image.open(tmp_path / f"y_{kind}.png") as image:
+            assert image.mode == ("L" if kind == "mask" else "RGB")
+            np.testing.assert_array_equal(np.asarray(image), want, err_msg=kind)
+    assert read_mask_scheme(tmp_path / "y_mask.png")[0] == result.scheme.name
+
+
 # --------------------------------------------------------------------------- bench section
 
 
-def test_bench_predict_section_measures_a_folder_end_to_end(compose, tmp_path):
+@pytest.mark.parametrize("overlay", [True, False])
+def test_bench_predict_section_measures_a_folder_end_to_end(compose, tmp_path, overlay):
     from faceparse.bench.report import format_table
     from faceparse.bench.variants import run
 
     cfg = compose(["cnn.arch=vgg11_bn", "vit.size=small", "decoder.decoder_channels=32",
                    "data.image_size=32", "bench.sections=[predict]", "bench.predict.images=3",
-                   "bench.predict.photo_size=64", "bench.predict.workers=0", "bench.device=cpu"],
+                   "bench.predict.photo_size=64", "bench.predict.workers=0", "bench.device=cpu",
+                   f"bench.predict.save_overlay={overlay}"],
                   config="bench", output_dir=tmp_path)
     result = run(cfg)["predict"]
     assert (result["images"], result["failed"], result["image_size"]) == (3, 0, 32)
     assert result["end_to_end_images_per_s"] > 0 and result["model_images_per_s"] > 0
     assert result["model_share"] > 0
-    assert "predict end to end" in format_table({"predict": result})
+    assert result["end_to_end_over_model"] == pytest.approx(
+        result["end_to_end_images_per_s"] / result["model_images_per_s"])
+    # the result says what was written per photo
+    assert result["save_overlay"] is overlay
+    assert result["written_per_photo"] == ["mask.png", "color.png"] + (
+        ["overlay.png", "visualization.png"] if overlay else [])
+    table = format_table({"predict": result})
+    assert "predict end to end" in table
+    assert ("mask+color+overlay+visualization" if overlay else "writes mask+color,") in table

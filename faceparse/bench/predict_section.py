@@ -1,9 +1,11 @@
 """The ``predict`` bench section: a folder of 512 px JPEGs end to end against the model alone.
 
 End to end is what ``python -m faceparse.predict`` does per photo (decode in workers,
-resize, normalise, model, logits back to the photo, argmax, write mask/colour/overlay
-PNGs in a thread); model only is the forward pass on the same number of prepared inputs.
-Their ratio says whether users wait for the model or for the code around it.
+resize, normalise, model, logits back to the photo, argmax, write the mask and colour
+PNGs and, with ``bench.predict.save_overlay`` (predict's default: on), the overlay and
+visualization, in writer threads); model only is the forward pass on the same number of
+prepared inputs. Their ratio says whether users wait for the model or for the code around
+it; the result names the files written per photo.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from faceparse.checkpoints import META_KEY, checkpoint_metadata
-from faceparse.inference.folder import WriteOptions, predict_files
+from faceparse.inference.folder import WriteOptions, predict_files, writer_threads
 from faceparse.inference.images import output_stems, read_photo
+from faceparse.inference.outputs import output_paths
 from faceparse.inference.predictor import Parser
 from faceparse.labels import get_scheme
 
@@ -65,12 +68,18 @@ def bench_predict(cfg: DictConfig) -> dict[str, Any]:
         if parser.model.device.type == "cuda":
             torch.cuda.synchronize()
         model_s = time.perf_counter() - start
-        out = WriteOptions(folder / "out", save_overlay=True)
+        out = WriteOptions(folder / "out", save_overlay=bool(options.save_overlay))
         summary = predict_files(parser, files, output_stems(files, folder / "in"), out,
                                 cfg.data.batch_size, int(options.workers))
+    written = [p.name.split("_", 2)[-1]
+               for p in output_paths(out.out_dir, Path("photo_x"), out.save_overlay, False)]
     return {"images": len(files), "photo_size": int(options.photo_size),
             "image_size": parser.image_size, "batch_size": cfg.data.batch_size,
             "device": str(parser.model.device), "workers": int(options.workers),
+            "writer_threads": writer_threads(parser.model.device),
+            "torch_threads": torch.get_num_threads(),
+            "save_overlay": out.save_overlay, "written_per_photo": written,
             "end_to_end_images_per_s": summary.images_per_s,
             "model_images_per_s": len(files) / model_s,
+            "end_to_end_over_model": summary.images_per_s * model_s / len(files),
             "model_share": model_s / summary.seconds, "failed": len(summary.failed)}
