@@ -94,3 +94,17 @@ def test_the_bf16_vit_option_is_validated() -> None:
     with pytest.raises(ValueError, match="frozen_vit_bf16"):
         FastPath(frozen_vit_bf16="maybe").wants_frozen_vit_bf16(torch.device("cpu"))
     assert FastPath(frozen_vit_bf16=True).wants_frozen_vit_bf16(torch.device("cpu"))
+
+
+def test_the_vit_keeps_its_callers_autocast(vit_small) -> None:
+    """Training and bf16 inference run the ViT under the caller's autocast (not fp32)."""
+    seen = []
+    handles = [m.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+               for m in vit_small.model.blocks[0].modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+            vit_small(torch.randn(1, 3, 32, 32))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert vit_small.compute_dtype is None and seen and set(seen) == {torch.bfloat16}

@@ -8,6 +8,7 @@ refused: its random features would feed the decoder noise while training looked 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -153,9 +154,11 @@ class DinoVitEncoder(Encoder):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         trains = not self.frozen or bool(self.tuned)
-        autocast = torch.autocast(x.device.type, dtype=self.compute_dtype or torch.float32,
-                                  enabled=self.compute_dtype is not None)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trains), autocast:
+        # only a bf16-stored ViT opens its own autocast: an autocast(enabled=False) here would
+        # switch the caller's bf16 autocast off inside the ViT (2.6x slower on an H100)
+        precision = (torch.autocast(x.device.type, dtype=self.compute_dtype)
+                     if self.compute_dtype is not None else contextlib.nullcontext())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains), precision:
             maps = self.model.forward_intermediates(
                 x, indices=list(self.layers), norm=True, output_fmt="NCHW", intermediates_only=True
             )
