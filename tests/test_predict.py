@@ -318,3 +318,14 @@ def test_bench_predict_section_measures_a_folder_end_to_end(compose, tmp_path, o
     table = format_table({"predict": result})
     assert "predict end to end" in table
     assert ("mask+color+overlay+visualization" if overlay else "writes mask+color,") in table
+
+
+def test_writer_threads_follow_the_model_on_a_cpu_and_the_free_cores_beside_a_gpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from faceparse.inference.folder import writer_threads
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert writer_threads(torch.device("cpu"), loader_workers=2) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert writer_threads(torch.device("cuda"), loader_workers=8) == 8
+    assert writer_threads(torch.device("cuda"), loader_workers=15) == 2  # never fewer than two

@@ -76,7 +76,7 @@ def bench_predict(cfg: DictConfig) -> dict[str, Any]:
     return {"images": len(files), "photo_size": int(options.photo_size),
             "image_size": parser.image_size, "batch_size": cfg.data.batch_size,
             "device": str(parser.model.device), "workers": int(options.workers),
-            "writer_threads": writer_threads(parser.model.device),
+            "writer_threads": writer_threads(parser.model.device, int(options.workers)),
             "torch_threads": torch.get_num_threads(),
             "save_overlay": out.save_overlay, "written_per_photo": written,
             "end_to_end_images_per_s": summary.images_per_s,
