@@ -1,11 +1,12 @@
 """Many images through a parser: decode in workers, predict, write in threads.
 
-The main thread only feeds the model; resizing the logits back to each photo, the argmax
-and the PNG writes run in writer threads. On a GPU they overlap the next batches (at
-most :data:`AHEAD` batches behind, so memory stays bounded). On a CPU the model and the
-writes share the same cores: overlapping them leaves three busy threads on two cores and
-the model's threads wait on each other at every layer, so there they take turns, each
-on all cores (one writer thread per core, torch intra-op threads for the model).
+The main thread runs the model and resizes its logits back to each photo (torch ops, on
+the model's intra-op threads); the colours and PNG writes run in writer threads. On a GPU
+they overlap the next batches (at most :data:`AHEAD` batches behind, so memory stays
+bounded). On a CPU the model and the writes share the same cores: overlapping them leaves
+three busy threads on two cores and the model's threads wait on each other at every
+layer, so there they take turns, each on all cores (as many writer threads as the model
+has intra-op threads).
 
 A bad file (unreadable, truncated, not an image, a folder, a broken link) is a warning
 naming it and a count in the summary; the run goes on. Outputs that exist are skipped
@@ -98,13 +99,6 @@ def writer_threads(device: torch.device, loader_workers: int = 0) -> int:
     return max(2, min(16, (cores or 2) - loader_workers))
 
 
-def _finish_and_write(parser: Parser, options: WriteOptions, stem: Path, rgb: np.ndarray,
-                      logits: torch.Tensor) -> None:
-    result = parser.finish(logits, rgb.shape[:2], options.save_probs)
-    write_outputs(options.out_dir, stem, rgb, result, options.save_overlay, options.alpha,
-                  parser.model.scheme)
-
-
 def predict_files(parser: Parser, files: list[Path], stems: list[Path], options: WriteOptions,
                   batch_size: int = 8, num_workers: int = 2,
                   boxes: list[list[Box] | None] | None = None) -> Summary:
@@ -128,10 +122,10 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
     device = parser.model.device
     ahead = 0 if device.type == "cpu" else AHEAD
     batches: deque[list[Future]] = deque()  # the writes of each batch still in flight
-    # writer threads: one torch intra-op thread each (the model keeps its own setting)
-    with ThreadPoolExecutor(writer_threads(device, num_workers),
-                            initializer=torch.set_num_threads,
-                            initargs=(1,)) as writer, Progress(transient=True) as progress:
+    # no torch work in the writer threads: their intra-op threads would oversubscribe the
+    # cores, and torch.set_num_threads there also sets MKL's global count (the model's)
+    with ThreadPoolExecutor(writer_threads(device, num_workers)) as writer, \
+            Progress(transient=True) as progress:
         task = progress.add_task("parsing", total=len(todo))
         for batch in loader:
             good = [(todo[j], item) for j, item in batch if not isinstance(item, str)]
@@ -140,17 +134,12 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
                     log.warning("skipped: %s", item)
                     summary.failed.append((str(files[todo[j]]), item))
             if good:
-                rgbs = [rgb for _, rgb in good]
-                if parser.crop == "none":  # logits here, the rest in the writer threads
-                    jobs = [(_finish_and_write, parser, options, stems[i], rgb, logits)
-                            for (i, rgb), logits in zip(good, parser.photo_logits(rgbs),
-                                                        strict=True)]
-                else:  # face crops: parsed and pasted here
-                    given = [boxes[i] for i, _ in good] if boxes is not None else None
-                    results = parser.predict_batch(rgbs, options.save_probs, given)
-                    jobs = [(write_outputs, options.out_dir, stems[i], rgb, result,
-                             options.save_overlay, options.alpha, parser.model.scheme)
-                            for (i, rgb), result in zip(good, results, strict=True)]
+                given = [boxes[i] for i, _ in good] if boxes is not None else None
+                results = parser.predict_batch([rgb for _, rgb in good], options.save_probs,
+                                               given)
+                jobs = [(write_outputs, options.out_dir, stems[i], rgb, result,
+                         options.save_overlay, options.alpha, parser.model.scheme)
+                        for (i, rgb), result in zip(good, results, strict=True)]
                 batches.append([writer.submit(*job) for job in jobs])
                 summary.images += len(good)
             while len(batches) > ahead:
