@@ -96,6 +96,7 @@ def test_kernels_are_sorted_by_the_work_they_do() -> None:
     assert kernel_class("batch_norm_collect_statistics_channels_last_kernel") == (
         "batch / layer norm")
     assert kernel_class("upsample_bilinear2d_nhwc_out_frame") == "resize (upsample)"
+    assert kernel_class("cudnn::bn_fw_tr_1C11_kernel_NCHW") == "batch / layer norm"
     assert kernel_class("conv_depthwise2d_forward_kernel") == "depthwise conv (CUDA cores)"
 
 

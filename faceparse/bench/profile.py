@@ -229,15 +229,16 @@ def time_vit_blocks(vit: nn.Module, image: torch.Tensor, device: torch.device, b
             "outside_blocks_ms": total - sum(per_block)}
 
 
-# GPU kernel names -> what does the work; first match wins
+# GPU kernel names -> what does the work; first match wins (cuDNN's BatchNorm kernels are
+# named cudnn::bn_*: norms come before the matmul/conv class)
 KERNEL_CLASSES: tuple[tuple[str, str], ...] = (
     ("depthwise conv (CUDA cores)", r"depthwise|dwconv"),
     ("attention (flash / SDPA)", r"flash|fmha|attention|sdpa"),
     ("resize (upsample)", r"upsample|interpolat|bilinear"),
+    ("batch / layer norm", r"batch_norm|batchnorm|layer_norm|layernorm|welford|bn_"),
     ("matmul / conv (tensor cores)",
      r"gemm|cutlass|xmma|wgmma|sm\d\d_|cudnn|implicit|fprop|dgrad|wgrad|conv|cublas"
      r"|addmm|::mm$|bmm|matmul|linear"),
-    ("batch / layer norm", r"batch_norm|batchnorm|layer_norm|layernorm|welford|bn_"),
     ("optimizer (AdamW)", r"adam|multi_tensor|foreach"),
     ("softmax / cross entropy", r"softmax|nll|cross_entropy|log_softmax"),
     ("copy / cast / layout", r"copy|cast|to_|transpose|permute|nchw|nhwc|cat|pad"),
