@@ -90,8 +90,9 @@ def _interleaved_ratio(first: Callable[[], object], second: Callable[[], object]
     """Median over ``pairs`` of time(first) / time(second), the two run back to back.
 
     Alternating the two and taking the median of per-pair ratios keeps a busy machine's
-    slow moments from landing on one side only (a best-of-N per side read 3.2x and 0.5x
-    on the same loaded machine; this reads within ~15% of a quiet run).
+    slow moments from landing on one side only: a best-of-3 per side read 3.2x and 0.5x on
+    one loaded machine. Load still moves it (NHWC read 1.00-1.12 quiet, 1.35-1.69 beside a
+    busy process on a 2-core AVX2 EPYC), hence the policy's margin.
     """
     first()
     second()  # warm-up: allocation, kernel selection
