@@ -15,8 +15,8 @@ from hydra import initialize_config_dir
 from torch import nn
 
 from faceparse.bench import PeakMemory, count_flops, run, run_variants
+from faceparse.bench.kernels import kernel_class
 from faceparse.bench.measure import rss_bytes
-from faceparse.bench.profile import kernel_class
 from faceparse.bench.report import format_comparison, format_profile, format_table
 from faceparse.cli import CONF_DIR
 

@@ -11,7 +11,6 @@ whole steps into matrix work (tensor cores) and the memory-bound rest.
 
 from __future__ import annotations
 
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -22,8 +21,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
 
+from faceparse.bench.kernels import kernel_breakdown
 from faceparse.bench.measure import sync
 from faceparse.bench.sections import _device, _peak_tflops, count_flops, train_flops
 from faceparse.fast_path import inference_bf16
@@ -31,7 +30,7 @@ from faceparse.models.decoder import CoarseToFineDecoder
 from faceparse.models.fusion import DualEncoder
 from faceparse.training.optim import build_optimizer
 
-__all__ = ["Stage", "bench_profile", "kernel_class", "reference_stages"]
+__all__ = ["Stage", "bench_profile", "reference_stages"]
 
 Tensors = dict[str, torch.Tensor]
 
@@ -227,75 +226,6 @@ def time_vit_blocks(vit: nn.Module, image: torch.Tensor, device: torch.device, b
     return {"blocks": len(blocks), "whole_vit_ms": total, "blocks_ms": sum(per_block),
             "block_mean_ms": statistics.mean(per_block), "block_max_ms": max(per_block),
             "outside_blocks_ms": total - sum(per_block)}
-
-
-# GPU kernel names -> what does the work; first match wins (cuDNN's BatchNorm kernels are
-# named cudnn::bn_*: norms come before the matmul/conv class)
-KERNEL_CLASSES: tuple[tuple[str, str], ...] = (
-    ("depthwise conv (CUDA cores)", r"depthwise|dwconv"),
-    ("attention (flash / SDPA)", r"flash|fmha|attention|sdpa"),
-    ("resize (upsample)", r"upsample|interpolat|bilinear"),
-    ("batch / layer norm", r"batch_norm|batchnorm|layer_norm|layernorm|welford|bn_"),
-    ("matmul / conv (tensor cores)",
-     r"gemm|cutlass|xmma|wgmma|sm\d\d_|cudnn|implicit|fprop|dgrad|wgrad|conv|cublas"
-     r"|addmm|::mm$|bmm|matmul|linear"),
-    ("optimizer (AdamW)", r"adam|multi_tensor|foreach"),
-    ("softmax / cross entropy", r"softmax|nll|cross_entropy|log_softmax"),
-    ("copy / cast / layout", r"copy|cast|to_|transpose|permute|nchw|nhwc|cat|pad"),
-    ("elementwise / reduce", r"elementwise|vectorized|unrolled|reduce|pointwise|triton"),
-)
-
-
-def kernel_class(name: str) -> str:
-    """What kind of work a kernel (or CPU op) does, from its name."""
-    lowered = name.lower()
-    for label, pattern in KERNEL_CLASSES:
-        if re.search(pattern, lowered):
-            return label
-    return "other"
-
-
-def _self_time_us(event: Any, device: torch.device) -> float:
-    if device.type == "cuda":
-        return float(getattr(event, "self_device_time_total",
-                             getattr(event, "self_cuda_time_total", 0.0)))
-    return float(event.self_cpu_time_total)
-
-
-def kernel_breakdown(work: Callable[[], Any], device: torch.device, steps: int,
-                     top: int = 15) -> dict[str, Any]:
-    """``torch.profiler`` over ``steps`` calls: time per kernel class and the top kernels.
-
-    On a GPU these are CUDA kernels; on a CPU (where there are none) the ``aten::`` ops'
-    own time stands in, so the section runs everywhere.
-    """
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
-                                           else [])
-    work()
-    sync(device)
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            work()
-        sync(device)
-    rows = []
-    for event in prof.key_averages():
-        is_kernel = (str(getattr(event, "device_type", "")).endswith("CUDA")
-                     if device.type == "cuda" else event.key.startswith("aten::"))
-        us = _self_time_us(event, device)
-        if is_kernel and us > 0:
-            rows.append((event.key, us / steps / 1e3, event.count // steps))
-    total = sum(ms for _, ms, _ in rows) or 1.0
-    classes: dict[str, float] = {}
-    for name, ms, _ in rows:
-        classes[kernel_class(name)] = classes.get(kernel_class(name), 0.0) + ms
-    rows.sort(key=lambda r: r[1], reverse=True)
-    return {
-        "kernel_ms_per_step": total,
-        "classes": {k: {"ms": v, "share": v / total}
-                    for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
-        "top": [{"kernel": name[:120], "class": kernel_class(name), "ms": ms, "calls": calls,
-                 "share": ms / total} for name, ms, calls in rows[:top]],
-    }
 
 
 def _check_replay(net: nn.Module, stages: Sequence[Stage], image: torch.Tensor) -> float:

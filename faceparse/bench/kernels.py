@@ -1,0 +1,86 @@
+"""What the kernels of a profiled step do: matrix work on tensor cores or memory-bound rest.
+
+``torch.profiler`` names each GPU kernel; the name says which library and op made it, so a
+few patterns sort them into the classes the profile section reports (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from faceparse.bench.measure import sync
+
+__all__ = ["KERNEL_CLASSES", "kernel_breakdown", "kernel_class"]
+
+# GPU kernel names -> what does the work; first match wins (cuDNN's BatchNorm kernels are
+# named cudnn::bn_*: norms come before the matmul/conv class)
+KERNEL_CLASSES: tuple[tuple[str, str], ...] = (
+    ("depthwise conv (CUDA cores)", r"depthwise|dwconv"),
+    ("attention (flash / SDPA)", r"flash|fmha|attention|sdpa"),
+    ("resize (upsample)", r"upsample|interpolat|bilinear"),
+    ("batch / layer norm", r"batch_norm|batchnorm|layer_norm|layernorm|welford|bn_"),
+    ("matmul / conv (tensor cores)",
+     r"gemm|cutlass|xmma|wgmma|sm\d\d_|cudnn|implicit|fprop|dgrad|wgrad|conv|cublas"
+     r"|addmm|::mm$|bmm|matmul|linear"),
+    ("optimizer (AdamW)", r"adam|multi_tensor|foreach"),
+    ("softmax / cross entropy", r"softmax|nll|cross_entropy|log_softmax"),
+    ("copy / cast / layout", r"copy|cast|to_|transpose|permute|nchw|nhwc|cat|pad"),
+    ("elementwise / reduce", r"elementwise|vectorized|unrolled|reduce|pointwise|triton"),
+)
+
+
+def kernel_class(name: str) -> str:
+    """What kind of work a kernel (or CPU op) does, from its name."""
+    lowered = name.lower()
+    for label, pattern in KERNEL_CLASSES:
+        if re.search(pattern, lowered):
+            return label
+    return "other"
+
+
+def _self_time_us(event: Any, device: torch.device) -> float:
+    if device.type == "cuda":
+        return float(getattr(event, "self_device_time_total",
+                             getattr(event, "self_cuda_time_total", 0.0)))
+    return float(event.self_cpu_time_total)
+
+
+def kernel_breakdown(work: Callable[[], Any], device: torch.device, steps: int,
+                     top: int = 15) -> dict[str, Any]:
+    """``torch.profiler`` over ``steps`` calls: time per kernel class and the top kernels.
+
+    On a GPU these are CUDA kernels; on a CPU (where there are none) the ``aten::`` ops'
+    own time stands in, so the section runs everywhere.
+    """
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    work()
+    sync(device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            work()
+        sync(device)
+    rows = []
+    for event in prof.key_averages():
+        is_kernel = (str(getattr(event, "device_type", "")).endswith("CUDA")
+                     if device.type == "cuda" else event.key.startswith("aten::"))
+        us = _self_time_us(event, device)
+        if is_kernel and us > 0:
+            rows.append((event.key, us / steps / 1e3, event.count // steps))
+    total = sum(ms for _, ms, _ in rows) or 1.0
+    classes: dict[str, float] = {}
+    for name, ms, _ in rows:
+        classes[kernel_class(name)] = classes.get(kernel_class(name), 0.0) + ms
+    rows.sort(key=lambda r: r[1], reverse=True)
+    return {
+        "kernel_ms_per_step": total,
+        "classes": {k: {"ms": v, "share": v / total}
+                    for k, v in sorted(classes.items(), key=lambda kv: -kv[1])},
+        "top": [{"kernel": name[:120], "class": kernel_class(name), "ms": ms, "calls": calls,
+                 "share": ms / total} for name, ms, calls in rows[:top]],
+    }
