@@ -23,7 +23,7 @@ from faceparse.fast_path import inference_bf16
 from faceparse.inference.faces import Box, FaceDetector, expand_box
 from faceparse.inference.images import to_rgb
 from faceparse.inference.model import LoadedModel, load_model
-from faceparse.inference.resize import labels_at_size, strips
+from faceparse.inference.resize import labels_at_size, logits_hwc, softmax_classes, strips
 from faceparse.labels import LabelScheme, colorize, get_scheme, mapping_lut
 
 __all__ = ["CROPS", "ParseResult", "Parser", "Placement"]
@@ -187,16 +187,17 @@ class Parser:
             prob = np.zeros((self.model.scheme.num_classes, *size), np.float16)
             prob[self._background] = 1
         for (x0, y0, x1, y1), box_logits in zip(boxes, logits, strict=True):
-            for start, stop, strip in strips(box_logits, (y1 - y0, x1 - x0)):
-                soft = strip.softmax(0)
-                score, ids = (t.cpu().numpy() for t in soft.max(0))
+            for start, stop, strip in strips(logits_hwc(box_logits), (y1 - y0, x1 - x0)):
+                soft = softmax_classes(strip)
+                ids = soft.argmax(-1)
+                score = np.take_along_axis(soft, ids[..., None], -1)[..., 0]
                 rows = slice(y0 + start, y0 + stop)
                 win = score > best[rows, x0:x1]
                 labels[rows, x0:x1][win] = ids[win]
                 best[rows, x0:x1][win] = score[win]
                 if prob is not None:
                     region = prob[:, rows, x0:x1]
-                    region[:, win] = soft.half().cpu().numpy()[:, win]
+                    region[:, win] = soft[win].T
         return self._result(labels, prob, list(boxes))
 
     def boxes_for(self, rgb: np.ndarray, boxes: Sequence[Box] | None) -> list[Box]:
