@@ -1,12 +1,13 @@
-"""Many images through a parser: decode in workers, predict, write in threads.
+"""Many images through a parser: decode, predict, then the photo side in writer threads.
 
-The main thread runs the model and resizes its logits back to each photo (torch ops, on
-the model's intra-op threads); the colours and PNG writes run in writer threads. On a GPU
-they overlap the next batches (at most :data:`AHEAD` batches behind, so memory stays
-bounded). On a CPU the model and the writes share the same cores: overlapping them leaves
-three busy threads on two cores and the model's threads wait on each other at every
-layer, so there they take turns, each on all cores (as many writer threads as the model
-has intra-op threads).
+The main thread runs the model; writer threads resize each photo's logits back to its size,
+take the argmax, colour and write the PNGs (NumPy and OpenCV only: no torch op, so no more
+intra-op threads than cores). Beside a GPU, loader processes decode the photos and the
+writes overlap the next batches (at most :data:`AHEAD` batches in flight while the model
+runs, so memory stays bounded). On a CPU the model and the rest share the same cores:
+anything running beside the model leaves its intra-op threads waiting on each other at
+every layer, so there they take turns: the model on all cores, then the writer threads (one
+per model thread) write this batch and decode the next one.
 
 A bad file (unreadable, truncated, not an image, a folder, a broken link) is a warning
 naming it and a count in the summary; the run goes on. Outputs that exist are skipped
@@ -19,6 +20,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +40,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["AHEAD", "Summary", "WriteOptions", "predict_files", "writer_threads"]
 
-AHEAD = 2  # batches the writes may lag behind the model on a GPU
+AHEAD = 2  # batches whose writes may be in flight while the model runs (on a GPU)
 
 
 @dataclass
@@ -62,14 +64,22 @@ class Summary:
 @dataclass(frozen=True)
 class WriteOptions:
     out_dir: Path
-    save_overlay: bool = True
+    save_overlay: bool = False
     alpha: float = 0.5
     save_probs: bool = False
     overwrite: bool = False
 
 
+def _read(path: Path) -> np.ndarray | str:
+    """The decoded photo, or the error message of a bad file."""
+    try:
+        return read_photo(path)
+    except BadSampleError as err:
+        return str(err)
+
+
 class _Photos(Dataset):
-    """Decoded photos by index; a bad file gives its error message instead."""
+    """Decoded photos by index (for loader processes beside a GPU)."""
 
     def __init__(self, files: list[Path]) -> None:
         self.files = files
@@ -78,14 +88,30 @@ class _Photos(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | str]:
-        try:
-            return i, read_photo(self.files[i])
-        except BadSampleError as err:
-            return i, str(err)
+        return i, _read(self.files[i])
 
 
 def _as_list(batch: list) -> list:
     return batch
+
+
+def _decoded_in(pool: ThreadPoolExecutor, files: list[Path], batch_size: int
+                ) -> Iterator[list[tuple[int, np.ndarray | str]]]:
+    """Batches decoded by the writer threads. Each batch is submitted when the previous
+    one's model pass is over, after its writes: on a CPU they share the turn between
+    model passes instead of taking cores from the model."""
+    for first in range(0, len(files), batch_size):
+        reads = [(j, pool.submit(_read, files[j]))
+                 for j in range(first, min(len(files), first + batch_size))]
+        yield [(j, future.result()) for j, future in reads]
+
+
+def _finish_and_write(parser: Parser, logits: torch.Tensor, rgb: np.ndarray, stem: Path,
+                      options: WriteOptions) -> None:
+    """The photo side of one image: logits back to its size, argmax, files."""
+    result = parser.finish(logits, rgb.shape[:2], options.save_probs)
+    write_outputs(options.out_dir, stem, rgb, result, options.save_overlay, options.alpha,
+                  parser.model.scheme)
 
 
 def writer_threads(device: torch.device, loader_workers: int = 0) -> int:
@@ -97,6 +123,22 @@ def writer_threads(device: torch.device, loader_workers: int = 0) -> int:
         return max(1, min(8, torch.get_num_threads()))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(2, min(16, (cores or 2) - loader_workers))
+
+
+def _submit_batch(writer: ThreadPoolExecutor, parser: Parser,
+                  good: list[tuple[int, np.ndarray]], stems: list[Path], options: WriteOptions,
+                  boxes: list[list[Box] | None] | None) -> list[Future]:
+    """Run the model on one batch here; hand the photo side to the writer threads."""
+    rgbs = [rgb for _, rgb in good]
+    if parser.crop == "none":
+        logits = [lg.float().cpu() for lg in parser.photo_logits(rgbs)]
+        return [writer.submit(_finish_and_write, parser, lg, rgb, stems[i], options)
+                for (i, rgb), lg in zip(good, logits, strict=True)]
+    given = [boxes[i] for i, _ in good] if boxes is not None else None
+    results = parser.predict_batch(rgbs, options.save_probs, given)
+    return [writer.submit(write_outputs, options.out_dir, stems[i], rgb, result,
+                          options.save_overlay, options.alpha, parser.model.scheme)
+            for (i, rgb), result in zip(good, results, strict=True)]
 
 
 def predict_files(parser: Parser, files: list[Path], stems: list[Path], options: WriteOptions,
@@ -116,35 +158,28 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
         else:
             todo.append(i)
     start = time.perf_counter()
-    loader = DataLoader(_Photos([files[i] for i in todo]), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=_as_list,
-                        persistent_workers=False)
     device = parser.model.device
     ahead = 0 if device.type == "cpu" else AHEAD
+    photos = [files[i] for i in todo]
     batches: deque[list[Future]] = deque()  # the writes of each batch still in flight
-    # no torch work in the writer threads: their intra-op threads would oversubscribe the
-    # cores, and torch.set_num_threads there also sets MKL's global count (the model's)
     with ThreadPoolExecutor(writer_threads(device, num_workers)) as writer, \
             Progress(transient=True) as progress:
         task = progress.add_task("parsing", total=len(todo))
-        for batch in loader:
+        source = (_decoded_in(writer, photos, batch_size) if device.type == "cpu" else
+                  DataLoader(_Photos(photos), batch_size=batch_size, num_workers=num_workers,
+                             collate_fn=_as_list))
+        for batch in source:
+            while len(batches) > ahead:
+                for future in batches.popleft():
+                    future.result()  # a write error (disk full) stops the run loudly
             good = [(todo[j], item) for j, item in batch if not isinstance(item, str)]
             for j, item in batch:
                 if isinstance(item, str):
                     log.warning("skipped: %s", item)
                     summary.failed.append((str(files[todo[j]]), item))
             if good:
-                given = [boxes[i] for i, _ in good] if boxes is not None else None
-                results = parser.predict_batch([rgb for _, rgb in good], options.save_probs,
-                                               given)
-                jobs = [(write_outputs, options.out_dir, stems[i], rgb, result,
-                         options.save_overlay, options.alpha, parser.model.scheme)
-                        for (i, rgb), result in zip(good, results, strict=True)]
-                batches.append([writer.submit(*job) for job in jobs])
+                batches.append(_submit_batch(writer, parser, good, stems, options, boxes))
                 summary.images += len(good)
-            while len(batches) > ahead:
-                for future in batches.popleft():
-                    future.result()  # a write error (disk full) stops the run loudly
             progress.advance(task, len(batch))
         while batches:
             for future in batches.popleft():
