@@ -5,18 +5,20 @@ mask file says what its numbers mean), ``<stem>_color.png``, and on request
 ``<stem>_overlay.png``, ``<stem>_visualization.png`` (photo | overlay, with a legend of the
 classes present) and ``<stem>_probs.npz`` (float16 per-class probabilities).
 
-PNG is lossless, so the encoder is chosen for speed: these writes run beside the model on
-the same cores. OpenCV's libpng at zlib level 1 with one fixed row filter and run-length
-matching (:data:`PNG_PHOTO` for photo-like images, :data:`PNG_FLAT` for palette colours)
-encodes 2-3x faster than Pillow's adaptive filters at level 3, to files of about the same
-size; the mask keeps Pillow, which writes its text chunks. The overlay is blended once and
-reused in the visualization.
+PNG is lossless, so the encoder is chosen for speed: these writes share the cores with
+the model. OpenCV's libpng at zlib level 1 with the "up" row filter and run-length matching
+(:data:`PNG_FAST`) encodes 2-3x faster than Pillow's adaptive filters at level 3, to files
+of about the same size; the mask's text chunks are spliced in after its header. Colours
+come from one OpenCV lookup table; the overlay is blended once and reused in the
+visualization.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -28,14 +30,14 @@ from faceparse.data.io import write_atomic
 from faceparse.inference.predictor import ParseResult
 from faceparse.labels import LabelScheme
 
-__all__ = ["PNG_FLAT", "PNG_PHOTO", "png_bytes", "output_paths", "overlay", "visualization",
+__all__ = ["PNG_FAST", "color_bgr", "png_bytes", "output_paths", "overlay", "visualization",
            "write_outputs", "read_mask_scheme"]
 
-# OpenCV PNG parameters: zlib level 1, run-length matches, one filter for every row
-_PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
-             cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER]
-PNG_PHOTO = [*_PNG_FAST, cv2.IMWRITE_PNG_FILTER_UP]      # photos, overlays: smooth rows
-PNG_FLAT = [*_PNG_FAST, cv2.IMWRITE_PNG_FILTER_PAETH]    # palette colours: flat regions
+# OpenCV PNG parameters: zlib level 1, run-length matches, the "up" filter on every row
+# (on 512 px colour maps 1.7x faster than Paeth, files 5 KB either way)
+PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
+            cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+_PNG_HEADER = 8 + 25  # signature + IHDR chunk: text chunks may follow
 
 
 def output_paths(out_dir: Path, stem: Path, overlay: bool, probs: bool) -> list[Path]:
@@ -45,28 +47,45 @@ def output_paths(out_dir: Path, stem: Path, overlay: bool, probs: bool) -> list[
     return [out_dir / stem.parent / f"{stem.name}_{kind}" for kind in kinds]
 
 
-def png_bytes(array: np.ndarray, text: dict[str, str] | None = None,
-              params: list[int] | None = None) -> bytes:
-    """A PNG of an RGB or grey uint8 array; ``text`` chunks go through Pillow, other
-    images through OpenCV with ``params`` (default :data:`PNG_PHOTO`)."""
-    if text or array.dtype != np.uint8 or array.ndim not in (2, 3) or (
-            array.ndim == 3 and array.shape[2] != 3):
+def png_bytes(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:
+    """A PNG of an RGB or grey uint8 array with Latin-1 ``text`` chunks; other arrays
+    (16-bit, alpha) and other text through Pillow."""
+    fast = array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3
+                                                            and array.shape[2] == 3))
+    try:
+        chunks = b"".join(_text_chunk(k, v) for k, v in (text or {}).items())
+    except UnicodeEncodeError:
+        fast = False
+    if not fast:
         info = PngInfo()
         for key, value in (text or {}).items():
             info.add_text(key, value)
         buffer = io.BytesIO()
         Image.fromarray(array).save(buffer, format="PNG", pnginfo=info, compress_level=1)
         return buffer.getvalue()
-    return _cv2_png(array if array.ndim == 2 else cv2.cvtColor(array, cv2.COLOR_RGB2BGR),
-                    params)
+    png = _cv2_png(array if array.ndim == 2 else cv2.cvtColor(array, cv2.COLOR_RGB2BGR))
+    return png[:_PNG_HEADER] + chunks + png[_PNG_HEADER:]
 
 
-def _cv2_png(array: np.ndarray, params: list[int] | None = None) -> bytes:
+def _text_chunk(key: str, value: str) -> bytes:
+    """A PNG ``tEXt`` chunk (keyword NUL text, Latin-1), as Pillow reads it back."""
+    body = b"tEXt" + key.encode("latin-1") + b"\0" + value.encode("latin-1")
+    return struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+
+
+def _cv2_png(array: np.ndarray) -> bytes:
     """A PNG of a grey or BGR uint8 array (OpenCV's channel order)."""
-    ok, encoded = cv2.imencode(".png", array, PNG_PHOTO if params is None else params)
+    ok, encoded = cv2.imencode(".png", array, PNG_FAST)
     if not ok:
         raise OSError(f"OpenCV could not encode a {array.shape} {array.dtype} PNG")
     return encoded.tobytes()
+
+
+def color_bgr(labels: np.ndarray, scheme: LabelScheme) -> np.ndarray:
+    """The label map in the scheme's palette colours (as :func:`colorize`) in OpenCV's BGR
+    order: one lookup table, ~3x faster than indexing the palette."""
+    table = np.ascontiguousarray(scheme.palette_array()[:, None, ::-1])
+    return cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2BGR), table)
 
 
 def read_mask_scheme(path: str | Path) -> tuple[str, list[str]]:
@@ -118,11 +137,11 @@ def write_outputs(out_dir: Path, stem: Path, rgb: np.ndarray, result: ParseResul
             "faceparse:class_names": json.dumps(list(result.class_names))}
     write_atomic(mask, png_bytes(result.labels, text))
     # in OpenCV's BGR order from the start: one channel swap (of the photo) per image
-    color_bgr = np.take(result.scheme.palette_array()[:, ::-1], result.labels, axis=0)
-    write_atomic(color, _cv2_png(color_bgr, PNG_FLAT))
+    colors = color_bgr(result.labels, result.scheme)
+    write_atomic(color, _cv2_png(colors))
     if save_overlay:
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        blended = overlay(bgr, color_bgr, alpha)  # per channel: the same in either order
+        blended = overlay(bgr, colors, alpha)  # per channel: the same in either order
         write_atomic(rest.pop(0), _cv2_png(blended))
         legend = cv2.cvtColor(_legend(result.labels, result.scheme, rgb.shape[0]),
                               cv2.COLOR_RGB2BGR)
