@@ -2,9 +2,10 @@
 ``python -m faceparse.predict ckpt=<checkpoint | run folder> input=<image|folder|glob|video>``.
 
 Per image ``<stem>_mask.png`` (class ids at the photo's size, scheme and class names in
-its text chunks), ``<stem>_color.png``, ``<stem>_overlay.png`` and
-``<stem>_visualization.png``; per video a mask and an overlay video. Options and defaults:
-``conf/predict.yaml``. The exit code is non-zero only when every input failed.
+its text chunks), ``<stem>_color.png`` and, with ``save_overlay=true``,
+``<stem>_overlay.png`` and ``<stem>_visualization.png``; per video a mask and an overlay
+video. Options and defaults: ``conf/predict.yaml``. The exit code is non-zero only when
+every input failed.
 """
 
 from __future__ import annotations

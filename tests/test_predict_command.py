@@ -63,7 +63,7 @@ def test_a_folder_run_writes_every_output_and_resumes(compose, ckpt, tmp_path):
     _video(photos / "clip.mp4")
     out = photos / "masks"  # inside the input folder: must not be read back
     done = run_predict(f"ckpt={ckpt}", f"input={photos}", f"output_dir={out}",
-                       "labels=ourface", "save_probs=true", "smoothing=0.7",
+                       "labels=ourface", "save_probs=true", "save_overlay=true", "smoothing=0.7",
                        f"hydra.run.dir={tmp_path / 'run'}")
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
