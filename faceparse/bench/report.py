@@ -36,7 +36,8 @@ def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float |
         p = results["predict"]
         setting = (f"{p['images']} JPEGs {p['photo_size']}px -> {p['image_size']}px, "
                    f"writes {'+'.join(k.split('.')[0] for k in p['written_per_photo'])}, "
-                   f"model {p['model_share']:.0%} of the time")
+                   f"model {p['model_share']:.0%} of the time, {p['weights']} weights, "
+                   f"{p['boundary_share']:.1%} boundary pixels")
         rows["predict end to end"] = (setting, p["end_to_end_images_per_s"], None)
         rows["predict model only"] = ("same inputs, forward only", p["model_images_per_s"], None)
     if "profile" in results:
