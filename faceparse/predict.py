@@ -67,10 +67,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                                cfg.save_frames, cfg.alpha, cfg.overwrite)
         summary.images += report["frames"]
         summary.seconds += report["seconds"]
+        summary.model_seconds += report["model_seconds"]
         flicker[str(video)] = report
     log.info("%s -> %s", summary.line(), out_dir)
     return {"images": summary.images, "failed": len(summary.failed), "skipped": summary.skipped,
             "seconds": summary.seconds, "images_per_s": summary.images_per_s,
+            "model_seconds": summary.model_seconds,
             "inputs": len(files), "videos": flicker, "output_dir": str(out_dir)}
 
 

@@ -353,7 +353,7 @@ def test_bench_predict_section_measures_a_folder_end_to_end(compose, ckpt, tmp_p
                                                          (48, "random"))
     assert 0 <= result["boundary_share"] < 1 and result["classes_per_photo"] >= 1
     assert result["end_to_end_images_per_s"] > 0 and result["model_images_per_s"] > 0
-    assert result["model_share"] > 0
+    assert 0 < result["model_share"] < 1  # the model passes' share of each run
     assert result["end_to_end_over_model"] == pytest.approx(
         result["end_to_end_images_per_s"] / result["model_images_per_s"])
     assert result["repeats"] == len(result["end_to_end_over_model_per_repeat"]) == 2

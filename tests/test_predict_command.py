@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,7 @@ def test_a_folder_run_writes_every_output_and_resumes(compose, ckpt, tmp_path):
             assert (out / f"{stem}_{kind}").is_file(), kind
     assert "bad.jpg" in log and "broken.jpg" in log
     assert "7 images, 2 failed, 0 skipped" in log  # 3 photos + 4 video frames
+    assert re.search(r"s, model \d+% of it, [\d.]+ images/s", log)
     assert (out / "clip_overlay.mp4").stat().st_size > 0
     assert len(list((out / "clip_frames").glob("*_mask.png"))) == 4
     assert "flicker" in log

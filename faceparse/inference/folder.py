@@ -34,7 +34,7 @@ from faceparse.data.io import BadSampleError
 from faceparse.inference.faces import Box
 from faceparse.inference.images import read_photo
 from faceparse.inference.outputs import output_paths, write_outputs
-from faceparse.inference.predictor import Parser
+from faceparse.inference.predictor import Parser, ParseResult
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +45,24 @@ AHEAD = 2  # batches whose writes may be in flight while the model runs (on a GP
 
 @dataclass
 class Summary:
-    """What a run did; ``failed`` lists ``(file, reason)``."""
+    """What a run did; ``failed`` lists ``(file, reason)``; ``model_seconds`` the time the
+    main thread spent in model passes (with crop=faces|box, also detecting and pasting)."""
 
     images: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    model_seconds: float = 0.0
 
     @property
     def images_per_s(self) -> float:
         return self.images / self.seconds if self.seconds else 0.0
 
     def line(self) -> str:
+        share = f", model {self.model_seconds / self.seconds:.0%} of it" if self.seconds else ""
         return (f"{self.images} images, {len(self.failed)} failed, {self.skipped} skipped "
-                f"(outputs exist), {self.seconds:.1f} s, {self.images_per_s:.2f} images/s")
+                f"(outputs exist), {self.seconds:.1f} s{share}, "
+                f"{self.images_per_s:.2f} images/s")
 
 
 @dataclass(frozen=True)
@@ -125,20 +129,30 @@ def writer_threads(device: torch.device, loader_workers: int = 0) -> int:
     return max(2, min(16, (cores or 2) - loader_workers))
 
 
-def _submit_batch(writer: ThreadPoolExecutor, parser: Parser,
-                  good: list[tuple[int, np.ndarray]], stems: list[Path], options: WriteOptions,
-                  boxes: list[list[Box] | None] | None) -> list[Future]:
-    """Run the model on one batch here; hand the photo side to the writer threads."""
+def _run_model(parser: Parser, good: list[tuple[int, np.ndarray]], options: WriteOptions,
+               boxes: list[list[Box] | None] | None) -> list[torch.Tensor] | list[ParseResult]:
+    """One batch through the model: per photo its logits on the CPU (crop=none: the writer
+    threads do the rest) or, with face crops, the finished result."""
     rgbs = [rgb for _, rgb in good]
     if parser.crop == "none":
-        logits = [lg.float().cpu() for lg in parser.photo_logits(rgbs)]
-        return [writer.submit(_finish_and_write, parser, lg, rgb, stems[i], options)
-                for (i, rgb), lg in zip(good, logits, strict=True)]
+        return [lg.float().cpu() for lg in parser.photo_logits(rgbs)]
     given = [boxes[i] for i, _ in good] if boxes is not None else None
-    results = parser.predict_batch(rgbs, options.save_probs, given)
-    return [writer.submit(write_outputs, options.out_dir, stems[i], rgb, result,
-                          options.save_overlay, options.alpha, parser.model.scheme)
-            for (i, rgb), result in zip(good, results, strict=True)]
+    return parser.predict_batch(rgbs, options.save_probs, given)
+
+
+def _submit_writes(writer: ThreadPoolExecutor, parser: Parser,
+                   good: list[tuple[int, np.ndarray]],
+                   results: list[torch.Tensor] | list[ParseResult], stems: list[Path],
+                   options: WriteOptions) -> list[Future]:
+    """Hand each photo's remaining work to the writer threads."""
+    jobs = []
+    for (i, rgb), result in zip(good, results, strict=True):
+        if isinstance(result, ParseResult):
+            jobs.append(writer.submit(write_outputs, options.out_dir, stems[i], rgb, result,
+                                      options.save_overlay, options.alpha, parser.model.scheme))
+        else:
+            jobs.append(writer.submit(_finish_and_write, parser, result, rgb, stems[i], options))
+    return jobs
 
 
 def predict_files(parser: Parser, files: list[Path], stems: list[Path], options: WriteOptions,
@@ -178,7 +192,10 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
                     log.warning("skipped: %s", item)
                     summary.failed.append((str(files[todo[j]]), item))
             if good:
-                batches.append(_submit_batch(writer, parser, good, stems, options, boxes))
+                model_start = time.perf_counter()
+                results = _run_model(parser, good, options, boxes)
+                summary.model_seconds += time.perf_counter() - model_start
+                batches.append(_submit_writes(writer, parser, good, results, stems, options))
                 summary.images += len(good)
             progress.advance(task, len(batch))
         while batches:

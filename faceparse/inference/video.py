@@ -64,13 +64,14 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     if over_path.exists() and not overwrite:
         capture.release()
         log.info("skipped %s: %s exists (overwrite=true to redo)", path, over_path)
-        return {"frames": 0, "seconds": 0.0, "flicker_raw": None, "flicker_smoothed": None}
+        return {"frames": 0, "seconds": 0.0, "model_seconds": 0.0, "flicker_raw": None,
+                "flicker_smoothed": None}
     frames_dir = out_stem.with_name(f"{out_stem.name}_frames")
     (frames_dir if save_frames else out_stem.parent).mkdir(parents=True, exist_ok=True)
     writers: dict[str, cv2.VideoWriter] = {}
     state = box = raw_prev = smooth_prev = None
     raw_changes, smooth_changes = [], []
-    count, start = 0, time.perf_counter()
+    count, start, model_seconds = 0, time.perf_counter(), 0.0
     with Progress(transient=True) as progress:
         task = progress.add_task(f"parsing {path.name}", total=total)
         while True:
@@ -85,7 +86,9 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
                 region = rgb[box[1]:box[3], box[0]:box[2]] if box else rgb
             else:
                 region = rgb
+            model_start = time.perf_counter()
             logits = parser.photo_logits([region])[0]
+            model_seconds += time.perf_counter() - model_start
             state = logits if state is None or state.shape != logits.shape else (
                 smoothing * state + (1 - smoothing) * logits)
             raw, smooth = logits.argmax(0), state.argmax(0)
@@ -116,6 +119,7 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     if count == 0:
         raise ValueError(f"input={path}: the video has no readable frames")
     report = {"frames": count, "seconds": time.perf_counter() - start,
+              "model_seconds": model_seconds,
               "flicker_raw": float(np.mean(raw_changes)) if raw_changes else None,
               "flicker_smoothed": float(np.mean(smooth_changes)) if smooth_changes else None}
     log.info("%s: %d frames, flicker %.4f raw, %.4f with smoothing=%s", path, count,
