@@ -5,8 +5,8 @@ normalise, model, logits back to the photo, argmax, write the mask and colour PN
 with ``bench.predict.save_overlay``, the overlay and visualization); model only is the
 forward pass on the same number of prepared inputs, in alternating runs. Their ratio says
 whether users wait for the model or for the code around it; so does ``model_share``, the
-model passes' share of each end-to-end run, which is immune to the drift of a shared
-machine between runs (their ratio moved by +-15% on a 2-core VM, model share by a few %).
+model passes' share of each end-to-end run, timed inside the run and so immune to the
+drift of a shared machine between runs (their ratio moved by +-15% on a 2-core VM).
 The result names the files written per photo.
 
 The photo side costs more where labels change (the argmax is taken at boundaries, and
@@ -56,7 +56,7 @@ def write_photos(folder: Path, count: int, side: int, seed: int = 0) -> list[Pat
 
 def bench_predict(cfg: DictConfig) -> dict[str, Any]:
     """Images/s end to end and model only (medians of ``repeats`` alternating runs), and
-the model's share of the time."""
+    the model's share of the time."""
     options = cfg.bench.predict
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

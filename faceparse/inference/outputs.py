@@ -64,6 +64,8 @@ def png_bytes(array: np.ndarray, text: dict[str, str] | None = None) -> bytes:
         Image.fromarray(array).save(buffer, format="PNG", pnginfo=info, compress_level=1)
         return buffer.getvalue()
     png = _cv2_png(array if array.ndim == 2 else cv2.cvtColor(array, cv2.COLOR_RGB2BGR))
+    if png[12:16] != b"IHDR":  # the PNG standard puts it first, 13 bytes long
+        raise OSError("OpenCV wrote a PNG without IHDR first: cannot add text chunks")
     return png[:_PNG_HEADER] + chunks + png[_PNG_HEADER:]
 
 
