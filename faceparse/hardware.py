@@ -164,8 +164,8 @@ def cpu_policy() -> CpuPolicy:
     else:
         speedup = probe_channels_last_speedup(torch.bfloat16 if bf16 else torch.float32)
         # NHWC unless clearly slower: one probe block reads 1.0-1.3x where whole nets gain
-        # 1.25x (AVX2 EPYC: VGG19-BN + ViT-B/16) to 1.38x (AMX Xeon), as oneDNN's
-        # convolutions skip reordering NCHW activations into their own layout
+        # 1.25x (AVX2 EPYC: VGG19-BN + ViT-B/16) to 1.38x (AMX Xeon); NHWC was never
+        # clearly slower on the CPUs measured
         channels_last = speedup > 1 / MARGIN
         reasons.append(f"{'channels_last' if channels_last else 'NCHW'}: "
                        f"NHWC conv {speedup:.2f}x NCHW (NHWC unless below {1 / MARGIN:.2f}x)")
