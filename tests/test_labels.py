@@ -253,6 +253,10 @@ def test_colorize_shape_dtype_and_colours(name: str, rng: np.random.Generator) -
     assert rgb.shape == (5, 7, 3) and rgb.dtype == np.uint8
     assert tuple(rgb[0, 0]) == (255, 255, 255)
     assert tuple(rgb[1, 1]) == tuple(scheme.palette[mask[1, 1]])
+    # the lookup-table path (2-D uint8) equals indexing the palette; bgr flips the channels
+    np.testing.assert_array_equal(rgb, scheme.palette_array()[mask])
+    np.testing.assert_array_equal(colorize(mask, name, bgr=True), rgb[..., ::-1])
+    np.testing.assert_array_equal(colorize(mask[None].astype(np.int64), name)[0], rgb)
     # Every class gets its own colour, so pictures can be read.
     colours = {tuple(c) for c in scheme.palette_array()[: scheme.num_classes]}
     assert len(colours) == scheme.num_classes

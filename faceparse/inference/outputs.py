@@ -8,9 +8,8 @@ classes present) and ``<stem>_probs.npz`` (float16 per-class probabilities).
 PNG is lossless, so the encoder is chosen for speed: these writes share the cores with
 the model. OpenCV's libpng at zlib level 1 with the "up" row filter and run-length matching
 (:data:`PNG_FAST`) encodes 2-3x faster than Pillow's adaptive filters at level 3, to files
-of about the same size; the mask's text chunks are spliced in after its header. Colours
-come from one OpenCV lookup table; the overlay is blended once and reused in the
-visualization.
+of about the same size; the mask's text chunks are spliced in after its header. The
+overlay is blended once and reused in the visualization.
 """
 
 from __future__ import annotations
@@ -28,9 +27,9 @@ from PIL.PngImagePlugin import PngInfo
 
 from faceparse.data.io import write_atomic
 from faceparse.inference.predictor import ParseResult
-from faceparse.labels import LabelScheme
+from faceparse.labels import LabelScheme, colorize
 
-__all__ = ["PNG_FAST", "color_bgr", "png_bytes", "output_paths", "overlay", "visualization",
+__all__ = ["PNG_FAST", "png_bytes", "output_paths", "overlay", "visualization",
            "write_outputs", "read_mask_scheme"]
 
 # OpenCV PNG parameters: zlib level 1, run-length matches, the "up" filter on every row
@@ -83,13 +82,6 @@ def _cv2_png(array: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def color_bgr(labels: np.ndarray, scheme: LabelScheme) -> np.ndarray:
-    """The label map in the scheme's palette colours (as :func:`colorize`) in OpenCV's BGR
-    order: one lookup table, ~3x faster than indexing the palette."""
-    table = np.ascontiguousarray(scheme.palette_array()[:, None, ::-1])
-    return cv2.LUT(cv2.cvtColor(labels, cv2.COLOR_GRAY2BGR), table)
-
-
 def read_mask_scheme(path: str | Path) -> tuple[str, list[str]]:
     """The scheme name and class names a ``_mask.png`` records."""
     with Image.open(path) as image:
@@ -139,7 +131,7 @@ def write_outputs(out_dir: Path, stem: Path, rgb: np.ndarray, result: ParseResul
             "faceparse:class_names": json.dumps(list(result.class_names))}
     write_atomic(mask, png_bytes(result.labels, text))
     # in OpenCV's BGR order from the start: one channel swap (of the photo) per image
-    colors = color_bgr(result.labels, result.scheme)
+    colors = colorize(result.labels, result.scheme, bgr=True)
     write_atomic(color, _cv2_png(colors))
     if save_overlay:
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
