@@ -102,9 +102,10 @@ def test_missing_onnxruntime_names_the_extra(tmp_path: Path, monkeypatch) -> Non
         load_onnx_parser(tmp_path / "model.onnx")
 
 
-def test_bench_deploy_section_times_both_engines(compose, tmp_path: Path) -> None:
+def test_bench_deploy_section_times_all_three_engines(compose, tmp_path: Path) -> None:
     from faceparse.bench import run
     from faceparse.bench.report import format_table
+    from faceparse.fast_path import inference_bf16
 
     cfg = compose(["bench.sections=[deploy]", "cnn.arch=vgg11_bn", "vit.size=small",
                    "decoder.decoder_channels=32", "data.image_size=32", "bench.steps=1",
@@ -115,11 +116,15 @@ def test_bench_deploy_section_times_both_engines(compose, tmp_path: Path) -> Non
     assert deploy["torch_threads"] == deploy["onnxruntime_threads"] == 2
     assert torch.get_num_threads() == threads  # restored for the next section
     assert deploy["parity"]["passed"] and deploy["images_per_repeat"] == 2
-    for engine in ("torch_cpu", "onnxruntime_cpu"):
+    for engine in ("torch_cpu", "torch_fast_path", "onnxruntime_cpu"):
         assert len(deploy[engine]["all"]) == 2 and deploy[engine]["images_per_s"] > 0
-    assert deploy["onnx_vs_torch"] == pytest.approx(
-        deploy["onnxruntime_cpu"]["images_per_s"] / deploy["torch_cpu"]["images_per_s"])
-    assert "deploy onnxruntime_cpu" in format_table({"deploy": deploy})
+    onnx = deploy["onnxruntime_cpu"]["images_per_s"]
+    assert deploy["onnx_vs_torch"] == pytest.approx(onnx / deploy["torch_cpu"]["images_per_s"])
+    assert deploy["onnx_vs_fast_path"] == pytest.approx(
+        onnx / deploy["torch_fast_path"]["images_per_s"])
+    assert deploy["fast_path_precision"] == ("bf16" if inference_bf16("cpu") else "fp32")
+    table = format_table({"deploy": deploy})
+    assert "deploy onnxruntime_cpu" in table and "deploy torch_fast_path" in table
 
 
 def test_the_export_command_removes_a_file_that_fails_parity(compose, tiny_net, tmp_path: Path

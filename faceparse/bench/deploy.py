@@ -1,12 +1,17 @@
 """The ``deploy`` bench section: onnxruntime CPU vs PyTorch CPU on the same net and inputs.
 
-Both run in this process, in interleaved repeats (torch, onnx, torch, onnx, ...), so a
-machine that gets busier half-way slows both alike; the median of the repeats is kept.
-The ONNX file is a dynamic-size export of the configured net, checked for parity first.
+Three engines run in this process, in interleaved repeats (plain, fast path, onnx, plain,
+...), so a machine that gets busier half-way slows all alike; the median is kept:
+``torch_cpu`` is the plain fp32 net, ``torch_fast_path`` the net as ``faceparse.predict``
+runs it on this CPU (``prepare_for_inference``: folded BatchNorm, the CPU policy's memory
+format and precision) and ``onnxruntime_cpu`` a dynamic-size ONNX export of the plain net,
+checked for parity first. Which engine wins depends on the CPU (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import statistics
 import tempfile
@@ -19,6 +24,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from faceparse.deploy import check_parity, export_net, load_onnx_parser, parity_inputs
+from faceparse.fast_path import inference_bf16
+from faceparse.inference import prepare_for_inference
 from faceparse.labels import get_scheme
 
 __all__ = ["bench_deploy"]
@@ -49,29 +56,39 @@ def _bench_deploy(cfg: DictConfig) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(int(threads))
     net = instantiate(cfg.model.net).eval()
+    fast_net = prepare_for_inference(copy.deepcopy(net), "cpu", instantiate(cfg.fast_path))
+    bf16 = inference_bf16("cpu") if cfg.bench.bf16 is None else bool(cfg.bench.bf16)
+
+    def fast_path(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext():
+            return fast_net(x)
+
     images = parity_inputs(b * steps, size)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         export_net(net, path, "onnx", get_scheme(cfg.data.labels), size, dynamic=True)
         parser = load_onnx_parser(path, threads=threads)
         parity = check_parity(net, parser, images[:b])
-        rates: dict[str, list[float]] = {"torch_cpu": [], "onnxruntime_cpu": []}
+        engines = {"torch_cpu": net, "torch_fast_path": fast_path, "onnxruntime_cpu": parser}
+        rates: dict[str, list[float]] = {name: [] for name in engines}
         with torch.inference_mode():
-            for run in (net, parser):  # warm-up: allocator, onnxruntime's first-run planning
+            for run in engines.values():  # warm-up: allocator, onnxruntime's first planning
                 run(images[:b])
             for _ in range(repeats):
-                rates["torch_cpu"].append(_rate(net, images, b))
-                rates["onnxruntime_cpu"].append(_rate(parser, images, b))
+                for name, run in engines.items():
+                    rates[name].append(_rate(run, images, b))
     result: dict[str, Any] = {
         "batch_size": b, "image_size": size, "images_per_repeat": len(images),
         "repeats": repeats, "torch_threads": torch.get_num_threads(),
         "onnxruntime_threads": threads or "default",
+        "fast_path_precision": "bf16" if bf16 else "fp32",
         "parity": parity.to_json(),
     }
     for name, values in rates.items():
         result[name] = {"images_per_s": statistics.median(values), "all": values}
         log.info("deploy %s: %.2f images/s (median of %d)", name, result[name]["images_per_s"],
                  repeats)
-    result["onnx_vs_torch"] = (result["onnxruntime_cpu"]["images_per_s"]
-                               / result["torch_cpu"]["images_per_s"])
+    onnx = result["onnxruntime_cpu"]["images_per_s"]
+    result["onnx_vs_torch"] = onnx / result["torch_cpu"]["images_per_s"]
+    result["onnx_vs_fast_path"] = onnx / result["torch_fast_path"]["images_per_s"]
     return result

@@ -28,9 +28,10 @@ def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float |
             )
     if "deploy" in results:
         d = results["deploy"]
-        for engine in ("torch_cpu", "onnxruntime_cpu"):
+        for engine in ("torch_cpu", "torch_fast_path", "onnxruntime_cpu"):
+            precision = d["fast_path_precision"] if engine == "torch_fast_path" else "fp32"
             rows[f"deploy {engine}"] = (
-                f"{d['batch_size']}x{d['image_size']}px fp32 median of {d['repeats']}",
+                f"{d['batch_size']}x{d['image_size']}px {precision} median of {d['repeats']}",
                 d[engine]["images_per_s"], None)
     if "predict" in results:
         p = results["predict"]
