@@ -116,6 +116,8 @@ def test_bench_deploy_section_times_all_three_engines(compose, tmp_path: Path) -
     assert deploy["torch_threads"] == deploy["onnxruntime_threads"] == 2
     assert torch.get_num_threads() == threads  # restored for the next section
     assert deploy["parity"]["passed"] and deploy["images_per_repeat"] == 2
+    assert deploy["fast_path_parity"]["passed"]
+    assert deploy["fast_path_parity"]["argmax_agreement"] >= 0.995
     for engine in ("torch_cpu", "torch_fast_path", "onnxruntime_cpu"):
         assert len(deploy[engine]["all"]) == 2 and deploy[engine]["images_per_s"] > 0
     onnx = deploy["onnxruntime_cpu"]["images_per_s"]
@@ -125,6 +127,31 @@ def test_bench_deploy_section_times_all_three_engines(compose, tmp_path: Path) -
     assert deploy["fast_path_precision"] == ("bf16" if inference_bf16("cpu") else "fp32")
     table = format_table({"deploy": deploy})
     assert "deploy onnxruntime_cpu" in table and "deploy torch_fast_path" in table
+
+
+def test_bench_deploy_refuses_to_time_a_fast_path_that_changes_the_labels(
+    compose, tmp_path: Path, monkeypatch
+) -> None:
+    """A speed figure for a fast path whose labels differ from the plain net's is refused."""
+    import faceparse.bench.deploy as deploy_section
+    from faceparse.bench import run
+    from faceparse.deploy import ParityError
+
+    class Negated(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return -self.net(x)
+
+    monkeypatch.setattr(deploy_section, "prepare_for_inference",
+                        lambda net, device, fast_path: Negated(net))
+    cfg = compose(["bench.sections=[deploy]", "cnn.arch=vgg11_bn", "vit.size=small",
+                   "decoder.decoder_channels=32", "data.image_size=32", "bench.steps=1",
+                   "bench.deploy.repeats=1"], config="bench", output_dir=tmp_path)
+    with pytest.raises(ParityError, match="fast path .* is not the plain net"):
+        run(cfg)
 
 
 def test_the_export_command_removes_a_file_that_fails_parity(compose, tiny_net, tmp_path: Path
