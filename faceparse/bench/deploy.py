@@ -11,7 +11,6 @@ depends on the CPU (BENCHMARKS.md).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import statistics
@@ -24,6 +23,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from faceparse.bench.measure import bench_bf16
 from faceparse.deploy import (
     ParityError,
     check_parity,
@@ -31,7 +31,6 @@ from faceparse.deploy import (
     load_onnx_parser,
     parity_inputs,
 )
-from faceparse.fast_path import inference_bf16
 from faceparse.inference import prepare_for_inference
 from faceparse.labels import get_scheme
 
@@ -64,10 +63,10 @@ def _bench_deploy(cfg: DictConfig) -> dict[str, Any]:
         torch.set_num_threads(int(threads))
     net = instantiate(cfg.model.net).eval()
     fast_net = prepare_for_inference(copy.deepcopy(net), "cpu", instantiate(cfg.fast_path))
-    bf16 = inference_bf16("cpu") if cfg.bench.bf16 is None else bool(cfg.bench.bf16)
+    bf16 = bench_bf16(cfg, "cpu")
 
     def fast_path(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext():
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
             return fast_net(x)
 
     images = parity_inputs(b * steps, size)

@@ -17,14 +17,21 @@ import lightning as L
 import timm
 import torch
 
+from faceparse.fast_path import inference_bf16
 from faceparse.hardware import cpu_info, cpu_policy
 
-__all__ = ["PeakMemory", "machine", "rss_bytes", "sync"]
+__all__ = ["PeakMemory", "bench_bf16", "machine", "rss_bytes", "sync"]
 
 
 def rss_bytes() -> int:
     """This process's resident set in bytes (Linux)."""
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def bench_bf16(cfg: Any, device: str | torch.device) -> bool:
+    """Whether a section's inference runs in bf16 autocast: ``bench.bf16``, or where faster
+    (null), as ``faceparse.predict`` decides."""
+    return inference_bf16(device) if cfg.bench.bf16 is None else bool(cfg.bench.bf16)
 
 
 def sync(device: torch.device) -> None:

@@ -23,9 +23,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from faceparse.bench.kernels import kernel_breakdown
-from faceparse.bench.measure import sync
+from faceparse.bench.measure import bench_bf16, sync
 from faceparse.bench.sections import _device, _peak_tflops, count_flops, train_flops
-from faceparse.fast_path import inference_bf16
 from faceparse.models.decoder import CoarseToFineDecoder
 from faceparse.models.fusion import DualEncoder
 from faceparse.training.optim import build_optimizer
@@ -262,7 +261,7 @@ def bench_profile(cfg: DictConfig) -> dict[str, Any]:
     fwd_flops = count_flops(net.eval(), size, device)
     step_flops = train_flops(net.train(), criterion, size, num_classes, device)
     instantiate(cfg.fast_path).apply(net, device)
-    bf16 = inference_bf16(device) if cfg.bench.bf16 is None else bool(cfg.bench.bf16)
+    bf16 = bench_bf16(cfg, device)
     peak = _peak_tflops(cfg, device)
     torch.manual_seed(cfg.seed)
     image = torch.randn(b, 3, size, size, device=device)

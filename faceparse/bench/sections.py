@@ -25,9 +25,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from faceparse.bench.measure import PeakMemory, sync
+from faceparse.bench.measure import PeakMemory, bench_bf16, sync
 from faceparse.data.synthetic import write_facesynthetics
-from faceparse.fast_path import inference_bf16, on_gpu
+from faceparse.fast_path import on_gpu
 from faceparse.inference import predict, prepare_for_inference
 
 __all__ = ["bench_data", "bench_train", "bench_infer", "count_flops", "train_flops"]
@@ -187,7 +187,7 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
         reference = net(images[:b].to(device)).float()
     net = prepare_for_inference(net, device, fast_path)
     peak = _peak_tflops(cfg, device)
-    bf16 = inference_bf16(device) if cfg.bench.bf16 is None else cfg.bench.bf16
+    bf16 = bench_bf16(cfg, device)
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         fast = net(images[:b].to(device)).float()
     result: dict[str, Any] = {
