@@ -5,7 +5,8 @@ their speed options from :class:`FastPath`, so what the bench measures is what b
 On CUDA: channels_last, cuDNN autotuning and bf16 where the GPU supports it. On a CPU the
 choice is the CPU's (:func:`faceparse.hardware.cpu_policy`: flags and a sub-second probe):
 bf16 inference only where bf16 is faster than fp32 there (without AVX-512-BF16/AMX it is
-~80x slower), channels_last only where it pays. CPU training stays fp32 unless
+~80x slower), channels_last only where it pays; for inference, freed memory is kept for
+reuse (:mod:`faceparse.cpu_memory`). CPU training stays fp32 unless
 ``trainer.precision`` says otherwise. Figures: BENCHMARKS.md.
 """
 
@@ -59,6 +60,9 @@ class FastPath:
         frozen_vit_bf16: inference only: store a frozen ViT's weights in bf16 and run it in
             bf16; ``"auto"`` where inference runs in bf16 anyway (a bf16 GPU, a CPU with
             fast bf16).
+        reuse_cpu_memory: inference on a CPU only: have glibc keep freed large blocks
+            instead of unmapping them (:mod:`faceparse.cpu_memory`; process-wide, and
+            ``False`` does not undo an earlier switch in the same process).
     """
 
     channels_last: bool | str = "auto"
@@ -66,6 +70,7 @@ class FastPath:
     compile: bool = False
     fold_batchnorm: bool = True
     frozen_vit_bf16: bool | str = "auto"
+    reuse_cpu_memory: bool = True
 
     def apply(self, net: nn.Module, device: str | torch.device) -> nn.Module:
         """Switch the options on for ``net`` (in place, once) as they pay on ``device``."""

@@ -14,6 +14,7 @@ import torch
 from hydra import initialize_config_dir
 from torch import nn
 
+from faceparse import cpu_memory
 from faceparse.bench import PeakMemory, count_flops, run, run_variants
 from faceparse.bench.kernels import kernel_class
 from faceparse.bench.measure import rss_bytes
@@ -53,6 +54,8 @@ def test_bench_runs_every_section(compose_bench) -> None:
     assert train["images_per_s"] > 0 and train["peak_mib"] > 0
     assert infer["precision"] == "fp32" and infer["gflops_per_image"] > 0
     assert infer["fold_batchnorm"] and not infer["frozen_vit_bf16"]  # fp32 CPU: ViT stays fp32
+    # inference on a CPU keeps freed memory for reuse wherever the allocator is glibc's own
+    assert infer["reuse_cpu_memory"] == (cpu_memory._why_not() is None)
     assert infer["vs_fp32"]["relative_logit_error"] < 1e-5  # folding is exact up to rounding
     for mode in ("labels", "softmax"):
         assert infer[mode]["images_per_s"] > 0 and infer[mode]["mfu"] is None

@@ -80,6 +80,7 @@ def test_a_folder_run_writes_every_output_and_resumes(compose, ckpt, tmp_path):
     assert (out / "clip_overlay.mp4").stat().st_size > 0
     assert len(list((out / "clip_frames").glob("*_mask.png"))) == 4
     assert "flicker" in log
+    assert "CPU memory:" in log  # the allocator choice is logged with its reason
     again = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}", f"output_dir={out}",
                          "labels=ourface", "save_probs=true"))
     assert (again["images"], again["failed"], again["skipped"]) == (0, 2, 3)

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from faceparse.bench.measure import bench_bf16
+from faceparse.cpu_memory import reusing_freed_cpu_memory
 from faceparse.deploy import (
     ParityError,
     check_parity,
@@ -96,6 +97,8 @@ def _bench_deploy(cfg: DictConfig) -> dict[str, Any]:
         "repeats": repeats, "torch_threads": torch.get_num_threads(),
         "onnxruntime_threads": threads or "default",
         "fast_path_precision": "bf16" if bf16 else "fp32",
+        # process-wide, so the plain net's torch row shares it (onnxruntime has its arena)
+        "reuse_cpu_memory": reusing_freed_cpu_memory(),
         "parity": parity.to_json(),
         "fast_path_parity": fast_parity.to_json(),
     }

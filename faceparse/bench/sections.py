@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from faceparse.bench.measure import PeakMemory, bench_bf16, sync
+from faceparse.cpu_memory import reusing_freed_cpu_memory
 from faceparse.data.synthetic import write_facesynthetics
 from faceparse.fast_path import on_gpu
 from faceparse.inference import predict, prepare_for_inference
@@ -196,6 +197,8 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
         "channels_last": fast_path.wants_channels_last(device),
         "fold_batchnorm": fast_path.fold_batchnorm,
         "frozen_vit_bf16": fast_path.wants_frozen_vit_bf16(device),
+        # process-wide: an earlier section or variant may have switched it on
+        "reuse_cpu_memory": reusing_freed_cpu_memory(),
         "params_m": params_m, "gflops_per_image": flops / 1e9, "peak_bf16_tflops": peak,
         # random weights and inputs: near-ties abound, so agreement here is a floor
         "vs_fp32": {"relative_logit_error": float((fast - reference).norm() / reference.norm()),
