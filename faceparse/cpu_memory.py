@@ -5,10 +5,10 @@ glibc serves each allocation above its mmap threshold (at most 32 MiB) with a fr
 channels is 33.5 MiB -- is page-faulted and zeroed by the kernel again on every op. On a
 2-core AVX2 EPYC that made an add of two such maps 7x slower (18 ms instead of 2.7), a
 depthwise conv 6x, and the VGG19-BN + ViT-B/16 predict pass 1.14-1.25x slower at 256 px
-(1.29x at 512 px; BENCHMARKS.md). PyTorch's CUDA side caches its blocks; its CPU side leaves this to
-malloc, and Intel's tuning guides preload jemalloc or tcmalloc for it. This module does
-the same without a preload: it tells glibc (``mallopt``) to serve large blocks from its
-heap and to keep up to :data:`TRIM_THRESHOLD` of freed memory there.
+(1.29x at 512 px; BENCHMARKS.md). PyTorch's CUDA side caches its blocks; its CPU side
+leaves this to malloc, and Intel's tuning guides preload jemalloc or tcmalloc for it.
+This module does the same without a preload: it tells glibc (``mallopt``) to serve large
+blocks from its heap and to keep up to :data:`TRIM_THRESHOLD` of freed memory there.
 
 The cost is the caching allocator's: the process holds on to its high-water mark. Switch
 it off with ``fast_path.reuse_cpu_memory=false`` (bench) or ``FACEPARSE_CPU_REUSE_MEMORY=0``
