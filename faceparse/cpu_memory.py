@@ -25,6 +25,8 @@ import os
 import platform
 import sys
 
+from faceparse.hardware import env_switch
+
 log = logging.getLogger(__name__)
 
 __all__ = ["TRIM_THRESHOLD", "reusing_freed_cpu_memory", "reuse_freed_cpu_memory"]
@@ -43,7 +45,7 @@ SWITCH = "FACEPARSE_CPU_REUSE_MEMORY"
 
 def _why_not() -> str | None:
     """Why this process's allocator is not ours to tune, or None when it is."""
-    if os.environ.get(SWITCH, "").strip().lower() in ("0", "false", "no", "off"):
+    if env_switch(SWITCH) is False:
         return f"{SWITCH}={os.environ[SWITCH]}"
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return f"not glibc ({sys.platform}, {platform.libc_ver()[0] or 'unknown libc'})"

@@ -24,7 +24,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CpuInfo", "CpuPolicy", "cpu_info", "cpu_policy"]
+__all__ = ["CpuInfo", "CpuPolicy", "cpu_info", "cpu_policy", "env_switch"]
 
 # the flags that decide bf16 and vector width (as /proc/cpuinfo spells them)
 SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -126,7 +126,8 @@ def probe_channels_last_speedup(dtype: torch.dtype = torch.float32) -> float:
         return _interleaved_ratio(lambda: block(x), lambda: block_cl(x_cl))
 
 
-def _forced(name: str) -> bool | None:
+def env_switch(name: str) -> bool | None:
+    """An environment variable that forces a CPU choice: 1/0, or unset/auto (None)."""
     value = os.environ.get(name, "").strip().lower()
     if value in ("", "auto"):
         return None
@@ -148,7 +149,7 @@ def cpu_policy() -> CpuPolicy:
     """
     info = cpu_info()
     reasons = []
-    bf16 = _forced(FORCE_BF16)
+    bf16 = env_switch(FORCE_BF16)
     if bf16 is not None:
         reasons.append(f"bf16 forced by {FORCE_BF16}")
     elif not info.native_bf16:
@@ -158,7 +159,7 @@ def cpu_policy() -> CpuPolicy:
         speedup = probe_bf16_speedup()
         bf16 = speedup > MARGIN
         reasons.append(f"{'bf16' if bf16 else 'fp32'}: bf16 matmul {speedup:.2f}x fp32")
-    channels_last = _forced(FORCE_CHANNELS_LAST)
+    channels_last = env_switch(FORCE_CHANNELS_LAST)
     if channels_last is not None:
         reasons.append(f"channels_last forced by {FORCE_CHANNELS_LAST}")
     else:

@@ -85,8 +85,17 @@ def test_inference_switches_it_on_for_a_cpu_only_and_only_when_asked(monkeypatch
     assert calls == []
     prepare_for_inference(net, "cpu")
     assert calls == ["reuse"]
-    FastPath().apply(net, "cpu")  # training's setup: its memory is left to the allocator
-    assert calls == ["reuse"]
+
+
+def test_training_setup_leaves_the_allocator_alone(monkeypatch) -> None:
+    monkeypatch.setattr("faceparse.fast_path.cpu_policy",
+                        lambda: CpuPolicy(bf16=False, channels_last=False, reason="test"))
+    cpu_memory.reuse_freed_cpu_memory.cache_clear()  # as in a fresh training process
+    try:
+        FastPath().apply(torch.nn.Conv2d(3, 3, 1), "cpu")  # what the module's setup runs
+        assert not cpu_memory.reusing_freed_cpu_memory()
+    finally:
+        cpu_memory.reuse_freed_cpu_memory.cache_clear()
 
 
 def test_the_choice_is_logged_once_with_its_reason(monkeypatch, caplog) -> None:
