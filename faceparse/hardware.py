@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +27,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CpuInfo", "CpuPolicy", "cpu_info", "cpu_policy", "env_switch"]
 
-# the flags that decide bf16 and vector width (as /proc/cpuinfo spells them)
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
-BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# the flags that decide bf16 and vector width, as Linux's /proc/cpuinfo spells them: x86
+# "flags", and Arm "Features" (``sve``; ``bf16`` is FEAT_BF16, as on Graviton3 or Apple M2)
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "sve", "bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 # a choice must win the probe by this factor: timings on a shared machine are noisy
 MARGIN = 1.15
 FORCE_BF16 = "FACEPARSE_CPU_BF16"
@@ -45,7 +47,10 @@ class CpuInfo:
 
     @property
     def native_bf16(self) -> bool:
-        """Whether bf16 matmuls run in hardware (AVX-512-BF16 or AMX), not emulated."""
+        """Whether bf16 matmuls can run in hardware (AVX-512-BF16, AMX, Arm BF16).
+
+        A candidate only: the policy's probe still has to show bf16 faster.
+        """
         return any(flag in self.flags for flag in BF16_FLAGS)
 
     def describe(self) -> str:
@@ -53,9 +58,27 @@ class CpuInfo:
         return f"{self.model} (flags: {flags}; torch kernels: {self.torch_capability})"
 
 
+def _sysctl(name: str) -> str:
+    """One macOS sysctl value, or "" where there is none (another OS, an unknown key)."""
+    try:
+        done = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True,
+                              timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def _macos_cpu() -> tuple[str, set[str]]:
+    model = _sysctl("machdep.cpu.brand_string")
+    flags = {"bf16"} if _sysctl("hw.optional.arm.FEAT_BF16") == "1" else set()
+    return model or platform.processor() or platform.machine(), flags
+
+
 def _proc_cpuinfo() -> tuple[str, set[str]]:
     path = Path("/proc/cpuinfo")
     if not path.is_file():
+        if platform.system() == "Darwin":
+            return _macos_cpu()
         return platform.processor() or platform.machine(), set()
     model, flags = "", set()
     for line in path.read_text().splitlines():
@@ -63,7 +86,7 @@ def _proc_cpuinfo() -> tuple[str, set[str]]:
         key = key.strip()
         if key == "model name" and not model:
             model = value.strip()
-        elif key == "flags" and not flags:
+        elif key in ("flags", "Features") and not flags:  # x86, Arm
             flags = set(value.split())
     return model or platform.machine(), flags
 
@@ -154,7 +177,7 @@ def cpu_policy() -> CpuPolicy:
         reasons.append(f"bf16 forced by {FORCE_BF16}")
     elif not info.native_bf16:
         bf16 = False
-        reasons.append("fp32: no AVX-512-BF16/AMX, bf16 would be emulated")
+        reasons.append("fp32: no AVX-512-BF16/AMX/Arm BF16, bf16 would be emulated")
     else:
         speedup = probe_bf16_speedup()
         bf16 = speedup > MARGIN

@@ -18,6 +18,14 @@ model name\t: Test CPU 9000
 flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile
 """
 
+# an Arm Neoverse V1 (Graviton3) as Linux shows it: no model name, "Features" not "flags"
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 2100.00
+Features\t: fp asimd evtstrm aes sha2 crc32 atomics fphp asimdhp sve bf16 i8mm
+CPU implementer\t: 0x41
+CPU part\t: 0xd40
+"""
+
 
 @pytest.fixture(autouse=True)
 def fresh_policy(monkeypatch: pytest.MonkeyPatch):
@@ -54,6 +62,36 @@ def test_cpu_info_reads_model_and_speed_flags(tmp_path: Path, monkeypatch: pytes
     assert info.flags == ("avx2", "avx512f", "avx512_bf16", "amx_tile")
     assert info.native_bf16
     assert "Test CPU 9000" in info.describe() and "avx512_bf16" in info.describe()
+
+
+def test_arm_features_count_as_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cpuinfo").write_text(ARM_CPUINFO)
+    real_path = hardware.Path
+    monkeypatch.setattr(hardware, "Path", lambda p: real_path(tmp_path / "cpuinfo")
+                        if p == "/proc/cpuinfo" else real_path(p))
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "aarch64")
+    info = cpu_info()
+    assert info.model == "aarch64"
+    assert info.flags == ("sve", "bf16")
+    assert info.native_bf16  # a candidate: the probe still decides
+
+
+@pytest.mark.parametrize(("feat_bf16", "flags"), [("1", ("bf16",)), ("0", ()), ("", ())])
+def test_macos_reads_model_and_bf16_from_sysctl(
+    monkeypatch: pytest.MonkeyPatch, feat_bf16: str, flags: tuple[str, ...]
+) -> None:
+    real_path = hardware.Path
+    monkeypatch.setattr(hardware, "Path", lambda p: real_path("/no/such/cpuinfo")
+                        if p == "/proc/cpuinfo" else real_path(p))
+    monkeypatch.setattr(hardware.platform, "system", lambda: "Darwin")
+    values = {"machdep.cpu.brand_string": "Apple M2", "hw.optional.arm.FEAT_BF16": feat_bf16}
+    monkeypatch.setattr(hardware, "_sysctl", lambda name: values[name])
+    info = cpu_info()
+    assert (info.model, info.flags, info.native_bf16) == ("Apple M2", flags, bool(flags))
+
+
+def test_sysctl_is_empty_where_there_is_none() -> None:
+    assert hardware._sysctl("no.such.faceparse.key") == ""
 
 
 def test_without_hardware_bf16_fp32_is_chosen_without_timing_bf16(
