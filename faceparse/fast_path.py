@@ -19,7 +19,11 @@ from torch import nn
 
 from faceparse.hardware import cpu_policy
 
-__all__ = ["FastPath", "auto_precision", "inference_bf16", "on_gpu"]
+__all__ = ["COMPILE_MODES", "FastPath", "auto_precision", "inference_bf16", "on_gpu"]
+
+# torch.compile's modes; on CUDA, reduce-overhead and max-autotune replay CUDA graphs
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def on_gpu(accelerator: str) -> bool:
@@ -56,6 +60,10 @@ class FastPath:
             (CUDA only; a process-wide setting). Pays when shapes repeat.
         compile: ``torch.compile`` each part of the net in place (slow first steps, then
             faster; state_dict keys unchanged, and ``forward_with_aux`` is covered too).
+        compile_mode: ``torch.compile``'s mode (:data:`COMPILE_MODES`); needs ``compile``.
+            On CUDA ``reduce-overhead`` and ``max-autotune`` replay CUDA graphs, whose
+            outputs the next replay overwrites: each call of the net then starts a new graph
+            step and hands out copies of its outputs.
         fold_batchnorm: inference only: fold each BatchNorm into the convolution before it.
         frozen_vit_bf16: inference only: store a frozen ViT's weights in bf16 and run it in
             bf16; ``"auto"`` where inference runs in bf16 anyway (a bf16 GPU, a CPU with
@@ -68,9 +76,18 @@ class FastPath:
     channels_last: bool | str = "auto"
     cudnn_benchmark: bool = True
     compile: bool = False
+    compile_mode: str = "default"
     fold_batchnorm: bool = True
     frozen_vit_bf16: bool | str = "auto"
     reuse_cpu_memory: bool = True
+
+    def __post_init__(self) -> None:
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"fast_path.compile_mode={self.compile_mode!r}: use one of "
+                             f"{', '.join(COMPILE_MODES)}")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"fast_path.compile_mode={self.compile_mode} has no effect "
+                             f"without fast_path.compile=true: set both")
 
     def apply(self, net: nn.Module, device: str | torch.device) -> nn.Module:
         """Switch the options on for ``net`` (in place, once) as they pay on ``device``."""
@@ -81,7 +98,9 @@ class FastPath:
             net.to(memory_format=torch.channels_last)
         if self.compile:
             for part in net.children():
-                part.compile()
+                part.compile(mode=self.compile_mode)
+            if device.type == "cuda" and self.compile_mode in CUDA_GRAPH_MODES:
+                keep_cuda_graph_outputs(net)
         return net
 
     def wants_frozen_vit_bf16(self, device: torch.device) -> bool:
@@ -101,3 +120,31 @@ class FastPath:
             return self.channels_last
         raise ValueError(f"fast_path.channels_last={self.channels_last!r}: use auto, true "
                          f"or false")
+
+
+def _new_graph_step(module: nn.Module, args: tuple) -> None:
+    torch.compiler.cudagraph_mark_step_begin()
+
+
+def _copy_outputs(module: nn.Module, args: tuple, output: object) -> object:
+    if isinstance(output, torch.Tensor):
+        return output.clone()
+    if isinstance(output, (tuple, list)):
+        return type(output)(_copy_outputs(module, args, item) for item in output)
+    return output
+
+
+def keep_cuda_graph_outputs(net: nn.Module) -> nn.Module:
+    """Make a net whose parts replay CUDA graphs safe to call again while outputs are kept.
+
+    A replay writes into the same memory as the one before, so logits a caller still holds
+    (a predictor's list of batches) would change under it. Each call of ``net`` now starts a
+    new graph step and returns copies. Training's ``forward_with_aux`` does not go through
+    these hooks: its outputs are used up by the backward pass of the same step.
+    """
+    if not getattr(net, "_faceparse_keeps_graph_outputs", False):
+        net.register_forward_pre_hook(_new_graph_step)
+        net.register_forward_hook(_copy_outputs)
+        net._faceparse_keeps_graph_outputs = True
+    return net
+

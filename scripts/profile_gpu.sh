@@ -6,6 +6,8 @@
 #   profile: each stage of a training step and an inference batch timed alone (forward,
 #      backward), the ViT's blocks, kernel classes, FLOPs and MFU;
 #   speed: compare=gpu_speed (torch.compile, batch 16): train and infer images/s and MFU;
+#   graphs: compare=gpu_graphs: inference under torch.compile's modes (CUDA graphs,
+#      max-autotune) against eager;
 #   cpu_policy: the host CPU's inference (ViT-B/16, 256 px, batch 2) with its chosen
 #      precision and memory format against each taken away and the original's way.
 # Usage: scripts/profile_gpu.sh OUTPUT_DIR; writes <step>.json and profile_gpu.log there.
@@ -44,4 +46,5 @@ bench cpu_policy 150 trainer=cpu bench.device=cpu vit.size=base data.image_size=
 bench profile 150 "bench.sections=[profile]" bench.steps=5
 bench speed 300 "bench.sections=[train,infer]" bench.warmup=3 bench.steps=10 compare=gpu_speed \
     ${SPEED_EXTRA:-}
+bench graphs 420 "bench.sections=[infer]" bench.warmup=3 bench.steps=10 compare=gpu_graphs
 rm -rf "$work"

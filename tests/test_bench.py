@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import initialize_config_dir
+from hydra.utils import instantiate
 from torch import nn
 
 from faceparse import cpu_memory
@@ -19,6 +20,7 @@ from faceparse.bench import PeakMemory, count_flops, run, run_variants
 from faceparse.bench.kernels import kernel_class
 from faceparse.bench.measure import rss_bytes
 from faceparse.bench.report import format_comparison, format_profile, format_table
+from faceparse.bench.variants import SECTIONS
 from faceparse.cli import CONF_DIR
 
 TINY = [
@@ -33,6 +35,17 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 @pytest.fixture
 def compose_bench(compose, tmp_path: Path):
     return lambda overrides: compose(overrides, config="bench", output_dir=tmp_path)
+
+
+@pytest.mark.parametrize("compare", sorted(p.stem for p in (CONF_DIR / "compare").glob("*.yaml")))
+def test_every_compare_variant_composes_to_valid_speed_options(compose_bench, compare: str
+                                                               ) -> None:
+    """A typo in a variant would otherwise surface only minutes into a GPU lease."""
+    variants = compose_bench([f"compare={compare}"]).bench.compare
+    for name, overrides in variants.items():
+        cfg = compose_bench(list(overrides))
+        instantiate(cfg.fast_path)  # FastPath refuses bad values
+        assert set(cfg.bench.sections) <= set(SECTIONS), name
 
 
 def test_bench_defaults_are_the_reference_model_at_a_small_size(compose_bench) -> None:

@@ -127,6 +127,59 @@ def test_compile_option_compiles_each_part_once_in_place(
     assert list(module.state_dict()) == keys
 
 
+def test_compile_mode_reaches_torch_compile(
+    module: FaceParsingModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    modes = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: modes.append(k["mode"]))
+    module.fast_path = FastPath(compile=True, compile_mode="max-autotune-no-cudagraphs")
+    attach(module, "cpu")
+    module.setup("fit")
+    assert modes == ["max-autotune-no-cudagraphs"] * len(list(module.net.children()))
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"compile": True, "compile_mode": "fastest"}, "use one of default, reduce-overhead"),
+    ({"compile_mode": "max-autotune"}, "no effect without fast_path.compile=true"),
+])
+def test_a_bad_compile_mode_is_refused(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        FastPath(**options)
+
+
+@pytest.mark.parametrize(("mode", "device", "hooked"), [
+    ("reduce-overhead", "cuda", True), ("max-autotune", "cuda", True),
+    ("max-autotune-no-cudagraphs", "cuda", False), ("reduce-overhead", "cpu", False),
+])
+def test_cuda_graph_modes_start_a_graph_step_per_call_and_hand_out_copies(
+    monkeypatch: pytest.MonkeyPatch, mode: str, device: str, hooked: bool
+) -> None:
+    """A CUDA graph replay overwrites its last outputs: kept logits must be copies."""
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: None)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
+    steps = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    shared = torch.zeros(2, 3)
+
+    class Replayed(nn.Module):  # returns the same storage every call, as a replay does
+        def __init__(self) -> None:
+            super().__init__()
+            self.part = nn.Identity()
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            shared.copy_(x)
+            return shared, [shared]
+
+    net = FastPath(compile=True, compile_mode=mode, channels_last=False).apply(Replayed(), device)
+    first, (first_aux,) = net(torch.ones(2, 3))
+    net(torch.full((2, 3), 7.0))
+    assert len(steps) == (2 if hooked else 0)
+    assert first.eq(1).all() == hooked and first_aux.eq(1).all() == hooked
+    FastPath(compile=True, compile_mode=mode, channels_last=False).apply(net, device)
+    net(torch.ones(2, 3))
+    assert len(steps) == (3 if hooked else 0)  # hooked once, however often applied
+
+
 @pytest.mark.parametrize(("accelerator", "precision", "fused"), [
     ("cpu", "32-true", False), ("gpu", "bf16-mixed", True), ("gpu", "32-true", True),
     # fp16 with a gradient scaler: Lightning cannot clip for a fused step, so not fused
