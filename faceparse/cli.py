@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import hydra
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from faceparse.fast_path import auto_precision
@@ -23,7 +25,8 @@ from faceparse.labels import get_scheme
 from faceparse.training.optim import fused_default
 from faceparse.training.run_folder import run_folder
 
-__all__ = ["CONF_DIR", "register_resolvers", "hydra_entry", "one_line_errors"]
+__all__ = ["CONF_DIR", "register_resolvers", "hydra_entry", "instantiate_option",
+           "one_line_errors"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 Task = TypeVar("Task", bound=Callable[[DictConfig], Any])
@@ -90,3 +93,19 @@ def one_line_errors(*errors: type[BaseException]) -> Callable[[Task], Task]:
         return run  # type: ignore[return-value]
 
     return decorate
+
+
+def instantiate_option(node: DictConfig) -> Any:
+    """``instantiate(node)``, where a bad value is the target's own ValueError or TypeError.
+
+    Hydra wraps what a constructor raises in a multi-line ``InstantiationException``; a
+    command's one-line error handling (``fast_path.compile_mode=fastest: use one of ...``)
+    needs the constructor's message itself.
+    """
+    try:
+        return instantiate(node)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, (ValueError, TypeError)):
+            raise err.__cause__ from None
+        raise
+

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
-from faceparse.cli import hydra_entry, one_line_errors
+from faceparse.cli import hydra_entry, instantiate_option, one_line_errors
 from faceparse.data.loaders import single_thread_opencv
 from faceparse.evaluation import MultiPassTTA, Protocol, file_fingerprint, score_split
 from faceparse.evaluation.report import write_report
@@ -81,7 +81,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"image_size={image_size} is not a multiple of the model's "
                          f"{net.size_multiple}: set image_size= to a multiple of it")
     device = pick_device(str(cfg.device))
-    net = prepare_for_inference(net, device)
+    fast_path = instantiate_option(cfg.fast_path) if "fast_path" in cfg else None
+    net = prepare_for_inference(net, device, fast_path)
 
     datamodule = instantiate(cfg.data)
     reader = datamodule.open_dataset(str(cfg.split), None, labels=scored.name,

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from faceparse.cli import hydra_entry
+from faceparse.cli import hydra_entry, instantiate_option
 from faceparse.inference.faces import read_boxes
 from faceparse.inference.folder import Summary, WriteOptions, predict_files
 from faceparse.inference.images import VIDEO_SUFFIXES, list_inputs, output_stems
@@ -52,7 +52,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     parser = Parser.from_checkpoint(
         cfg.ckpt, cfg.vit_weights, cfg.device, cfg.trust_pickle, image_size=cfg.image_size,
         keep_aspect=cfg.keep_aspect, crop=cfg.crop, margin=cfg.margin, labels=cfg.labels,
-        precision=cfg.precision, batch_size=cfg.batch_size)
+        precision=cfg.precision, batch_size=cfg.batch_size,
+        fast_path=instantiate_option(cfg.fast_path) if "fast_path" in cfg else None)
     if parser.unmapped:
         log.warning("labels=%s has no counterpart for %s: written as 255", cfg.labels,
                     ", ".join(parser.unmapped))

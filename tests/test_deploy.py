@@ -17,6 +17,7 @@ from faceparse.deploy import (
     load_onnx_parser,
     parity_inputs,
 )
+from faceparse.fast_path import FastPath
 from faceparse.inference import LoadedModel, Parser, load_model
 from faceparse.labels import get_scheme
 
@@ -67,8 +68,10 @@ def test_predict_takes_an_onnx_file_and_parses_like_the_torch_net(tiny_net, tmp_
     out = tmp_path / "model.onnx"
     scheme = get_scheme("ourface")
     export_net(tiny_net, out, "onnx", scheme, 32, dynamic=True)
-    onnx = load_model(out, device="cpu")
+    onnx = load_model(out, device="cpu", fast_path=FastPath())
     assert onnx.source == out and onnx.scheme == scheme and onnx.image_size == 32
+    with pytest.raises(ValueError, match="is an ONNX model, run by onnxruntime: the fast_path"):
+        load_model(out, device="cpu", fast_path=FastPath(compile=True))  # would be ignored
     torch_model = LoadedModel(tiny_net, scheme, 32, 16, torch.device("cpu"), out)
     photo = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     got = Parser(onnx, precision="32-true")(photo)

@@ -56,6 +56,7 @@ def test_eval_writes_a_report_with_its_protocol(checkpoint: Path, tmp_path: Path
 @pytest.mark.parametrize(("args", "message"), [
     (("split=holdout",), "unknown split 'holdout'"),
     (("data.labels=celebamask",), "predicts 11 'ourface' classes but data.labels=celebamask"),
+    (("fast_path.compile_mode=fastest",), "fast_path.compile_mode='fastest': use one of"),
 ])
 def test_eval_bad_input_is_one_clear_line(checkpoint: Path, tmp_path: Path, args, message
                                           ) -> None:

@@ -86,6 +86,22 @@ def test_a_folder_run_writes_every_output_and_resumes(compose, ckpt, tmp_path):
     assert (again["images"], again["failed"], again["skipped"]) == (0, 2, 3)
 
 
+def test_fast_path_options_reach_the_model_and_bad_ones_are_one_line(ckpt, tmp_path):
+    _image(tmp_path / "in" / "a.png", (24, 20))
+    done = run_predict(f"ckpt={ckpt}", f"input={tmp_path / 'in'}",
+                       f"output_dir={tmp_path / 'out'}", "fast_path.reuse_cpu_memory=false",
+                       "fast_path.fold_batchnorm=false", f"hydra.run.dir={tmp_path / 'run'}")
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert np.asarray(Image.open(tmp_path / "out" / "a_mask.png")).shape == (24, 20)
+    assert "CPU memory:" not in log  # reuse switched off: the allocator is left alone
+    bad = run_predict(f"ckpt={ckpt}", f"input={tmp_path / 'in'}", "fast_path.compile_mode=fast",
+                      f"output_dir={tmp_path / 'out2'}", f"hydra.run.dir={tmp_path / 'run2'}")
+    assert bad.returncode == 2
+    assert "fast_path.compile_mode='fast': use one of" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 @pytest.mark.slow
 def test_exit_code_is_nonzero_only_when_every_input_failed(ckpt, tmp_path):
     (tmp_path / "in").mkdir()

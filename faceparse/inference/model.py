@@ -63,6 +63,10 @@ def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
     """
     located = locate_checkpoint(ckpt)
     if located.path.suffix.lower() == ".onnx":
+        if fast_path is not None and fast_path != FastPath():
+            raise ValueError(f"ckpt={ckpt} is an ONNX model, run by onnxruntime: the fast_path "
+                             f"options are PyTorch's; drop them, or pass the .ckpt it was "
+                             f"exported from")
         return _load_onnx(located.path, device)
     try:
         file = read_checkpoint(located.path, trust_pickle)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from faceparse.data.transforms import IMAGENET_MEAN, eval_transform
-from faceparse.fast_path import inference_bf16
+from faceparse.fast_path import FastPath, inference_bf16
 from faceparse.inference.faces import Box, FaceDetector, expand_box
 from faceparse.inference.images import to_rgb
 from faceparse.inference.model import LoadedModel, load_model
@@ -111,10 +111,10 @@ class Parser:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, vit_weights: str | Path | None = None,
-                        device: str = "auto", trust_pickle: bool = False, **options
-                        ) -> Parser:
+                        device: str = "auto", trust_pickle: bool = False,
+                        fast_path: FastPath | None = None, **options) -> Parser:
         """A parser for a checkpoint file or a training run folder; ``options`` as above."""
-        return cls(load_model(path, vit_weights, device, trust_pickle), **options)
+        return cls(load_model(path, vit_weights, device, trust_pickle, fast_path), **options)
 
     @property
     def scheme(self) -> LabelScheme:
