@@ -108,4 +108,3 @@ def instantiate_option(node: DictConfig) -> Any:
         if isinstance(err.__cause__, (ValueError, TypeError)):
             raise err.__cause__ from None
         raise
-

@@ -147,4 +147,3 @@ def keep_cuda_graph_outputs(net: nn.Module) -> nn.Module:
         net.register_forward_hook(_copy_outputs)
         net._faceparse_keeps_graph_outputs = True
     return net
-

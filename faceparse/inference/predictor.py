@@ -113,7 +113,10 @@ class Parser:
     def from_checkpoint(cls, path: str | Path, vit_weights: str | Path | None = None,
                         device: str = "auto", trust_pickle: bool = False,
                         fast_path: FastPath | None = None, **options) -> Parser:
-        """A parser for a checkpoint file or a training run folder; ``options`` as above."""
+        """A parser for a checkpoint file or a training run folder; ``options`` as above.
+
+        ``fast_path``: the speed options (default: :class:`~faceparse.fast_path.FastPath`'s).
+        """
         return cls(load_model(path, vit_weights, device, trust_pickle, fast_path), **options)
 
     @property
