@@ -11,9 +11,9 @@ This module does the same without a preload: it tells glibc (``mallopt``) to ser
 blocks from its heap and to keep up to :data:`TRIM_THRESHOLD` of freed memory there.
 
 The cost is the caching allocator's: the process holds on to its high-water mark. Switch
-it off with ``fast_path.reuse_cpu_memory=false`` (bench) or ``FACEPARSE_CPU_REUSE_MEMORY=0``
-(any command); another allocator (``LD_PRELOAD``) or the user's own ``MALLOC_*_`` settings
-are left alone.
+it off with ``fast_path.reuse_cpu_memory=false`` (predict, eval, bench) or
+``FACEPARSE_CPU_REUSE_MEMORY=0`` (any command); another allocator (``LD_PRELOAD``) or the
+user's own ``MALLOC_*_`` settings are left alone.
 """
 
 from __future__ import annotations

@@ -81,8 +81,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"image_size={image_size} is not a multiple of the model's "
                          f"{net.size_multiple}: set image_size= to a multiple of it")
     device = pick_device(str(cfg.device))
-    fast_path = instantiate_option(cfg.fast_path) if "fast_path" in cfg else None
-    net = prepare_for_inference(net, device, fast_path)
+    net = prepare_for_inference(net, device, instantiate_option(cfg.fast_path))
 
     datamodule = instantiate(cfg.data)
     reader = datamodule.open_dataset(str(cfg.split), None, labels=scored.name,

@@ -74,7 +74,8 @@ def _macos_cpu() -> tuple[str, set[str]]:
     return model or platform.processor() or platform.machine(), flags
 
 
-def _proc_cpuinfo() -> tuple[str, set[str]]:
+def _read_cpu() -> tuple[str, set[str]]:
+    """The CPU model and its flags: Linux's /proc/cpuinfo, macOS's sysctl, else the platform."""
     path = Path("/proc/cpuinfo")
     if not path.is_file():
         if platform.system() == "Darwin":
@@ -94,7 +95,7 @@ def _proc_cpuinfo() -> tuple[str, set[str]]:
 @functools.cache
 def cpu_info() -> CpuInfo:
     """This machine's CPU (read once per process)."""
-    model, flags = _proc_cpuinfo()
+    model, flags = _read_cpu()
     capability = torch.backends.cpu.get_cpu_capability()
     return CpuInfo(model, tuple(f for f in SPEED_FLAGS if f in flags), capability)
 

@@ -53,7 +53,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         cfg.ckpt, cfg.vit_weights, cfg.device, cfg.trust_pickle, image_size=cfg.image_size,
         keep_aspect=cfg.keep_aspect, crop=cfg.crop, margin=cfg.margin, labels=cfg.labels,
         precision=cfg.precision, batch_size=cfg.batch_size,
-        fast_path=instantiate_option(cfg.fast_path) if "fast_path" in cfg else None)
+        fast_path=instantiate_option(cfg.fast_path))
     if parser.unmapped:
         log.warning("labels=%s has no counterpart for %s: written as 255", cfg.labels,
                     ", ".join(parser.unmapped))
