@@ -19,7 +19,8 @@ from faceparse.inference import prepare_for_inference
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 # a net's pattern: a 64 MiB map made from another, then freed, over and over; print the
-# minor page faults the last 8 rounds cost (the heap settles in the first ones)
+# minor page faults of the quieter of two windows of 8 rounds (the heap settles in the
+# first rounds; under load one window once read a single 64 MiB block faulted anew)
 FAULTS = """
 import resource, sys, torch
 from faceparse.cpu_memory import reuse_freed_cpu_memory
@@ -27,15 +28,19 @@ switched = reuse_freed_cpu_memory() if sys.argv[1] == "reuse" else False
 x = torch.ones(16 * 2**20)
 for _ in range(16):
     x = x + 1
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(8):
-    x = x + 1
-assert x[0] == 25
-print(switched, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+windows = []
+for _ in range(2):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(8):
+        x = x + 1
+    windows.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+assert x[0] == 33
+print(switched, min(windows))
 """
 
 
 def page_faults(mode: str, **env: str) -> tuple[bool, int]:
+    """Whether reuse was switched on, and the page faults of 8 rounds (the quieter window)."""
     out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True,
                          check=True, env={**os.environ, **env}).stdout.split()
     return out[0] == "True", int(out[1])
