@@ -47,16 +47,17 @@ def test_int8_swaps_every_vit_linear_and_keeps_its_arithmetic(cpu_parts) -> None
 
 
 def test_script_times_each_part_as_a_user_runs_it() -> None:
-    for way in ("original", "faceparse-int8"):
-        result = subprocess.run(
-            [sys.executable, str(SCRIPT), "--way", way, "--vit-size", "small", "--size", "32",
-             "--batch", "1", "--warmup", "1", "--repeats", "1"],
-            capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert result.stdout.startswith("cpu: ")
-        line = re.search(rf"{way}, ViT-small, 32 px, batch 1: ([0-9.]+) s per batch, "
-                         r"[0-9.]+ images/s \| vgg ([0-9.]+) s vit ([0-9.]+) s decoder ([0-9.]+) s",
-                         result.stdout)
-        assert line, result.stdout
-        total, *parts = map(float, line.groups())
-        assert all(p > 0 for p in parts) and sum(parts) <= total
+    way = "faceparse-int8"  # the way with most steps: predict's fast path, then int8
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--way", way, "--vit-size", "small", "--size", "32",
+         "--batch", "1", "--warmup", "1", "--repeats", "1"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("cpu: ")
+    line = re.search(rf"{way}, ViT-small, 32 px, batch 1: ([0-9.]+) s per batch, "
+                     r"[0-9.]+ images/s \| vgg ([0-9.]+) s vit ([0-9.]+) s decoder ([0-9.]+) s",
+                     result.stdout)
+    assert line, result.stdout
+    total, *parts = map(float, line.groups())
+    assert all(p > 0 for p in parts)
+    assert sum(parts) <= total + 0.002  # each figure rounded to 3 decimals
