@@ -8,7 +8,6 @@ resolution, and writes a report folder that states its protocol (``faceparse.eva
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +23,7 @@ from faceparse.evaluation.report import write_report
 from faceparse.evaluation.samples import EvalSamples, collate_samples
 from faceparse.inference.batch import prepare_for_inference
 from faceparse.labels import LabelScheme, get_scheme, mapping_lut
+from faceparse.writable import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.ckpt`` on ``cfg.split`` of ``cfg.data``; write and return the report."""
     if cfg.resolution not in ("model", "original"):
         raise ValueError(f"resolution={cfg.resolution}: choose model or original")
+    out = output_dir(cfg.out or cfg.paths.output_dir, "out")
     located = locate_checkpoint(cfg.ckpt)
     ckpt = read_checkpoint(located.path, bool(cfg.trust_pickle))
     net, model_scheme = load_face_parser(ckpt, cfg.vit_weights)
@@ -109,7 +110,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         background=[scored.class_names[0]],
         averaged=[n for i, n in enumerate(scored.class_names) if i and present[i]],
     )
-    out = Path(cfg.out or cfg.paths.output_dir)
     report = write_report(out, result, scored, protocol)
     log.info("%s", protocol.describe())
     log.info("report written to %s", out)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
 from faceparse.cli import hydra_entry, one_line_errors
 from faceparse.deploy import FORMATS, ParityError, check_parity, export_net, parity_inputs
+from faceparse.writable import output_file
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     fmt = str(cfg.format)
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt} is unknown: choose one of {', '.join(FORMATS)}")
+    out = output_file(cfg.out, "out")
     located = locate_checkpoint(cfg.ckpt)
     ckpt = read_checkpoint(located.path, bool(cfg.trust_pickle))
     net, scheme = load_face_parser(ckpt, cfg.vit_weights)
@@ -34,7 +36,6 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if not image_size:
         raise ValueError(f"{located.path} records no training image size: set image_size=")
     image_size = int(image_size)
-    out = Path(cfg.out)
     exported = export_net(net, out, fmt, scheme, image_size, bool(cfg.dynamic))
     sizes = [image_size] + ([image_size + 2 * net.size_multiple] if cfg.dynamic else [])
     reports = []

@@ -84,3 +84,17 @@ def test_export_refuses_an_unknown_format(checkpoint: Path, tmp_path: Path) -> N
                  f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0 and "format=tflite is unknown" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "m.tfl").exists()
+
+
+def test_bad_output_locations_are_refused_before_the_work(checkpoint: Path, tmp_path: Path
+                                                         ) -> None:
+    """``out=`` a folder for export, a file for eval: one line naming it, nothing exported."""
+    result = run("export", f"ckpt={checkpoint}", f"out={tmp_path}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0 and f"out={tmp_path} is a folder" in result.stderr
+    assert "Traceback" not in result.stderr and "parity" not in result.stderr
+    taken = tmp_path / "report.txt"
+    taken.write_text("kept")
+    result = run("eval", f"ckpt={checkpoint}", *SMALL_DATA, f"out={taken}",
+                 f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0 and f"out={taken} is a file" in result.stderr
+    assert "Traceback" not in result.stderr and taken.read_text() == "kept"
