@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,10 @@ def output_stems(paths: list[Path], root: Path) -> list[Path]:
     """Output name (without suffix) per input, relative to ``root``, all distinct.
 
     ``a.jpg`` and ``a.png`` in one folder become ``a_jpg`` and ``a_png``; the same name in
-    two subfolders keeps the subfolders.
+    two subfolders keeps the subfolders. A name is changed only where it clashes, and by
+    what its own file is, so adding a file to a folder renames no other input's outputs
+    (``a_jpg.png`` beside those two becomes ``a_jpg_png``); names that still clash (``a.JPG``
+    and ``a.jpg``) are numbered in the order of their file names.
     """
     root = Path(os.path.abspath(root))
     relative = []
@@ -142,11 +146,25 @@ def output_stems(paths: list[Path], root: Path) -> list[Path]:
             relative.append(Path(os.path.abspath(p)).parent.relative_to(root) / p.stem)
         except ValueError:
             relative.append(Path(p.stem))
-    counts: dict[Path, int] = {}
-    for r in relative:
-        counts[r] = counts.get(r, 0) + 1
-    stems = [r.with_name(f"{r.name}_{p.suffix.lstrip('.').lower()}") if counts[r] > 1 else r
-             for r, p in zip(relative, paths, strict=True)]
-    if len(set(stems)) != len(stems):  # e.g. a.JPG and a.jpg: number them
-        stems = [s.with_name(f"{s.name}_{i}") for i, s in enumerate(stems)]
-    return stems
+    names = list(relative)
+    tagged = [False] * len(paths)
+    while True:  # each round tags untagged clashing names with their suffix
+        counts = Counter(names)
+        clashing = [i for i, name in enumerate(names) if counts[name] > 1 and not tagged[i]]
+        if not clashing:
+            break
+        for i in clashing:
+            suffix = paths[i].suffix.lstrip(".").lower()
+            names[i] = relative[i].with_name(f"{relative[i].name}_{suffix}")
+            tagged[i] = True
+    counts = Counter(names)
+    clashes: dict[Path, list[int]] = defaultdict(list)
+    for i, name in enumerate(names):
+        if counts[name] > 1:
+            clashes[name].append(i)
+    for name, members in clashes.items():
+        for number, i in enumerate(sorted(members, key=lambda i: str(paths[i]))):
+            names[i] = name.with_name(f"{name.name}_{number}")
+    if len(set(names)) != len(names):  # a number met a real name: number every input
+        names = [name.with_name(f"{name.name}_{i}") for i, name in enumerate(names)]
+    return names
