@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
+from faceparse.data.io import write_atomic
 from faceparse.data.transforms import denormalize
 from faceparse.labels import LabelScheme, colorize, get_scheme
 from faceparse.metrics import HEADLINE
@@ -119,9 +120,9 @@ class ScoreReport(L.Callback):
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        (self.dirpath / "scores.json").write_text(
-            json.dumps({"scheme": self.scheme.name, **headline, "classes": rows}, indent=2)
-        )
+        scores = {"scheme": self.scheme.name, **headline, "classes": rows}
+        # atomic: a sweep report may read it while the job is still running
+        write_atomic(self.dirpath / "scores.json", json.dumps(scores, indent=2).encode())
         table = Table(title=f"test scores ({self.scheme.name} labels)")
         for col in ("class", "F1", "IoU"):
             table.add_column(col, justify="left" if col == "class" else "right")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from faceparse.data.io import write_atomic
 from faceparse.training.distributed import is_rank_zero
 
 __all__ = ["STATUS_FILE", "in_multirun", "record_job", "sweep_value"]
@@ -50,10 +51,10 @@ def sweep_value(metric: str | None, metrics: Mapping[str, float]) -> float | Non
 
 
 def _write(folder: Path, **status: Any) -> None:
+    """Atomically: ``faceparse.report`` may read the file while the job rewrites it."""
     if not is_rank_zero():  # one status per run, written by the rank that owns the folder
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / STATUS_FILE).write_text(json.dumps(status, indent=2))
+    write_atomic(folder / STATUS_FILE, json.dumps(status, indent=2).encode())
 
 
 def record_job(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:

@@ -18,6 +18,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from faceparse.data.io import write_atomic
+
 __all__ = ["RunStats", "peak_memory_mb"]
 
 
@@ -67,5 +69,5 @@ class RunStats(L.Callback):
             "peak_memory_measure": measure,
             "device": str(pl_module.device),
         }
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        (self.dirpath / "run_stats.json").write_text(json.dumps(stats, indent=2))
+        # atomic: a sweep report may read it while the job is still testing
+        write_atomic(self.dirpath / "run_stats.json", json.dumps(stats, indent=2).encode())
