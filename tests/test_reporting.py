@@ -131,3 +131,81 @@ def test_failed_job_is_recorded_and_returns_none_in_a_multirun(tmp_path: Path,
     assert record_job(lambda _: {"best/val/f1_mean": 0.4, "val/f1_mean": 0.2}, cfg) == 0.4
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["status"] == "finished" and status["value"] == 0.4
+
+
+def test_report_lists_jobs_with_unreadable_files_and_reports_the_rest(
+        sweep: Path, tmp_path_factory, caplog) -> None:
+    (sweep / "1" / "status.json").write_text('{"status": "fin')   # a job rewriting it
+    (sweep / "2" / "scores.json").write_text("garbage\n")
+    out = tmp_path_factory.mktemp("report")
+
+    report(sweep, out)
+
+    with open(out / "report.csv", newline="") as f:
+        rows = {r["job"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"0", "1", "2", "3"}
+    assert [rows[n]["status"] for n in "0123"] == ["finished", "unreadable", "unreadable",
+                                                   "running"]
+    assert rows["1"]["error"].startswith("unreadable status.json: JSONDecodeError: ")
+    assert rows["2"]["error"].startswith("unreadable scores.json: JSONDecodeError: Expecting")
+    assert float(rows["1"]["test/f1_mean"]) == pytest.approx(0.8)   # its scores still read
+    assert float(rows["0"]["f1/hair"]) == pytest.approx(0.4)
+    text = (out / "report.md").read_text()
+    assert "## Unreadable jobs" in text
+    assert "- job 1: unreadable status.json: JSONDecodeError:" in text
+    assert "- job 2: unreadable scores.json: JSONDecodeError:" in text
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith(f"{sweep / '1' / 'status.json'}: cannot read it") for m in warned)
+    assert any(m.startswith(f"{sweep / '2' / 'scores.json'}: cannot read it") for m in warned)
+
+
+@pytest.mark.parametrize(("name", "text", "reason"), [
+    ("status.json", "[1, 2]", "a JSON list, not an object"),
+    ("status.json", '{"status": "finished", "value": "high"}', "could not convert"),
+    ("scores.json", '{"classes": [{"class": "skin"}]}', "KeyError: 'present'"),
+    ("run_stats.json", '{"params_total": "2M"}', "params_total is '2M', not a number"),
+    ("csv/metrics.csv", "epoch,val/f1_mean\n0,0.2\n1,0.3x\n", "could not convert"),
+    (".hydra/overrides.yaml", "- a=1\n- [unclosed\n", "ParserError"),
+])
+def test_a_job_file_with_wrong_content_is_unreadable_not_a_crash(
+        tmp_path: Path, name: str, text: str, reason: str) -> None:
+    write_job(tmp_path, 0, ["fusion=sum"], {"status": "finished", "value": 0.5})
+    write_job(tmp_path, 1, ["fusion=gate"])
+    (tmp_path / "1" / name).parent.mkdir(exist_ok=True)
+    (tmp_path / "1" / name).write_text(text)
+
+    jobs = {j.folder.name: j for j in collect_jobs(tmp_path)}
+    report(tmp_path)
+
+    assert jobs["0"].status == "finished"
+    assert jobs["1"].status == "unreadable"
+    assert jobs["1"].error.startswith(f"unreadable {name}: ") and reason in jobs["1"].error
+    assert "- job 1: unreadable" in (tmp_path / "report.md").read_text()
+
+
+def test_status_written_atomically_never_partial(tmp_path: Path, monkeypatch) -> None:
+    """A write that dies midway (killed, disk full) keeps the last complete status.json."""
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path)},
+                            "optimized_metric": "val/f1_mean"})
+    seen: list[dict] = []
+
+    def task(_):
+        seen.append(json.loads((tmp_path / "status.json").read_text()))
+        return {"val/f1_mean": 0.3}
+
+    assert record_job(task, cfg) == 0.3
+    assert seen[0]["status"] == "running"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]  # no temporary left
+
+    def half_then_fail(path: Path, data, *args, **kwargs):
+        with open(path, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    monkeypatch.setattr(Path, "write_bytes", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        job_status._write(tmp_path, status="failed", error="x" * 1000)
+    status = json.loads((tmp_path / "status.json").read_text())   # complete, the last one
+    assert status["status"] == "finished" and status["value"] == 0.3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]

@@ -1,24 +1,34 @@
 """Read what each job of a Hydra multirun folder left: overrides, status, scores, run stats.
 
 Only files on disk are used (no W&B), so a running or partly failed sweep reports too:
-a job without ``status.json`` or ``scores.json`` is still running (or was killed).
+a job without ``status.json`` or ``scores.json`` is still running (or was killed). A job
+file that cannot be read or parsed (a half-written one, a disk error) does not stop the
+report: that job is listed as ``unreadable`` with the file and the reason, and a warning.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 from faceparse.metrics import HEADLINE
 from faceparse.training.job_status import STATUS_FILE
 
-__all__ = ["Job", "collect_jobs", "swept_keys"]
+__all__ = ["UNREADABLE", "Job", "collect_jobs", "swept_keys"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+UNREADABLE = "unreadable"  # the status of a job with a file the report cannot read
+# what reading or parsing a half-written or corrupt job file raises
+_READ_ERRORS = (OSError, ValueError, TypeError, KeyError, csv.Error, yaml.YAMLError)
 
 
 @dataclass
@@ -27,7 +37,7 @@ class Job:
 
     folder: Path
     overrides: dict[str, str]
-    status: str                                   # finished | failed | running
+    status: str                                   # finished | failed | running | unreadable
     error: str = ""
     val_best: float = math.nan                    # best validation optimized_metric
     test: dict[str, float] = field(default_factory=dict)       # headline test scores
@@ -35,19 +45,45 @@ class Job:
     stats: dict[str, Any] = field(default_factory=dict)        # run_stats.json
 
 
+class _Problems(list[str]):
+    """The unreadable files of one job, each as ``unreadable <file>: <reason>``."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def read(self, name: str, read: Callable[[Path], T], default: T) -> T:
+        """``read(folder / name)``; on a read or parse error, a warning naming the file,
+        the reason noted, and ``default``."""
+        path = self.folder / name
+        try:
+            return read(path)
+        except _READ_ERRORS as error:
+            reason = str(error) if type(error) is ValueError else f"{type(error).__name__}: {error}"
+            log.warning("%s: cannot read it (%s); job %s is reported as unreadable",
+                        path, reason, self.folder.name)
+            self.append(f"unreadable {name}: {reason}")
+            return default
+
+
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The JSON object in ``path``, {} when there is no such file."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    return data
 
 
-def _overrides(folder: Path) -> dict[str, str]:
-    lines = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+def _overrides(path: Path) -> dict[str, str]:
+    lines = yaml.safe_load(path.read_text()) or []
     pairs = (str(line).split("=", 1) for line in lines)
     return {key.lstrip("+~"): value for key, value in pairs}
 
 
-def _best_logged(folder: Path, metric: str) -> float:
-    """The best (max) value of ``metric`` in ``csv/metrics.csv`` so far; NaN if none."""
-    path = folder / "csv" / "metrics.csv"
+def _best_logged(path: Path, metric: str) -> float:
+    """The best (max) value of ``metric`` in a ``csv/metrics.csv`` so far; NaN if none."""
     if not path.is_file():
         return math.nan
     with open(path, newline="") as f:
@@ -55,22 +91,43 @@ def _best_logged(folder: Path, metric: str) -> float:
     return max(values, default=math.nan)
 
 
-def _job(folder: Path) -> Job:
-    status = _read_json(folder / STATUS_FILE)
-    scores = _read_json(folder / "scores.json")
-    metric = status.get("optimized_metric") or f"val/{HEADLINE[0]}"
+def _status_value(status: dict[str, Any]) -> float | None:
+    """The sweep value ``status.json`` recorded, None when it has none."""
     value = status.get("value")
-    state = status.get("status") or ("finished" if scores else "running")
-    return Job(
-        folder=folder,
-        overrides=_overrides(folder),
-        status=state,
-        error=status.get("error", ""),
-        val_best=float(value) if value is not None else _best_logged(folder, metric),
-        test={k: float(scores[k]) for k in HEADLINE if k in scores},
-        class_f1={c["class"]: float(c["f1"]) for c in scores.get("classes", []) if c["present"]},
-        stats=_read_json(folder / "run_stats.json"),
-    )
+    return None if value is None else float(value)
+
+
+def _stats(path: Path) -> dict[str, Any]:
+    """``run_stats.json``, its numbers checked: the report divides and plots them."""
+    stats = _read_json(path)
+    for key in ("params_total", "params_trainable", "train_images_per_s", "peak_memory_mb"):
+        if not isinstance(stats.get(key, 0), int | float | None):
+            raise ValueError(f"{key} is {stats[key]!r}, not a number")
+    return stats
+
+
+def _scores(scores: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """Headline test scores and the per-class F1 of present classes in ``scores.json``."""
+    test = {k: float(scores[k]) for k in HEADLINE if k in scores}
+    class_f1 = {c["class"]: float(c["f1"]) for c in scores.get("classes", []) if c["present"]}
+    return test, class_f1
+
+
+def _job(folder: Path) -> Job:
+    files = _Problems(folder)
+    overrides = files.read(".hydra/overrides.yaml", _overrides, {})
+    status = files.read(STATUS_FILE, _read_json, {})
+    scores = files.read("scores.json", _read_json, {})
+    test, class_f1 = files.read("scores.json", lambda _: _scores(scores), ({}, {}))
+    stats = files.read("run_stats.json", _stats, {})
+    val_best = files.read(STATUS_FILE, lambda _: _status_value(status), None)
+    if val_best is None:
+        metric = str(status.get("optimized_metric") or f"val/{HEADLINE[0]}")
+        val_best = files.read("csv/metrics.csv", lambda p: _best_logged(p, metric), math.nan)
+    state = str(status.get("status") or ("finished" if scores else "running"))
+    return Job(folder=folder, overrides=overrides, status=UNREADABLE if files else state,
+               error="; ".join(files) or str(status.get("error", "")), val_best=val_best,
+               test=test, class_f1=class_f1, stats=stats)
 
 
 def collect_jobs(sweep_dir: str | Path) -> list[Job]:

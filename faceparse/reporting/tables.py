@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from faceparse.metrics import HEADLINE
-from faceparse.reporting.collect import Job
+from faceparse.reporting.collect import UNREADABLE, Job
 
 __all__ = ["SORT_KEY", "job_rows", "write_csv", "write_markdown"]
 
@@ -51,7 +51,8 @@ def _cell(value: Any) -> str:
 
 
 def write_markdown(rows: list[dict[str, Any]], path: Path, title: str) -> str:
-    """Write the table (and the failed jobs' errors under it) as markdown; return the text."""
+    """Write the table (and the failed and unreadable jobs' errors under it) as markdown;
+    return the text."""
     columns = [c for c in rows[0] if c != "error"]
     lines = [f"# {title}", "", f"{len(rows)} jobs, sorted by {SORT_KEY}.", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -60,6 +61,10 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, title: str) -> str:
     if failed:
         lines += ["", "## Failed jobs", ""]
         lines += [f"- job {r['job']}: {_cell(r['error'])}" for r in failed]
+    unreadable = [r for r in rows if r["status"] == UNREADABLE]
+    if unreadable:
+        lines += ["", "## Unreadable jobs (a job file half-written or corrupt)", ""]
+        lines += [f"- job {r['job']}: {_cell(r['error'])}" for r in unreadable]
     running = [r["job"] for r in rows if r["status"] == "running"]
     if running:
         lines += ["", f"Running (or stopped without a status): jobs {', '.join(running)}"]
