@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -16,8 +17,10 @@ import pytest
 from faceparse.data import prepare as prepare_mod
 from faceparse.data.io import BadSampleError
 from faceparse.data.prepare import prepare_dataset
+from faceparse.data.readers import files as files_mod
 from faceparse.data.readers.celebamask import CelebAMaskHQ
-from faceparse.data.readers.prepared import PreparedLayout
+from faceparse.data.readers.folder import ImageMaskFolder
+from faceparse.data.readers.prepared import PreparedLayout, StalePreparedError
 from faceparse.data.stats import class_counts, class_weights, weights_override
 from faceparse.labels import get_scheme
 
@@ -100,14 +103,97 @@ def test_killed_run_leaves_nothing_counted_as_done(celeba, monkeypatch) -> None:
     assert CelebAMaskHQ("train", root, prepared_dir=out).prepared is not None
 
 
-def test_prepare_skips_bad_samples_or_stops_in_strict_mode(celeba) -> None:
+def test_prepare_skips_bad_samples_or_stops_in_strict_mode(celeba, caplog) -> None:
     root, _ = celeba
     (root / "CelebA-HQ-img" / "1.jpg").write_bytes(b"not a jpeg")
     report = prepare_dataset(opener(root), root / "p", 32, ["train"], workers=0)["train"]
     assert (report.written, report.skipped) == (3, 1)
     assert "1" not in PreparedLayout(root / "p").read_index("train")
+    # The skipped sample is still in the raw listing: not taken as a change since prepare.
+    with caplog.at_level(logging.INFO, logger="faceparse.data.readers.files"):
+        ready = CelebAMaskHQ("train", root, labels="celebamask", prepared_dir=root / "p")
+    assert ready.prepared is not None and len(ready) == 3
+    assert f"prepared copy {root / 'p' / 'train'} (3 samples; 1 skipped" in caplog.text
     with pytest.raises(BadSampleError, match="1.jpg"):
         prepare_dataset(opener(root, strict=True), root / "q", 32, ["train"], workers=0)
+
+
+@pytest.fixture
+def folder(dataset_copies, tmp_path: Path) -> Path:
+    """A private copy of the image/mask folder fixture (30 pairs), prepared at 32 px."""
+    root = tmp_path / "folder"
+    shutil.copytree(dataset_copies["folder"][0], root)
+    prepare_dataset(folder_opener(root), root / "p", 32, ["train"], workers=0)
+    return root
+
+
+def folder_opener(root: Path, **kwargs):
+    return lambda split: ImageMaskFolder(split, root, scheme="facesynthetics", **kwargs)
+
+
+def add_samples(root: Path, count: int) -> None:
+    for i in range(count):
+        for sub in ("images", "masks"):
+            shutil.copy(root / sub / f"photo_{i:03d}.png", root / sub / f"new_{i:03d}.png")
+
+
+def remove_a_train_sample(root: Path) -> None:
+    sample_id = folder_opener(root)("train").ids[0]
+    for sub in ("images", "masks"):
+        (root / sub / f"{sample_id}.png").unlink()
+
+
+@pytest.mark.parametrize("change, kwargs", [
+    (lambda root: add_samples(root, 30), {}),
+    (remove_a_train_sample, {}),
+    (lambda root: None, {"fractions": {"val": 0.3, "test": 0.3}}),
+], ids=["added", "removed", "fractions"])
+def test_stale_prepared_copy_is_refused_until_prepared_again(folder, change, kwargs) -> None:
+    """A raw listing that changed since prepare (samples added or removed, another split)
+    refuses the copy with both folders, both counts and the command; prepare fixes it."""
+    root, out = folder, folder / "p"
+    made_from = PreparedLayout(out).read_index("train")
+    change(root)
+    raw = folder_opener(root, **kwargs)("train")
+    assert set(raw.ids) != set(made_from)
+    with pytest.raises(StalePreparedError) as err:
+        folder_opener(root, prepared_dir=out, **kwargs)("train")
+    message = str(err.value)
+    for part in (str(out / "train"), f"data.root={root}", f"now has {len(raw)} samples",
+                 f"made from {len(made_from)}", "python -m faceparse.prepare"):
+        assert part in message
+    prepare_dataset(folder_opener(root, **kwargs), out, 32, ["train"], workers=0)
+    ready = folder_opener(root, prepared_dir=out, **kwargs)("train")
+    assert ready.prepared is not None and ready.ids == raw.ids
+
+
+def test_prepared_copy_in_use_is_logged_and_checked_cheaply(folder, caplog,
+                                                            monkeypatch) -> None:
+    """An unchanged raw folder: the copy is used, one INFO line names it and its count;
+    the check lists file names and decodes nothing."""
+    out = folder / "p"
+    for reader in ("read_image", "read_mask"):
+        monkeypatch.setattr(files_mod, reader, lambda path: pytest.fail(f"decoded {path}"))
+    with caplog.at_level(logging.INFO, logger="faceparse.data.readers.files"):
+        ready = folder_opener(folder, prepared_dir=out)("train")
+    monkeypatch.undo()
+    assert ready.prepared is not None and ready.ids == folder_opener(folder)("train").ids
+    assert f"reading the prepared copy {out / 'train'} ({len(ready)} samples)" in caplog.text
+
+
+def test_prepared_copy_without_listing_or_raw_files(folder, caplog) -> None:
+    """A copy from before ``listed.txt`` is checked against its index; a copy whose raw
+    files are gone (only the copy was kept) is used with a warning that it is unchecked."""
+    out = folder / "p"
+    PreparedLayout(out).listed_path("train").unlink()
+    assert folder_opener(folder, prepared_dir=out)("train").prepared is not None
+    add_samples(folder, 30)
+    with pytest.raises(StalePreparedError, match="predates the record"):
+        folder_opener(folder, prepared_dir=out)("train")
+    shutil.rmtree(folder / "images")
+    with caplog.at_level(logging.WARNING):
+        ready = folder_opener(folder, prepared_dir=out)("train")
+    assert ready.prepared is not None and "cannot compare with the raw files" in caplog.text
 
 
 def test_prepare_command_runs_in_parallel(celeba, tmp_path: Path) -> None:

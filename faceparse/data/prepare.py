@@ -88,7 +88,7 @@ def _run(indices: Sequence[int], workers: int,
 
 def prepare_split(dataset: FileDataset, layout: PreparedLayout, size: int, workers: int,
                   progress: Progress | None = None) -> SplitReport:
-    """Prepare every sample of a raw dataset split, then write the split's index."""
+    """Prepare every sample of a raw dataset split, then write what it listed and its index."""
     if dataset.prepared is not None:
         raise ValueError("prepare reads the raw files: open the dataset with prepared_dir=None")
     report, done = SplitReport(), []
@@ -102,6 +102,7 @@ def prepare_split(dataset: FileDataset, layout: PreparedLayout, size: int, worke
             done.append(sample_id)
         if progress is not None:
             progress.advance(task)
+    layout.write_listed(dataset.split, dataset.ids)  # skipped ones too: not "added" later
     layout.write_index(dataset.split, done)
     return report
 

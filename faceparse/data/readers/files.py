@@ -16,7 +16,12 @@ import numpy as np
 
 from faceparse.data.io import DatasetNotFoundError, read_image, read_mask
 from faceparse.data.readers.base import SPLITS, FaceParsingDataset, Transform
-from faceparse.data.readers.prepared import PreparedLayout, find_prepared
+from faceparse.data.readers.prepared import (
+    PreparedLayout,
+    StalePreparedError,
+    find_prepared,
+    stale_reason,
+)
 from faceparse.labels import LabelScheme
 
 __all__ = ["FileDataset", "PairedFileDataset", "IMAGE_EXTS"]
@@ -57,13 +62,41 @@ class FileDataset(FaceParsingDataset):
         self.prepared: PreparedLayout | None = find_prepared(
             prepared_dir, type(self).__name__, self.native_scheme.name, split
         )
-        ids = self.prepared.read_index(split) if self.prepared else self.list_raw(split)
+        ids = self.prepared_ids(self.prepared) if self.prepared else self.list_raw(split)
         if not ids:
             self.missing([f"any {split} sample"])
         self.ids: list[str] = ids
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def prepared_ids(self, prepared: PreparedLayout) -> list[str]:
+        """The prepared copy's ids, once its record matches today's raw listing.
+
+        A stale copy is refused rather than read: reading it would silently train on the
+        old sample list, falling back to the raw files would silently lose the speed it
+        was made for. Without the raw files (only the copy was kept) it is used as is.
+        """
+        ids = prepared.read_index(self.split) or []
+        where = prepared.root / self.split
+        try:
+            reason = stale_reason(prepared, self.split, self.list_raw(self.split))
+        except DatasetNotFoundError as err:
+            log.warning("%s: cannot compare with the raw files (%s); using it as is",
+                        where, str(err).splitlines()[0])
+            reason = None
+        if reason is not None:
+            raise StalePreparedError(
+                f"prepared copy {where} is out of date with data.root={self.root}: {reason}. "
+                f"Re-run `python -m faceparse.prepare` with the same data settings (it "
+                f"resumes, keeping the samples already prepared), or read the raw files with "
+                f"data.dataset.prepared_dir=null"
+            )
+        skipped = len(prepared.read_listed(self.split) or ids) - len(ids)
+        log.info("%s %s: reading the prepared copy %s (%d samples%s)", self.title, self.split,
+                 where, len(ids), f"; {skipped} skipped by prepare as unreadable"
+                 if skipped else "")
+        return ids
 
     def list_raw(self, split: str) -> list[str]:
         """Sample ids of ``split`` in the raw layout, in a fixed order."""
