@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,19 @@ def parser(ckpt) -> Parser:
 
 def photo(seed: int = 0, size: tuple[int, int] = (45, 70)) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
+def header_only_png(path: Path, width: int, height: int) -> Path:
+    """A 45-byte PNG whose header declares ``width`` x ``height`` RGB (no pixel data):
+    Pillow sizes it up from the header alone, so a huge photo needs no huge file."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
 
 
 # --------------------------------------------------------------------------- logits resize
@@ -190,6 +205,16 @@ def test_uint8_and_bad_arrays_are_handled_clearly(parser):
     assert parser(np.zeros((10, 12), np.uint8)).labels.shape == (10, 12)  # grey accepted
 
 
+def test_an_empty_array_is_refused_and_one_channel_is_grey(parser):
+    for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5), np.uint8),
+                  torch.zeros(3, 4, 0)):
+        with pytest.raises(ValueError, match=r"empty image \d+x\d+"):
+            parser(empty)
+    grey = photo(3, (10, 12))[..., :1]
+    np.testing.assert_array_equal(parser(grey).labels, parser(grey[..., 0]).labels)
+    np.testing.assert_array_equal(to_rgb(grey), np.repeat(grey, 3, axis=2))
+
+
 def test_a_checkpoint_of_the_wrong_kind_is_named(tmp_path):
     torch.save({"weights": 1}, tmp_path / "odd.ckpt")
     with pytest.raises(ValueError, match="odd.ckpt is not a Lightning checkpoint"):
@@ -222,6 +247,23 @@ def test_expand_box_and_boxes_file(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="bad.json"):
         read_boxes(tmp_path / "bad.json")
+    (tmp_path / "f.json").write_text('{"a.jpg": [[1.4, 2.6, 30, 40]], "b.jpg": []}')
+    assert read_boxes(tmp_path / "f.json") == {"a.jpg": [(1, 3, 30, 40)], "b.jpg": []}
+
+
+@pytest.mark.parametrize(("boxes", "message"), [
+    ('[[10, 10]]', r'"a.jpg" box \[10, 10\] needs 4 numbers \[x0, y0, x1, y1\]'),
+    ('[[1, 2, 3, 4, 5]]', r'"a.jpg" box \[1, 2, 3, 4, 5\] needs 4 numbers'),
+    ('[[1, 2, 3, "4"]]', r'"a.jpg" box \[1, 2, 3, "4"\] needs 4 numbers'),
+    ('[[1, 2, 3, NaN]]', r'"a.jpg" box \[1, 2, 3, NaN\] needs 4 numbers'),
+    ('[[true, 2, 3, 4]]', r'"a.jpg" box \[true, 2, 3, 4\] needs 4 numbers'),
+    ('[1, 2, 3, 4]', r'"a.jpg" needs a list of boxes'),
+    ('{"x0": 1}', r'"a.jpg" needs a list of boxes'),
+])
+def test_every_box_is_checked_when_the_file_is_read(tmp_path, boxes, message):
+    (tmp_path / "b.json").write_text(f'{{"ok.jpg": [[0, 0, 5, 5]], "a.jpg": {boxes}}}')
+    with pytest.raises(ValueError, match=f"boxes={tmp_path}/b.json: {message}"):
+        read_boxes(tmp_path / "b.json")
 
 
 # --------------------------------------------------------------------------- reading photos
@@ -255,6 +297,16 @@ def test_unreadable_files_are_refused_naming_them(tmp_path):
     for name in ("cut.jpg", "text.jpg", "empty.png", "dir.jpg", "link.jpg"):
         with pytest.raises(BadSampleError, match=name):
             read_photo(tmp_path / name)
+
+
+def test_a_photo_over_pillows_decode_limit_is_a_bad_sample_and_the_limit_stays(tmp_path):
+    limit = Image.MAX_IMAGE_PIXELS
+    header_only_png(tmp_path / "bomb.png", 14000, 14000)
+    mp = f"{2 * limit / 1e6:.0f}"
+    with pytest.raises(BadSampleError,
+                       match=f"bomb.png: 196 MP, over Pillow's decode limit of {mp} MP"):
+        read_photo(tmp_path / "bomb.png")
+    assert limit == Image.MAX_IMAGE_PIXELS  # refused, not let through by raising the limit
 
 
 def test_inputs_get_distinct_outputs_and_the_output_folder_is_not_read(tmp_path):

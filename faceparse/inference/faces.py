@@ -14,6 +14,7 @@ crop=none on aligned face photos.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +55,37 @@ def expand_box(box: Box, margin: float, width: int, height: int) -> Box | None:
 
 
 def read_boxes(path: str | Path) -> dict[str, list[Box]]:
-    """``{"<file name or stem>": [[x0, y0, x1, y1], ...], ...}`` from a JSON file."""
+    """``{"<file name or stem>": [[x0, y0, x1, y1], ...], ...}`` from a JSON file.
+
+    Every box is checked here, before a model loads: a bad one is refused naming the file
+    and its key, not met halfway through a folder.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"boxes={path}: no such file; crop=box needs a JSON file "
                                 f'like {{"photo.jpg": [[x0, y0, x1, y1]]}}')
     try:
         data = json.loads(path.read_text())
-        return {str(k): [tuple(int(v) for v in b) for b in boxes] for k, boxes in data.items()}
-    except (ValueError, TypeError, AttributeError) as err:
-        raise ValueError(f"boxes={path}: expected {{\"photo.jpg\": [[x0, y0, x1, y1]]}} "
-                         f"({err})") from err
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"boxes={path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"boxes={path}: expected {{\"photo.jpg\": [[x0, y0, x1, y1]]}}, got "
+                         f"a JSON {type(data).__name__}")
+    return {str(key): _boxes_of(path, str(key), boxes) for key, boxes in data.items()}
+
+
+def _boxes_of(path: Path, key: str, boxes: object) -> list[Box]:
+    """One key's boxes as pixel tuples; a ValueError naming the file and key otherwise."""
+    if not isinstance(boxes, list) or any(not isinstance(b, list) for b in boxes):
+        raise ValueError(f'boxes={path}: "{key}" needs a list of boxes [[x0, y0, x1, y1], '
+                         f"...], got {json.dumps(boxes)}")
+    for box in boxes:
+        if len(box) != 4 or not all(_is_number(v) for v in box):
+            raise ValueError(f'boxes={path}: "{key}" box {json.dumps(box)} needs 4 numbers '
+                             f"[x0, y0, x1, y1]")
+    return [tuple(round(v) for v in box) for box in boxes]
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))

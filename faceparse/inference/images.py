@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -54,15 +55,27 @@ def read_photo(path: str | Path) -> np.ndarray:
             return _pil_to_rgb(ImageOps.exif_transpose(image))
     except UnidentifiedImageError:
         return read_image(path)  # OpenCV reads a few formats Pillow does not
+    except Image.DecompressionBombError as err:
+        raise BadSampleError(_over_limit(err, path)) from err
     except (OSError, SyntaxError, ValueError) as err:
         raise BadSampleError(f"not a readable image ({err}): {path}") from err
+
+
+def _over_limit(err: Image.DecompressionBombError, path: Path) -> str:
+    """The size and Pillow's limit in megapixels (its message gives both in pixels)."""
+    found = re.search(r"\((\d+) pixels\) exceeds limit of (\d+) pixels", str(err))
+    pixels, limit = (map(int, found.groups()) if found else
+                     (None, 2 * (Image.MAX_IMAGE_PIXELS or 0)))
+    size = f"{pixels / 1e6:.0f} MP" if pixels else "too large"
+    return (f"{path}: {size}, over Pillow's decode limit of {limit / 1e6:.0f} MP "
+            f"(PIL.Image.MAX_IMAGE_PIXELS; downscale the photo)")
 
 
 def to_rgb(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
     """What a user hands the predictor -> RGB uint8 (H, W, 3).
 
-    Arrays are HxWx3 RGB (uint8, or float in [0, 1]) or HxW grey; tensors are 3xHxW in
-    [0, 1] or uint8 (torchvision's convention).
+    Arrays are HxWx3 RGB (uint8, or float in [0, 1]), HxWx4 RGBA (alpha dropped) or HxW /
+    HxWx1 grey; tensors are 3xHxW or 1xHxW in [0, 1] or uint8 (torchvision's convention).
     """
     if isinstance(image, (str, Path)):
         return read_photo(image)
@@ -75,9 +88,14 @@ def to_rgb(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> np.nd
         image = image.detach().cpu().expand(3, -1, -1).permute(1, 2, 0).numpy()
     array = np.asarray(image)
     if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise ValueError(f"an image array must be (H, W, 3) RGB, got {array.shape}")
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"an image array must be (H, W, 3) RGB, (H, W, 4) RGBA or (H, W) / "
+                         f"(H, W, 1) grey, got {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"empty image {array.shape[1]}x{array.shape[0]}: nothing to parse")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
     array = array[..., :3]
     if array.dtype == np.uint8:
         return np.ascontiguousarray(array)
