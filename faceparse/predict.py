@@ -4,8 +4,10 @@
 Per image ``<stem>_mask.png`` (class ids at the photo's size, scheme and class names in
 its text chunks), ``<stem>_color.png`` and, with ``save_overlay=true``,
 ``<stem>_overlay.png`` and ``<stem>_visualization.png``; per video a mask and an overlay
-video. Options and defaults: ``conf/predict.yaml``. The exit code is non-zero only when
-every input failed.
+video. Options and defaults: ``conf/predict.yaml``. A bad input (image or video) is a
+warning and a count in the closing summary, as is, with crop=faces|box, a photo with no
+face or no usable box (it gets no files). The exit code is non-zero only when no input was
+parsed: every one failed or had no face/box.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from faceparse.cli import hydra_entry, instantiate_option
+from faceparse.data.io import BadSampleError
 from faceparse.inference.faces import read_boxes
 from faceparse.inference.folder import Summary, WriteOptions, predict_files
 from faceparse.inference.images import VIDEO_SUFFIXES, list_inputs, output_stems
@@ -29,13 +32,56 @@ log = logging.getLogger(__name__)
 
 
 def _boxes_for(cfg: DictConfig, files: list[Path], stems: list[Path]) -> list | None:
+    """Per image its boxes from ``boxes=`` (crop=box; ``None`` for an image not in it)."""
     if cfg.crop != "box":
         return None
     if not cfg.boxes:
         raise ValueError("crop=box needs boxes=<JSON file> with the face boxes per image")
     table = read_boxes(cfg.boxes)
-    return [table.get(f.name, table.get(str(s), table.get(f.stem, [])))
+    return [table.get(f.name, table.get(str(s), table.get(f.stem)))
             for f, s in zip(files, stems, strict=True)]
+
+
+def _without_box(cfg: DictConfig, images: list[Path], boxes: list | None
+                 ) -> list[tuple[str, str]]:
+    """The images crop=box has no box for, each a warning: ``(file, reason)``."""
+    if boxes is None:
+        return []
+    missing = []
+    for image, given in zip(images, boxes, strict=True):
+        if not given:
+            reason = f'no box for it in boxes={cfg.boxes} (key "{image.name}")'
+            log.warning("no mask: %s: %s", image, reason)
+            missing.append((str(image), reason))
+    return missing
+
+
+def _make_output_dir(out_dir: Path) -> None:
+    """Create ``output_dir`` before the model loads, so a bad one is refused at once."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"output_dir={out_dir}: cannot create folder "
+                         f"({err.strerror or err})") from err
+
+
+def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir: Path,
+                    stem_of: dict[Path, Path], summary: Summary) -> dict[str, Any]:
+    """Each video through ``parser``; an unreadable one is a warning and a failed count."""
+    flicker = {}
+    for video in videos:
+        try:
+            report = predict_video(parser, video, out_dir / stem_of[video],
+                                   cfg.smoothing, cfg.save_frames, cfg.alpha, cfg.overwrite)
+        except BadSampleError as err:
+            log.warning("skipped: %s", err)
+            summary.failed.append((str(video), str(err)))
+            continue
+        summary.images += report["frames"]
+        summary.seconds += report["seconds"]
+        summary.model_seconds += report["model_seconds"]
+        flicker[str(video)] = report
+    return flicker
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -49,6 +95,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     stems = output_stems(files, root)
     stem_of = dict(zip(files, stems, strict=True))
     boxes = _boxes_for(cfg, images, [stem_of[f] for f in images])
+    without_box = _without_box(cfg, images, boxes)
+    if boxes is not None:  # only the images with boxes go to the model
+        images = [f for f, b in zip(images, boxes, strict=True) if b]
+        boxes = [b for b in boxes if b]
+    _make_output_dir(out_dir)
     parser = Parser.from_checkpoint(
         cfg.ckpt, cfg.vit_weights, cfg.device, cfg.trust_pickle, image_size=cfg.image_size,
         keep_aspect=cfg.keep_aspect, crop=cfg.crop, margin=cfg.margin, labels=cfg.labels,
@@ -62,16 +113,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if images:
         summary = predict_files(parser, images, [stem_of[f] for f in images], options,
                                 cfg.batch_size, cfg.num_workers, boxes)
-    flicker = {}
-    for video in videos:
-        report = predict_video(parser, video, out_dir / stem_of[video], cfg.smoothing,
-                               cfg.save_frames, cfg.alpha, cfg.overwrite)
-        summary.images += report["frames"]
-        summary.seconds += report["seconds"]
-        summary.model_seconds += report["model_seconds"]
-        flicker[str(video)] = report
+    summary.without_face = without_box + summary.without_face
+    flicker = _predict_videos(parser, cfg, videos, out_dir, stem_of, summary)
     log.info("%s -> %s", summary.line(), out_dir)
     return {"images": summary.images, "failed": len(summary.failed), "skipped": summary.skipped,
+            "without_face": len(summary.without_face),
             "seconds": summary.seconds, "images_per_s": summary.images_per_s,
             "model_seconds": summary.model_seconds,
             "inputs": len(files), "videos": flicker, "output_dir": str(out_dir)}
@@ -81,10 +127,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     try:
         result = predict(cfg)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        log.error("%s", err.args[0] if err.args else err)
+    except (OSError, ValueError, KeyError) as err:
+        # a KeyError's str() is its repr; an OSError's first argument is its errno
+        log.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
         sys.exit(2)
-    if result["inputs"] and result["failed"] == result["inputs"]:
+    if result["inputs"] and result["failed"] + result["without_face"] == result["inputs"]:
         sys.exit(1)
 
 

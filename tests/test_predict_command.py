@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import subprocess
@@ -12,8 +14,9 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from test_predict import save_tiny_checkpoint
+from test_predict import header_only_png, save_tiny_checkpoint
 
+import faceparse.predict as predict_command
 from faceparse.inference.outputs import read_mask_scheme
 from faceparse.predict import predict
 
@@ -120,7 +123,6 @@ def test_exit_code_is_nonzero_only_when_every_input_failed(ckpt, tmp_path):
     (("input=@empty",), FileNotFoundError, "no images or videos"),
     (("input=@photo.png", "labels=klingon"), KeyError, "unknown label scheme 'klingon'"),
     (("input=@photo.png", "crop=box"), ValueError, "crop=box needs boxes"),
-    (("input=@video.mp4",), ValueError, "OpenCV cannot open this video"),
 ])
 def test_bad_arguments_are_one_clear_error(compose, ckpt, tmp_path, overrides, error, message):
     (tmp_path / "empty").mkdir()
@@ -129,6 +131,96 @@ def test_bad_arguments_are_one_clear_error(compose, ckpt, tmp_path, overrides, e
     overrides = [o.replace("@", f"{tmp_path}/") for o in overrides]
     with pytest.raises(error, match=message):
         predict(_cfg(compose, tmp_path, ckpt, *overrides, f"output_dir={tmp_path / 'out'}"))
+
+
+def test_boxes_and_output_dir_are_checked_before_the_model_loads(compose, tmp_path):
+    _image(tmp_path / "photo.png", (20, 20))
+    (tmp_path / "b.json").write_text('{"photo.png": [[10, 10]]}')
+    (tmp_path / "afile").write_text("")
+    absent = tmp_path / "absent.ckpt"  # loading it would fail: these errors come first
+    with pytest.raises(ValueError, match=fr'boxes={tmp_path}/b.json: "photo.png" box '
+                                         fr'\[10, 10\] needs 4 numbers'):
+        predict(_cfg(compose, tmp_path, absent, f"input={tmp_path}/photo.png", "crop=box",
+                     f"boxes={tmp_path}/b.json", f"output_dir={tmp_path / 'out'}"))
+    with pytest.raises(ValueError, match=fr"output_dir={tmp_path}/afile/sub: cannot create "
+                                         fr"folder \(Not a directory\)"):
+        predict(_cfg(compose, tmp_path, absent, f"input={tmp_path}/photo.png",
+                     f"output_dir={tmp_path}/afile/sub"))
+
+
+def test_an_os_error_is_logged_by_its_message_not_its_errno(compose, tmp_path, monkeypatch,
+                                                            caplog):
+    def full_disk(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "a_mask.png"))
+
+    monkeypatch.setattr(predict_command, "predict", full_disk)
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
+        predict_command.main.__wrapped__(_cfg(compose, tmp_path, tmp_path / "x.ckpt"))
+    assert exit_.value.code == 2
+    assert f"No space left on device: '{tmp_path / 'a_mask.png'}'" in caplog.text
+
+
+def test_photos_without_a_face_or_a_usable_box_get_no_files_and_a_count(compose, ckpt,
+                                                                        tmp_path, caplog):
+    photos = tmp_path / "in"
+    for name in ("ok", "inverted", "outside", "missing", "empty"):
+        _image(photos / f"{name}.png", (40, 40))
+    (tmp_path / "b.json").write_text('{"ok.png": [[0, 0, 20, 20]], "inverted.png": '
+                                     '[[30, 30, 10, 10]], "outside.png": [[50, 0, 90, 40]], '
+                                     '"empty.png": []}')
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        boxed = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}", f"output_dir={out}",
+                             "crop=box", f"boxes={tmp_path}/b.json", "margin=0"))
+    assert (boxed["images"], boxed["failed"], boxed["without_face"]) == (1, 0, 4)
+    assert sorted(p.name for p in out.glob("*_mask.png")) == ["ok_mask.png"]
+    assert f'missing.png: no box for it in boxes={tmp_path}/b.json (key "missing.png")' \
+        in caplog.text
+    assert 'empty.png: no box for it' in caplog.text
+    assert "inverted.png: box [30, 30, 10, 10] is empty or outside the 40x40 photo" in caplog.text
+    assert "outside.png: box [50, 0, 90, 40] is empty or outside the 40x40 photo" in caplog.text
+    assert "1 images, 0 failed, 4 without a face/box, 0 skipped" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # random noise: the detector finds no face
+        faces = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}/ok.png",
+                             f"output_dir={tmp_path / 'faces'}", "crop=faces"))
+    assert (faces["images"], faces["without_face"]) == (0, 1)
+    assert "ok.png: no face detected" in caplog.text
+    assert not (tmp_path / "faces" / "ok_mask.png").exists()
+    nothing = _cfg(compose, tmp_path, ckpt, f"input={photos}/missing.png",
+                   f"output_dir={tmp_path / 'o2'}", "crop=box", f"boxes={tmp_path}/b.json")
+    with pytest.raises(SystemExit) as exit_:  # nothing parsed: the exit code says so
+        predict_command.main.__wrapped__(nothing)
+    assert exit_.value.code == 1
+
+
+def test_bad_videos_and_photos_over_the_decode_limit_are_counted_and_the_run_goes_on(
+        ckpt, tmp_path):
+    photos = tmp_path / "in"
+    _image(photos / "a.png", (40, 40))
+    _image(photos / "b.png", (40, 40), 1)
+    header_only_png(photos / "bomb.png", 14000, 14000)
+    (photos / "a_empty.mp4").write_bytes(b"")
+    _video(photos / "z_clip.mp4")
+    clip = (photos / "z_clip.mp4").read_bytes()
+    (photos / "m_cut.mp4").write_bytes(clip[:len(clip) // 2])  # a half-written video
+    (tmp_path / "b.json").write_text('{"a.png": [[0, 0, 20, 20]], "bomb.png": [[0, 0, 9, 9]]}')
+    out = tmp_path / "out"
+    done = run_predict(f"ckpt={ckpt}", f"input={photos}", f"output_dir={out}", "crop=box",
+                       f"boxes={tmp_path}/b.json", f"hydra.run.dir={tmp_path / 'run'}")
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "Traceback" not in log
+    limit = f"{2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} MP"
+    assert f"bomb.png: 196 MP, over Pillow's decode limit of {limit}" in log
+    assert "a_empty.mp4: OpenCV cannot open this video" in log
+    assert "m_cut.mp4: OpenCV cannot open this video" in log
+    assert "b.png: no box for it" in log
+    # a.png and the 4 frames of the clip that comes after the bad videos
+    assert "5 images, 3 failed, 1 without a face/box, 0 skipped" in log
+    assert (out / "a_mask.png").is_file() and not (out / "b_mask.png").exists()
+    assert (out / "z_clip_overlay.mp4").stat().st_size > 0
+    assert not (out / "a_empty_frames").exists()
 
 
 def test_a_wrong_checkpoint_is_refused_by_name(compose, tmp_path):

@@ -10,7 +10,9 @@ every layer, so there they take turns: the model on all cores, then the writer t
 per model thread) write this batch and decode the next one.
 
 A bad file (unreadable, truncated, not an image, a folder, a broken link) is a warning
-naming it and a count in the summary; the run goes on. Outputs that exist are skipped
+naming it and a count in the summary; the run goes on. With crop=faces|box, a photo where
+no face was found or whose boxes all miss it is a warning and a count too, and gets no
+files: an all-background mask would pass for a parsed photo. Outputs that exist are skipped
 unless ``overwrite``, so an interrupted run resumes where it stopped.
 """
 
@@ -45,12 +47,14 @@ AHEAD = 2  # batches whose writes may be in flight while the model runs (on a GP
 
 @dataclass
 class Summary:
-    """What a run did; ``failed`` lists ``(file, reason)``; ``model_seconds`` the time the
+    """What a run did; ``failed`` and ``without_face`` (crop=faces|box found no face or no
+    usable box: nothing written) list ``(file, reason)``; ``model_seconds`` the time the
     main thread spent in model passes (with crop=faces|box, also detecting and pasting)."""
 
     images: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    without_face: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     model_seconds: float = 0.0
 
@@ -60,8 +64,10 @@ class Summary:
 
     def line(self) -> str:
         share = f", model {self.model_seconds / self.seconds:.0%} of it" if self.seconds else ""
-        return (f"{self.images} images, {len(self.failed)} failed, {self.skipped} skipped "
-                f"(outputs exist), {self.seconds:.1f} s{share}, "
+        faceless = (f"{len(self.without_face)} without a face/box, " if self.without_face
+                    else "")
+        return (f"{self.images} images, {len(self.failed)} failed, {faceless}"
+                f"{self.skipped} skipped (outputs exist), {self.seconds:.1f} s{share}, "
                 f"{self.images_per_s:.2f} images/s")
 
 
@@ -140,6 +146,35 @@ def _run_model(parser: Parser, good: list[tuple[int, np.ndarray]], options: Writ
     return parser.predict_batch(rgbs, options.save_probs, given)
 
 
+def _no_crop_reason(crop: str, rgb: np.ndarray, given: list[Box] | None) -> str:
+    """Why a photo got no face crop, for its warning."""
+    if crop == "faces":
+        return "no face detected (crop=faces); give its box with crop=box"
+    if not given:
+        return "no box for it"
+    height, width = rgb.shape[:2]
+    shown = ", ".join(str(list(b)) for b in given)
+    return (f"box {shown} {'is' if len(given) == 1 else 'are'} empty or outside the "
+            f"{width}x{height} photo (boxes are [x0, y0, x1, y1] pixel corners)")
+
+
+def _with_faces(good: list[tuple[int, np.ndarray]],
+                results: list[torch.Tensor] | list[ParseResult], crop: str,
+                boxes: list[list[Box] | None] | None, files: list[Path], summary: Summary
+                ) -> tuple[list[tuple[int, np.ndarray]], list]:
+    """The photos and results that had a face crop; the others are a warning and a count."""
+    kept, kept_results = [], []
+    for (i, rgb), result in zip(good, results, strict=True):
+        if isinstance(result, ParseResult) and not result.boxes:
+            reason = _no_crop_reason(crop, rgb, boxes[i] if boxes is not None else None)
+            log.warning("no mask: %s: %s", files[i], reason)
+            summary.without_face.append((str(files[i]), reason))
+        else:
+            kept.append((i, rgb))
+            kept_results.append(result)
+    return kept, kept_results
+
+
 def _submit_writes(writer: ThreadPoolExecutor, parser: Parser,
                    good: list[tuple[int, np.ndarray]],
                    results: list[torch.Tensor] | list[ParseResult], stems: list[Path],
@@ -195,6 +230,7 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
                 model_start = time.perf_counter()
                 results = _run_model(parser, good, options, boxes)
                 summary.model_seconds += time.perf_counter() - model_start
+                good, results = _with_faces(good, results, parser.crop, boxes, files, summary)
                 batches.append(_submit_writes(writer, parser, good, results, stems, options))
                 summary.images += len(good)
             progress.advance(task, len(batch))

@@ -35,7 +35,9 @@ PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.f
 @dataclass
 class ParseResult:
     """``labels`` (H, W) uint8 ids of ``scheme`` at the photo's size; ``probs`` (C, H, W)
-    float16 of the model's classes when asked; ``boxes`` the face crops used (crop=faces|box).
+    float16 of the model's classes when asked; ``boxes`` the face crops used (crop=faces|box;
+    empty when no face was found or no given box lies in the photo: the labels are then all
+    background, and ``faceparse.predict`` writes nothing for that photo).
     """
 
     labels: np.ndarray

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from faceparse.data.io import write_atomic
+from faceparse.data.io import BadSampleError, write_atomic
 from faceparse.inference.outputs import overlay, png_bytes
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,9 @@ def flicker(previous: torch.Tensor | None, current: torch.Tensor) -> float | Non
 def _open(path: Path) -> cv2.VideoCapture:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
-        raise ValueError(f"input={path}: OpenCV cannot open this video (unsupported codec "
-                         f"or not a video); convert it to H.264 .mp4 or give its frames")
+        raise BadSampleError(f"{path}: OpenCV cannot open this video (empty, truncated, not "
+                             f"a video or an unsupported codec); convert it to H.264 .mp4 or "
+                             f"give its frames")
     return capture
 
 
@@ -53,7 +54,11 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
                   ) -> dict[str, Any]:
     """Parse every frame of ``path``; writes ``<stem>_overlay.mp4``, ``<stem>_mask.mp4``
     and (``save_frames``) ``<stem>_frames/<n>_mask.png``. Returns frames, seconds and the
-    flicker with and without smoothing."""
+    flicker with and without smoothing.
+
+    Raises :class:`BadSampleError` naming the file when it is not a readable video (a
+    folder run reports it and goes on).
+    """
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing={smoothing}: must be in [0, 1)")
     capture = _open(path)
@@ -117,7 +122,10 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     for writer in writers.values():
         writer.release()
     if count == 0:
-        raise ValueError(f"input={path}: the video has no readable frames")
+        if save_frames and not any(frames_dir.iterdir()):
+            frames_dir.rmdir()  # no empty <stem>_frames folder for a video that gave nothing
+        raise BadSampleError(f"{path}: the video has no readable frames (empty or "
+                             f"truncated?)")
     report = {"frames": count, "seconds": time.perf_counter() - start,
               "model_seconds": model_seconds,
               "flicker_raw": float(np.mean(raw_changes)) if raw_changes else None,
