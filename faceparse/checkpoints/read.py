@@ -45,7 +45,12 @@ class CheckpointFile:
 
 
 def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> CheckpointFile:
-    """Read ``path`` once (data-only unless ``trust_pickle``) and classify it, or refuse it."""
+    """Read ``path`` once (data-only unless ``trust_pickle``) and classify it, or refuse it.
+
+    Every command's refusal is this one: a file that is no ``torch.save`` output (empty,
+    corrupt, an image, a TorchScript export) is a ``NotACheckpointError`` (a ValueError)
+    naming it, pickled objects an ``UnsafeCheckpointError`` (see :mod:`faceparse.safe_load`).
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")

@@ -7,9 +7,6 @@ session) plugs in here and nowhere else.
 
 from __future__ import annotations
 
-import pickle
-import struct
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +17,6 @@ from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_chec
 from faceparse.fast_path import FastPath
 from faceparse.inference.batch import prepare_for_inference
 from faceparse.labels import LabelScheme
-from faceparse.safe_load import UnsafeCheckpointError
 
 __all__ = ["LoadedModel", "load_model", "resolve_device"]
 
@@ -68,14 +64,7 @@ def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
                              f"options are PyTorch's; drop them, or pass the .ckpt it was "
                              f"exported from")
         return _load_onnx(located.path, device)
-    try:
-        file = read_checkpoint(located.path, trust_pickle)
-    except UnsafeCheckpointError:
-        raise
-    except (RuntimeError, EOFError, struct.error, pickle.UnpicklingError, zipfile.BadZipFile
-            ) as err:  # torch.load on a file that is not a checkpoint at all
-        raise ValueError(f"ckpt={ckpt}: {located.path} is not a readable checkpoint "
-                         f"({type(err).__name__}: {err})") from err
+    file = read_checkpoint(located.path, trust_pickle)  # names the file if it is no checkpoint
     net, scheme = load_face_parser(file, vit_weights, trust_pickle)
     target = resolve_device(device)
     net = prepare_for_inference(net, target, fast_path)
