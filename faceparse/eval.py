@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -22,19 +21,11 @@ from faceparse.evaluation import MultiPassTTA, Protocol, file_fingerprint, score
 from faceparse.evaluation.report import write_report
 from faceparse.evaluation.samples import EvalSamples, collate_samples
 from faceparse.inference.batch import prepare_for_inference
+from faceparse.inference.model import resolve_device
 from faceparse.labels import LabelScheme, get_scheme, mapping_lut
 from faceparse.writable import output_dir
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available; asking for CUDA without one is refused."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name} but no CUDA device is visible: use device=cpu")
-    return torch.device(name)
 
 
 def scoring_scheme(model: LabelScheme, data_labels: str, labels: str | None) -> LabelScheme:
@@ -81,7 +72,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if image_size % net.size_multiple:
         raise ValueError(f"image_size={image_size} is not a multiple of the model's "
                          f"{net.size_multiple}: set image_size= to a multiple of it")
-    device = pick_device(str(cfg.device))
+    device = resolve_device(str(cfg.device))
     net = prepare_for_inference(net, device, instantiate_option(cfg.fast_path))
 
     datamodule = instantiate(cfg.data)

@@ -24,7 +24,8 @@ from faceparse.data.io import BadSampleError
 from faceparse.inference.faces import read_boxes
 from faceparse.inference.folder import Summary, WriteOptions, predict_files
 from faceparse.inference.images import VIDEO_SUFFIXES, list_inputs, output_stems
-from faceparse.inference.predictor import Parser
+from faceparse.inference.model import resolve_device
+from faceparse.inference.predictor import Parser, check_batch_size
 from faceparse.inference.video import predict_video
 from faceparse.labels import get_scheme
 
@@ -88,6 +89,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run the command's config; returns the summary (images, failed, seconds, ...)."""
     if cfg.labels:
         get_scheme(cfg.labels)  # an unknown scheme is refused before the model loads
+    check_batch_size(cfg.batch_size)
+    resolve_device(cfg.device)
     out_dir = Path(cfg.output_dir)
     files, root = list_inputs(cfg.input, out_dir)
     videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]

@@ -123,6 +123,8 @@ def test_exit_code_is_nonzero_only_when_every_input_failed(ckpt, tmp_path):
     (("input=@empty",), FileNotFoundError, "no images or videos"),
     (("input=@photo.png", "labels=klingon"), KeyError, "unknown label scheme 'klingon'"),
     (("input=@photo.png", "crop=box"), ValueError, "crop=box needs boxes"),
+    (("input=@photo.png", "batch_size=0"), ValueError, "batch_size=0: use a whole number"),
+    (("input=@photo.png", "device=gpu"), ValueError, "device=gpu: not a device; use auto"),
 ])
 def test_bad_arguments_are_one_clear_error(compose, ckpt, tmp_path, overrides, error, message):
     (tmp_path / "empty").mkdir()

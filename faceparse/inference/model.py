@@ -43,7 +43,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` is CUDA when there is one; ``cuda`` without a GPU is refused clearly."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device}: not a device; use auto, cpu or cuda (cuda:N)"
+                         ) from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device}: no CUDA GPU is available here; use device=cpu")
     return resolved

@@ -26,10 +26,16 @@ from faceparse.inference.model import LoadedModel, load_model
 from faceparse.inference.resize import labels_at_size, logits_hwc, softmax_classes, strips
 from faceparse.labels import LabelScheme, colorize, get_scheme, mapping_lut
 
-__all__ = ["CROPS", "ParseResult", "Parser", "Placement"]
+__all__ = ["CROPS", "ParseResult", "Parser", "Placement", "check_batch_size"]
 
 CROPS = ("none", "faces", "box")
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a batch size that cannot batch (0 would never advance, torch says "range()")."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: use a whole number of at least 1")
 
 
 @dataclass
@@ -94,6 +100,7 @@ class Parser:
                              f"{model.size_multiple} for this model")
         if crop not in CROPS:
             raise ValueError(f"crop={crop}: choose one of {', '.join(CROPS)}")
+        check_batch_size(batch_size)
         if precision == "auto":  # bf16 where it is the faster path on this device
             precision = "bf16-mixed" if inference_bf16(model.device) else "32-true"
         if precision not in PRECISIONS:
