@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,7 +27,7 @@ from faceparse.safe_load import safe_globals
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
 from faceparse.training.job_status import record_job
 from faceparse.training.loggers import finish_wandb, log_config
-from faceparse.training.run_folder import CONFIG_FILE, resume_config
+from faceparse.training.run_folder import CONFIG_FILE, command_keys, resume_config
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,14 @@ def refuse_unused_fusion(cfg: DictConfig) -> None:
         )
 
 
+def _command_keys() -> list[str] | None:
+    """What this command's own overrides set (``resume=`` checks only those against the
+    run); None outside Hydra, where every key is checked."""
+    if not HydraConfig.initialized():
+        return None
+    return command_keys(HydraConfig.get().overrides.task, CONF_DIR)
+
+
 def _best_score(trainer: L.Trainer) -> dict[str, float]:
     """``{"best/<monitor>": score}`` of the best checkpoint: what a sweep compares, not the
     last epoch's value."""
@@ -77,7 +86,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ValueError("train=false tests a checkpoint, and none is given: set "
                          "ckpt_path=<run>/checkpoints/<file>.ckpt (or drop train=false)")
     if cfg.get("resume"):
-        cfg = resume_config(cfg)
+        cfg = resume_config(cfg, _command_keys())
     refuse_unused_fusion(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
+from faceparse.cli import CONF_DIR
 from faceparse.train import train
-from faceparse.training.run_folder import newest_checkpoint
+from faceparse.training.run_folder import command_keys, newest_checkpoint, resume_config
 
 # No LR schedule: its length follows max_epochs, and the stopped run is extended below.
 EXACT = ("scheduler=none", "test=false", "data.num_workers=0", "trainer.deterministic=true")
@@ -73,6 +78,82 @@ def test_resume_refuses_what_would_be_a_different_run(compose, tiny, tmp_path: P
     with pytest.raises(ValueError, match="give one of them"):
         train(compose([*tiny, f"resume={run}", f"ckpt_path={run}/checkpoints/last.ckpt"],
                       output_dir=run))
+
+
+def fake_run(folder: Path, cfg: DictConfig) -> None:
+    """A run folder as training leaves it, without training: its config and a checkpoint."""
+    (folder / "checkpoints").mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "conftest.py", folder / "checkpoints" / "last.ckpt")
+    (folder / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def resumed(cfg: DictConfig) -> DictConfig:
+    """``resume_config`` as ``faceparse.train`` calls it: checking what the command sets."""
+    return resume_config(cfg, command_keys(HydraConfig.get().overrides.task, CONF_DIR))
+
+
+def test_resume_checks_only_what_the_command_sets(compose, tiny, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    saved = compose([*tiny, "scheduler=none"], output_dir=run)
+    saved.paths.root_dir = saved.paths.data_dir = "/where/the/run/started"
+    fake_run(run, saved)
+
+    # neither the tiny settings nor the cwd retyped: the run's own config, extended
+    cfg = resumed(compose([f"resume={run}", "trainer.max_epochs=3"], output_dir=run))
+    assert cfg.trainer.max_epochs == 3 and cfg.data.image_size == 32
+    assert cfg.cnn.arch == "vgg11_bn" and cfg.model.scheduler is None
+    assert cfg.paths.root_dir == "/where/the/run/started"
+    assert cfg.ckpt_path == str(run / "checkpoints" / "last.ckpt")
+    # retyping the run's own settings (a requeued job's command) is no change
+    cfg = resumed(compose([*tiny, "scheduler=none", f"resume={run}"], output_dir=run))
+    assert cfg.trainer.max_epochs == 1
+    # keys the command does not set keep the run's values, the default's length included
+    assert resumed(compose([f"resume={run}"], output_dir=run)).trainer.max_epochs == 1
+
+    with pytest.raises(ValueError, match=r"changes the run's config \(data.image_size\); "
+                                         r"only trainer.max_epochs"):
+        resumed(compose([f"resume={run}", "trainer.max_epochs=3", "data.image_size=64"],
+                        output_dir=run))
+    with pytest.raises(ValueError, match=r"changes the run's config \(scheduler\._partial_"):
+        resumed(compose([f"resume={run}", "scheduler=cosine"], output_dir=run))
+
+
+def test_a_moved_run_folder_is_refused(compose, tiny, tmp_path: Path) -> None:
+    """Its saved config writes elsewhere (checkpoints, logs): resuming would split the run."""
+    fake_run(tmp_path / "moved", compose(tiny, output_dir=tmp_path / "old"))
+    with pytest.raises(ValueError, match="old \\(was the folder moved\\?\\)"):
+        resumed(compose([f"resume={tmp_path / 'moved'}"], output_dir=tmp_path / "moved"))
+
+
+def test_command_keys_of_group_options() -> None:
+    keys = command_keys(["experiment=quickstart", "data=lapa", "data.root=/d", "~logger",
+                         "+callbacks.stop._target_=x", "hydra.run.dir=/r"], CONF_DIR)
+    # quickstart sets top-level nodes and overrides the trainer and loss options
+    assert {"cnn", "data", "trainer", "loss", "task_name"} <= set(keys)
+    assert {"data.root", "logger", "callbacks.stop._target_", "hydra.run.dir"} <= set(keys)
+    assert command_keys(["scheduler=none"], CONF_DIR) == ["model"]  # a _global_ option
+
+
+@pytest.mark.slow
+def test_resume_from_the_command_line_with_only_a_longer_length(
+    compose, tiny, tmp_path: Path
+) -> None:
+    """README: ``resume=<run>`` alone (plus a new length), typed in another directory."""
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    train(compose([*tiny, *EXACT, "trainer.max_epochs=1"], output_dir=run))
+    elsewhere.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "faceparse.train", f"resume={run}", "trainer.max_epochs=2"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 4  # 2 epochs of 8 samples in batches of 4
+    assert {r["epoch"] for r in metric_rows(run) if r.get("val/f1_mean")} == {"0", "1"}
+    config = OmegaConf.load(run / "config_resolved.yaml")
+    assert config.trainer.max_epochs == 2 and config.data.image_size == 32
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    assert list(elsewhere.iterdir()) == []  # nothing written where the command was typed
 
 
 class FailAfterOneStep(L.Callback):

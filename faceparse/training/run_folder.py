@@ -7,22 +7,30 @@ they stopped. ``resume=<folder>`` makes that folder the Hydra run folder (the
 ``run_folder`` resolver in ``conf/hydra/default.yaml``); ``resume=auto`` resumes whatever
 ``hydra.run.dir`` names and starts afresh when it holds no run yet, which is what a
 requeued SLURM job needs.
+
+Only what the resuming command itself sets (:func:`command_keys` of its overrides) is
+checked against the saved config: the keys of :data:`EXTEND_KEYS` may change, any other
+change is refused. Keys the command does not set, and ``paths.*`` (the folders of the
+machine and working directory the run started from), come from the saved config.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import re
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import lightning as L
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 __all__ = ["AUTO", "CONFIG_FILE", "ContinuingCSVLogger", "InterruptCheckpoint",
-           "newest_checkpoint", "resume_config", "run_folder"]
+           "command_keys", "newest_checkpoint", "resume_config", "run_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,9 @@ CONFIG_FILE = "config_resolved.yaml"
 # how long it trains (extending a run spreads the rest of the LR schedule over the new end).
 RESUME_KEYS = ("resume", "ckpt_path")
 EXTEND_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
+# Never compared: where the run started (its folders stay the saved ones), and Hydra's own.
+UNCHECKED = ("paths", "hydra")
+_PACKAGE = re.compile(r"^#\s*@package\s+(\S+)", re.MULTILINE)
 
 
 def run_folder(resume: str | None, default: str) -> str:
@@ -54,12 +65,58 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
-def _differences(saved: DictConfig, current: DictConfig) -> list[str]:
-    """Dotted keys whose resolved values differ, ignoring :data:`RESUME_KEYS`."""
+def command_keys(overrides: Sequence[str], conf_dir: Path) -> list[str]:
+    """The dotted config keys a command's Hydra ``overrides`` set (a key stands for its
+    subtree): ``data.image_size=64`` sets ``data.image_size``, ``data=lapa`` all of
+    ``data``, a ``_global_`` option such as ``experiment=quickstart`` every top-level key
+    its file names and every group its defaults override."""
+    keys: list[str] = []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        name = override.key_or_group
+        if (conf_dir / name).is_dir() and not override.is_delete():
+            keys += _option_keys(conf_dir, name, override.value(), override.package)
+        else:
+            keys.append(name)
+    return keys
+
+
+def _option_keys(conf_dir: Path, group: str, option: object, package: str | None) -> list[str]:
+    """The keys that choosing ``option`` of config ``group`` sets (see :func:`command_keys`)."""
+    options = option if isinstance(option, list) else [option]
+    files = [conf_dir / group / f"{o}.yaml" for o in options if o is not None]
+    keys: list[str] = []
+    for file in files:
+        header = _PACKAGE.search(file.read_text()) if file.is_file() else None
+        where = package or (header.group(1) if header else "_group_")
+        where = where.replace("_group_", group.replace("/", "."))
+        if where != "_global_":
+            keys.append(where.removeprefix("_global_."))
+            continue
+        node = OmegaConf.to_container(OmegaConf.load(file))
+        assert isinstance(node, dict)
+        keys += [str(k) for k in node if k != "defaults"]
+        for entry in node.get("defaults", []):
+            if isinstance(entry, str) and entry != "_self_":  # another option of the group
+                keys += _option_keys(conf_dir, group, entry, None)
+            for name in entry if isinstance(entry, dict) else []:  # {override /trainer: cpu}
+                keys.append(str(name).removeprefix("override").strip(" /").replace("/", "."))
+    return keys
+
+
+def _covered(key: str, prefixes: Collection[str]) -> bool:
+    return any(key == p or key.startswith(f"{p}.") for p in prefixes)
+
+
+def _differences(saved: DictConfig, current: DictConfig, keys: Collection[str] | None,
+                 ) -> list[str]:
+    """Dotted keys under ``keys`` (None: every key) whose resolved values differ, ignoring
+    :data:`RESUME_KEYS`, :data:`EXTEND_KEYS` and :data:`UNCHECKED`."""
     flat_saved = _flatten(OmegaConf.to_container(saved, resolve=True))
     flat_current = _flatten(OmegaConf.to_container(current, resolve=True))
-    keys = (set(flat_saved) | set(flat_current)) - set(RESUME_KEYS) - set(EXTEND_KEYS)
-    return sorted(k for k in keys if flat_saved.get(k) != flat_current.get(k))
+    ignored = (*RESUME_KEYS, *EXTEND_KEYS, *UNCHECKED)
+    return sorted(k for k in set(flat_saved) | set(flat_current)
+                  if (keys is None or _covered(k, keys)) and not _covered(k, ignored)
+                  and flat_saved.get(k) != flat_current.get(k))
 
 
 def _flatten(tree: object, prefix: str = "") -> dict[str, object]:
@@ -71,13 +128,15 @@ def _flatten(tree: object, prefix: str = "") -> dict[str, object]:
     return {prefix[:-1]: tree}
 
 
-def resume_config(cfg: DictConfig) -> DictConfig:
+def resume_config(cfg: DictConfig, keys: Collection[str] | None = None) -> DictConfig:
     """The config a ``resume=`` run trains with: the run's own, with ``ckpt_path`` set to its
     newest checkpoint; ``cfg`` itself when ``resume=auto`` finds no run to continue.
 
-    Refuses a folder that is not where this run writes, a folder without a run, a command
-    that changes the run's config other than its length (a silently different resumed
-    run), and ``ckpt_path``.
+    ``keys`` are what the resuming command sets (:func:`command_keys`; None: every key of
+    ``cfg``): those in :data:`EXTEND_KEYS` are taken from ``cfg``, any other that differs
+    from the run is refused (a silently different resumed run), as are a folder that is
+    not where this run writes, a folder without a run, a moved run folder (its config
+    writes elsewhere), and ``ckpt_path``.
     """
     resume = str(cfg.resume)
     folder = Path(cfg.paths.output_dir)
@@ -97,15 +156,21 @@ def resume_config(cfg: DictConfig) -> DictConfig:
                                 "checkpoints/last.ckpt; point it at a folder that "
                                 "python -m faceparse.train trained in")
     saved = OmegaConf.load(saved_file)
-    changed = _differences(saved, cfg)
+    wrote_to = OmegaConf.select(saved, "paths.output_dir")
+    if wrote_to and Path(wrote_to).resolve() != folder.resolve():
+        raise ValueError(f"resume={resume}: {saved_file} writes to {wrote_to} (was the folder "
+                         "moved?); move it back to resume in place, or start a new run with "
+                         f"ckpt_path={checkpoint}")
+    changed = _differences(saved, cfg, keys)
     if changed:
         raise ValueError(f"resume={resume}: the command changes the run's config ("
-                         f"{', '.join(changed[:8])}); resume with the run's own settings, or "
-                         f"start a new run with ckpt_path={checkpoint}")
+                         f"{', '.join(changed[:8])}); only {', '.join(EXTEND_KEYS)} may "
+                         f"change: drop the other overrides (resume=<run> alone uses the "
+                         f"run's own config), or start a new run with ckpt_path={checkpoint}")
     with open_dict(saved):
         saved.ckpt_path = str(checkpoint)
         for key in EXTEND_KEYS:
-            if OmegaConf.select(cfg, key) is not None:
+            if (keys is None or _covered(key, keys)) and OmegaConf.select(cfg, key) is not None:
                 OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     log.info("resuming %s from %s", folder, checkpoint.name)
     return saved
