@@ -7,6 +7,7 @@ original FaceParsing project's) initialises the weights and training starts afre
 ``train=false`` tests ``ckpt_path`` and nothing else. Checkpoints are read data-only;
 ``trust_pickle=true`` opts out for a trusted file. ``resume=auto|<run folder>`` continues a
 run in its own folder (:mod:`faceparse.training.run_folder`); under DDP only rank 0 writes.
+A refused option or input prints as one ``error:`` line (and is recorded in ``status.json``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from faceparse.checkpoints import start_from
-from faceparse.cli import CONF_DIR, hydra_entry
+from faceparse.cli import CONF_DIR, hydra_entry, instantiate_option, one_line_errors
+from faceparse.labels import get_scheme
 from faceparse.safe_load import safe_globals
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
 from faceparse.training.job_status import record_job
@@ -64,6 +66,15 @@ def refuse_unused_fusion(cfg: DictConfig) -> None:
         )
 
 
+def check_labels(cfg: DictConfig) -> None:
+    """Refuse an unknown ``data.labels`` before the config is resolved: the class count
+    derives from it, and the resolver's error would not name the option."""
+    try:
+        get_scheme(cfg.data.labels)
+    except KeyError as err:
+        raise ValueError(f"data.labels={cfg.data.labels}: {err.args[0]}") from None
+
+
 def _command_keys() -> list[str] | None:
     """What this command's own overrides set (``resume=`` checks only those against the
     run); None outside Hydra, where every key is checked."""
@@ -87,6 +98,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                          "ckpt_path=<run>/checkpoints/<file>.ckpt (or drop train=false)")
     if cfg.get("resume"):
         cfg = resume_config(cfg, _command_keys())
+    check_labels(cfg)
     refuse_unused_fusion(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -94,8 +106,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    datamodule = instantiate_option(cfg.data)
+    model = instantiate_option(cfg.model)
     trust_pickle = bool(cfg.trust_pickle)
     resume = None
     if cfg.get("ckpt_path"):
@@ -125,6 +137,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra_entry("train")
+@one_line_errors(ValueError, KeyError, FileNotFoundError, ImportError)
 def main(cfg: DictConfig) -> float | None:
     # A frozen ViT stays in eval mode on purpose; Lightning would warn about it every fit.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

@@ -68,6 +68,8 @@ def test_resume_refuses_what_would_be_a_different_run(compose, tiny, tmp_path: P
         train(compose([*tiny, f"resume={run}"], output_dir=run))
     with pytest.raises(ValueError, match="this run writes to"):
         train(compose([*tiny, f"resume={run}"], output_dir=tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match="is a file: resume takes a run folder"):
+        train(compose([*tiny, f"resume={__file__}"], output_dir=run))
 
     (run / "checkpoints").mkdir()
     shutil.copy(Path(__file__).parent / "conftest.py", run / "checkpoints" / "last.ckpt")

@@ -78,6 +78,29 @@ def test_testing_a_given_checkpoint_tests_those_weights(compose, tiny, tmp_path:
         train(compose([*tiny, "train=false"], output_dir=tmp_path / "none"))
 
 
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.labels=nope", "data.labels=nope: unknown label scheme 'nope'; choose one of"),
+    ("data.batch_size=0", "data.batch_size=0: a batch holds a positive whole number"),
+    ("data.eval_batch_size=-2", "data.eval_batch_size=-2: a batch holds a positive"),
+])
+def test_bad_option_values_are_refused_by_name(compose, tiny, tmp_path: Path, override: str,
+                                               message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        train(compose([*tiny, override], output_dir=tmp_path))
+
+
+def test_a_refused_command_prints_one_error_line(tiny, tmp_path: Path) -> None:
+    """A bad option is one ``error:`` line (exit 1), no traceback; status.json records it."""
+    result = run_cli([*tiny, "data.batch_size=0"], tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == ["error: data.batch_size=0: a batch holds a positive whole number of "
+                      "samples, e.g. data.batch_size=8"]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "data.batch_size=0" in status["error"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_from_the_command_line(tiny, tmp_path: Path,

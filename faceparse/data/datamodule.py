@@ -51,6 +51,10 @@ class FaceDataModule(L.LightningDataModule):
         prefetch_factor: int | None = None,
     ) -> None:
         super().__init__()
+        for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if size is not None and (not isinstance(size, int) or size <= 0):
+                raise ValueError(f"data.{name}={size}: a batch holds a positive whole number "
+                                 "of samples, e.g. data.batch_size=8")
         self.dataset_factory = dataset
         self.scheme = get_scheme(labels)
         self.image_size = image_size

@@ -46,12 +46,13 @@ _PACKAGE = re.compile(r"^#\s*@package\s+(\S+)", re.MULTILINE)
 
 
 def run_folder(resume: str | None, default: str) -> str:
-    """Hydra's run folder: the run to resume, or ``default`` for a new run (and ``auto``)."""
-    if not resume or resume == AUTO:
+    """Hydra's run folder: the run to resume, or ``default`` for a new run (and ``auto``).
+
+    A file is :func:`resume_config`'s to refuse: raised here, in Hydra's own setup, the
+    refusal would print as a traceback rather than the command's one-line error.
+    """
+    if not resume or resume == AUTO or Path(resume).is_file():
         return default
-    if Path(resume).is_file():
-        raise ValueError(f"resume={resume} is a file: resume takes a run folder (or auto); "
-                         "use ckpt_path=<file> to start from a checkpoint file")
     return str(resume)
 
 
@@ -134,12 +135,15 @@ def resume_config(cfg: DictConfig, keys: Collection[str] | None = None) -> DictC
 
     ``keys`` are what the resuming command sets (:func:`command_keys`; None: every key of
     ``cfg``): those in :data:`EXTEND_KEYS` are taken from ``cfg``, any other that differs
-    from the run is refused (a silently different resumed run), as are a folder that is
-    not where this run writes, a folder without a run, a moved run folder (its config
+    from the run is refused (a silently different resumed run), as are a file, a folder
+    that is not where this run writes, a folder without a run, a moved run folder (its config
     writes elsewhere), and ``ckpt_path``.
     """
     resume = str(cfg.resume)
     folder = Path(cfg.paths.output_dir)
+    if Path(resume).is_file():
+        raise ValueError(f"resume={resume} is a file: resume takes a run folder (or auto); "
+                         "use ckpt_path=<file> to start from a checkpoint file")
     if cfg.get("ckpt_path"):
         raise ValueError("resume= continues a run folder and ckpt_path= starts from a file: "
                          "give one of them")
