@@ -28,6 +28,7 @@ from faceparse.inference.model import resolve_device
 from faceparse.inference.predictor import Parser, check_batch_size
 from faceparse.inference.video import predict_video
 from faceparse.labels import get_scheme
+from faceparse.writable import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +56,6 @@ def _without_box(cfg: DictConfig, images: list[Path], boxes: list | None
             log.warning("no mask: %s: %s", image, reason)
             missing.append((str(image), reason))
     return missing
-
-
-def _make_output_dir(out_dir: Path) -> None:
-    """Create ``output_dir`` before the model loads, so a bad one is refused at once."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"output_dir={out_dir}: cannot create folder "
-                         f"({err.strerror or err})") from err
 
 
 def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir: Path,
@@ -102,7 +94,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if boxes is not None:  # only the images with boxes go to the model
         images = [f for f, b in zip(images, boxes, strict=True) if b]
         boxes = [b for b in boxes if b]
-    _make_output_dir(out_dir)
+    output_dir(out_dir, "output_dir")  # a bad one is refused before the model loads
     parser = Parser.from_checkpoint(
         cfg.ckpt, cfg.vit_weights, cfg.device, cfg.trust_pickle, image_size=cfg.image_size,
         keep_aspect=cfg.keep_aspect, crop=cfg.crop, margin=cfg.margin, labels=cfg.labels,

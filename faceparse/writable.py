@@ -17,7 +17,7 @@ def _make_dir(path: Path, option: str) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise ValueError(f"{option}={path}: cannot create this folder ({reason})") from None
+        raise ValueError(f"{option}={path}: cannot create folder ({reason})") from None
 
 
 def output_dir(path: str | Path, option: str) -> Path:

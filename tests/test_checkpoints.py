@@ -1,5 +1,5 @@
-"""Checkpoints: metadata, decoder-only export/import, the original project's files, safe
-loading and exact resume.
+"""Checkpoints: metadata, decoder-only export/import, the original project's files and
+exact resume (safe loading: tests/test_safe_load.py).
 
 ViTs are the 64-wide, 4-block DINOv3 of tests/fixtures/dinov3 (in the official format),
 so every file here is small; checkpoints are built from our own modules' random weights.
@@ -7,20 +7,17 @@ so every file here is small; checkpoints are built from our own modules' random 
 
 from __future__ import annotations
 
-import random
 import shutil
 import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from PIL import Image
 
 from faceparse.checkpoints import (
     META_KEY,
@@ -30,15 +27,11 @@ from faceparse.checkpoints import (
     load_face_parser,
     load_net_weights,
     read_checkpoint,
-    start_from,
 )
 from faceparse.checkpoints import original as original_project
-from faceparse.deploy.exporters import export_torchscript
 from faceparse.export_decoder import export_decoder
-from faceparse.inference.model import load_model
 from faceparse.labels import get_scheme
 from faceparse.models import dinov3 as dinov3_module
-from faceparse.safe_load import NotACheckpointError, UnsafeCheckpointError, safe_load
 from faceparse.train import train
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "dinov3" / "dinov3_tiny_official.pth"
@@ -272,119 +265,6 @@ def test_original_layout_builds_real_size_models(vit: int, num_classes: int,
     assert net.encoder.vit.model.embed_dim == vit
     assert original_project.original_scheme(num_classes).num_classes == num_classes
 
-
-# --------------------------------------------------------------------------- safety
-
-
-def _pwned(marker: str) -> None:
-    Path(marker).write_text("code ran")
-
-
-class Payload:
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (_pwned, (self.marker,))
-
-
-def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
-    marker = tmp_path / "marker"
-    path = tmp_path / "evil.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": Payload(marker)}, path)
-    for load in (safe_load, load_face_parser, read_checkpoint):
-        with pytest.raises(UnsafeCheckpointError, match="_pwned") as info:
-            load(path)
-        assert "trust_pickle" in str(info.value)
-    result = export_command(f"ckpt={path}", f"out={tmp_path / 'out.ckpt'}",
-                            f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.returncode != 0 and "UnsafeCheckpointError" in result.stderr
-    assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
-    safe_load(path, trust_pickle=True)  # the explicit opt-in really unpickles
-    assert marker.read_text() == "code ran"
-
-
-def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="absent.ckpt"):
-        load_face_parser(tmp_path / "absent.ckpt")
-    torch.save({"state_dict": {"foo.weight": torch.zeros(1)}}, tmp_path / "other.ckpt")
-    with pytest.raises(ValueError, match="neither a faceparse checkpoint"):
-        load_face_parser(tmp_path / "other.ckpt")
-
-
-
-def _truncated_checkpoint(path: Path) -> None:
-    torch.save({"state_dict": {"net.w": torch.zeros(4000)}}, path)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def _jpeg(path: Path) -> None:
-    Image.fromarray(np.full((16, 16, 3), 128, np.uint8)).save(path, format="JPEG")
-
-
-def _torchscript(path: Path) -> None:
-    """What ``faceparse.export format=torchscript`` writes, from a one-layer net."""
-    net = torch.nn.Conv2d(3, 2, 1)
-    net.size_multiple = 1
-    export_torchscript(net, path, get_scheme("ourface"), 8, dynamic=False)
-
-
-NOT_CHECKPOINTS = {  # how to write the file, what the refusal says
-    "empty": (lambda p: p.write_bytes(b""), "is not a PyTorch checkpoint: the file is empty"),
-    "random bytes": (lambda p: p.write_bytes(random.Random(0).randbytes(5000)),
-                     "is not a PyTorch checkpoint (corrupt, or another file type"),
-    "JPEG renamed": (_jpeg, "is not a PyTorch checkpoint (corrupt, or another file type"),
-    "truncated": (_truncated_checkpoint,
-                  "is not a PyTorch checkpoint (corrupt, or another file type"),
-    "TorchScript export": (_torchscript, "is a TorchScript archive (what faceparse.export "
-                                         "format=torchscript writes): TorchScript exports are "
-                                         "not loaded by predict, eval"),
-}
-
-
-@pytest.mark.parametrize("kind", NOT_CHECKPOINTS)
-@pytest.mark.parametrize("trust_pickle", [False, True])
-def test_a_file_that_is_no_checkpoint_is_named_without_the_pickle_hint(
-        kind: str, trust_pickle: bool, tmp_path: Path) -> None:
-    """The trust_pickle hint would only talk users out of the safety check for nothing."""
-    write, message = NOT_CHECKPOINTS[kind]
-    path = tmp_path / "model.ckpt"
-    write(path)
-    readers = (safe_load, read_checkpoint, load_face_parser, start_from_a_net, load_model)
-    for read in readers:  # every command reads through one of these
-        with pytest.raises(NotACheckpointError) as info:
-            read(path, trust_pickle=trust_pickle)
-        text = str(info.value)
-        assert text.startswith(f"{path} {message}"), (read, text)
-        assert "trust_pickle" not in text and "weights_only" not in text and "\n" not in text
-    assert isinstance(info.value, ValueError)  # the commands' one-line errors catch these
-
-
-def start_from_a_net(path: Path, trust_pickle: bool) -> None:
-    """``faceparse.train ckpt_path=<path>``'s reading of the file."""
-    start_from(path, torch.nn.Linear(1, 1), get_scheme("ourface"), trust_pickle)
-
-
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4")
-def test_a_real_pickle_the_data_only_reader_cannot_check_keeps_the_opt_in(
-        tmp_path: Path) -> None:
-    """pickle_protocol=4 holds the same references in opcodes the data-only reader lacks."""
-    path = tmp_path / "protocol4.ckpt"
-    torch.save({"state_dict": {"net.w": torch.ones(3)}}, path, pickle_protocol=4)
-    with pytest.raises(UnsafeCheckpointError, match="STACK_GLOBAL.*trust_pickle=true"):
-        read_checkpoint(path)
-    assert torch.equal(safe_load(path, trust_pickle=True)["state_dict"]["net.w"], torch.ones(3))
-
-
-def test_eval_of_an_empty_checkpoint_is_one_error_line(tmp_path: Path) -> None:
-    empty = tmp_path / "empty.ckpt"
-    empty.write_bytes(b"")
-    result = subprocess.run([sys.executable, "-m", "faceparse.eval", f"ckpt={empty}",
-                             f"hydra.run.dir={tmp_path / 'run'}"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1
-    assert f"error: {empty} is not a PyTorch checkpoint: the file is empty" in result.stderr
-    assert "Traceback" not in result.stderr and "EOFError" not in result.stderr
 
 # --------------------------------------------------------------------------- resume
 
