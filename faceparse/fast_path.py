@@ -19,11 +19,14 @@ from torch import nn
 
 from faceparse.hardware import cpu_policy
 
-__all__ = ["COMPILE_MODES", "FastPath", "auto_precision", "inference_bf16", "on_gpu"]
+__all__ = ["COMPILE_MODES", "COMPILE_SCOPES", "FastPath", "auto_precision", "compile_regions",
+           "inference_bf16", "on_gpu"]
 
 # torch.compile's modes; on CUDA, reduce-overhead and max-autotune replay CUDA graphs
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+# what one torch.compile call covers: each part of the net whole, or each repeated block
+COMPILE_SCOPES = ("parts", "blocks")
 
 
 def on_gpu(accelerator: str) -> bool:
@@ -60,6 +63,12 @@ class FastPath:
             (CUDA only; a process-wide setting). Pays when shapes repeat.
         compile: ``torch.compile`` each part of the net in place (slow first steps, then
             faster; state_dict keys unchanged, and ``forward_with_aux`` is covered too).
+        compile_scope: what one compilation covers (:data:`COMPILE_SCOPES`; needs
+            ``compile``): ``"parts"`` compiles each part of the net (encoder, decoder) as one
+            graph, the ViT's blocks unrolled into it; ``"blocks"`` compiles each block of a
+            repeated stack (a timm ``blocks`` list: the ViT's) on its own, so identical
+            blocks share one compilation, and every other part whole, as ``"parts"`` does.
+            The ViT's glue around its blocks (patch embedding, RoPE tables) then runs eagerly.
         compile_mode: ``torch.compile``'s mode (:data:`COMPILE_MODES`); needs ``compile``.
             On CUDA ``reduce-overhead`` and ``max-autotune`` replay CUDA graphs, whose
             outputs the next replay overwrites: each call of the net then starts a new graph
@@ -77,6 +86,7 @@ class FastPath:
     cudnn_benchmark: bool = True
     compile: bool = False
     compile_mode: str = "default"
+    compile_scope: str = "parts"
     fold_batchnorm: bool = True
     frozen_vit_bf16: bool | str = "auto"
     reuse_cpu_memory: bool = True
@@ -88,6 +98,12 @@ class FastPath:
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"fast_path.compile_mode={self.compile_mode} has no effect "
                              f"without fast_path.compile=true: set both")
+        if self.compile_scope not in COMPILE_SCOPES:
+            raise ValueError(f"fast_path.compile_scope={self.compile_scope!r}: use one of "
+                             f"{', '.join(COMPILE_SCOPES)}")
+        if self.compile_scope != "parts" and not self.compile:
+            raise ValueError(f"fast_path.compile_scope={self.compile_scope} has no effect "
+                             f"without fast_path.compile=true: set both")
 
     def apply(self, net: nn.Module, device: str | torch.device) -> nn.Module:
         """Switch the options on for ``net`` (in place, once) as they pay on ``device``."""
@@ -97,8 +113,8 @@ class FastPath:
         if self.wants_channels_last(device):  # kept by a later move to the device
             net.to(memory_format=torch.channels_last)
         if self.compile:
-            for part in net.children():
-                part.compile(mode=self.compile_mode)
+            for region in compile_regions(net, self.compile_scope):
+                region.compile(mode=self.compile_mode)
             if device.type == "cuda" and self.compile_mode in CUDA_GRAPH_MODES:
                 keep_cuda_graph_outputs(net)
         return net
@@ -120,6 +136,46 @@ class FastPath:
             return self.channels_last
         raise ValueError(f"fast_path.channels_last={self.channels_last!r}: use auto, true "
                          f"or false")
+
+
+def _block_stack(module: nn.Module) -> nn.Module | None:
+    """A module's repeated blocks (timm's ``blocks``: a ViT's transformer blocks), if any."""
+    blocks = getattr(module, "blocks", None)
+    stack = isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks) > 1
+    return blocks if stack else None
+
+
+def _holds_block_stack(module: nn.Module) -> bool:
+    return any(_block_stack(m) is not None for m in module.modules())
+
+
+def compile_regions(net: nn.Module, scope: str = "parts") -> list[nn.Module]:
+    """The modules that ``torch.compile`` compiles one by one under ``compile_scope``.
+
+    ``"parts"``: the net's children. ``"blocks"``: each block of every repeated stack, and
+    each module beside a stack compiled whole; the stack's owner (a timm ViT's own forward:
+    patch embedding, RoPE, the loop over its blocks) is not compiled, nor are bare
+    containers (``ModuleDict``, ``ModuleList``), which have no forward of their own.
+    """
+    if scope == "parts":
+        return list(net.children())
+    if scope != "blocks":
+        raise ValueError(f"compile scope {scope!r}: use one of {', '.join(COMPILE_SCOPES)}")
+    regions: list[nn.Module] = []
+
+    def visit(module: nn.Module) -> None:
+        stack = _block_stack(module)
+        if stack is not None:
+            regions.extend(stack)
+            return
+        for child in module.children():
+            if _holds_block_stack(child) or isinstance(child, (nn.ModuleDict, nn.ModuleList)):
+                visit(child)
+            else:
+                regions.append(child)
+
+    visit(net)
+    return regions
 
 
 def _new_graph_step(module: nn.Module, args: tuple) -> None:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from faceparse.data.datamodule import FaceDataModule
 from faceparse.data.synthetic import SyntheticFaces
-from faceparse.fast_path import FastPath, inference_bf16
+from faceparse.fast_path import FastPath, compile_regions, inference_bf16
 from faceparse.hardware import CpuPolicy
 from faceparse.inference import predict, prepare_for_inference
 from faceparse.training import FaceParsingModule
@@ -141,6 +141,8 @@ def test_compile_mode_reaches_torch_compile(
 @pytest.mark.parametrize(("options", "message"), [
     ({"compile": True, "compile_mode": "fastest"}, "use one of default, reduce-overhead"),
     ({"compile_mode": "max-autotune"}, "no effect without fast_path.compile=true"),
+    ({"compile": True, "compile_scope": "layers"}, "use one of parts, blocks"),
+    ({"compile_scope": "blocks"}, "no effect without fast_path.compile=true"),
 ])
 def test_a_bad_compile_mode_is_refused(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -302,3 +304,48 @@ def test_module_clips_for_a_fused_optimizer(module: FaceParsingModule, algorithm
     optimizer = torch.optim.AdamW(params, fused=True)
     module.configure_gradient_clipping(optimizer, 1.0, algorithm)
     assert check([p.grad.flatten() for p in params])
+
+
+def test_block_scope_compiles_each_vit_block_and_every_other_part_whole(
+    module: FaceParsingModule,
+) -> None:
+    net = module.net
+    eva = net.encoder.vit.model
+    regions = compile_regions(net, "blocks")
+    assert regions == [net.encoder.cnn, *eva.blocks, net.encoder.fusion, net.decoder]
+    assert compile_regions(net, "parts") == [net.encoder, net.decoder]
+    # nothing is compiled twice (a region inside another), and only the ViT's glue is left
+    covered = {id(p) for region in regions for p in region.parameters()}
+    assert len(covered) == sum(len(list(r.parameters())) for r in regions)
+    glue = {id(p) for name, p in eva.named_parameters() if not name.startswith("blocks.")}
+    assert covered | glue == {id(p) for p in net.parameters()}
+
+
+def test_block_scope_reaches_torch_compile_from_the_config(
+    compose, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = instantiate(compose([*SMALL, "fast_path.compile=true",
+                                  "fast_path.compile_scope=blocks"]).model)
+    compiled = []
+    monkeypatch.setattr(nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    attach(module, "cpu")
+    module.setup("fit")
+    assert compiled == compile_regions(module.net, "blocks")
+    assert len(compiled) == len(module.net.encoder.vit.model.blocks) + 3
+
+
+@pytest.mark.slow
+def test_block_scope_compiles_for_real_and_keeps_the_features(compose) -> None:
+    """The ViT's own loop calls its blocks, each compiled, between eager glue (RoPE, norm)."""
+    vit = instantiate(compose(SMALL).model.net).encoder.vit.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        (eager,) = vit(x)
+    torch._dynamo.reset()
+    FastPath(compile=True, compile_scope="blocks", channels_last=False).apply(vit, "cpu")
+    with torch.inference_mode():
+        (compiled,) = vit(x)
+    assert all(block._compiled_call_impl is not None for block in vit.model.blocks)
+    assert vit.model._compiled_call_impl is None  # the glue stays eager
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    torch._dynamo.reset()
