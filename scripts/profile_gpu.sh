@@ -8,6 +8,9 @@
 #   speed: compare=gpu_speed (torch.compile, batch 16): train and infer images/s and MFU;
 #   graphs: compare=gpu_graphs: inference under torch.compile's modes (CUDA graphs,
 #      max-autotune) against eager;
+#   regional: compare=gpu_regional: training and inference with each ViT block compiled on
+#      its own (compile_scope=blocks) and with whole parts, with and without CUDA graphs,
+#      each variant's compile time beside its speed;
 #   cpu_policy: the host CPU's inference (ViT-B/16, 256 px, batch 2) with its chosen
 #      precision and memory format against each taken away and the original's way.
 # Usage: scripts/profile_gpu.sh OUTPUT_DIR; writes <step>.json and profile_gpu.log there.
@@ -46,5 +49,7 @@ bench cpu_policy 150 trainer=cpu bench.device=cpu vit.size=base data.image_size=
 bench profile 150 "bench.sections=[profile]" bench.steps=5
 bench speed 300 "bench.sections=[train,infer]" bench.warmup=3 bench.steps=10 compare=gpu_speed \
     ${SPEED_EXTRA:-}
+bench regional 540 "bench.sections=[train,infer]" bench.warmup=3 bench.steps=10 \
+    compare=gpu_regional
 bench graphs 420 "bench.sections=[infer]" bench.warmup=3 bench.steps=10 compare=gpu_graphs
 rm -rf "$work"

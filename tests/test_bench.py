@@ -65,6 +65,8 @@ def test_bench_runs_every_section(compose_bench) -> None:
     train, infer = results["train"], results["infer"]
     assert train["precision"] == "32-true" and train["steps"] == 1
     assert train["images_per_s"] > 0 and train["peak_mib"] > 0
+    # the untimed first steps, where torch.compile pays, are reported, not hidden
+    assert train["warmup_s"] > 0 and infer["labels"]["warmup_s"] > 0
     assert infer["precision"] == "fp32" and infer["gflops_per_image"] > 0
     assert infer["fold_batchnorm"] and not infer["frozen_vit_bf16"]  # fp32 CPU: ViT stays fp32
     # inference on a CPU keeps freed memory for reuse wherever the allocator is glibc's own
@@ -74,6 +76,7 @@ def test_bench_runs_every_section(compose_bench) -> None:
         assert infer[mode]["images_per_s"] > 0 and infer[mode]["mfu"] is None
     table = format_table(results)
     assert table.count("\ninfer") == 2 and "workers=0" in table
+    assert table.count(" warm-up ") == 3  # train, infer labels, infer softmax
 
 
 def test_profile_times_every_stage_of_the_real_forward(compose_bench) -> None:

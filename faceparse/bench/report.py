@@ -15,15 +15,15 @@ def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float |
     if "train" in results:
         t = results["train"]
         mfu = f" mfu={t['mfu']:.1%}" if t.get("mfu") is not None else ""
-        rows["train"] = (f"{t['batch_size']}x{t['image_size']}px {t['precision']}{mfu}",
-                         t["images_per_s"], t["peak_mib"])
+        rows["train"] = (f"{t['batch_size']}x{t['image_size']}px {t['precision']}{mfu}"
+                         f"{_warmup(t)}", t["images_per_s"], t["peak_mib"])
     if "infer" in results:
         i = results["infer"]
         for mode in ("labels", "softmax"):
             mfu = f" mfu={i[mode]['mfu']:.1%}" if i[mode]["mfu"] is not None else ""
             rows[f"infer {mode}"] = (
                 f"{i['batch_size']}x{i['image_size']}px {i['precision']} "
-                f"{i['gflops_per_image']:.1f} GFLOP/img{mfu}",
+                f"{i['gflops_per_image']:.1f} GFLOP/img{mfu}{_warmup(i[mode])}",
                 i[mode]["images_per_s"], i[mode]["peak_mib"],
             )
     if "deploy" in results:
@@ -48,6 +48,11 @@ def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float |
             rows[f"profile {mode}"] = (f"{p['batch_size']}x{p['image_size']}px whole step{mfu}",
                                        p[mode]["images_per_s"], None)
     return rows
+
+
+def _warmup(figures: dict[str, Any]) -> str:
+    """The untimed steps' wall time: what compilation costs before the speed shows."""
+    return f" warm-up {figures['warmup_s']:.1f}s" if "warmup_s" in figures else ""
 
 
 def _aligned(rows: list[tuple[str, ...]]) -> str:

@@ -53,6 +53,10 @@ def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, An
 
 
 def _free_memory() -> None:
+    # compiled code of an earlier variant must neither count towards this one's recompile
+    # limit (past it, torch.compile falls back to eager without a word) nor spare it the
+    # compile time its warm-up reports
+    torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
