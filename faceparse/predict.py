@@ -6,8 +6,9 @@ its text chunks), ``<stem>_color.png`` and, with ``save_overlay=true``,
 ``<stem>_overlay.png`` and ``<stem>_visualization.png``; per video a mask and an overlay
 video. Options and defaults: ``conf/predict.yaml``. A bad input (image or video) is a
 warning and a count in the closing summary, as is, with crop=faces|box, a photo with no
-face or no usable box (it gets no files). The exit code is non-zero only when no input was
-parsed: every one failed or had no face/box.
+face or no usable box (it gets no files), and with crop=box each box left out of a photo
+whose other boxes were parsed (empty or outside it). The exit code is non-zero only when
+no input was parsed: every one failed or had no face/box.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s -> %s", summary.line(), out_dir)
     return {"images": summary.images, "failed": len(summary.failed), "skipped": summary.skipped,
             "without_face": len(summary.without_face),
+            "unusable_boxes": len(summary.unusable_boxes),
             "seconds": summary.seconds, "images_per_s": summary.images_per_s,
             "model_seconds": summary.model_seconds,
             "inputs": len(files), "videos": flicker, "output_dir": str(out_dir)}

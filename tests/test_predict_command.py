@@ -196,6 +196,25 @@ def test_photos_without_a_face_or_a_usable_box_get_no_files_and_a_count(compose,
     assert exit_.value.code == 1
 
 
+def test_a_bad_box_beside_a_good_one_is_a_warning_and_a_count_not_dropped_silently(
+        compose, ckpt, tmp_path, caplog):
+    _image(tmp_path / "in" / "two.png", (40, 40))
+    (tmp_path / "b.json").write_text('{"two.png": [[0, 0, 20, 20], [50, 0, 90, 40], '
+                                     '[30, 10, 30, 30]]}')
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        result = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                              f"output_dir={out}", "crop=box", f"boxes={tmp_path}/b.json",
+                              "margin=0"))
+    assert (result["images"], result["without_face"], result["unusable_boxes"]) == (1, 0, 2)
+    for box in ("[50, 0, 90, 40]", "[30, 10, 30, 30]"):  # outside; no width
+        assert (f"box left out: {tmp_path / 'in' / 'two.png'}: box {box} is empty or "
+                f"outside the 40x40 photo") in caplog.text
+    assert "1 images, 0 failed, 2 unusable boxes left out, 0 skipped" in caplog.text
+    mask = np.asarray(Image.open(out / "two_mask.png"))  # the good box is parsed
+    assert (mask[20:] == 0).all() and (mask[:, 20:] == 0).all()
+
+
 def test_bad_videos_and_photos_over_the_decode_limit_are_counted_and_the_run_goes_on(
         ckpt, tmp_path):
     photos = tmp_path / "in"

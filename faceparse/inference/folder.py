@@ -12,8 +12,10 @@ per model thread) write this batch and decode the next one.
 A bad file (unreadable, truncated, not an image, a folder, a broken link) is a warning
 naming it and a count in the summary; the run goes on. With crop=faces|box, a photo where
 no face was found or whose boxes all miss it is a warning and a count too, and gets no
-files: an all-background mask would pass for a parsed photo. Outputs that exist are skipped
-unless ``overwrite``, so an interrupted run resumes where it stopped.
+files: an all-background mask would pass for a parsed photo. With crop=box, a box that is
+empty or outside its photo beside usable ones is left out with a warning naming the photo
+and the box, and counted; the photo's other boxes are parsed. Outputs that exist are
+skipped unless ``overwrite``, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
 from faceparse.data.io import BadSampleError
-from faceparse.inference.faces import Box
+from faceparse.inference.faces import Box, expand_box
 from faceparse.inference.images import read_photo
 from faceparse.inference.outputs import output_paths, write_outputs
 from faceparse.inference.predictor import Parser, ParseResult
@@ -47,14 +49,17 @@ AHEAD = 2  # batches whose writes may be in flight while the model runs (on a GP
 
 @dataclass
 class Summary:
-    """What a run did; ``failed`` and ``without_face`` (crop=faces|box found no face or no
-    usable box: nothing written) list ``(file, reason)``; ``model_seconds`` the time the
-    main thread spent in model passes (with crop=faces|box, also detecting and pasting)."""
+    """What a run did; ``failed``, ``without_face`` (crop=faces|box found no face or no
+    usable box: nothing written) and ``unusable_boxes`` (crop=box: a box left out of a
+    photo whose other boxes were parsed) list ``(file, reason)``; ``model_seconds`` the
+    time the main thread spent in model passes (with crop=faces|box, also detecting and
+    pasting)."""
 
     images: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     without_face: list[tuple[str, str]] = field(default_factory=list)
+    unusable_boxes: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     model_seconds: float = 0.0
 
@@ -66,7 +71,9 @@ class Summary:
         share = f", model {self.model_seconds / self.seconds:.0%} of it" if self.seconds else ""
         faceless = (f"{len(self.without_face)} without a face/box, " if self.without_face
                     else "")
-        return (f"{self.images} images, {len(self.failed)} failed, {faceless}"
+        bad = len(self.unusable_boxes)
+        boxes = f"{bad} unusable box{'es' if bad > 1 else ''} left out, " if bad else ""
+        return (f"{self.images} images, {len(self.failed)} failed, {faceless}{boxes}"
                 f"{self.skipped} skipped (outputs exist), {self.seconds:.1f} s{share}, "
                 f"{self.images_per_s:.2f} images/s")
 
@@ -146,32 +153,49 @@ def _run_model(parser: Parser, good: list[tuple[int, np.ndarray]], options: Writ
     return parser.predict_batch(rgbs, options.save_probs, given)
 
 
+def _bad_box_reason(rgb: np.ndarray, bad: list[Box]) -> str:
+    """Why ``bad`` boxes give no crop of the photo, for a warning."""
+    height, width = rgb.shape[:2]
+    shown = ", ".join(str(list(b)) for b in bad)
+    return (f"box {shown} {'is' if len(bad) == 1 else 'are'} empty or outside the "
+            f"{width}x{height} photo (boxes are [x0, y0, x1, y1] pixel corners)")
+
+
 def _no_crop_reason(crop: str, rgb: np.ndarray, given: list[Box] | None) -> str:
     """Why a photo got no face crop, for its warning."""
     if crop == "faces":
         return "no face detected (crop=faces); give its box with crop=box"
     if not given:
         return "no box for it"
+    return _bad_box_reason(rgb, given)
+
+
+def _unusable(rgb: np.ndarray, given: list[Box], margin: float) -> list[Box]:
+    """The given boxes that leave no crop of the photo (what ``Parser.boxes_for`` drops)."""
     height, width = rgb.shape[:2]
-    shown = ", ".join(str(list(b)) for b in given)
-    return (f"box {shown} {'is' if len(given) == 1 else 'are'} empty or outside the "
-            f"{width}x{height} photo (boxes are [x0, y0, x1, y1] pixel corners)")
+    return [box for box in given if expand_box(box, margin, width, height) is None]
 
 
 def _with_faces(good: list[tuple[int, np.ndarray]],
-                results: list[torch.Tensor] | list[ParseResult], crop: str,
+                results: list[torch.Tensor] | list[ParseResult], parser: Parser,
                 boxes: list[list[Box] | None] | None, files: list[Path], summary: Summary
                 ) -> tuple[list[tuple[int, np.ndarray]], list]:
-    """The photos and results that had a face crop; the others are a warning and a count."""
+    """The photos and results that had a face crop; the others are a warning and a count,
+    as is each unusable box of a photo whose other boxes were parsed."""
     kept, kept_results = [], []
     for (i, rgb), result in zip(good, results, strict=True):
+        given = boxes[i] if boxes is not None else None
         if isinstance(result, ParseResult) and not result.boxes:
-            reason = _no_crop_reason(crop, rgb, boxes[i] if boxes is not None else None)
+            reason = _no_crop_reason(parser.crop, rgb, given)
             log.warning("no mask: %s: %s", files[i], reason)
             summary.without_face.append((str(files[i]), reason))
-        else:
-            kept.append((i, rgb))
-            kept_results.append(result)
+            continue
+        for box in _unusable(rgb, given, parser.margin) if given else []:
+            reason = _bad_box_reason(rgb, [box])
+            log.warning("box left out: %s: %s; its other boxes are parsed", files[i], reason)
+            summary.unusable_boxes.append((str(files[i]), reason))
+        kept.append((i, rgb))
+        kept_results.append(result)
     return kept, kept_results
 
 
@@ -230,7 +254,7 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
                 model_start = time.perf_counter()
                 results = _run_model(parser, good, options, boxes)
                 summary.model_seconds += time.perf_counter() - model_start
-                good, results = _with_faces(good, results, parser.crop, boxes, files, summary)
+                good, results = _with_faces(good, results, parser, boxes, files, summary)
                 batches.append(_submit_writes(writer, parser, good, results, stems, options))
                 summary.images += len(good)
             progress.advance(task, len(batch))
