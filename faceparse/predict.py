@@ -7,8 +7,10 @@ its text chunks), ``<stem>_color.png`` and, with ``save_overlay=true``,
 video. Options and defaults: ``conf/predict.yaml``. A bad input (image or video) is a
 warning and a count in the closing summary, as is, with crop=faces|box, a photo with no
 face or no usable box (it gets no files), and with crop=box each box left out of a photo
-whose other boxes were parsed (empty or outside it). The exit code is non-zero only when
-no input was parsed: every one failed or had no face/box.
+whose other boxes were parsed (empty or outside it). Videos with crop=faces keep every
+frame: frames without a face are all background, one warning per video and a count (see
+:mod:`faceparse.inference.video`); crop=box takes no videos. The exit code is non-zero
+only when no input was parsed: every one failed or had no face/box.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from faceparse.inference.folder import Summary, WriteOptions, predict_files
 from faceparse.inference.images import VIDEO_SUFFIXES, list_inputs, output_stems
 from faceparse.inference.model import resolve_device
 from faceparse.inference.predictor import Parser, check_batch_size
-from faceparse.inference.video import predict_video
+from faceparse.inference.video import frame_ranges, predict_video
 from faceparse.labels import get_scheme
 from faceparse.writable import output_dir
 
@@ -59,9 +61,20 @@ def _without_box(cfg: DictConfig, images: list[Path], boxes: list | None
     return missing
 
 
+def _videos_without_box(videos: list[Path]) -> list[tuple[str, str]]:
+    """crop=box has boxes per photo only: each video is a warning, ``(file, reason)``."""
+    reason = ("crop=box gives boxes per photo, not per video frame: parse videos with "
+              "crop=faces or crop=none")
+    for video in videos:
+        log.warning("no mask: %s: %s", video, reason)
+    return [(str(video), reason) for video in videos]
+
+
 def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir: Path,
                     stem_of: dict[Path, Path], summary: Summary) -> dict[str, Any]:
-    """Each video through ``parser``; an unreadable one is a warning and a failed count."""
+    """Each video through ``parser``; an unreadable one is a warning and a failed count.
+    With crop=faces, frames without a face are one warning per video and a count; a video
+    with no face in any frame counts as an input without a face (nothing is kept)."""
     flicker = {}
     for video in videos:
         try:
@@ -71,7 +84,18 @@ def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir
             log.warning("skipped: %s", err)
             summary.failed.append((str(video), str(err)))
             continue
-        summary.images += report["frames"]
+        faceless = report["frames_without_face"]
+        if faceless and len(faceless) == report["frames"]:
+            reason = (f"no face detected in any of its {len(faceless)} frames (crop=faces); "
+                      f"nothing written")
+            log.warning("no mask: %s: %s", video, reason)
+            summary.without_face.append((str(video), reason))
+        elif faceless:
+            log.warning("no face in %d of the %d frames of %s (frames %s; crop=faces): their "
+                        "masks are all background", len(faceless), report["frames"], video,
+                        frame_ranges(faceless))
+            summary.faceless_frames += len(faceless)
+        summary.images += report["frames"] - len(faceless)
         summary.seconds += report["seconds"]
         summary.model_seconds += report["model_seconds"]
         flicker[str(video)] = report
@@ -92,6 +116,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     stem_of = dict(zip(files, stems, strict=True))
     boxes = _boxes_for(cfg, images, [stem_of[f] for f in images])
     without_box = _without_box(cfg, images, boxes)
+    if cfg.crop == "box":
+        without_box += _videos_without_box(videos)
+        videos = []
     if boxes is not None:  # only the images with boxes go to the model
         images = [f for f, b in zip(images, boxes, strict=True) if b]
         boxes = [b for b in boxes if b]
@@ -115,6 +142,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return {"images": summary.images, "failed": len(summary.failed), "skipped": summary.skipped,
             "without_face": len(summary.without_face),
             "unusable_boxes": len(summary.unusable_boxes),
+            "faceless_frames": summary.faceless_frames,
             "seconds": summary.seconds, "images_per_s": summary.images_per_s,
             "model_seconds": summary.model_seconds,
             "inputs": len(files), "videos": flicker, "output_dir": str(out_dir)}

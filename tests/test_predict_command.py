@@ -225,10 +225,9 @@ def test_bad_videos_and_photos_over_the_decode_limit_are_counted_and_the_run_goe
     _video(photos / "z_clip.mp4")
     clip = (photos / "z_clip.mp4").read_bytes()
     (photos / "m_cut.mp4").write_bytes(clip[:len(clip) // 2])  # a half-written video
-    (tmp_path / "b.json").write_text('{"a.png": [[0, 0, 20, 20]], "bomb.png": [[0, 0, 9, 9]]}')
     out = tmp_path / "out"
-    done = run_predict(f"ckpt={ckpt}", f"input={photos}", f"output_dir={out}", "crop=box",
-                       f"boxes={tmp_path}/b.json", f"hydra.run.dir={tmp_path / 'run'}")
+    done = run_predict(f"ckpt={ckpt}", f"input={photos}", f"output_dir={out}",
+                       f"hydra.run.dir={tmp_path / 'run'}")
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
     assert "Traceback" not in log
@@ -236,12 +235,56 @@ def test_bad_videos_and_photos_over_the_decode_limit_are_counted_and_the_run_goe
     assert f"bomb.png: 196 MP, over Pillow's decode limit of {limit}" in log
     assert "a_empty.mp4: OpenCV cannot open this video" in log
     assert "m_cut.mp4: OpenCV cannot open this video" in log
-    assert "b.png: no box for it" in log
-    # a.png and the 4 frames of the clip that comes after the bad videos
-    assert "5 images, 3 failed, 1 without a face/box, 0 skipped" in log
-    assert (out / "a_mask.png").is_file() and not (out / "b_mask.png").exists()
+    # a.png, b.png and the 4 frames of the clip that comes after the bad videos
+    assert "6 images, 3 failed, 0 skipped" in log
+    assert (out / "a_mask.png").is_file() and (out / "b_mask.png").is_file()
     assert (out / "z_clip_overlay.mp4").stat().st_size > 0
     assert not (out / "a_empty_frames").exists()
+
+
+def _face_video(path: Path, frames: str, fps: int = 2) -> None:
+    """A 160x160 video: ``F`` a frame of scikit-image's astronaut (the detector finds her
+    face), ``.`` noise (it finds none)."""
+    astronaut = cv2.resize(pytest.importorskip("skimage.data").astronaut(), (160, 160),
+                           interpolation=cv2.INTER_AREA)
+    noise = np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (160, 160))
+    for kind in frames:
+        writer.write(cv2.cvtColor(astronaut, cv2.COLOR_RGB2BGR) if kind == "F" else noise)
+    writer.release()
+
+
+def test_video_frames_without_a_face_are_background_counted_and_never_parsed_whole(
+        compose, ckpt, tmp_path, caplog):
+    (tmp_path / "in").mkdir()
+    _face_video(tmp_path / "in" / "talk.mp4", "..FF..")  # at 2 fps a face is held 1 frame
+    _face_video(tmp_path / "in" / "wall.mp4", "...")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        result = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                              f"output_dir={out}", "crop=faces"))
+    talk = result["videos"][str(tmp_path / "in" / "talk.mp4")]
+    assert (talk["frames_without_face"], talk["frames_face_held"]) == ([0, 1, 5], 1)
+    assert (result["images"], result["without_face"], result["faceless_frames"]) == (3, 1, 3)
+    assert (f"no face in 3 of the 6 frames of {tmp_path / 'in' / 'talk.mp4'} (frames 0-1, 5; "
+            f"crop=faces): their masks are all background") in caplog.text
+    assert (f"no mask: {tmp_path / 'in' / 'wall.mp4'}: no face detected in any of its 3 "
+            f"frames") in caplog.text
+    assert ("3 images, 0 failed, 1 without a face/box, 3 video frames without a face "
+            "(background), 0 skipped") in caplog.text
+    masks = [np.asarray(Image.open(f)) for f in sorted((out / "talk_frames").glob("*.png"))]
+    assert len(masks) == 6 and all((masks[n] == 0).all() for n in (0, 1, 5))
+    capture = cv2.VideoCapture(str(out / "talk_mask.mp4"))  # every frame, at the input's rate
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 6 and capture.get(cv2.CAP_PROP_FPS) == 2
+    capture.release()
+    assert sorted(p.name for p in out.iterdir()) == ["talk_frames", "talk_mask.mp4",
+                                                      "talk_overlay.mp4"]
+    (tmp_path / "b.json").write_text('{"talk.mp4": [[0, 0, 80, 80]]}')
+    boxed = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}/talk.mp4",
+                         f"output_dir={tmp_path / 'boxed'}", "crop=box",
+                         f"boxes={tmp_path}/b.json"))
+    assert (boxed["images"], boxed["without_face"]) == (0, 1)  # not parsed whole
+    assert "talk.mp4: crop=box gives boxes per photo, not per video frame" in caplog.text
 
 
 def test_a_wrong_checkpoint_is_refused_by_name(compose, tmp_path):

@@ -51,7 +51,8 @@ AHEAD = 2  # batches whose writes may be in flight while the model runs (on a GP
 class Summary:
     """What a run did; ``failed``, ``without_face`` (crop=faces|box found no face or no
     usable box: nothing written) and ``unusable_boxes`` (crop=box: a box left out of a
-    photo whose other boxes were parsed) list ``(file, reason)``; ``model_seconds`` the
+    photo whose other boxes were parsed) list ``(file, reason)``; ``images`` counts the
+    photos and video frames parsed (not the ``faceless_frames``); ``model_seconds`` the
     time the main thread spent in model passes (with crop=faces|box, also detecting and
     pasting)."""
 
@@ -60,6 +61,7 @@ class Summary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     without_face: list[tuple[str, str]] = field(default_factory=list)
     unusable_boxes: list[tuple[str, str]] = field(default_factory=list)
+    faceless_frames: int = 0  # video frames (crop=faces) without a face: all background
     seconds: float = 0.0
     model_seconds: float = 0.0
 
@@ -73,7 +75,9 @@ class Summary:
                     else "")
         bad = len(self.unusable_boxes)
         boxes = f"{bad} unusable box{'es' if bad > 1 else ''} left out, " if bad else ""
-        return (f"{self.images} images, {len(self.failed)} failed, {faceless}{boxes}"
+        frames = (f"{self.faceless_frames} video frames without a face (background), "
+                  if self.faceless_frames else "")
+        return (f"{self.images} images, {len(self.failed)} failed, {faceless}{boxes}{frames}"
                 f"{self.skipped} skipped (outputs exist), {self.seconds:.1f} s{share}, "
                 f"{self.images_per_s:.2f} images/s")
 

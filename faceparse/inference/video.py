@@ -5,6 +5,14 @@ moving average of the model-resolution logits (``s = smoothing * s + (1 - smooth
 new``); with ``crop=faces`` the face boxes are averaged the same way. Flicker is the share
 of pixels whose label changes between consecutive frames, measured at model resolution
 with and without the smoothing on the same frames, so the report shows what it buys.
+
+With ``crop=faces`` every frame is still written, so the mask video keeps the input's
+frame count and timing and ``<stem>_frames/<n>_mask.png`` has no gaps. A face the detector
+misses for up to :data:`HOLD_SECONDS` keeps its last box (the LBP cascade drops single
+frames of a face that is there); a frame with no face beyond that is not parsed: its mask
+is all background and its number is reported (``frames_without_face``), and the smoothing
+starts afresh at the next face. A video with no face in any frame is like a photo without
+one: nothing of it is kept. ``crop=box`` has no boxes for video frames and is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ from faceparse.inference.outputs import overlay, png_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["flicker", "predict_video"]
+__all__ = ["HOLD_SECONDS", "flicker", "frame_ranges", "predict_video"]
+
+HOLD_SECONDS = 0.5  # crop=faces: a face missed for up to this long keeps its last box
 
 
 def flicker(previous: torch.Tensor | None, current: torch.Tensor) -> float | None:
@@ -49,18 +59,36 @@ def _smooth_box(old: tuple | None, new: tuple, keep: float) -> tuple[int, int, i
     return tuple(round(keep * o + (1 - keep) * n) for o, n in zip(old, new, strict=True))
 
 
+def frame_ranges(frames: list[int], most: int = 8) -> str:
+    """``[0, 1, 2, 5, 9, 10]`` -> ``"0-2, 5, 9-10"``; after ``most`` ranges, ``...``."""
+    runs: list[list[int]] = []
+    for n in frames:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    shown = [f"{a}-{b}" if b > a else f"{a}" for a, b in runs[:most]]
+    return ", ".join(shown + (["..."] if len(runs) > most else []))
+
+
 def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
                   save_frames: bool = True, alpha: float = 0.5, overwrite: bool = False
                   ) -> dict[str, Any]:
     """Parse every frame of ``path``; writes ``<stem>_overlay.mp4``, ``<stem>_mask.mp4``
-    and (``save_frames``) ``<stem>_frames/<n>_mask.png``. Returns frames, seconds and the
-    flicker with and without smoothing.
+    and (``save_frames``) ``<stem>_frames/<n>_mask.png``. Returns frames, seconds, the
+    flicker with and without smoothing and, with crop=faces, the numbers of the frames
+    without a face (``frames_without_face``; all background) and how many frames kept a
+    missed face's last box (``frames_face_held``). When no frame has a face, nothing is
+    kept and ``frames_without_face`` lists every frame.
 
     Raises :class:`BadSampleError` naming the file when it is not a readable video (a
     folder run reports it and goes on).
     """
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing={smoothing}: must be in [0, 1)")
+    if parser.crop == "box":
+        raise ValueError("crop=box gives boxes per photo, not per video frame: parse videos "
+                         "with crop=faces or crop=none")
     capture = _open(path)
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
@@ -70,13 +98,14 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
         capture.release()
         log.info("skipped %s: %s exists (overwrite=true to redo)", path, over_path)
         return {"frames": 0, "seconds": 0.0, "model_seconds": 0.0, "flicker_raw": None,
-                "flicker_smoothed": None}
+                "flicker_smoothed": None, "frames_without_face": [], "frames_face_held": 0}
     frames_dir = out_stem.with_name(f"{out_stem.name}_frames")
     (frames_dir if save_frames else out_stem.parent).mkdir(parents=True, exist_ok=True)
     writers: dict[str, cv2.VideoWriter] = {}
     state = box = raw_prev = smooth_prev = None
     raw_changes, smooth_changes = [], []
     count, start, model_seconds = 0, time.perf_counter(), 0.0
+    hold, missed, held, faceless = max(1, round(fps * HOLD_SECONDS)), 0, 0, []
     with Progress(transient=True) as progress:
         task = progress.add_task(f"parsing {path.name}", total=total)
         while True:
@@ -85,28 +114,41 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
                 break
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             height, width = rgb.shape[:2]
+            region = rgb
             if parser.crop == "faces":
                 found = parser.boxes_for(rgb, None)
-                box = _smooth_box(box, found[0], smoothing) if found else box
-                region = rgb[box[1]:box[3], box[0]:box[2]] if box else rgb
+                missed = 0 if found else missed + 1
+                if found:
+                    box = _smooth_box(box, found[0], smoothing)
+                elif box is not None and missed <= hold:
+                    held += 1  # a face missed for a moment keeps its last box
+                else:
+                    box = None
+                if box is None:  # no face: not parsed, all background, smoothing restarts
+                    faceless.append(count)
+                    state = raw_prev = smooth_prev = None
+                    region = None
+                else:
+                    region = rgb[box[1]:box[3], box[0]:box[2]]
+            if region is None:
+                result = parser.paste((height, width), [], [])
             else:
-                region = rgb
-            model_start = time.perf_counter()
-            logits = parser.photo_logits([region])[0]
-            model_seconds += time.perf_counter() - model_start
-            state = logits if state is None or state.shape != logits.shape else (
-                smoothing * state + (1 - smoothing) * logits)
-            raw, smooth = logits.argmax(0), state.argmax(0)
-            for changes, prev, now in ((raw_changes, raw_prev, raw),
-                                       (smooth_changes, smooth_prev, smooth)):
-                value = flicker(prev, now)
-                if value is not None:
-                    changes.append(value)
-            raw_prev, smooth_prev = raw, smooth
-            if parser.crop == "faces" and box:
-                result = parser.paste((height, width), [box], [state])
-            else:
-                result = parser.finish(state, (height, width), False)
+                model_start = time.perf_counter()
+                logits = parser.photo_logits([region])[0]
+                model_seconds += time.perf_counter() - model_start
+                state = logits if state is None or state.shape != logits.shape else (
+                    smoothing * state + (1 - smoothing) * logits)
+                raw, smooth = logits.argmax(0), state.argmax(0)
+                for changes, prev, now in ((raw_changes, raw_prev, raw),
+                                           (smooth_changes, smooth_prev, smooth)):
+                    value = flicker(prev, now)
+                    if value is not None:
+                        changes.append(value)
+                raw_prev, smooth_prev = raw, smooth
+                if parser.crop == "faces":
+                    result = parser.paste((height, width), [box], [state])
+                else:
+                    result = parser.finish(state, (height, width), False)
             color = result.color()
             if not writers:
                 fourcc = cv2.VideoWriter_fourcc(*"mp4v")
@@ -121,15 +163,21 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     capture.release()
     for writer in writers.values():
         writer.release()
+    if count and len(faceless) == count:  # no face anywhere: kept like a faceless photo
+        for written in (over_path, mask_path, *(frames_dir / f"{n:06d}_mask.png"
+                                                for n in range(count) if save_frames)):
+            written.unlink(missing_ok=True)
+    if save_frames and (count == 0 or len(faceless) == count) and not any(frames_dir.iterdir()):
+        frames_dir.rmdir()  # no empty <stem>_frames folder for a video that gave nothing
     if count == 0:
-        if save_frames and not any(frames_dir.iterdir()):
-            frames_dir.rmdir()  # no empty <stem>_frames folder for a video that gave nothing
         raise BadSampleError(f"{path}: the video has no readable frames (empty or "
                              f"truncated?)")
     report = {"frames": count, "seconds": time.perf_counter() - start,
               "model_seconds": model_seconds,
               "flicker_raw": float(np.mean(raw_changes)) if raw_changes else None,
-              "flicker_smoothed": float(np.mean(smooth_changes)) if smooth_changes else None}
-    log.info("%s: %d frames, flicker %.4f raw, %.4f with smoothing=%s", path, count,
-             report["flicker_raw"] or 0, report["flicker_smoothed"] or 0, smoothing)
+              "flicker_smoothed": float(np.mean(smooth_changes)) if smooth_changes else None,
+              "frames_without_face": faceless, "frames_face_held": held}
+    held_note = f", {held} kept a missed face's last box" if held else ""
+    log.info("%s: %d frames%s, flicker %.4f raw, %.4f with smoothing=%s", path, count,
+             held_note, report["flicker_raw"] or 0, report["flicker_smoothed"] or 0, smoothing)
     return report
