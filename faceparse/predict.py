@@ -10,7 +10,9 @@ face or no usable box (it gets no files), and with crop=box each box left out of
 whose other boxes were parsed (empty or outside it). Videos with crop=faces keep every
 frame: frames without a face are all background, one warning per video and a count (see
 :mod:`faceparse.inference.video`); crop=box takes no videos. The exit code is non-zero
-only when no input was parsed: every one failed or had no face/box.
+only when no input was parsed: every one failed or had no face/box. A failed write
+(disk full, no permission) stops the run with one line naming the output and its input
+(exit code 2); what was written is kept, so a rerun resumes.
 """
 
 from __future__ import annotations

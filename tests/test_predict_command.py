@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -16,8 +17,9 @@ import pytest
 from PIL import Image
 from test_predict import header_only_png, save_tiny_checkpoint
 
+import faceparse.data.io
 import faceparse.predict as predict_command
-from faceparse.inference.outputs import read_mask_scheme
+from faceparse.inference.outputs import OutputWriteError, read_mask_scheme
 from faceparse.predict import predict
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -160,6 +162,53 @@ def test_an_os_error_is_logged_by_its_message_not_its_errno(compose, tmp_path, m
         predict_command.main.__wrapped__(_cfg(compose, tmp_path, tmp_path / "x.ckpt"))
     assert exit_.value.code == 2
     assert f"No space left on device: '{tmp_path / 'a_mask.png'}'" in caplog.text
+
+
+def _disk_full_for(monkeypatch, written: str) -> None:
+    """Writes of files named ``written*`` fail as on a full disk (ENOSPC on the temporary
+    file ``write_atomic`` fills); every other write goes through."""
+    def replace(src, dst):
+        if Path(dst).name.startswith(written):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+        os.replace(src, dst)
+
+    monkeypatch.setattr(faceparse.data.io, "os", SimpleNamespace(getpid=os.getpid,
+                                                                 replace=replace))
+
+
+def test_a_failed_write_stops_the_run_in_one_line_naming_the_output_and_its_photo(
+        compose, ckpt, tmp_path, monkeypatch, caplog):
+    for n, name in enumerate("abc"):
+        _image(tmp_path / "in" / f"{name}.png", (20, 20), n)
+    out = tmp_path / "out"
+    _disk_full_for(monkeypatch, "b_")
+    cfg = _cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}", f"output_dir={out}",
+               "batch_size=1")
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
+        predict_command.main.__wrapped__(cfg)
+    assert exit_.value.code == 2
+    error, = (r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert error == (f"cannot write {out / 'b_mask.png'} (from {tmp_path / 'in' / 'b.png'}): "
+                     f"No space left on device; stopped, the outputs written so far are kept "
+                     f"(rerun to resume once fixed)")
+    assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_mask.png"]  # no .tmp
+
+
+def test_a_failed_video_write_names_the_frame_and_the_video_and_keeps_no_partial_video(
+        compose, ckpt, tmp_path, monkeypatch):
+    _video(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    _disk_full_for(monkeypatch, "000002_")
+    cfg = _cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'clip.mp4'}", f"output_dir={out}")
+    with pytest.raises(OutputWriteError, match=re.escape(
+            f"cannot write {out / 'clip_frames' / '000002_mask.png'} (from "
+            f"{tmp_path / 'clip.mp4'}): No space left on device; stopped")):
+        predict(cfg)
+    assert [p.name for p in out.iterdir()] == ["clip_frames"]  # a rerun parses it again
+    assert sorted(p.name for p in (out / "clip_frames").iterdir()) == [
+        "000000_mask.png", "000001_mask.png"]
+    monkeypatch.undo()
+    assert predict(cfg)["images"] == 4 and (out / "clip_overlay.mp4").stat().st_size > 0
 
 
 def test_photos_without_a_face_or_a_usable_box_get_no_files_and_a_count(compose, ckpt,

@@ -123,11 +123,19 @@ def encode_image(array: np.ndarray, ext: str, jpeg_quality: int = 95) -> bytes:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a killed process never leaves a partial file there."""
+    """Write ``data`` to ``path`` so that a killed process never leaves a partial file there.
+
+    A failure (disk full, no permission) is an :class:`OSError` naming ``path``, not the
+    temporary file beside it that was being written.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err  # same subclass by errno
     finally:
         tmp.unlink(missing_ok=True)

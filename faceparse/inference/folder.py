@@ -15,7 +15,9 @@ no face was found or whose boxes all miss it is a warning and a count too, and g
 files: an all-background mask would pass for a parsed photo. With crop=box, a box that is
 empty or outside its photo beside usable ones is left out with a warning naming the photo
 and the box, and counted; the photo's other boxes are parsed. Outputs that exist are
-skipped unless ``overwrite``, so an interrupted run resumes where it stopped.
+skipped unless ``overwrite``, so an interrupted run resumes where it stopped. A failed
+write (disk full, no permission) stops the run with an :class:`OutputWriteError` naming
+the output and its photo; what was written stays, so a rerun resumes.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ from torch.utils.data import DataLoader, Dataset
 from faceparse.data.io import BadSampleError
 from faceparse.inference.faces import Box, expand_box
 from faceparse.inference.images import read_photo
-from faceparse.inference.outputs import output_paths, write_outputs
+from faceparse.inference.outputs import (
+    OutputWriteError,
+    output_paths,
+    write_outputs,
+    writing_outputs_of,
+)
 from faceparse.inference.predictor import Parser, ParseResult
 
 log = logging.getLogger(__name__)
@@ -127,12 +134,16 @@ def _decoded_in(pool: ThreadPoolExecutor, files: list[Path], batch_size: int
         yield [(j, future.result()) for j, future in reads]
 
 
-def _finish_and_write(parser: Parser, logits: torch.Tensor, rgb: np.ndarray, stem: Path,
-                      options: WriteOptions) -> None:
-    """The photo side of one image: logits back to its size, argmax, files."""
-    result = parser.finish(logits, rgb.shape[:2], options.save_probs)
-    write_outputs(options.out_dir, stem, rgb, result, options.save_overlay, options.alpha,
-                  parser.model.scheme)
+def _write(parser: Parser, source: Path, rgb: np.ndarray, result: torch.Tensor | ParseResult,
+           stem: Path, options: WriteOptions) -> None:
+    """The photo side of one image: (crop=none) logits back to its size and argmax, then
+    its files; a failed write is an :class:`OutputWriteError` naming the file and
+    ``source``."""
+    if not isinstance(result, ParseResult):
+        result = parser.finish(result, rgb.shape[:2], options.save_probs)
+    with writing_outputs_of(source):
+        write_outputs(options.out_dir, stem, rgb, result, options.save_overlay, options.alpha,
+                      parser.model.scheme)
 
 
 def writer_threads(device: torch.device, loader_workers: int = 0) -> int:
@@ -205,17 +216,23 @@ def _with_faces(good: list[tuple[int, np.ndarray]],
 
 def _submit_writes(writer: ThreadPoolExecutor, parser: Parser,
                    good: list[tuple[int, np.ndarray]],
-                   results: list[torch.Tensor] | list[ParseResult], stems: list[Path],
-                   options: WriteOptions) -> list[Future]:
+                   results: list[torch.Tensor] | list[ParseResult], files: list[Path],
+                   stems: list[Path], options: WriteOptions) -> list[Future]:
     """Hand each photo's remaining work to the writer threads."""
-    jobs = []
-    for (i, rgb), result in zip(good, results, strict=True):
-        if isinstance(result, ParseResult):
-            jobs.append(writer.submit(write_outputs, options.out_dir, stems[i], rgb, result,
-                                      options.save_overlay, options.alpha, parser.model.scheme))
-        else:
-            jobs.append(writer.submit(_finish_and_write, parser, result, rgb, stems[i], options))
-    return jobs
+    return [writer.submit(_write, parser, files[i], rgb, result, stems[i], options)
+            for (i, rgb), result in zip(good, results, strict=True)]
+
+
+def _wait(writer: ThreadPoolExecutor, writes: list[Future]) -> None:
+    """Wait for one batch's writes. A failed one (disk full, no permission) stops the run
+    with its :class:`OutputWriteError`, the work not yet started cancelled: every later
+    write would most likely fail the same way."""
+    try:
+        for future in writes:
+            future.result()
+    except OutputWriteError:
+        writer.shutdown(wait=False, cancel_futures=True)
+        raise
 
 
 def predict_files(parser: Parser, files: list[Path], stems: list[Path], options: WriteOptions,
@@ -247,8 +264,7 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
                              collate_fn=_as_list))
         for batch in source:
             while len(batches) > ahead:
-                for future in batches.popleft():
-                    future.result()  # a write error (disk full) stops the run loudly
+                _wait(writer, batches.popleft())
             good = [(todo[j], item) for j, item in batch if not isinstance(item, str)]
             for j, item in batch:
                 if isinstance(item, str):
@@ -259,11 +275,11 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
                 results = _run_model(parser, good, options, boxes)
                 summary.model_seconds += time.perf_counter() - model_start
                 good, results = _with_faces(good, results, parser, boxes, files, summary)
-                batches.append(_submit_writes(writer, parser, good, results, stems, options))
+                batches.append(_submit_writes(writer, parser, good, results, files, stems,
+                                              options))
                 summary.images += len(good)
             progress.advance(task, len(batch))
         while batches:
-            for future in batches.popleft():
-                future.result()
+            _wait(writer, batches.popleft())
     summary.seconds = time.perf_counter() - start
     return summary

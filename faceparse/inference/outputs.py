@@ -18,6 +18,8 @@ import io
 import json
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -29,14 +31,39 @@ from faceparse.data.io import write_atomic
 from faceparse.inference.predictor import ParseResult
 from faceparse.labels import LabelScheme, colorize
 
-__all__ = ["PNG_FAST", "png_bytes", "output_paths", "overlay", "visualization",
-           "write_outputs", "read_mask_scheme"]
+__all__ = ["PNG_FAST", "OutputWriteError", "png_bytes", "output_paths", "overlay",
+           "visualization", "write_outputs", "read_mask_scheme", "writing_outputs_of"]
 
 # OpenCV PNG parameters: zlib level 1, run-length matches, the "up" filter on every row
 # (on 512 px colour maps 1.7x faster than Paeth, files 5 KB either way)
 PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
             cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 _PNG_HEADER = 8 + 25  # signature + IHDR chunk: text chunks may follow
+
+
+class OutputWriteError(OSError):
+    """An output could not be written (disk full, no permission, a file in the way): one
+    line naming the output, the input it came from and why. ``faceparse.predict`` stops
+    there, since the writes after it would fail the same way; what was written is kept,
+    so rerunning the command once it is fixed resumes."""
+
+    @classmethod
+    def of(cls, err: OSError, source: str | Path) -> OutputWriteError:
+        target = err.filename if err.filename is not None else "an output"
+        reason = err.strerror or str(err) or type(err).__name__
+        return cls(f"cannot write {target} (from {source}): {reason}; stopped, the outputs "
+                   f"written so far are kept (rerun to resume once fixed)")
+
+
+@contextmanager
+def writing_outputs_of(source: str | Path) -> Iterator[None]:
+    """Turn an OSError raised inside into an :class:`OutputWriteError` naming ``source``."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as err:
+        raise OutputWriteError.of(err, source) from err
 
 
 def output_paths(out_dir: Path, stem: Path, overlay: bool, probs: bool) -> list[Path]:

@@ -18,6 +18,7 @@ one: nothing of it is kept. ``crop=box`` has no boxes for video frames and is re
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from rich.progress import Progress
 
 from faceparse.data.io import BadSampleError, write_atomic
-from faceparse.inference.outputs import overlay, png_bytes
+from faceparse.inference.outputs import overlay, png_bytes, writing_outputs_of
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,69 @@ def frame_ranges(frames: list[int], most: int = 8) -> str:
     return ", ".join(shown + (["..."] if len(runs) > most else []))
 
 
+class _Outputs:
+    """One video's files: ``<stem>_overlay.mp4`` and ``<stem>_mask.mp4``, written under
+    hidden partial names and renamed when the video is done (the overlay, which a rerun
+    takes as the sign of a finished video, last), and ``<stem>_frames/<n>_mask.png``.
+
+    As a context manager: on leaving, the videos are kept if ``keep`` (else removed with
+    the frames written); after an error the partial videos are removed and the frames
+    kept. A failed write is an :class:`OutputWriteError` naming the file and the video.
+    """
+
+    def __init__(self, source: Path, out_stem: Path, fps: float, save_frames: bool,
+                 alpha: float) -> None:
+        self.source, self.fps, self.alpha, self.keep = source, fps, alpha, False
+        self.finals = {kind: out_stem.with_name(f"{out_stem.name}_{kind}.mp4")
+                       for kind in ("mask", "overlay")}  # the overlay renamed last
+        self.partials = {kind: path.with_name(f".{path.stem}.partial.mp4")
+                         for kind, path in self.finals.items()}
+        self.frames_dir = out_stem.with_name(f"{out_stem.name}_frames") if save_frames else None
+        self.writers: dict[str, cv2.VideoWriter] = {}
+        self.frames: list[Path] = []
+        with writing_outputs_of(source):
+            (self.frames_dir or out_stem.parent).mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> _Outputs:
+        return self
+
+    def write(self, n: int, rgb: np.ndarray, result) -> None:
+        """Frame ``n``'s mask and overlay."""
+        color = result.color()
+        with writing_outputs_of(self.source):
+            if not self.writers:
+                self._open(rgb.shape[1], rgb.shape[0])
+            self.writers["overlay"].write(cv2.cvtColor(overlay(rgb, color, self.alpha),
+                                                       cv2.COLOR_RGB2BGR))
+            self.writers["mask"].write(cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
+            if self.frames_dir is not None:
+                self.frames.append(self.frames_dir / f"{n:06d}_mask.png")
+                write_atomic(self.frames[-1], png_bytes(result.labels))
+
+    def _open(self, width: int, height: int) -> None:
+        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+        for kind, partial in self.partials.items():
+            self.writers[kind] = cv2.VideoWriter(str(partial), fourcc, self.fps, (width, height))
+            if not self.writers[kind].isOpened():  # OpenCV says no more than this
+                raise OSError(None, "OpenCV cannot open a video writer there (folder not "
+                              "writable, disk full or no mp4v encoder)", str(self.finals[kind]))
+
+    def __exit__(self, kind, error, traceback) -> None:
+        for writer in self.writers.values():
+            writer.release()
+        with writing_outputs_of(self.source):
+            for name, partial in self.partials.items():
+                if self.keep and error is None:
+                    os.replace(partial, self.finals[name])
+                else:
+                    partial.unlink(missing_ok=True)
+            if error is None and not self.keep:
+                for frame in self.frames:
+                    frame.unlink(missing_ok=True)
+            if self.frames_dir is not None and not any(self.frames_dir.iterdir()):
+                self.frames_dir.rmdir()  # no empty <stem>_frames for a video that gave nothing
+
+
 def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
                   save_frames: bool = True, alpha: float = 0.5, overwrite: bool = False
                   ) -> dict[str, Any]:
@@ -82,7 +146,9 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     kept and ``frames_without_face`` lists every frame.
 
     Raises :class:`BadSampleError` naming the file when it is not a readable video (a
-    folder run reports it and goes on).
+    folder run reports it and goes on), :class:`OutputWriteError` naming the output and
+    the video when a write fails (the videos of an unfinished run are removed, so a rerun
+    parses it again).
     """
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing={smoothing}: must be in [0, 1)")
@@ -93,20 +159,17 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     over_path = out_stem.with_name(f"{out_stem.name}_overlay.mp4")
-    mask_path = out_stem.with_name(f"{out_stem.name}_mask.mp4")
     if over_path.exists() and not overwrite:
         capture.release()
         log.info("skipped %s: %s exists (overwrite=true to redo)", path, over_path)
         return {"frames": 0, "seconds": 0.0, "model_seconds": 0.0, "flicker_raw": None,
                 "flicker_smoothed": None, "frames_without_face": [], "frames_face_held": 0}
-    frames_dir = out_stem.with_name(f"{out_stem.name}_frames")
-    (frames_dir if save_frames else out_stem.parent).mkdir(parents=True, exist_ok=True)
-    writers: dict[str, cv2.VideoWriter] = {}
+    outputs = _Outputs(path, out_stem, fps, save_frames, alpha)
     state = box = raw_prev = smooth_prev = None
     raw_changes, smooth_changes = [], []
     count, start, model_seconds = 0, time.perf_counter(), 0.0
     hold, missed, held, faceless = max(1, round(fps * HOLD_SECONDS)), 0, 0, []
-    with Progress(transient=True) as progress:
+    with outputs, Progress(transient=True) as progress:
         task = progress.add_task(f"parsing {path.name}", total=total)
         while True:
             ok, bgr = capture.read()
@@ -149,26 +212,11 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
                     result = parser.paste((height, width), [box], [state])
                 else:
                     result = parser.finish(state, (height, width), False)
-            color = result.color()
-            if not writers:
-                fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-                writers = {name: cv2.VideoWriter(str(p), fourcc, fps, (width, height))
-                           for name, p in (("overlay", over_path), ("mask", mask_path))}
-            writers["overlay"].write(cv2.cvtColor(overlay(rgb, color, alpha), cv2.COLOR_RGB2BGR))
-            writers["mask"].write(cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
-            if save_frames:
-                write_atomic(frames_dir / f"{count:06d}_mask.png", png_bytes(result.labels))
+            outputs.write(count, rgb, result)
             count += 1
             progress.advance(task)
+        outputs.keep = count > len(faceless)  # nothing of a video without any face is kept
     capture.release()
-    for writer in writers.values():
-        writer.release()
-    if count and len(faceless) == count:  # no face anywhere: kept like a faceless photo
-        for written in (over_path, mask_path, *(frames_dir / f"{n:06d}_mask.png"
-                                                for n in range(count) if save_frames)):
-            written.unlink(missing_ok=True)
-    if save_frames and (count == 0 or len(faceless) == count) and not any(frames_dir.iterdir()):
-        frames_dir.rmdir()  # no empty <stem>_frames folder for a video that gave nothing
     if count == 0:
         raise BadSampleError(f"{path}: the video has no readable frames (empty or "
                              f"truncated?)")
