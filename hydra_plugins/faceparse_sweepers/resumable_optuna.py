@@ -8,6 +8,11 @@ before Optuna opens it. A resumed sampler is reseeded: with the config's seed it
 propose the first run's points again. A search-space entry set to an empty string
 (``hydra.sweeper.params.fusion=""``) leaves the space: Hydra cannot delete a key of
 the sweeper's structured config.
+
+Optuna and the plugin come with the ``sweeps`` extra. Hydra imports every module under
+``hydra_plugins`` when any command starts, so without the extra this module must still
+import, and define no sweeper: :func:`require_sweeps_extra` says what to install, and
+``faceparse.cli`` refuses a command line that asks for this sweeper before Hydra starts.
 """
 
 from __future__ import annotations
@@ -15,10 +20,32 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import optuna
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-
 log = logging.getLogger(__name__)
+
+INSTALL = "pip install 'faceparse[sweeps]' (from a checkout: pip install -e '.[sweeps]')"
+
+try:
+    import optuna
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError as err:  # the sweeps extra is not installed
+    MISSING: str | None = str(err)
+
+    class OptunaSweeper:  # type: ignore[no-redef]
+        """Stands in for the plugin's class. Not a Hydra ``Plugin``: Hydra's scan registers
+        no sweeper from this module (a stray ``Sweeper`` would be offered as one)."""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            require_sweeps_extra("the Optuna sweeper")
+else:
+    MISSING = None
+
+
+def require_sweeps_extra(what: str) -> None:
+    """Raise an ImportError that names the extra to install, if optuna or the plugin is
+    missing; ``what`` is what needs them (an override, for a command line)."""
+    if MISSING is not None:
+        raise ImportError(f"{what} needs the sweeps extra, not installed here ({MISSING}): "
+                          f"{INSTALL}")
 
 
 def _sqlite_path(storage: object) -> Path | None:

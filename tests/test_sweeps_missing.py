@@ -1,0 +1,113 @@
+"""Without the sweeps extra: commands start without Hydra's plugin warning, and asking for
+the Optuna sweeper stops with one line that says what to install.
+
+Each command runs in a Python that cannot import what the extra brings: a
+``sitecustomize.py`` put first on PYTHONPATH blocks ``optuna`` (``no_optuna``), and also
+hides the installed Hydra plugins from Hydra's scan (``no_extra``: hydra-optuna-sweeper
+and the launchers, as after ``pip install faceparse`` without ``[sweeps]``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+BLOCKER = '''
+import importlib.abc
+import os
+import sys
+
+BLOCKED = {blocked!r}
+
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Blocker())
+if {hide_plugins!r}:
+    import hydra_plugins
+
+    hydra_plugins.__path__ = [p for p in hydra_plugins.__path__
+                              if not os.path.isdir(os.path.join(p, "hydra_optuna_sweeper"))]
+'''
+
+PLUGINS = ("hydra_plugins.hydra_optuna_sweeper", "hydra_plugins.hydra_joblib_launcher",
+           "hydra_plugins.hydra_submitit_launcher")
+MODES = {"no_optuna": (("optuna",), False), "no_extra": (("optuna", *PLUGINS), True)}
+
+
+@pytest.fixture(params=list(MODES))
+def without_sweeps(request, tmp_path: Path) -> dict[str, str]:
+    """The environment of a Python without optuna, or without the whole sweeps extra."""
+    blocked, hide_plugins = MODES[request.param]
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCKER.format(blocked=blocked,
+                                                          hide_plugins=hide_plugins))
+    path = [str(site), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path if p))
+
+
+def python(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=REPO_ROOT)
+
+
+MESSAGE = ("needs the sweeps extra, not installed here (No module named 'optuna'): "
+           "pip install 'faceparse[sweeps]' (from a checkout: pip install -e '.[sweeps]')")
+
+SCAN = """
+import json
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+ours = [c.__name__ for c in Plugins.instance().discover()
+        if c.__module__.startswith("hydra_plugins.faceparse_sweepers")]
+sweepers = [c.__name__ for c in Plugins.instance().discover(Sweeper)]
+print(json.dumps({"ours": ours, "sweepers": sweepers}))
+"""
+
+
+def test_the_blocker_blocks(without_sweeps) -> None:
+    result = python(without_sweeps, "-c", "import optuna")
+    assert result.returncode == 1 and "No module named 'optuna'" in result.stderr
+
+
+def test_plugin_scan_registers_nothing_and_warns_nothing(without_sweeps) -> None:
+    result = python(without_sweeps, "-c", SCAN)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Error importing" not in result.stderr, result.stderr[-2000:]
+    # the stand-in for the plugin's class is no Hydra plugin: no second sweeper is offered
+    assert json.loads(result.stdout)["ours"] == []
+
+    code = ("from hydra_plugins.faceparse_sweepers.resumable_optuna import "
+            "ResumableOptunaSweeper as S\ntry:\n    S()\nexcept ImportError as e:\n    print(e)")
+    built = python(without_sweeps, "-c", code)
+    assert built.stdout.strip() == f"the Optuna sweeper {MESSAGE}", built.stderr[-2000:]
+
+
+def test_plugin_scan_finds_the_sweeper_with_the_extra() -> None:
+    pytest.importorskip("optuna")
+    result = python(dict(os.environ), "-c", SCAN)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Error importing" not in result.stderr
+    found = json.loads(result.stdout)
+    assert found["ours"] == ["ResumableOptunaSweeper"]
+    assert "ResumableOptunaSweeper" in found["sweepers"]
+
+
+def test_a_command_starts_without_the_plugin_warning(without_sweeps) -> None:
+    result = python(without_sweeps, "-m", "faceparse.train", "--cfg", "job")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Error importing" not in result.stderr, result.stderr[-2000:]
+    assert "optimized_metric: val/f1_mean" in result.stdout  # the config was composed
