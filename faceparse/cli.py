@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import hydra
 from hydra.errors import InstantiationException
@@ -26,7 +26,7 @@ from faceparse.training.optim import fused_default
 from faceparse.training.run_folder import run_folder
 
 __all__ = ["CONF_DIR", "register_resolvers", "hydra_entry", "instantiate_option",
-           "one_line_errors"]
+           "one_line_errors", "report_error", "refuse_missing_sweeps"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 Task = TypeVar("Task", bound=Callable[[DictConfig], Any])
@@ -62,6 +62,7 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
 
         @functools.wraps(task)
         def main() -> Any:
+            refuse_missing_sweeps(sys.argv[1:])
             register_resolvers()  # Hydra resolves some values before the job runs
             return hydra_main()
 
@@ -85,14 +86,47 @@ def one_line_errors(*errors: type[BaseException]) -> Callable[[Task], Task]:
             except errors as err:
                 if os.environ.get("HYDRA_FULL_ERROR") == "1":
                     raise
-                # a KeyError's str() is its repr; the message is its argument
-                message = err.args[0] if isinstance(err, KeyError) and err.args else err
-                print(f"error: {message}", file=sys.stderr)
-                raise SystemExit(1) from None
+                report_error(err)
 
         return run  # type: ignore[return-value]
 
     return decorate
+
+
+def report_error(err: BaseException) -> NoReturn:
+    """Print ``err`` as one ``error:`` line and exit 1."""
+    # a KeyError's str() is its repr; the message is its argument
+    message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1) from None
+
+
+# the config groups whose options select the Optuna sweeper (hparams_search=optuna,
+# hydra/sweeper=resumable_optuna or the plugin's own hydra/sweeper=optuna)
+SWEEPER_GROUPS = ("hparams_search", "hydra/sweeper")
+
+
+def refuse_missing_sweeps(overrides: Sequence[str]) -> None:
+    """Refuse a command line that asks for the Optuna sweeper without the sweeps extra.
+
+    Hydra would stop later with its own words: ``Could not load 'hydra/sweeper/optuna'``
+    without the plugin, ``Error locating target 'optuna.samplers.TPESampler'`` without
+    optuna (it builds the sampler before the sweeper, so no sweeper class can say it).
+    Only the command line is read: a config that selects the sweeper itself gets Hydra's
+    error. ``HYDRA_FULL_ERROR=1`` raises the ImportError instead.
+    """
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not (sep and key.lstrip("+~") in SWEEPER_GROUPS and "optuna" in value):
+            continue
+        from hydra_plugins.faceparse_sweepers.resumable_optuna import require_sweeps_extra
+
+        try:
+            require_sweeps_extra(override)
+        except ImportError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            report_error(err)
 
 
 def instantiate_option(node: DictConfig) -> Any:

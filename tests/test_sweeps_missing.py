@@ -111,3 +111,43 @@ def test_a_command_starts_without_the_plugin_warning(without_sweeps) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Error importing" not in result.stderr, result.stderr[-2000:]
     assert "optimized_metric: val/f1_mean" in result.stdout  # the config was composed
+
+
+def test_the_optuna_search_asks_for_the_extra(without_sweeps, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = python(without_sweeps, "-m", "faceparse.train", "-m", "hparams_search=optuna",
+                    "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 1, result.stderr[-2000:]
+    out = result.stdout + result.stderr
+    assert "Traceback" not in out and "Error importing" not in out, out[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: hparams_search=optuna {MESSAGE}"]
+    assert not sweep.exists()  # stopped before Hydra started the sweep
+
+
+@pytest.mark.parametrize("overrides, refused", [
+    (["hparams_search=optuna"], "hparams_search=optuna"),
+    (["-m", "+hparams_search=optuna", "seed=1"], "+hparams_search=optuna"),
+    (["hydra/sweeper=resumable_optuna"], "hydra/sweeper=resumable_optuna"),
+    (["hydra/sweeper=optuna"], "hydra/sweeper=optuna"),
+    (["hparams_search=null", "hydra/sweeper=basic", "optimizer.lr=1e-3", "--cfg", "job"],
+     None),
+])
+def test_which_command_lines_are_refused(monkeypatch, capsys, overrides, refused) -> None:
+    from faceparse.cli import refuse_missing_sweeps
+    from hydra_plugins.faceparse_sweepers import resumable_optuna
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(resumable_optuna, "MISSING", "No module named 'optuna'")
+    if refused is None:
+        refuse_missing_sweeps(overrides)
+    else:
+        with pytest.raises(SystemExit) as exit_:
+            refuse_missing_sweeps(overrides)
+        assert exit_.value.code == 1
+        assert capsys.readouterr().err == f"error: {refused} {MESSAGE}\n"
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the exception itself, for its trace
+        with pytest.raises(ImportError, match=r"pip install 'faceparse\[sweeps\]'"):
+            refuse_missing_sweeps(overrides)
+    monkeypatch.setattr(resumable_optuna, "MISSING", None)  # with the extra: nothing refused
+    refuse_missing_sweeps(overrides)
