@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from faceparse.fast_path import auto_precision
 from faceparse.labels import get_scheme
 from faceparse.training.optim import fused_default
-from faceparse.training.run_folder import run_folder
+from faceparse.training.run_folder import hydra_subdir, run_folder
 
 __all__ = ["CONF_DIR", "register_resolvers", "hydra_entry", "instantiate_option",
            "one_line_errors", "report_error", "refuse_missing_sweeps"]
@@ -36,13 +36,14 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "auto_precision": auto_precision,
     "fused_optimizer": fused_default,
     "run_folder": run_folder,
+    "hydra_subdir": hydra_subdir,
 }
 
 
 def register_resolvers() -> None:
     """``${num_classes:<scheme>}``, ``${auto_precision:<accelerator>}`` and
     ``${fused_optimizer:<accelerator>,<precision>}``,
-    ``${run_folder:<resume>,<default>}``; idempotent."""
+    ``${run_folder:<resume>,<default>}``, ``${hydra_subdir:<resume>}``; idempotent."""
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -7,7 +7,8 @@ original FaceParsing project's) initialises the weights and training starts afre
 ``train=false`` tests ``ckpt_path`` and nothing else. Checkpoints are read data-only;
 ``trust_pickle=true`` opts out for a trusted file. ``resume=auto|<run folder>`` continues a
 run in its own folder (:mod:`faceparse.training.run_folder`); under DDP only rank 0 writes.
-A refused option or input prints as one ``error:`` line (and is recorded in ``status.json``).
+A refused option or input prints as one ``error:`` line (and is recorded in ``status.json``),
+except a refused ``resume=``, which leaves the run it would have continued as it was.
 """
 
 from __future__ import annotations
@@ -29,7 +30,12 @@ from faceparse.safe_load import safe_globals
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
 from faceparse.training.job_status import record_job
 from faceparse.training.loggers import finish_wandb, log_config
-from faceparse.training.run_folder import CONFIG_FILE, command_keys, resume_config
+from faceparse.training.run_folder import (
+    CONFIG_FILE,
+    command_keys,
+    resume_config,
+    write_hydra_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +97,27 @@ def _best_score(trainer: L.Trainer) -> dict[str, float]:
     return {} if score is None else {f"best/{callback.monitor}": float(score)}
 
 
+def resumed(cfg: DictConfig) -> DictConfig:
+    """The config to train with: for ``resume=``, the run's own once :func:`resume_config`
+    accepts this command (and then Hydra's ``.hydra/`` files, left to the job, are written
+    into the run folder); else ``cfg``. Before it returns, nothing is written there."""
+    if not cfg.get("resume"):
+        return cfg
+    accepted = resume_config(cfg, _command_keys())
+    write_hydra_files(cfg)
+    return accepted
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as the config says; return the logged metrics as floats."""
+    return fit(resumed(cfg))
+
+
+def fit(cfg: DictConfig) -> dict[str, float]:
+    """:func:`train` on a config :func:`resumed` has already turned into the run's own."""
     if not cfg.train and not cfg.get("ckpt_path"):
         raise ValueError("train=false tests a checkpoint, and none is given: set "
                          "ckpt_path=<run>/checkpoints/<file>.ckpt (or drop train=false)")
-    if cfg.get("resume"):
-        cfg = resume_config(cfg, _command_keys())
     check_labels(cfg)
     refuse_unused_fusion(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -142,7 +162,8 @@ def main(cfg: DictConfig) -> float | None:
     # A frozen ViT stays in eval mode on purpose; Lightning would warn about it every fit.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     quiet_other_ranks()
-    value = record_job(train, cfg)  # a failed sweep job is recorded and returns None
+    # a failed sweep job is recorded and returns None; a refused resume= records nothing
+    value = record_job(fit, cfg, accept=resumed)
     if value is not None:
         log.info("%s (best checkpoint) = %.4f", cfg.optimized_metric, value)
     return value

@@ -155,6 +155,9 @@ def test_resume_from_the_command_line_with_only_a_longer_length(
     config = OmegaConf.load(run / "config_resolved.yaml")
     assert config.trainer.max_epochs == 2 and config.data.image_size == 32
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    # Hydra left .hydra/ to the job (resume=), which wrote it once the resume was accepted
+    overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml")
+    assert list(overrides) == [f"resume={run}", "trainer.max_epochs=2"]
     assert list(elsewhere.iterdir()) == []  # nothing written where the command was typed
 
 

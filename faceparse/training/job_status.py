@@ -5,6 +5,9 @@ the whole multirun: Hydra's basic sweeper re-raises a job's exception. So in mul
 the failure is written down (type, message, traceback) and the job returns ``None``, which
 the Optuna sweeper records as a failed trial and the basic/launcher sweeps simply keep.
 A single run still raises, so its user sees the error.
+
+A job that continues a run (``resume=``) writes into that run's folder; until the resume is
+accepted it writes nothing there, so a refused command cannot mark a finished run failed.
 """
 
 from __future__ import annotations
@@ -57,10 +60,27 @@ def _write(folder: Path, **status: Any) -> None:
     write_atomic(folder / STATUS_FILE, json.dumps(status, indent=2).encode())
 
 
-def record_job(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> float | None:
+def record_job(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig,
+               accept: Callable[[DictConfig], DictConfig] | None = None) -> float | None:
     """Run ``task(cfg)`` with its status recorded; return :func:`sweep_value` (None on a
-    failure in a multirun, after writing it down)."""
+    failure in a multirun, after writing it down).
+
+    ``accept(cfg)``, when given, runs first and returns the config ``task`` runs with: it
+    decides whether this job may write into its folder at all (``resume=`` checks the run
+    already there). What it refuses writes no status and leaves the folder's files as they
+    were: a single run raises, a multirun job logs the error (its log file gets the line)
+    and returns None.
+    """
     folder = Path(cfg.paths.output_dir)
+    if accept is not None:
+        try:
+            cfg = accept(cfg)
+        except Exception as error:
+            if not in_multirun():
+                raise
+            log.error("job refused, %s left as it was: %s: %s", folder,
+                      type(error).__name__, error)
+            return None
     started = time.time()
     _write(folder, status="running", started=started)
     try:

@@ -8,6 +8,10 @@ they stopped. ``resume=<folder>`` makes that folder the Hydra run folder (the
 ``hydra.run.dir`` names and starts afresh when it holds no run yet, which is what a
 requeued SLURM job needs.
 
+Until :func:`resume_config` accepts the command, nothing is written into the run's folder: a
+refused command leaves its ``status.json``, configs and ``.hydra/`` as they were (Hydra's
+``.hydra/`` files are the job's to write here, :func:`hydra_subdir`).
+
 Only what the resuming command itself sets (:func:`command_keys` of its overrides) is
 checked against the saved config: the keys of :data:`EXTEND_KEYS` may change, any other
 change is refused. Keys the command does not set, and ``paths.*`` (the folders of the
@@ -23,19 +27,24 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-__all__ = ["AUTO", "CONFIG_FILE", "ContinuingCSVLogger", "InterruptCheckpoint",
-           "command_keys", "newest_checkpoint", "resume_config", "run_folder"]
+from faceparse.training.distributed import is_rank_zero
+
+__all__ = ["AUTO", "CONFIG_FILE", "HYDRA_SUBDIR", "ContinuingCSVLogger", "InterruptCheckpoint",
+           "command_keys", "hydra_subdir", "newest_checkpoint", "resume_config", "run_folder",
+           "write_hydra_files"]
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
 CONFIG_FILE = "config_resolved.yaml"
+HYDRA_SUBDIR = ".hydra"  # Hydra's output_subdir (conf/hydra/default.yaml)
 # Keys that may differ between the run and the command that resumes it: how it starts, and
 # how long it trains (extending a run spreads the rest of the LR schedule over the new end).
 RESUME_KEYS = ("resume", "ckpt_path")
@@ -54,6 +63,34 @@ def run_folder(resume: str | None, default: str) -> str:
     if not resume or resume == AUTO or Path(resume).is_file():
         return default
     return str(resume)
+
+
+def hydra_subdir(resume: str | None) -> str | None:
+    """Hydra's ``output_subdir``: :data:`HYDRA_SUBDIR`, or None with ``resume=``.
+
+    Hydra writes ``.hydra/`` (config, overrides) into the run folder before the job starts,
+    which for ``resume=`` is a run that :func:`resume_config` may yet refuse: a refused
+    command would leave its overrides there as the run's. The job writes them instead once
+    the run is accepted (:func:`write_hydra_files`).
+    """
+    return None if resume else HYDRA_SUBDIR
+
+
+def write_hydra_files(task_cfg: DictConfig) -> None:
+    """Write the ``.hydra/`` files Hydra left to the job (:func:`hydra_subdir`), as Hydra
+    writes them: the command's config, Hydra's, the overrides. Nothing when Hydra wrote them
+    itself or was told not to (``hydra.output_subdir=null``, as on DDP's other ranks)."""
+    if not HydraConfig.initialized() or not is_rank_zero():
+        return
+    config = HydraConfig.instance().cfg  # {"hydra": ...}, as Hydra saves it
+    hydra = config.hydra
+    if not OmegaConf.is_interpolation(hydra, "output_subdir") or hydra.output_subdir:
+        return
+    folder = Path(hydra.runtime.output_dir) / HYDRA_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, node in (("config.yaml", task_cfg), ("hydra.yaml", config),
+                       ("overrides.yaml", hydra.overrides.task)):
+        (folder / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
 
 
 def newest_checkpoint(folder: Path) -> Path | None:
