@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from faceparse.cli import CONF_DIR, register_resolvers
 from faceparse.train import fit, resumed, train
+from faceparse.training import job_status
 from faceparse.training.job_status import STATUS_FILE, record_job
 
 EXACT = ("scheduler=none", "test=false", "data.num_workers=0", "trainer.deterministic=true")
@@ -46,7 +47,8 @@ def fake_run(folder: Path, cfg, status: str = "finished") -> None:
     (folder / "train.log").write_text("[INFO] - val/f1_mean (best checkpoint) = 0.5\n")
 
 
-def test_refused_resume_leaves_the_run_as_it_was(compose, tiny, tmp_path: Path) -> None:
+def test_refused_resume_leaves_the_run_as_it_was(compose, tiny, tmp_path: Path,
+                                                 monkeypatch) -> None:
     """What ``faceparse.train``'s main does: ``record_job(fit, cfg, accept=resumed)``."""
     run = tmp_path / "run"
     fake_run(run, compose(tiny, output_dir=run))
@@ -55,6 +57,11 @@ def test_refused_resume_leaves_the_run_as_it_was(compose, tiny, tmp_path: Path) 
         record_job(fit, compose([f"resume={run}", "data.image_size=64"], output_dir=run),
                    accept=resumed)
     assert snapshot(run) == before
+    monkeypatch.setattr(job_status, "in_multirun", lambda: True)  # a sweep goes on
+    assert record_job(fit, compose([f"resume={run}", "data.image_size=64"], output_dir=run),
+                      accept=resumed) is None
+    assert snapshot(run) == before
+    monkeypatch.undo()
 
     # accepted, then failing (here: its checkpoint is no checkpoint): the run's failure
     with pytest.raises(ValueError, match="last.ckpt"):
