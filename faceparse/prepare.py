@@ -2,7 +2,9 @@
 data.root=/path/to/CelebAMask-HQ [workers=8] [splits=[train,val]]``.
 
 Writes to ``data.dataset.prepared_dir`` (``<root>/prepared_<image_size>`` by default),
-which training then reads instead of the raw files. Re-running resumes.
+which training then reads instead of the raw files. Re-running resumes. Data it cannot
+prepare (missing files, a split without images) is refused in one ``error:`` line before
+anything is written.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from faceparse.cli import hydra_entry
+from faceparse.cli import hydra_entry, one_line_errors
 from faceparse.data.prepare import SplitReport, prepare_dataset
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ def prepare(cfg: DictConfig) -> dict[str, SplitReport]:
 
 
 @hydra_entry("prepare")
+@one_line_errors(ValueError, KeyError, FileNotFoundError, FileExistsError)
 def main(cfg: DictConfig) -> None:
     prepare(cfg)
 

@@ -112,15 +112,17 @@ def prepare_dataset(open_raw, prepared_dir: str | Path, size: int, splits: Seque
     """Prepare ``splits`` of the dataset that ``open_raw(split)`` opens from raw files.
 
     The native scheme is kept (``meta.json`` names it), so any target scheme can train
-    on the result. An existing copy of another dataset, scheme or size is refused.
+    on the result. An existing copy of another dataset, scheme or size is refused. Every
+    split is opened (listed) before anything is written, so a split that cannot be (missing
+    files, no images) is refused without leaving a half-prepared copy.
     """
     layout = PreparedLayout(Path(prepared_dir))
     workers = workers if workers is not None else os.cpu_count() or 1
+    datasets: dict[str, FileDataset] = {split: open_raw(split) for split in splits}
     reports = {}
     with Progress("[bold]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn()) as progress:
-        for split in splits:
-            dataset: FileDataset = open_raw(split)
+        for split, dataset in datasets.items():
             meta = {"dataset": type(dataset).__name__, "scheme": dataset.native_scheme.name,
                     "image_size": size}
             old = layout.read_meta()
