@@ -53,9 +53,9 @@ def run(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, An
 
 
 def _free_memory() -> None:
-    # compiled code of an earlier variant must neither count towards this one's recompile
-    # limit (past it, torch.compile falls back to eager without a word) nor spare it the
-    # compile time its warm-up reports
+    # compiled code of an earlier variant must not count towards this one's recompile limit
+    # (past it, torch.compile falls back to eager without a word); inductor's on-disk cache
+    # still serves graphs compiled before, so a warm-up is that of a second run
     torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
