@@ -92,18 +92,14 @@ class FastPath:
     reuse_cpu_memory: bool = True
 
     def __post_init__(self) -> None:
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"fast_path.compile_mode={self.compile_mode!r}: use one of "
-                             f"{', '.join(COMPILE_MODES)}")
-        if self.compile_mode != "default" and not self.compile:
-            raise ValueError(f"fast_path.compile_mode={self.compile_mode} has no effect "
-                             f"without fast_path.compile=true: set both")
-        if self.compile_scope not in COMPILE_SCOPES:
-            raise ValueError(f"fast_path.compile_scope={self.compile_scope!r}: use one of "
-                             f"{', '.join(COMPILE_SCOPES)}")
-        if self.compile_scope != "parts" and not self.compile:
-            raise ValueError(f"fast_path.compile_scope={self.compile_scope} has no effect "
-                             f"without fast_path.compile=true: set both")
+        # each choice's first value is torch.compile's own behaviour, the only one without it
+        for key, choices in (("compile_mode", COMPILE_MODES), ("compile_scope", COMPILE_SCOPES)):
+            value = getattr(self, key)
+            if value not in choices:
+                raise ValueError(f"fast_path.{key}={value!r}: use one of {', '.join(choices)}")
+            if value != choices[0] and not self.compile:
+                raise ValueError(f"fast_path.{key}={value} has no effect without "
+                                 f"fast_path.compile=true: set both")
 
     def apply(self, net: nn.Module, device: str | torch.device) -> nn.Module:
         """Switch the options on for ``net`` (in place, once) as they pay on ``device``."""
