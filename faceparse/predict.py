@@ -31,7 +31,7 @@ from faceparse.inference.folder import Summary, WriteOptions, predict_files
 from faceparse.inference.images import VIDEO_SUFFIXES, list_inputs, output_stems
 from faceparse.inference.model import resolve_device
 from faceparse.inference.predictor import Parser, check_batch_size
-from faceparse.inference.video import frame_ranges, predict_video
+from faceparse.inference.video import NO_BOXES_FOR_VIDEO, frame_ranges, predict_video
 from faceparse.labels import get_scheme
 from faceparse.writable import output_dir
 
@@ -65,11 +65,9 @@ def _without_box(cfg: DictConfig, images: list[Path], boxes: list | None
 
 def _videos_without_box(videos: list[Path]) -> list[tuple[str, str]]:
     """crop=box has boxes per photo only: each video is a warning, ``(file, reason)``."""
-    reason = ("crop=box gives boxes per photo, not per video frame: parse videos with "
-              "crop=faces or crop=none")
     for video in videos:
-        log.warning("no mask: %s: %s", video, reason)
-    return [(str(video), reason) for video in videos]
+        log.warning("no mask: %s: %s", video, NO_BOXES_FOR_VIDEO)
+    return [(str(video), NO_BOXES_FOR_VIDEO) for video in videos]
 
 
 def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir: Path,

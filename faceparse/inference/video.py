@@ -33,9 +33,11 @@ from faceparse.inference.outputs import overlay, png_bytes, writing_outputs_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HOLD_SECONDS", "flicker", "frame_ranges", "predict_video"]
+__all__ = ["HOLD_SECONDS", "NO_BOXES_FOR_VIDEO", "flicker", "frame_ranges", "predict_video"]
 
 HOLD_SECONDS = 0.5  # crop=faces: a face missed for up to this long keeps its last box
+NO_BOXES_FOR_VIDEO = ("crop=box gives boxes per photo, not per video frame: parse videos "
+                      "with crop=faces or crop=none")
 
 
 def flicker(previous: torch.Tensor | None, current: torch.Tensor) -> float | None:
@@ -153,8 +155,7 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     if not 0 <= smoothing < 1:
         raise ValueError(f"smoothing={smoothing}: must be in [0, 1)")
     if parser.crop == "box":
-        raise ValueError("crop=box gives boxes per photo, not per video frame: parse videos "
-                         "with crop=faces or crop=none")
+        raise ValueError(NO_BOXES_FOR_VIDEO)
     capture = _open(path)
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
