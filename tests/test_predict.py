@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from faceparse.inference import Parser, load_model
 from faceparse.inference.faces import FaceDetector, expand_box, read_boxes
 from faceparse.inference.images import list_inputs, output_stems, read_photo, to_rgb
 from faceparse.inference.outputs import read_mask_scheme, write_outputs
+from faceparse.inference.predictor import UnusableBoxWarning
 from faceparse.labels import get_scheme, mapping_lut
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -138,6 +140,47 @@ def test_crop_box_parses_the_box_and_leaves_background_elsewhere(parser):
     assert (result.labels[outside] == 0).all()
     with pytest.raises(ValueError, match="crop=box needs boxes"):
         boxed(rgb)
+
+
+def _unusable_warnings(call) -> tuple[object, list[str]]:
+    """What ``call()`` returns and the UnusableBoxWarnings it gave, every one recorded."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = call()
+    return value, [str(w.message) for w in caught if w.category is UnusableBoxWarning]
+
+
+def test_a_given_box_outside_the_photo_is_a_warning_naming_it_not_dropped_silently(
+        parser, tmp_path):
+    rgb = photo(6, (60, 80))
+    boxed = Parser(parser.model, crop="box", margin=0.0)
+    good, outside, empty = (10, 5, 50, 45), (100, 0, 120, 20), (30, 30, 30, 40)
+    reason = "is empty or outside the 80x60 photo (boxes are [x0, y0, x1, y1] pixel corners)"
+    alone, said = _unusable_warnings(lambda: boxed(rgb, boxes=[good]))
+    assert said == [] and alone.unusable_boxes == []
+    result, said = _unusable_warnings(lambda: boxed(rgb, boxes=[good, outside]))
+    assert said == [f"box [100, 0, 120, 20] {reason}; left out, its other boxes are parsed"]
+    assert (result.boxes, result.unusable_boxes) == ([good], [outside])
+    np.testing.assert_array_equal(result.labels, alone.labels)  # the good box still parsed
+    # every box unusable: as the folder command's photo without a usable box, all background
+    result, said = _unusable_warnings(lambda: boxed(rgb, boxes=[outside, empty]))
+    assert said == ["box [100, 0, 120, 20], [30, 30, 30, 40] are empty or outside the 80x60 "
+                    "photo (boxes are [x0, y0, x1, y1] pixel corners); no usable box, so its "
+                    "labels are all background"]
+    assert (result.labels == 0).all() and (result.boxes, result.unusable_boxes) == (
+        [], [outside, empty])
+    Image.fromarray(rgb).save(tmp_path / "p.png")  # a batch names each photo: path or place
+    _, said = _unusable_warnings(lambda: boxed.predict_batch(
+        [rgb, tmp_path / "p.png", rgb], boxes=[[good], [good, outside], [empty]]))
+    assert [s.split(": box")[0] for s in said] == [str(tmp_path / "p.png"), "images[2]"]
+    crops, said = _unusable_warnings(lambda: boxed.boxes_for(rgb, [good, outside]))
+    assert crops == [good] and said == [f"box [100, 0, 120, 20] {reason}; left out"]
+    with pytest.warns(UnusableBoxWarning) as record:  # pointing at the caller's line
+        boxed(rgb, boxes=[outside])
+    assert record[0].filename == __file__
+    _, said = _unusable_warnings(lambda: boxed.predict_batch([rgb], boxes=[[outside]],
+                                                             warn=False))
+    assert said == []
 
 
 def test_uint8_and_bad_arrays_are_handled_clearly(parser):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Box", "FaceDetector", "expand_box", "read_boxes"]
+__all__ = ["Box", "FaceDetector", "expand_box", "read_boxes", "unusable_reason"]
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels, end exclusive
 
@@ -52,6 +52,14 @@ def expand_box(box: Box, margin: float, width: int, height: int) -> Box | None:
     grown = (max(0, round(x0 - dx)), max(0, round(y0 - dy)),
              min(width, round(x1 + dx)), min(height, round(y1 + dy)))
     return grown if grown[2] > grown[0] and grown[3] > grown[1] else None
+
+
+def unusable_reason(bad: list[Box], width: int, height: int) -> str:
+    """Why ``bad`` boxes give no crop of a ``width`` x ``height`` photo: the one wording
+    of the folder command's warnings and the Python API's."""
+    shown = ", ".join(str(list(b)) for b in bad)
+    return (f"box {shown} {'is' if len(bad) == 1 else 'are'} empty or outside the "
+            f"{width}x{height} photo (boxes are [x0, y0, x1, y1] pixel corners)")
 
 
 def read_boxes(path: str | Path) -> dict[str, list[Box]]:

@@ -37,7 +37,7 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader, Dataset
 
 from faceparse.data.io import BadSampleError
-from faceparse.inference.faces import Box, expand_box
+from faceparse.inference.faces import Box, unusable_reason
 from faceparse.inference.images import read_photo
 from faceparse.inference.outputs import (
     OutputWriteError,
@@ -165,15 +165,8 @@ def _run_model(parser: Parser, good: list[tuple[int, np.ndarray]], options: Writ
     if parser.crop == "none":
         return [lg.float().cpu() for lg in parser.photo_logits(rgbs)]
     given = [boxes[i] for i, _ in good] if boxes is not None else None
-    return parser.predict_batch(rgbs, options.save_probs, given)
-
-
-def _bad_box_reason(rgb: np.ndarray, bad: list[Box]) -> str:
-    """Why ``bad`` boxes give no crop of the photo, for a warning."""
-    height, width = rgb.shape[:2]
-    shown = ", ".join(str(list(b)) for b in bad)
-    return (f"box {shown} {'is' if len(bad) == 1 else 'are'} empty or outside the "
-            f"{width}x{height} photo (boxes are [x0, y0, x1, y1] pixel corners)")
+    # warn=False: _with_faces reports the unusable boxes, naming the file, and counts them
+    return parser.predict_batch(rgbs, options.save_probs, given, warn=False)
 
 
 def _no_crop_reason(crop: str, rgb: np.ndarray, given: list[Box] | None) -> str:
@@ -182,13 +175,7 @@ def _no_crop_reason(crop: str, rgb: np.ndarray, given: list[Box] | None) -> str:
         return "no face detected (crop=faces); give its box with crop=box"
     if not given:
         return "no box for it"
-    return _bad_box_reason(rgb, given)
-
-
-def _unusable(rgb: np.ndarray, given: list[Box], margin: float) -> list[Box]:
-    """The given boxes that leave no crop of the photo (what ``Parser.boxes_for`` drops)."""
-    height, width = rgb.shape[:2]
-    return [box for box in given if expand_box(box, margin, width, height) is None]
+    return unusable_reason(given, rgb.shape[1], rgb.shape[0])
 
 
 def _with_faces(good: list[tuple[int, np.ndarray]],
@@ -205,8 +192,8 @@ def _with_faces(good: list[tuple[int, np.ndarray]],
             log.warning("no mask: %s: %s", files[i], reason)
             summary.without_face.append((str(files[i]), reason))
             continue
-        for box in _unusable(rgb, given, parser.margin) if given else []:
-            reason = _bad_box_reason(rgb, [box])
+        for box in result.unusable_boxes if isinstance(result, ParseResult) else []:
+            reason = unusable_reason([box], rgb.shape[1], rgb.shape[0])
             log.warning("box left out: %s: %s; its other boxes are parsed", files[i], reason)
             summary.unusable_boxes.append((str(files[i]), reason))
         kept.append((i, rgb))

@@ -10,6 +10,7 @@ the model's logits are resized back to the photo before the argmax (:mod:`.resiz
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +21,21 @@ import torch
 
 from faceparse.data.transforms import IMAGENET_MEAN, eval_transform
 from faceparse.fast_path import FastPath, inference_bf16
-from faceparse.inference.faces import Box, FaceDetector, expand_box
+from faceparse.inference.faces import Box, FaceDetector, expand_box, unusable_reason
 from faceparse.inference.images import to_rgb
 from faceparse.inference.model import LoadedModel, load_model
 from faceparse.inference.resize import labels_at_size, logits_hwc, softmax_classes, strips
 from faceparse.labels import LabelScheme, colorize, get_scheme, mapping_lut
 
-__all__ = ["CROPS", "ParseResult", "Parser", "Placement", "check_batch_size"]
+__all__ = ["CROPS", "ParseResult", "Parser", "Placement", "UnusableBoxWarning",
+           "check_batch_size"]
 
 CROPS = ("none", "faces", "box")
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+class UnusableBoxWarning(UserWarning):
+    """A given box (crop=box) left out: empty or outside its photo, so no crop of it."""
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -43,13 +49,15 @@ class ParseResult:
     """``labels`` (H, W) uint8 ids of ``scheme`` at the photo's size; ``probs`` (C, H, W)
     float16 of the model's classes when asked; ``boxes`` the face crops used (crop=faces|box;
     empty when no face was found or no given box lies in the photo: the labels are then all
-    background, and ``faceparse.predict`` writes nothing for that photo).
+    background, and ``faceparse.predict`` writes nothing for that photo);
+    ``unusable_boxes`` the given boxes left out (crop=box: empty or outside the photo).
     """
 
     labels: np.ndarray
     scheme: LabelScheme
     probs: np.ndarray | None = None
     boxes: list[Box] = field(default_factory=list)
+    unusable_boxes: list[Box] = field(default_factory=list)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -212,28 +220,71 @@ class Parser:
                     region[:, win] = soft[win].T
         return self._result(labels, prob, list(boxes))
 
-    def boxes_for(self, rgb: np.ndarray, boxes: Sequence[Box] | None) -> list[Box]:
-        """The crops for one photo: detected faces or given boxes, with the margin."""
+    def _crops(self, rgb: np.ndarray, boxes: Sequence[Box] | None
+               ) -> tuple[list[Box], list[Box]]:
+        """The crops for one photo (detected faces or given boxes, with the margin) and the
+        boxes that leave none (a detected face always lies inside)."""
         height, width = rgb.shape[:2]
         if self.crop == "faces":
             boxes = self.detector(rgb)
         elif boxes is None:
             raise ValueError("crop=box needs boxes for every image (boxes= / a boxes JSON file)")
-        return [b for b in (expand_box(b, self.margin, width, height) for b in boxes) if b]
+        grown = [(box, expand_box(box, self.margin, width, height)) for box in boxes]
+        return [g for _, g in grown if g], [box for box, g in grown if g is None]
+
+    def boxes_for(self, rgb: np.ndarray, boxes: Sequence[Box] | None) -> list[Box]:
+        """The crops for one photo: detected faces or given boxes, with the margin; a given
+        box that leaves no crop is an :class:`UnusableBoxWarning`, not lost unsaid."""
+        crops, unusable = self._crops(rgb, boxes)
+        if unusable:
+            height, width = rgb.shape[:2]
+            warnings.warn(f"{unusable_reason(unusable, width, height)}; left out",
+                          UnusableBoxWarning, stacklevel=2)
+        return crops
 
     def __call__(self, image, probs: bool = False, boxes: Sequence[Box] | None = None
                  ) -> ParseResult:
         """Parse one photo: a path, PIL image, HxWx3 uint8 RGB array or 3xHxW tensor."""
-        return self.predict_batch([image], probs, [boxes] if boxes is not None else None)[0]
+        results = self.predict_batch([image], probs, [boxes] if boxes is not None else None,
+                                     warn=False)
+        _warn_unusable([image], results, stacklevel=2)
+        return results[0]
 
     def predict_batch(self, images: Sequence, probs: bool = False,
-                      boxes: Sequence[Sequence[Box] | None] | None = None
-                      ) -> list[ParseResult]:
-        """Parse several photos of any sizes; one forward pass per ``batch_size``."""
+                      boxes: Sequence[Sequence[Box] | None] | None = None, *,
+                      warn: bool = True) -> list[ParseResult]:
+        """Parse several photos of any sizes; one forward pass per ``batch_size``.
+
+        With crop=box, a given box that is empty or outside its photo is left out (in the
+        result's ``unusable_boxes``) with an :class:`UnusableBoxWarning` naming it; a photo
+        none of whose boxes is usable is all background. ``warn=False``: the caller reports
+        ``unusable_boxes`` itself (the folder command names the file and counts them).
+        """
         rgbs = [to_rgb(image) for image in images]
-        if self.crop != "none":
-            given = boxes if boxes is not None else [None] * len(rgbs)
-            return [self._paste(rgb, self.boxes_for(rgb, b), probs)
-                    for rgb, b in zip(rgbs, given, strict=True)]
-        return [self.finish(logits, rgb.shape[:2], probs)
-                for rgb, logits in zip(rgbs, self.photo_logits(rgbs), strict=True)]
+        if self.crop == "none":
+            return [self.finish(logits, rgb.shape[:2], probs)
+                    for rgb, logits in zip(rgbs, self.photo_logits(rgbs), strict=True)]
+        given = boxes if boxes is not None else [None] * len(rgbs)
+        results = []
+        for rgb, b in zip(rgbs, given, strict=True):
+            crops, unusable = self._crops(rgb, b)
+            results.append(self._paste(rgb, crops, probs))
+            results[-1].unusable_boxes = unusable
+        if warn:
+            _warn_unusable(images, results, stacklevel=2)
+        return results
+
+
+def _warn_unusable(images: Sequence, results: list[ParseResult], stacklevel: int) -> None:
+    """One :class:`UnusableBoxWarning` per photo with boxes left out, naming the photo (its
+    path, or its place in a batch), the boxes, its size and what was parsed instead."""
+    for i, (image, result) in enumerate(zip(images, results, strict=True)):
+        if not result.unusable_boxes:
+            continue
+        height, width = result.labels.shape
+        where = (f"{image}: " if isinstance(image, (str, Path)) else
+                 f"images[{i}]: " if len(images) > 1 else "")
+        then = ("left out, its other boxes are parsed" if result.boxes else
+                "no usable box, so its labels are all background")
+        warnings.warn(f"{where}{unusable_reason(result.unusable_boxes, width, height)}; "
+                      f"{then}", UnusableBoxWarning, stacklevel=stacklevel + 1)
