@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_predict import header_only_png, save_tiny_checkpoint
+from test_video_outputs import short_writer
 
 import faceparse.data.io
 import faceparse.predict as predict_command
@@ -212,6 +213,30 @@ def test_a_failed_video_write_names_the_frame_and_the_video_and_keeps_no_partial
         "000000_mask.png", "000001_mask.png"]
     monkeypatch.undo()
     assert predict(cfg)["images"] == 4 and (out / "clip_overlay.mp4").stat().st_size > 0
+
+
+def test_a_video_opencv_wrote_short_stops_the_run_naming_it_and_keeps_no_video(
+        compose, ckpt, tmp_path, monkeypatch, caplog):
+    _video(tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    short_writer(monkeypatch, keep=2)  # no frame PNGs either: the videos are all there is
+    cfg = _cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'clip.mp4'}", f"output_dir={out}",
+               "save_frames=false")
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
+        predict_command.main.__wrapped__(cfg)
+    assert exit_.value.code == 2
+    error, = (r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert error == (f"cannot write {out / 'clip_mask.mp4'} (from {tmp_path / 'clip.mp4'}): "
+                     f"the video holds 2 of the 4 frames written (disk full or a file system "
+                     f"error while writing?); stopped, the outputs written so far are kept "
+                     f"(rerun to resume once fixed)")
+    assert list(out.iterdir()) == []  # no final video, no partial: a rerun parses it again
+    monkeypatch.undo()
+    assert predict(cfg)["images"] == 4
+    assert sorted(p.name for p in out.iterdir()) == ["clip_mask.mp4", "clip_overlay.mp4"]
+    capture = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 4
+    capture.release()
 
 
 @ONCE

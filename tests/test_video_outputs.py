@@ -1,0 +1,115 @@
+"""A video's output files: renamed into place only when they read back with every frame
+(OpenCV's ``VideoWriter.write`` fails silently). The command end to end:
+tests/test_predict_command.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from faceparse.inference.outputs import OutputWriteError
+from faceparse.inference.predictor import ParseResult
+from faceparse.inference.video import _Outputs
+from faceparse.labels import get_scheme
+
+FRAMES = 4
+
+
+def short_writer(monkeypatch, keep: int, empty: bool = False, only: str = "") -> None:
+    """``cv2.VideoWriter`` as on a disk that fills mid-run, for files whose name has
+    ``only``: ``write`` takes ``keep`` frames and drops the rest without a word (OpenCV's
+    returns nothing); ``empty``: the file is left empty."""
+    real = cv2.VideoWriter
+
+    class Short:
+        def __init__(self, path: str, *args) -> None:
+            self.path, self.writer, self.count = Path(path), real(path, *args), 0
+            self.failing = only in self.path.name
+
+        def isOpened(self) -> bool:
+            return self.writer.isOpened()
+
+        def write(self, frame: np.ndarray) -> None:
+            self.count += 1
+            if not self.failing or self.count <= keep:
+                self.writer.write(frame)
+
+        def release(self) -> None:
+            self.writer.release()
+            if self.failing and empty:
+                self.path.write_bytes(b"")
+
+    monkeypatch.setattr(cv2, "VideoWriter", Short)
+
+
+def write_video(tmp_path: Path, save_frames: bool = False) -> Path:
+    """Four frames through ``_Outputs`` as ``predict_video`` writes them; the output folder."""
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    result = ParseResult(np.arange(32 * 48, dtype=np.uint8).reshape(32, 48) % 3,
+                         get_scheme("ourface"))
+    with _Outputs(tmp_path / "clip.mp4", tmp_path / "out" / "clip", 10.0, save_frames,
+                  0.5) as outputs:
+        for n in range(FRAMES):
+            outputs.write(n, rgb, result)
+        outputs.keep = True
+    return tmp_path / "out"
+
+
+def frame_count(path: Path) -> int:
+    capture = cv2.VideoCapture(str(path))
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    return count
+
+
+@pytest.mark.parametrize(("keep", "empty", "only", "problem"), [
+    (3, False, "", f"the video holds 3 of the {FRAMES} frames written"),
+    (0, False, "", "OpenCV cannot read back the video it wrote"),  # a header, no frame
+    (FRAMES, True, "", "the video is missing or empty once written"),
+    (1, False, "overlay", f"the video holds 1 of the {FRAMES} frames written"),
+])
+@pytest.mark.parametrize("save_frames", [False, True])
+def test_a_video_written_short_is_an_output_write_error_naming_it_and_no_video_is_kept(
+        tmp_path, monkeypatch, keep, empty, only, problem, save_frames):
+    short_writer(monkeypatch, keep, empty, only)
+    named = tmp_path / "out" / f"clip_{only or 'mask'}.mp4"
+    with pytest.raises(OutputWriteError, match=re.escape(
+            f"cannot write {named} (from {tmp_path / 'clip.mp4'}): {problem} (disk full or "
+            f"a file system error while writing?); stopped")):
+        write_video(tmp_path, save_frames)
+    # neither video is renamed into place (a rerun parses it again), no partial is left;
+    # the frames, each written and checked on its own, are kept as after any failed write
+    kept = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert kept == (["clip_frames"] if save_frames else [])
+
+
+def test_a_finished_video_is_renamed_into_place_with_every_frame(tmp_path):
+    out = write_video(tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == ["clip_mask.mp4", "clip_overlay.mp4"]
+    assert frame_count(out / "clip_mask.mp4") == frame_count(out / "clip_overlay.mp4") == FRAMES
+
+
+def test_a_frame_count_the_container_gets_wrong_is_checked_by_reading_the_frames(
+        tmp_path, monkeypatch):
+    real = cv2.VideoCapture
+
+    class Approximate:  # as some containers' index: the count is off by one
+        def __init__(self, path: str) -> None:
+            self.capture = real(path)
+
+        def get(self, prop: int) -> float:
+            return self.capture.get(prop) + (prop == cv2.CAP_PROP_FRAME_COUNT)
+
+        def __getattr__(self, name: str):
+            return getattr(self.capture, name)
+
+    monkeypatch.setattr(cv2, "VideoCapture", Approximate)
+    out = write_video(tmp_path)  # the frames are all there: kept
+    assert sorted(p.name for p in out.iterdir()) == ["clip_mask.mp4", "clip_overlay.mp4"]
+    short_writer(monkeypatch, keep=2)
+    with pytest.raises(OutputWriteError, match="holds 2 of the 4 frames written"):
+        write_video(tmp_path / "again")
