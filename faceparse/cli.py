@@ -8,15 +8,26 @@ of importing a module.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import hydra
-from hydra.errors import InstantiationException
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.utils import (
+    create_automatic_config_search_path,
+    detect_calling_file_or_module_from_task_function,
+    get_args_parser,
+)
+from hydra.core.config_search_path import SearchPathQuery
+from hydra.errors import InstantiationException, MissingConfigException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,7 +37,8 @@ from faceparse.training.optim import fused_default
 from faceparse.training.run_folder import hydra_subdir, run_folder
 
 __all__ = ["CONF_DIR", "register_resolvers", "hydra_entry", "instantiate_option",
-           "one_line_errors", "report_error", "refuse_missing_sweeps"]
+           "one_line_errors", "report_error", "refuse_missing_sweeps",
+           "refuse_configured_sweeper"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 Task = TypeVar("Task", bound=Callable[[DictConfig], Any])
@@ -65,6 +77,7 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
         def main() -> Any:
             refuse_missing_sweeps(sys.argv[1:])
             register_resolvers()  # Hydra resolves some values before the job runs
+            refuse_configured_sweeper(sys.argv[1:], config_name, job)
             return hydra_main()
 
         return main
@@ -113,21 +126,102 @@ def refuse_missing_sweeps(overrides: Sequence[str]) -> None:
     Hydra would stop later with its own words: ``Could not load 'hydra/sweeper/optuna'``
     without the plugin, ``Error locating target 'optuna.samplers.TPESampler'`` without
     optuna (it builds the sampler before the sweeper, so no sweeper class can say it).
-    Only the command line is read: a config that selects the sweeper itself gets Hydra's
-    error. ``HYDRA_FULL_ERROR=1`` raises the ImportError instead.
+    A config that selects the sweeper itself is :func:`refuse_configured_sweeper`'s.
+    ``HYDRA_FULL_ERROR=1`` raises the ImportError instead.
     """
     for override in overrides:
         key, sep, value = override.partition("=")
-        if not (sep and key.lstrip("+~") in SWEEPER_GROUPS and "optuna" in value):
-            continue
-        from hydra_plugins.faceparse_sweepers.resumable_optuna import require_sweeps_extra
+        if sep and _selects_optuna(key.lstrip("+~"), value):
+            _refuse_without_sweeps(override)
 
-        try:
-            require_sweeps_extra(override)
-        except ImportError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                raise
-            report_error(err)
+
+def refuse_configured_sweeper(argv: Sequence[str], config_name: str,
+                              task: Callable[..., Any]) -> None:
+    """Refuse a command whose config, not its command line, selects the Optuna sweeper
+    without the sweeps extra: an experiment file with ``override /hydra/sweeper: ...``,
+    a config of ``--config-dir`` or ``hydra.searchpath``.
+
+    Only the composed config knows, so the config is composed as Hydra will compose it
+    (its own reading of ``argv``: search path, config name, overrides), and only when the
+    extra is missing: with it, there is nothing to refuse and nothing to pay.
+    """
+    if _sweeps_installed():
+        return
+    selected = _configured_sweeper(argv, config_name, task)
+    if selected:
+        _refuse_without_sweeps(f"the Optuna sweeper that the config selects ({selected})")
+
+
+def _selects_optuna(group: str, option: str) -> bool:
+    return group in SWEEPER_GROUPS and "optuna" in option
+
+
+def _sweeps_installed() -> bool:
+    from hydra_plugins.faceparse_sweepers import resumable_optuna
+
+    return resumable_optuna.MISSING is None
+
+
+def _refuse_without_sweeps(what: str) -> None:
+    """One ``error:`` line (exit 1) saying that ``what`` needs the sweeps extra, if missing."""
+    from hydra_plugins.faceparse_sweepers.resumable_optuna import require_sweeps_extra
+
+    try:
+        require_sweeps_extra(what)
+    except ImportError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        report_error(err)
+
+
+def _configured_sweeper(argv: Sequence[str], config_name: str,
+                        task: Callable[..., Any]) -> str | None:
+    """``group=option`` of the Optuna sweeper the composed config selects; None when it
+    selects none, or when Hydra cannot compose it for another reason (Hydra then says why).
+
+    Without the plugin its configs are missing, so composing stops at the sweeper's: the
+    missing config names it. Without optuna alone, the composed choices do.
+    """
+    command = _hydra_command(argv, config_name, task)
+    if command is None:
+        return None
+    loader, name, overrides = command
+    try:
+        with warnings.catch_warnings():  # Hydra warns about the config itself, once
+            warnings.simplefilter("ignore")
+            cfg = loader.load_configuration(config_name=name, overrides=overrides,
+                                            run_mode=RunMode.MULTIRUN,
+                                            validate_sweep_overrides=False)
+    except MissingConfigException as err:
+        group, _, option = (err.missing_cfg_file or "").rpartition("/")
+        return f"{group}={option}" if _selects_optuna(group, option) else None
+    except Exception:  # not ours to report
+        return None
+    choices = cfg.hydra.runtime.choices
+    return next((f"{group}={choices[group]}" for group in SWEEPER_GROUPS
+                 if _selects_optuna(group, str(choices.get(group)))), None)
+
+
+def _hydra_command(argv: Sequence[str], config_name: str, task: Callable[..., Any],
+                   ) -> tuple[ConfigLoaderImpl, str, list[str]] | None:
+    """What Hydra makes of ``argv``: the config loader (its search path with ``-cp`` and
+    ``--config-dir``), the config name (``-cn``) and the overrides; None for a command line
+    Hydra itself refuses. Built with the helpers ``hydra.main`` uses (Hydra-internal, so
+    the check composes exactly what the command will)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # Hydra prints its own usage error
+            args = get_args_parser().parse_args(list(argv))
+    except SystemExit:
+        return None
+    search_path = create_automatic_config_search_path(
+        *detect_calling_file_or_module_from_task_function(task),
+        args.config_path or str(CONF_DIR))
+    if args.config_dir is not None:
+        search_path.prepend(provider="command-line",
+                            path=f"file://{os.path.abspath(args.config_dir)}",
+                            anchor=SearchPathQuery(provider="schema"))
+    return (ConfigLoaderImpl(config_search_path=search_path), args.config_name or config_name,
+            list(args.overrides))
 
 
 def instantiate_option(node: DictConfig) -> Any:

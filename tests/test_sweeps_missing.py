@@ -158,3 +158,66 @@ def test_which_command_lines_are_refused(monkeypatch, capsys, overrides, refused
             refuse_missing_sweeps(overrides)
     monkeypatch.setattr(resumable_optuna, "MISSING", None)  # with the extra: nothing refused
     refuse_missing_sweeps(overrides)
+
+
+def user_configs(folder: Path) -> Path:
+    """A user's config folder (for ``--config-dir`` or ``hydra.searchpath``) whose files
+    select the sweeper themselves: the command line never names it."""
+    experiments = folder / "experiment"
+    experiments.mkdir(parents=True)
+    for name, line in (("my_search", "override /hydra/sweeper: resumable_optuna"),
+                       ("my_optuna", "override /hydra/sweeper: optuna"),
+                       ("my_plain", "override /optimizer: sgd")):
+        (experiments / f"{name}.yaml").write_text(f"# @package _global_\ndefaults:\n  - {line}\n")
+    (folder / "my_train.yaml").write_text(
+        "defaults:\n  - train\n  - override hparams_search: optuna\n  - _self_\n")
+    return folder
+
+
+def test_a_config_that_selects_the_search_asks_for_the_extra(without_extra,
+                                                              tmp_path: Path) -> None:
+    """As a user runs an experiment of their own that turns the search on."""
+    configs, sweep = user_configs(tmp_path / "configs"), tmp_path / "sweep"
+    result = python(without_extra, "-m", "faceparse.train", "-m",
+                    f"hydra.searchpath=[file://{configs}]", "experiment=my_search",
+                    f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 1, result.stderr[-2000:]
+    out = result.stdout + result.stderr
+    assert "Traceback" not in out and "Error importing" not in out, out[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    # without the plugin, composing stops at its own config: the sweeper the file selects
+    assert lines == [f"error: the Optuna sweeper that the config selects "
+                     f"(hydra/sweeper=optuna) {MESSAGE}"]
+    assert not sweep.exists()
+
+
+@pytest.mark.parametrize("argv, refused", [
+    (["-m", "--config-dir", "{configs}", "experiment=my_search"], "hydra/sweeper=resumable_optuna"),
+    (["hydra.searchpath=[file://{configs}]", "experiment=my_optuna"], "hydra/sweeper=optuna"),
+    (["--config-dir={configs}", "-cn", "my_train", "seed=1,2"], "hparams_search=optuna"),
+    (["--config-dir", "{configs}", "experiment=my_plain", "-m", "seed=1,2"], None),
+    (["experiment=quickstart", "--cfg", "job"], None),
+    (["data=no_such_dataset"], None),  # Hydra's own error, not ours
+])
+def test_which_configs_are_refused(monkeypatch, capsys, tmp_path: Path, argv, refused) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")  # its configs are composed
+    from hydra.core.plugins import Plugins
+
+    from faceparse.cli import refuse_configured_sweeper
+    from hydra_plugins.faceparse_sweepers import resumable_optuna
+
+    Plugins.instance()  # its first scan runs every plugin module again: MISSING as imported
+    configs = user_configs(tmp_path / "configs")
+    argv = [arg.format(configs=configs) for arg in argv]
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(resumable_optuna, "MISSING", "No module named 'optuna'")
+    if refused is None:
+        refuse_configured_sweeper(argv, "train", test_which_configs_are_refused)
+    else:
+        with pytest.raises(SystemExit) as exit_:
+            refuse_configured_sweeper(argv, "train", test_which_configs_are_refused)
+        assert exit_.value.code == 1
+        assert capsys.readouterr().err == (f"error: the Optuna sweeper that the config "
+                                           f"selects ({refused}) {MESSAGE}\n")
+    monkeypatch.setattr(resumable_optuna, "MISSING", None)  # with the extra: nothing refused
+    refuse_configured_sweeper(argv, "train", test_which_configs_are_refused)
