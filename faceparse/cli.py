@@ -34,11 +34,16 @@ from omegaconf import DictConfig, OmegaConf
 from faceparse.fast_path import auto_precision
 from faceparse.labels import get_scheme
 from faceparse.training.optim import fused_default
-from faceparse.training.run_folder import hydra_subdir, run_folder
+from faceparse.training.run_folder import (
+    discard_refused_run,
+    hydra_subdir,
+    keep_run_folder,
+    run_folder,
+)
 
 __all__ = ["CONF_DIR", "register_resolvers", "hydra_entry", "instantiate_option",
            "one_line_errors", "report_error", "refuse_missing_sweeps",
-           "refuse_configured_sweeper"]
+           "refuse_configured_sweeper", "keep_run_folder", "discard_refused_run"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 Task = TypeVar("Task", bound=Callable[[DictConfig], Any])
@@ -108,10 +113,12 @@ def one_line_errors(*errors: type[BaseException]) -> Callable[[Task], Task]:
 
 
 def report_error(err: BaseException) -> NoReturn:
-    """Print ``err`` as one ``error:`` line and exit 1."""
+    """Print ``err`` as one ``error:`` line and exit 1; a run folder this refused command
+    created goes too (:func:`~faceparse.training.run_folder.discard_refused_run`)."""
     # a KeyError's str() is its repr; the message is its argument
     message = err.args[0] if isinstance(err, KeyError) and err.args else err
     print(f"error: {message}", file=sys.stderr)
+    discard_refused_run()
     raise SystemExit(1) from None
 
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
-from faceparse.cli import hydra_entry, instantiate_option, one_line_errors
+from faceparse.cli import hydra_entry, instantiate_option, keep_run_folder, one_line_errors
 from faceparse.data.loaders import single_thread_opencv
 from faceparse.evaluation import MultiPassTTA, Protocol, file_fingerprint, score_split
 from faceparse.evaluation.report import write_report
@@ -88,6 +88,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                         num_workers=workers, collate_fn=collate_samples,
                         pin_memory=device.type == "cuda")
     tta = MultiPassTTA.from_options(cfg.tta.flip, cfg.tta.scales, net.size_multiple)
+    keep_run_folder()  # what fails from here on failed a run: its log stays
     result = score_split(net, loader, model_scheme, to_scored, scored.num_classes, tta, device,
                          int(cfg.worst))
     present = result.scores["present"].tolist()

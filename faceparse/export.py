@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
-from faceparse.cli import hydra_entry, one_line_errors
+from faceparse.cli import hydra_entry, keep_run_folder, one_line_errors
 from faceparse.deploy import FORMATS, ParityError, check_parity, export_net, parity_inputs
 from faceparse.writable import output_file
 
@@ -36,6 +36,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if not image_size:
         raise ValueError(f"{located.path} records no training image size: set image_size=")
     image_size = int(image_size)
+    keep_run_folder()  # what fails from here on failed a run: its log stays
     exported = export_net(net, out, fmt, scheme, image_size, bool(cfg.dynamic))
     sizes = [image_size] + ([image_size + 2 * net.size_multiple] if cfg.dynamic else [])
     reports = []

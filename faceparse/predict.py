@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from faceparse.cli import hydra_entry, instantiate_option
+from faceparse.cli import discard_refused_run, hydra_entry, instantiate_option, keep_run_folder
 from faceparse.data.io import BadSampleError
 from faceparse.inference.faces import read_boxes
 from faceparse.inference.folder import Summary, WriteOptions, predict_files
@@ -128,6 +128,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         keep_aspect=cfg.keep_aspect, crop=cfg.crop, margin=cfg.margin, labels=cfg.labels,
         precision=cfg.precision, batch_size=cfg.batch_size,
         fast_path=instantiate_option(cfg.fast_path))
+    keep_run_folder()  # what fails from here on failed a run: its log stays
     if parser.unmapped:
         log.warning("labels=%s has no counterpart for %s: written as 255", cfg.labels,
                     ", ".join(parser.unmapped))
@@ -155,6 +156,7 @@ def main(cfg: DictConfig) -> None:
     except (OSError, ValueError, KeyError) as err:
         # a KeyError's str() is its repr; an OSError's first argument is its errno
         log.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
+        discard_refused_run()
         sys.exit(2)
     if result["inputs"] and result["failed"] + result["without_face"] == result["inputs"]:
         sys.exit(1)

@@ -14,7 +14,7 @@ import logging
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from faceparse.cli import hydra_entry, one_line_errors
+from faceparse.cli import hydra_entry, keep_run_folder, one_line_errors
 from faceparse.data.prepare import SplitReport, prepare_dataset
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ def prepare(cfg: DictConfig) -> dict[str, SplitReport]:
         raise ValueError(f"data.dataset ({cfg.data.dataset._target_}) has no prepared_dir: "
                          f"nothing to prepare")
     datamodule = instantiate(cfg.data)
+    keep_run_folder()  # what fails from here on failed a run: its log stays
     reports = prepare_dataset(
         lambda split: datamodule.open_dataset(split, prepared_dir=None),
         prepared_dir, cfg.data.image_size, cfg.splits, cfg.workers,

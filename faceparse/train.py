@@ -24,7 +24,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from faceparse.checkpoints import start_from
-from faceparse.cli import CONF_DIR, hydra_entry, instantiate_option, one_line_errors
+from faceparse.cli import (
+    CONF_DIR,
+    hydra_entry,
+    instantiate_option,
+    keep_run_folder,
+    one_line_errors,
+)
 from faceparse.labels import get_scheme
 from faceparse.safe_load import safe_globals
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
@@ -135,6 +141,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     callbacks = instantiate_all(cfg.get("callbacks"))
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    keep_run_folder()  # what fails from here on failed a run: its folder stays
     try:
         log_config(loggers, cfg)
         if cfg.train:

@@ -12,6 +12,11 @@ Until :func:`resume_config` accepts the command, nothing is written into the run
 refused command leaves its ``status.json``, configs and ``.hydra/`` as they were (Hydra's
 ``.hydra/`` files are the job's to write here, :func:`hydra_subdir`).
 
+A command refused before its real work (:func:`discard_refused_run`) leaves no new run
+folder behind: the folder goes only when this command's Hydra run created it
+(:class:`NoteNewRunFolder`) and it holds nothing but Hydra's files and the job's own
+bookkeeping; a folder that was there before, a resumed run's included, is never removed.
+
 Only what the resuming command itself sets (:func:`command_keys` of its overrides) is
 checked against the saved config: the keys of :data:`EXTEND_KEYS` may change, any other
 change is refused. Keys the command does not set, and ``paths.*`` (the folders of the
@@ -22,22 +27,29 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
+import shutil
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from faceparse.training.distributed import is_rank_zero
+from faceparse.training.job_status import STATUS_FILE
 
 __all__ = ["AUTO", "CONFIG_FILE", "HYDRA_SUBDIR", "ContinuingCSVLogger", "InterruptCheckpoint",
-           "command_keys", "hydra_subdir", "newest_checkpoint", "resume_config", "run_folder",
+           "NoteNewRunFolder", "command_keys", "discard_refused_run", "hydra_subdir",
+           "keep_run_folder", "newest_checkpoint", "resume_config", "run_folder",
            "write_hydra_files"]
 
 log = logging.getLogger(__name__)
@@ -45,6 +57,9 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 CONFIG_FILE = "config_resolved.yaml"
 HYDRA_SUBDIR = ".hydra"  # Hydra's output_subdir (conf/hydra/default.yaml)
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes there
+# what a job writes into its folder before its real work: its status and its config
+BOOKKEEPING = (STATUS_FILE, CONFIG_FILE)
 # Keys that may differ between the run and the command that resumes it: how it starts, and
 # how long it trains (extending a run spreads the rest of the LR schedule over the new end).
 RESUME_KEYS = ("resume", "ckpt_path")
@@ -91,6 +106,79 @@ def write_hydra_files(task_cfg: DictConfig) -> None:
     for name, node in (("config.yaml", task_cfg), ("hydra.yaml", config),
                        ("overrides.yaml", hydra.overrides.task)):
         (folder / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class _NewFolder:
+    path: Path  # the run folder Hydra is about to create
+    top: Path  # the outermost of its folders that did not exist either
+
+
+_new_folder: _NewFolder | None = None  # set by NoteNewRunFolder, for this process's run
+
+
+class NoteNewRunFolder(Callback):
+    """Hydra callback (``conf/hydra/default.yaml``): notes, before Hydra creates a single
+    run's folder, whether it is new; only a folder this command created may be discarded
+    (:func:`discard_refused_run`). A sweep's job folders are never noted."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _new_folder
+        folder = Path(os.path.abspath(str(config.hydra.run.dir)))
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        _new_folder = _NewFolder(folder, missing[-1]) if missing else None
+
+
+def keep_run_folder() -> None:
+    """The command starts its real work: its run folder stays, whatever happens next."""
+    global _new_folder
+    _new_folder = None
+
+
+def discard_refused_run() -> None:
+    """Remove the run folder of a command refused before its real work, so that a typo
+    leaves no empty run behind: only when this command created it (:class:`NoteNewRunFolder`,
+    not since :func:`keep_run_folder`) and it holds nothing but Hydra's files (``.hydra/``,
+    the job's log) and :data:`BOOKKEEPING`; then also the folders created with it, if empty."""
+    noted = _new_folder
+    if noted is None or not HydraConfig.initialized() or not is_rank_zero():
+        return
+    hydra = HydraConfig.get()
+    folder = Path(hydra.runtime.output_dir)
+    logs = _log_files_in(folder)
+    if folder != noted.path or not _holds_only(folder, _own_files(hydra, logs)):
+        return
+    for handler in logs:
+        logging.getLogger().removeHandler(handler)  # nothing logs into a removed folder
+        handler.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in folder.parents:
+        if parent != noted.top and noted.top not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only when empty: another run may have started in it
+        except OSError:
+            break
+
+
+def _log_files_in(folder: Path) -> list[logging.FileHandler]:
+    """The root logger's log files in ``folder``: the job's log that Hydra opened."""
+    return [h for h in logging.getLogger().handlers
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).parent == folder]
+
+
+def _own_files(hydra: DictConfig, logs: Sequence[logging.FileHandler]) -> set[str]:
+    """What Hydra and the job's bookkeeping put into a run folder (relative paths)."""
+    subdirs = {HYDRA_SUBDIR, hydra.output_subdir} - {None}
+    return ({f"{d}/{name}" for d in subdirs for name in HYDRA_FILES} | set(BOOKKEEPING)
+            | {Path(h.baseFilename).name for h in logs})
+
+
+def _holds_only(folder: Path, names: Collection[str]) -> bool:
+    """Whether every file under ``folder`` is one of ``names``; empty folders hold nothing
+    (predict creates its output folder before it loads the model)."""
+    return all((p.is_dir() and not p.is_symlink()) or p.relative_to(folder).as_posix() in names
+               for p in folder.rglob("*"))
 
 
 def newest_checkpoint(folder: Path) -> Path | None:
