@@ -234,13 +234,17 @@ def _hydra_command(argv: Sequence[str], config_name: str, task: Callable[..., An
 def instantiate_option(node: DictConfig) -> Any:
     """``instantiate(node)``, where a bad value is the target's own ValueError or TypeError.
 
-    Hydra wraps what a constructor raises in a multi-line ``InstantiationException``; a
-    command's one-line error handling (``fast_path.compile_mode=fastest: use one of ...``)
-    needs the constructor's message itself.
+    Hydra wraps what a constructor raises in a multi-line ``InstantiationException``, once
+    per level of nesting (the model's net's encoder's ViT); a command's one-line error
+    handling (``fast_path.compile_mode=fastest: use one of ...``, the DINOv3 weights that
+    are missing) needs the innermost constructor's message itself.
     """
     try:
         return instantiate(node)
     except InstantiationException as err:
-        if isinstance(err.__cause__, (ValueError, TypeError)):
-            raise err.__cause__ from None
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, (ValueError, TypeError, FileNotFoundError)):
+            raise cause from None
         raise

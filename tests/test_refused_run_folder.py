@@ -39,6 +39,10 @@ def command(argv: list[str]) -> subprocess.CompletedProcess:
     # predict logs its refusal (into the log file too) and exits 2
     (["faceparse.predict", "ckpt=none.ckpt", "input=no_such_photo.jpg", "device=cpu"], 2,
      "input=no_such_photo.jpg: no such file or folder"),
+    # the missing DINOv3 weights, met three constructors deep (model > net > encoder > ViT):
+    # the innermost message, not Hydra's nested "Error in call to target" wrappers
+    (["faceparse.train", "data=lapa", "data.root=no_such_lapa"], 1,
+     "error: the frozen DINOv3 ViT-L/16 has no weights (vit.weights is null)"),
 ])
 def test_a_refused_command_leaves_no_run_folder(tmp_path: Path, argv, code, message) -> None:
     run = tmp_path / "outputs" / "day" / "run"
@@ -46,6 +50,7 @@ def test_a_refused_command_leaves_no_run_folder(tmp_path: Path, argv, code, mess
     out = result.stdout + result.stderr
     assert result.returncode == code, out[-2000:]
     assert message in out and "Traceback" not in out, out[-2000:]
+    assert "Error in call to target" not in out, out[-2000:]
     assert list(tmp_path.iterdir()) == []  # the folders created for the run went with it
 
 
