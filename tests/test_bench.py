@@ -4,6 +4,8 @@ checked for shape and sense only (speed targets live in BENCHMARKS.md, not in te
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from torch import nn
 
 from faceparse import cpu_memory
 from faceparse.bench import PeakMemory, count_flops, run, run_variants
-from faceparse.bench.kernels import kernel_class
+from faceparse.bench.kernels import INDUCTOR_FUSED, kernel_class
 from faceparse.bench.measure import rss_bytes
 from faceparse.bench.report import format_comparison, format_profile, format_table
 from faceparse.bench.variants import SECTIONS
@@ -46,6 +48,27 @@ def test_every_compare_variant_composes_to_valid_speed_options(compose_bench, co
         cfg = compose_bench(list(overrides))
         instantiate(cfg.fast_path)  # FastPath refuses bad values
         assert set(cfg.bench.sections) <= set(SECTIONS), name
+
+
+def _profile_gpu_steps() -> dict[str, list[str]]:
+    """Each ``bench NAME LIMIT OVERRIDES...`` line of scripts/profile_gpu.sh, as it runs."""
+    script = (CONF_DIR.parent / "scripts" / "profile_gpu.sh").read_text().replace("\\\n", " ")
+    common = shlex.split(re.search(r'COMMON:-([^}]*)}', script).group(1))
+    steps = {}
+    for line in script.splitlines():
+        if line.startswith("bench "):
+            name, _, *overrides = shlex.split(line.replace("${SPEED_EXTRA:-}", ""))[1:]
+            steps[name] = ([] if name.startswith("cpu") else common) + overrides
+    return steps
+
+
+@pytest.mark.parametrize("step", sorted(_profile_gpu_steps()))
+def test_every_gpu_lease_step_composes_to_valid_speed_options(compose_bench, step: str
+                                                               ) -> None:
+    """A GPU lease is minutes long: a step must not fail on a typo in its overrides."""
+    cfg = compose_bench(_profile_gpu_steps()[step])
+    instantiate(cfg.fast_path)
+    assert set(cfg.bench.sections) <= set(SECTIONS)
 
 
 def test_bench_defaults_are_the_reference_model_at_a_small_size(compose_bench) -> None:
@@ -103,6 +126,23 @@ def test_profile_times_every_stage_of_the_real_forward(compose_bench) -> None:
     assert "| decoder level 2->1 |" in text and "### infer" in text
 
 
+@pytest.mark.slow
+def test_profile_of_a_compiled_net_compiles_every_stage(compose_bench) -> None:
+    """What is left after fusion: the steps compiled as training runs them, each stage too."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    results = run(compose_bench([*TINY, "bench.sections=[profile]", "bench.steps=1",
+                                 "fast_path.compile=true"]))
+    profile = results["profile"]
+    assert profile["compiled"] and profile["compile_mode"] == "default"
+    assert profile["replay_max_abs_logit_diff"] == 0.0  # the cut is checked eagerly
+    # every stage (13 with the aux heads) got graphs of its own, beside the net's 2 parts
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 15
+    for part in (profile["train"], profile["infer"]):
+        assert INDUCTOR_FUSED in part["kernels"]["classes"]  # compiled kernels are counted
+    assert "torch.compile mode default, scope parts" in format_profile(profile)
+
+
 def test_profile_refuses_a_net_it_cannot_cut(compose_bench) -> None:
     with pytest.raises(ValueError, match="reference net"):
         run(compose_bench([*TINY, "encoder=cnn", "bench.sections=[profile]"]))
@@ -117,6 +157,16 @@ def test_kernels_are_sorted_by_the_work_they_do() -> None:
     assert kernel_class("upsample_bilinear2d_nhwc_out_frame") == "resize (upsample)"
     assert kernel_class("cudnn::bn_fw_tr_1C11_kernel_NCHW") == "batch / layer norm"
     assert kernel_class("conv_depthwise2d_forward_kernel") == "depthwise conv (CUDA cores)"
+
+
+def test_compiled_kernels_are_sorted_by_what_inductor_made_them_do() -> None:
+    """A fused kernel names the ops it fuses: a conv's bias + ReLU is not tensor-core work."""
+    assert kernel_class("triton_poi_fused_convolution_relu_3") == INDUCTOR_FUSED
+    assert kernel_class("triton_red_fused__native_batch_norm_legit_functional_7") == (
+        INDUCTOR_FUSED)
+    assert kernel_class("triton_per_fused_add_native_layer_norm_12") == INDUCTOR_FUSED
+    assert kernel_class("triton_tem_fused_addmm_gelu_2") == "matmul / conv (tensor cores)"
+    assert kernel_class("## Call CompiledFxGraph fp27ubui5sjjk3kkt7sap ##") == INDUCTOR_FUSED
 
 
 def test_unknown_section_is_refused(compose_bench) -> None:

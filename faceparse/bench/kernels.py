@@ -15,11 +15,18 @@ from torch.profiler import ProfilerActivity, profile
 
 from faceparse.bench.measure import sync
 
-__all__ = ["KERNEL_CLASSES", "kernel_breakdown", "kernel_class"]
+__all__ = ["INDUCTOR_FUSED", "KERNEL_CLASSES", "kernel_breakdown", "kernel_class"]
 
+INDUCTOR_FUSED = "fused by torch.compile (elementwise, norms, reductions)"
 # GPU kernel names -> what does the work; first match wins (cuDNN's BatchNorm kernels are
-# named cudnn::bn_*: norms come before the matmul/conv class)
+# named cudnn::bn_*: norms come before the matmul/conv class). torch.compile's Triton
+# kernels name the ops they fuse (triton_poi_fused_convolution_relu_3 is a conv's bias and
+# ReLU, not the conv), so they are sorted by their prefix first: templates (tem) are matmuls
+# and convolutions, pointwise/reduction/persistent kernels (poi, red, per) the memory-bound
+# rest. On a CPU, inductor's C++ kernels run inside the compiled graph's call.
 KERNEL_CLASSES: tuple[tuple[str, str], ...] = (
+    ("matmul / conv (tensor cores)", r"^triton_tem_"),
+    (INDUCTOR_FUSED, r"^triton_(poi|red|per)_|^## call compiledfxgraph"),
     ("depthwise conv (CUDA cores)", r"depthwise|dwconv"),
     ("attention (flash / SDPA)", r"flash|fmha|attention|sdpa"),
     ("resize (upsample)", r"upsample|interpolat|bilinear"),
@@ -55,7 +62,8 @@ def kernel_breakdown(work: Callable[[], Any], device: torch.device, steps: int,
     """``torch.profiler`` over ``steps`` calls: time per kernel class and the top kernels.
 
     On a GPU these are CUDA kernels; on a CPU (where there are none) the ``aten::`` ops'
-    own time stands in, so the section runs everywhere.
+    own time stands in, and a compiled graph's own time for the C++ kernels it runs, so the
+    section runs everywhere.
     """
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
@@ -68,7 +76,8 @@ def kernel_breakdown(work: Callable[[], Any], device: torch.device, steps: int,
     rows = []
     for event in prof.key_averages():
         is_kernel = (str(getattr(event, "device_type", "")).endswith("CUDA")
-                     if device.type == "cuda" else event.key.startswith("aten::"))
+                     if device.type == "cuda"
+                     else event.key.startswith(("aten::", "## Call CompiledFxGraph")))
         us = _self_time_us(event, device)
         if is_kernel and us > 0:
             rows.append((event.key, us / steps / 1e3, event.count // steps))

@@ -7,13 +7,19 @@ the training precision and memory format. The stages replay ``forward_with_aux``
 (checked on every run), so their times add up to the step's, less the optimizer and launch
 gaps. The ViT's blocks are timed in place, and ``torch.profiler`` sorts the GPU kernels of
 whole steps into matrix work (tensor cores) and the memory-bound rest.
+
+With ``fast_path.compile=true`` the whole steps run compiled as training and predict
+compile them, and each stage is compiled on its own: what is left after fusion, stage by
+stage (fusion across a stage's border is lost, so the stages may sum to more than the step).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +31,7 @@ from torch import nn
 from faceparse.bench.kernels import kernel_breakdown
 from faceparse.bench.measure import bench_bf16, sync
 from faceparse.bench.sections import _device, _peak_tflops, count_flops, train_flops
+from faceparse.fast_path import FastPath
 from faceparse.models.decoder import CoarseToFineDecoder
 from faceparse.models.fusion import DualEncoder
 from faceparse.training.optim import build_optimizer
@@ -112,6 +119,29 @@ def reference_stages(net: nn.Module, with_aux: bool = True) -> list[Stage]:
         stages.append(Stage("aux heads", ("logits", "d8", "d4", "d2"),
                             ("aux8", "aux4", "aux2"), aux))
     return stages
+
+
+# a stage's outputs are kept for its backward while it runs again, which a CUDA-graph replay
+# would overwrite: stages compile in the same mode without graphs
+GRAPH_FREE_MODES = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+
+
+def compile_stages(stages: Sequence[Stage], mode: str) -> list[Stage]:
+    """Each stage under its own ``torch.compile`` (CUDA-graph modes without the graphs)."""
+    mode = GRAPH_FREE_MODES.get(mode, mode)
+    return [dataclasses.replace(s, run=torch.compile(s.run, mode=mode)) for s in stages]
+
+
+@contextmanager
+def no_silent_eager_fallback() -> Iterator[None]:
+    """Room for every stage's graphs, and an error rather than eager code past the limit.
+
+    Stages share code (the VGG stages one lambda), and each grad mode is another graph;
+    past dynamo's recompile limit it would run the rest eagerly without a word, and the
+    profile would time eager code under a compiled label.
+    """
+    with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
+        yield
 
 
 def replay(stages: Sequence[Stage], tensors: Tensors) -> Tensors:
@@ -252,6 +282,11 @@ def _time_optimizer(train_step: Callable[[], None], optimizer: torch.optim.Optim
 
 def bench_profile(cfg: DictConfig) -> dict[str, Any]:
     """Per-stage forward/backward times, ViT blocks, kernel classes, FLOPs and MFU."""
+    with no_silent_eager_fallback():
+        return _profile(cfg)
+
+
+def _profile(cfg: DictConfig) -> dict[str, Any]:
     device = _device(cfg.bench.device)
     b, size = cfg.data.batch_size, cfg.data.image_size
     repeats, steps = max(3, cfg.bench.steps), cfg.bench.steps
@@ -260,16 +295,21 @@ def bench_profile(cfg: DictConfig) -> dict[str, Any]:
     num_classes = module.scheme.num_classes
     fwd_flops = count_flops(net.eval(), size, device)
     step_flops = train_flops(net.train(), criterion, size, num_classes, device)
-    instantiate(cfg.fast_path).apply(net, device)
+    fast_path: FastPath = instantiate(cfg.fast_path)
+    dataclasses.replace(fast_path, compile=False, compile_mode="default",
+                        compile_scope="parts").apply(net, device)
     bf16 = bench_bf16(cfg, device)
     peak = _peak_tflops(cfg, device)
     torch.manual_seed(cfg.seed)
     image = torch.randn(b, 3, size, size, device=device)
     target = torch.randint(0, num_classes, (b, size, size), device=device)
-    if wants_cl := instantiate(cfg.fast_path).wants_channels_last(device):
+    if wants_cl := fast_path.wants_channels_last(device):
         image = image.contiguous(memory_format=torch.channels_last)
     stages = reference_stages(net)
-    replay_error = _check_replay(net, stages[:-1], image[:1])
+    replay_error = _check_replay(net, stages[:-1], image[:1])  # the cut itself, eager
+    if fast_path.compile:
+        fast_path.apply(net, device)
+        stages = compile_stages(stages, fast_path.compile_mode)
 
     def loss(logits: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         *aux, target = rest
@@ -293,6 +333,9 @@ def bench_profile(cfg: DictConfig) -> dict[str, Any]:
     result: dict[str, Any] = {
         "batch_size": b, "image_size": size, "device": str(device), "bf16": bf16,
         "channels_last": wants_cl, "repeats": repeats,
+        "compiled": fast_path.compile,
+        "compile_mode": fast_path.compile_mode if fast_path.compile else None,
+        "compile_scope": fast_path.compile_scope if fast_path.compile else None,
         "forward_gflops_per_image": fwd_flops / 1e9,
         "train_gflops_per_image": step_flops / 1e9, "peak_bf16_tflops": peak,
         "replay_max_abs_logit_diff": replay_error,

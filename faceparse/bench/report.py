@@ -95,6 +95,9 @@ def format_profile(profile: dict[str, Any]) -> str:
              f"{profile['forward_gflops_per_image']:.0f} GFLOP/img, training step "
              f"{profile['train_gflops_per_image']:.0f} GFLOP/img; replay check "
              f"{profile['replay_max_abs_logit_diff']:.1e}"]
+    if profile.get("compiled"):
+        lines[0] += (f"; torch.compile mode {profile['compile_mode']}, scope "
+                     f"{profile['compile_scope']} (each stage compiled alone)")
     for mode in ("train", "infer"):
         part = profile[mode]
         mfu = f", MFU {part['mfu']:.1%}" if part["mfu"] is not None else ""
