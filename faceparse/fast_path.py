@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from faceparse.hardware import cpu_policy
+from faceparse.hardware import cpu_policy, decided_cpu_policy
 
 __all__ = ["COMPILE_MODES", "COMPILE_SCOPES", "FastPath", "auto_precision", "compile_regions",
            "inference_bf16", "on_gpu"]
@@ -47,7 +47,7 @@ def auto_precision(accelerator: str = "auto") -> str:
     if on_gpu(accelerator):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     if accelerator in ("auto", "cpu"):
-        return "bf16-mixed" if cpu_policy().bf16 else "32-true"
+        return "bf16-mixed" if decided_cpu_policy().bf16 else "32-true"
     return "32-true"
 
 
@@ -114,6 +114,8 @@ class FastPath:
         device = torch.device(device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        if device.type == "cpu":
+            cpu_policy()  # the choice behind the precision and memory format, logged once
         if self.wants_channels_last(device):  # kept by a later move to the device
             net.to(memory_format=torch.channels_last)
         if self.compile:

@@ -25,7 +25,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CpuInfo", "CpuPolicy", "cpu_info", "cpu_policy", "env_switch"]
+__all__ = ["CpuInfo", "CpuPolicy", "cpu_info", "cpu_policy", "decided_cpu_policy", "env_switch"]
 
 # the flags that decide bf16 and vector width, as Linux's /proc/cpuinfo spells them: x86
 # "flags", and Arm "Features" (``sve``; ``bf16`` is FEAT_BF16, as on Graviton3 or Apple M2)
@@ -166,8 +166,23 @@ def env_switch(name: str) -> bool | None:
 def cpu_policy() -> CpuPolicy:
     """The CPU precision and memory format for this process: decided once, logged once.
 
-    bf16 only with hardware bf16 *and* a probe showing it faster than fp32;
-    channels_last unless a probe convolution is clearly slower in NHWC. The environment
+    :func:`decided_cpu_policy` says how it is decided; this is for the code that acts on
+    it, and logs the choice with its reason the first time.
+    """
+    policy = decided_cpu_policy()
+    log.info("CPU fast path on %s: %s", cpu_info().describe(), policy.reason)
+    return policy
+
+
+@functools.cache
+def decided_cpu_policy() -> CpuPolicy:
+    """The CPU policy, decided once per process, without a word in the log.
+
+    For a config resolver (``trainer.precision``), which runs before a command is accepted:
+    a refused ``resume=`` must not write into the run's log.
+
+    bf16 only with hardware bf16 *and* a probe showing it faster than fp32; channels_last
+    unless a probe convolution is clearly slower in NHWC. The environment
     variables ``FACEPARSE_CPU_BF16`` and ``FACEPARSE_CPU_CHANNELS_LAST`` (1/0/auto)
     force either.
     """
@@ -194,6 +209,4 @@ def cpu_policy() -> CpuPolicy:
         channels_last = speedup > 1 / MARGIN
         reasons.append(f"{'channels_last' if channels_last else 'NCHW'}: "
                        f"NHWC conv {speedup:.2f}x NCHW (NHWC unless below {1 / MARGIN:.2f}x)")
-    policy = CpuPolicy(bool(bf16), bool(channels_last), "; ".join(reasons))
-    log.info("CPU fast path on %s: %s", info.describe(), policy.reason)
-    return policy
+    return CpuPolicy(bool(bf16), bool(channels_last), "; ".join(reasons))

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from faceparse import fast_path
 from faceparse.cli import CONF_DIR
 from faceparse.fast_path import auto_precision
-from faceparse.hardware import CpuPolicy, cpu_policy
+from faceparse.hardware import CpuPolicy, cpu_policy, decided_cpu_policy
 from faceparse.labels import get_scheme
 from faceparse.training.optim import fused_default
 
@@ -198,7 +198,7 @@ def test_forced_unknown_key_fails_at_instantiate(compose, overrides, node: str) 
 
 
 def _cpu_bf16(monkeypatch: pytest.MonkeyPatch, bf16: bool) -> None:
-    monkeypatch.setattr(fast_path, "cpu_policy",
+    monkeypatch.setattr(fast_path, "decided_cpu_policy",
                         lambda: CpuPolicy(bf16=bf16, channels_last=True, reason="test"))
 
 
@@ -227,11 +227,11 @@ def test_cpu_training_takes_bf16_where_the_cpu_policy_chose_it(monkeypatch: pyte
     monkeypatch.undo()
     monkeypatch.setenv("FACEPARSE_CPU_BF16", "0")  # the user keeps fp32 on any CPU
     monkeypatch.setenv("FACEPARSE_CPU_CHANNELS_LAST", "1")
-    cpu_policy.cache_clear()
+    decided_cpu_policy.cache_clear()
     try:
         assert auto_precision("cpu") == "32-true"
     finally:
-        cpu_policy.cache_clear()
+        decided_cpu_policy.cache_clear()
 
 
 ENCODERS = [o for _, o in options("encoder")]

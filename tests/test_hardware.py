@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from faceparse import hardware
-from faceparse.hardware import CpuInfo, cpu_info, cpu_policy
+from faceparse.hardware import CpuInfo, cpu_info, cpu_policy, decided_cpu_policy
 
 CPUINFO = """processor\t: 0
 model name\t: Test CPU 9000
@@ -32,11 +32,14 @@ def fresh_policy(monkeypatch: pytest.MonkeyPatch):
     """Each test decides anew (the policy is cached per process) and forces nothing."""
     for name in (hardware.FORCE_BF16, hardware.FORCE_CHANNELS_LAST):
         monkeypatch.delenv(name, raising=False)
-    cpu_info.cache_clear()
-    cpu_policy.cache_clear()
+    forget_policy()
     yield
-    cpu_info.cache_clear()
-    cpu_policy.cache_clear()
+    forget_policy()
+
+
+def forget_policy() -> None:
+    for cached in (cpu_info, cpu_policy, decided_cpu_policy):
+        cached.cache_clear()
 
 
 def fake_cpu(monkeypatch: pytest.MonkeyPatch, flags: tuple[str, ...], bf16_speedup: float,
