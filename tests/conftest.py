@@ -149,3 +149,36 @@ def dataset_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[
 def state_shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[int, ...]]:
     """``{prefix + key: shape}`` of a module's state dict (buffers included)."""
     return {prefix + k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- a tiny predictor
+
+
+def save_tiny_checkpoint(compose, tiny, path: Path, image_size: int | None = 32) -> Path:
+    """A checkpoint of a tiny random net in our format (no training needed)."""
+    from hydra.utils import instantiate
+
+    from faceparse.checkpoints import META_KEY, checkpoint_metadata
+    from faceparse.labels import get_scheme
+
+    cfg = compose(list(tiny))
+    torch.manual_seed(0)
+    net = instantiate(cfg.model.net)
+    meta = checkpoint_metadata(net.config, get_scheme(cfg.data.labels), image_size)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                META_KEY: meta}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(compose, tiny, tmp_path_factory) -> Path:
+    """The tiny net's checkpoint (32 px), one per test module."""
+    return save_tiny_checkpoint(compose, tiny, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="module")
+def parser(ckpt):
+    """A CPU :class:`~faceparse.inference.Parser` of :func:`ckpt`."""
+    from faceparse.inference import Parser
+
+    return Parser.from_checkpoint(ckpt, device="cpu")

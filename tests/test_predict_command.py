@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from test_predict import header_only_png, save_tiny_checkpoint
+from test_predict import header_only_png
 from test_video_outputs import short_writer
 
 import faceparse.data.io
@@ -27,11 +27,6 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 # the folder command reports an unusable box itself (naming the file, counting it): the
 # Parser's UnusableBoxWarning for the same box would say it twice
 ONCE = pytest.mark.filterwarnings("error::faceparse.inference.predictor.UnusableBoxWarning")
-
-
-@pytest.fixture(scope="module")
-def ckpt(compose, tiny, tmp_path_factory) -> Path:
-    return save_tiny_checkpoint(compose, tiny, tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
 def _image(path: Path, size: tuple[int, int], seed: int = 0) -> None:
@@ -162,10 +157,17 @@ def test_an_os_error_is_logged_by_its_message_not_its_errno(compose, tmp_path, m
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "a_mask.png"))
 
     monkeypatch.setattr(predict_command, "predict", full_disk)
+    error = _refusal(_cfg(compose, tmp_path, tmp_path / "x.ckpt"), caplog)
+    assert f"No space left on device: '{tmp_path / 'a_mask.png'}'" in error
+
+
+def _refusal(cfg, caplog) -> str:
+    """The command's one error line, after it stopped with exit code 2."""
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
-        predict_command.main.__wrapped__(_cfg(compose, tmp_path, tmp_path / "x.ckpt"))
+        predict_command.main.__wrapped__(cfg)
     assert exit_.value.code == 2
-    assert f"No space left on device: '{tmp_path / 'a_mask.png'}'" in caplog.text
+    error, = (r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    return error
 
 
 def _disk_full_for(monkeypatch, written: str) -> None:
@@ -188,13 +190,10 @@ def test_a_failed_write_stops_the_run_in_one_line_naming_the_output_and_its_phot
     _disk_full_for(monkeypatch, "b_")
     cfg = _cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}", f"output_dir={out}",
                "batch_size=1")
-    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
-        predict_command.main.__wrapped__(cfg)
-    assert exit_.value.code == 2
-    error, = (r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
-    assert error == (f"cannot write {out / 'b_mask.png'} (from {tmp_path / 'in' / 'b.png'}): "
-                     f"No space left on device; stopped, the outputs written so far are kept "
-                     f"(rerun to resume once fixed)")
+    assert _refusal(cfg, caplog) == (
+        f"cannot write {out / 'b_mask.png'} (from {tmp_path / 'in' / 'b.png'}): "
+        f"No space left on device; stopped, the outputs written so far are kept "
+        f"(rerun to resume once fixed)")
     assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_mask.png"]  # no .tmp
 
 
@@ -222,14 +221,11 @@ def test_a_video_opencv_wrote_short_stops_the_run_naming_it_and_keeps_no_video(
     short_writer(monkeypatch, keep=2)  # no frame PNGs either: the videos are all there is
     cfg = _cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'clip.mp4'}", f"output_dir={out}",
                "save_frames=false")
-    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
-        predict_command.main.__wrapped__(cfg)
-    assert exit_.value.code == 2
-    error, = (r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
-    assert error == (f"cannot write {out / 'clip_mask.mp4'} (from {tmp_path / 'clip.mp4'}): "
-                     f"the video holds 2 of the 4 frames written (disk full or a file system "
-                     f"error while writing?); stopped, the outputs written so far are kept "
-                     f"(rerun to resume once fixed)")
+    assert _refusal(cfg, caplog) == (
+        f"cannot write {out / 'clip_mask.mp4'} (from {tmp_path / 'clip.mp4'}): "
+        f"the video holds 2 of the 4 frames written (disk full or a file system "
+        f"error while writing?); stopped, the outputs written so far are kept "
+        f"(rerun to resume once fixed)")
     assert list(out.iterdir()) == []  # no final video, no partial: a rerun parses it again
     monkeypatch.undo()
     assert predict(cfg)["images"] == 4
