@@ -82,9 +82,10 @@ class FastPath:
             outputs the next replay overwrites: each call of the net then starts a new graph
             step and hands out copies of its outputs.
         fold_batchnorm: inference only: fold each BatchNorm into the convolution before it.
-        frozen_vit_bf16: inference only: store a frozen ViT's weights in bf16 and run it in
-            bf16; ``"auto"`` where inference runs in bf16 anyway (a bf16 GPU, a CPU with
-            fast bf16).
+        frozen_vit_bf16: store a frozen ViT's weights in bf16 and run it in bf16, for
+            inference and for training (where it has no gradient to keep); ``"auto"`` where
+            the work runs in bf16 anyway: inference on a bf16 GPU or a CPU with fast bf16,
+            training in ``bf16-mixed`` precision. Checkpoints still hold fp32 weights.
         reuse_cpu_memory: inference on a CPU only: have glibc keep freed large blocks
             instead of unmapping them (:mod:`faceparse.cpu_memory`; process-wide, and
             ``False`` does not undo an earlier switch in the same process).
@@ -133,6 +134,12 @@ class FastPath:
             return self.frozen_vit_bf16
         raise ValueError(f"fast_path.frozen_vit_bf16={self.frozen_vit_bf16!r}: use auto, true "
                          f"or false")
+
+    def wants_frozen_vit_bf16_in_training(self, precision: str) -> bool:
+        """Whether a frozen ViT is stored and run in bf16 when training in ``precision``."""
+        if self.frozen_vit_bf16 == "auto":
+            return str(precision).startswith("bf16")
+        return self.wants_frozen_vit_bf16(torch.device("cpu"))  # true/false, validated
 
     def wants_channels_last(self, device: torch.device) -> bool:
         """Whether NHWC pays on ``device`` (or is forced)."""

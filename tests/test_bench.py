@@ -87,6 +87,7 @@ def test_bench_runs_every_section(compose_bench) -> None:
     assert data["workers"] == 0 and data["images_per_s"] > 0
     train, infer = results["train"], results["infer"]
     assert train["precision"] == "32-true" and train["steps"] == 1
+    assert not train["frozen_vit_bf16"]  # fp32 training keeps the frozen ViT in fp32
     assert train["images_per_s"] > 0 and train["peak_mib"] > 0
     # the untimed first steps, where torch.compile pays, are reported, not hidden
     assert train["warmup_s"] > 0 and infer["labels"]["warmup_s"] > 0

@@ -34,9 +34,10 @@ def module(compose) -> FaceParsingModule:
     return instantiate(compose(SMALL).model)
 
 
-def attach(module: FaceParsingModule, device: str) -> None:
-    """A stand-in trainer: ``setup`` only asks it for the root device."""
-    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+def attach(module: FaceParsingModule, device: str, precision: str = "32-true") -> None:
+    """A stand-in trainer: ``setup`` only asks it for the root device and the precision."""
+    module._trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)),
+                                      precision=precision)
 
 
 def conv_weights(module: nn.Module) -> list[torch.Tensor]:

@@ -9,7 +9,8 @@ from torch import nn
 
 from faceparse.fast_path import FastPath
 from faceparse.inference import prepare_for_inference
-from faceparse.inference.fold import fold_batchnorm, frozen_vit_to_bf16
+from faceparse.inference.fold import fold_batchnorm
+from faceparse.models.dinov3 import frozen_vits_to_bf16
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -65,7 +66,7 @@ def test_a_bf16_frozen_vit_gives_maps_in_the_callers_dtype_close_to_fp32(compose
     with torch.no_grad():
         reference = net(x)
         vit_reference = net.encoder.vit(x)[0]
-    assert frozen_vit_to_bf16(net) == 1
+    assert frozen_vits_to_bf16(net) == 1
     vit = net.encoder.vit
     assert {p.dtype for p in vit.model.parameters()} == {torch.bfloat16}
     assert all(b.dtype != torch.bfloat16 for b in vit.model.buffers())  # RoPE stays fp32

@@ -33,6 +33,7 @@ from faceparse.bench.measure import bench_bf16, sync
 from faceparse.bench.sections import _device, _peak_tflops, count_flops, train_flops
 from faceparse.fast_path import FastPath
 from faceparse.models.decoder import CoarseToFineDecoder
+from faceparse.models.dinov3 import frozen_vits_to_bf16
 from faceparse.models.fusion import DualEncoder
 from faceparse.training.optim import build_optimizer
 
@@ -296,9 +297,13 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
     fwd_flops = count_flops(net.eval(), size, device)
     step_flops = train_flops(net.train(), criterion, size, num_classes, device)
     fast_path: FastPath = instantiate(cfg.fast_path)
+    bf16 = bench_bf16(cfg, device)
+    # as training stores it (and inference, where it runs bf16): both steps see the same net
+    vit_bf16 = fast_path.wants_frozen_vit_bf16_in_training("bf16-mixed" if bf16 else "32-true")
+    if vit_bf16:
+        frozen_vits_to_bf16(net)
     dataclasses.replace(fast_path, compile=False, compile_mode="default",
                         compile_scope="parts").apply(net, device)
-    bf16 = bench_bf16(cfg, device)
     peak = _peak_tflops(cfg, device)
     torch.manual_seed(cfg.seed)
     image = torch.randn(b, 3, size, size, device=device)
@@ -332,7 +337,7 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "batch_size": b, "image_size": size, "device": str(device), "bf16": bf16,
-        "channels_last": wants_cl, "repeats": repeats,
+        "channels_last": wants_cl, "frozen_vit_bf16": vit_bf16, "repeats": repeats,
         "compiled": fast_path.compile,
         "compile_mode": fast_path.compile_mode if fast_path.compile else None,
         "compile_scope": fast_path.compile_scope if fast_path.compile else None,

@@ -15,7 +15,8 @@ def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float |
     if "train" in results:
         t = results["train"]
         mfu = f" mfu={t['mfu']:.1%}" if t.get("mfu") is not None else ""
-        rows["train"] = (f"{t['batch_size']}x{t['image_size']}px {t['precision']}{mfu}"
+        vit = " vit=bf16" if t.get("frozen_vit_bf16") else ""
+        rows["train"] = (f"{t['batch_size']}x{t['image_size']}px {t['precision']}{vit}{mfu}"
                          f"{_warmup(t)}", t["images_per_s"], t["peak_mib"])
     if "infer" in results:
         i = results["infer"]
@@ -91,7 +92,8 @@ def format_comparison(results: dict[str, Any]) -> str:
 def format_profile(profile: dict[str, Any]) -> str:
     """Markdown tables of the ``profile`` section: stages, kernel classes, top kernels."""
     lines = [f"{profile['batch_size']} x {profile['image_size']} px on {profile['device']}, "
-             f"bf16 {profile['bf16']}, channels_last {profile['channels_last']}; forward "
+             f"bf16 {profile['bf16']}, channels_last {profile['channels_last']}, frozen ViT "
+             f"in bf16 {profile.get('frozen_vit_bf16', False)}; forward "
              f"{profile['forward_gflops_per_image']:.0f} GFLOP/img, training step "
              f"{profile['train_gflops_per_image']:.0f} GFLOP/img; replay check "
              f"{profile['replay_max_abs_logit_diff']:.1e}"]

@@ -138,8 +138,11 @@ def bench_train(cfg: DictConfig) -> dict[str, Any]:
                                                          batch_size=None))
     rate = timer.timed * b / (timer.end - timer.start)
     achieved = flops * rate / 1e12
+    vit_bf16 = any(getattr(m, "compute_dtype", None) == torch.bfloat16
+                   for m in module.net.modules())
     return {"batch_size": b, "image_size": size, "device": str(trainer.strategy.root_device),
-            "precision": str(trainer.precision), "steps": timer.timed,
+            "precision": str(trainer.precision), "frozen_vit_bf16": vit_bf16,
+            "steps": timer.timed,
             "images_per_s": rate, "warmup_s": timer.warmup_s, "peak_mib": timer.memory.mib,
             "memory": timer.memory.method,
             "train_gflops_per_image": flops / 1e9, "tflops": achieved,

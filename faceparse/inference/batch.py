@@ -15,7 +15,8 @@ from torch import nn
 
 from faceparse.cpu_memory import reuse_freed_cpu_memory
 from faceparse.fast_path import FastPath, inference_bf16
-from faceparse.inference.fold import fold_batchnorm, frozen_vit_to_bf16
+from faceparse.inference.fold import fold_batchnorm
+from faceparse.models.dinov3 import frozen_vits_to_bf16
 
 __all__ = ["Prediction", "prepare_for_inference", "predict"]
 
@@ -33,10 +34,10 @@ def prepare_for_inference(
 ) -> nn.Module:
     """Eval mode on ``device``, with the fast path's options where they pay there.
 
-    Also the inference-only rewrites (``fold_batchnorm``, ``frozen_vit_bf16``): the net
-    returned is for prediction, not for training or saving. On a CPU, freed memory is kept
-    for reuse (``reuse_cpu_memory``): the predict pass gained 1.1-1.3x, a training run
-    nothing measurable, so only inference does it.
+    Also the inference-only rewrite ``fold_batchnorm``, and ``frozen_vit_bf16`` where
+    inference runs in bf16: the net returned is for prediction, not for training or saving.
+    On a CPU, freed memory is kept for reuse (``reuse_cpu_memory``): the predict pass
+    gained 1.1-1.3x, a training run nothing measurable, so only inference does it.
     """
     fast_path = fast_path or FastPath()
     device = torch.device(device)
@@ -44,7 +45,7 @@ def prepare_for_inference(
     if fast_path.fold_batchnorm:
         fold_batchnorm(net)
     if fast_path.wants_frozen_vit_bf16(device):
-        frozen_vit_to_bf16(net)
+        frozen_vits_to_bf16(net)
     if device.type == "cpu" and fast_path.reuse_cpu_memory:
         reuse_freed_cpu_memory()
     return fast_path.apply(net, device)

@@ -1,22 +1,20 @@
-"""Inference-only rewrites of a net: BatchNorm folded into convolutions, a bf16 frozen ViT.
+"""An inference-only rewrite of a net: BatchNorm folded into the convolution before it.
 
-Both keep the function the net computes (up to rounding) and only pay where nothing
-trains: a folded BatchNorm no longer normalises by batch statistics, and a ViT stored in
-bf16 has no fp32 weights left to save. So they run in ``prepare_for_inference`` only,
-never in training; on an H100 the BatchNorm kernels were 12% of a 512 px inference
-batch and the per-call fp32 -> bf16 weight casts of the ViT 6% (BENCHMARKS.md).
+It keeps the function the net computes (up to rounding) but only pays where nothing
+trains: a folded BatchNorm no longer normalises by batch statistics. So it runs in
+``prepare_for_inference`` only, never in training; on an H100 the BatchNorm kernels were
+12% of a 512 px inference batch (BENCHMARKS.md). The bf16 frozen ViT, which training uses
+too, is :func:`faceparse.models.dinov3.frozen_vits_to_bf16`.
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from faceparse.models.blocks import ConvBNReLU, DepthwiseSeparableConv
-from faceparse.models.dinov3 import DinoVitEncoder
 
-__all__ = ["fold_batchnorm", "frozen_vit_to_bf16"]
+__all__ = ["fold_batchnorm"]
 
 
 def _fold_pair(owner: nn.Module, conv_name: str, bn_name: str) -> bool:
@@ -48,16 +46,3 @@ def fold_batchnorm(net: nn.Module) -> int:
             for first, second in zip(names, names[1:], strict=False):
                 folded += _fold_pair(module, first, second)
     return folded
-
-
-def frozen_vit_to_bf16(net: nn.Module) -> int:
-    """Store each frozen DINOv3 ViT's weights in bf16; return how many ViTs were changed.
-
-    The ViT then runs in bf16 autocast whatever its caller does and hands back maps in the
-    caller's dtype (:meth:`DinoVitEncoder.store_frozen_weights`).
-    """
-    changed = 0
-    for module in net.modules():
-        if isinstance(module, DinoVitEncoder) and module.frozen:
-            changed += module.store_frozen_weights(torch.bfloat16)
-    return changed

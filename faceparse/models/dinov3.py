@@ -9,6 +9,7 @@ refused: its random features would feed the decoder noise while training looked 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "DINOV3_SOURCE",
     "dinov3_filter",
     "describe_vit",
+    "frozen_vits_to_bf16",
     "load_dinov3_weights",
 ]
 
@@ -115,7 +117,7 @@ class DinoVitEncoder(Encoder):
         # The fine-tuned tail (a plain tuple: its modules are already registered in the ViT,
         # so state_dict keys stay the same); the rest of a frozen ViT stays in eval mode.
         self.tuned: tuple[nn.Module, ...] = ()
-        # set by store_frozen_weights (inference only): the dtype the ViT then runs in
+        # set by store_frozen_weights: the dtype the ViT then runs in
         self.compute_dtype: torch.dtype | None = None
         if frozen:
             self.model.requires_grad_(False)
@@ -141,13 +143,20 @@ class DinoVitEncoder(Encoder):
     def store_frozen_weights(self, dtype: torch.dtype) -> bool:
         """Keep the frozen weights in ``dtype`` and run the ViT in ``dtype`` autocast.
 
-        For inference: autocast otherwise casts every fp32 weight on every call and
-        promotes bf16 activations back to fp32 against fp32 LayerScale weights. Buffers
-        (RoPE periods) stay fp32, and the maps come back in the caller's dtype, so the
-        rest of the net sees no difference. Returns whether anything changed.
+        Autocast otherwise casts every frozen fp32 weight on every call (it caches casts
+        only of weights that need a gradient) and promotes bf16 activations back to fp32
+        against fp32 LayerScale weights. Buffers (RoPE periods) stay fp32, and the maps
+        come back in the caller's dtype, so the rest of the net sees no difference. A
+        ``state_dict`` still holds the weights in their old dtype (the values rounded to
+        ``dtype``), so a checkpoint's format does not depend on the machine that trained
+        it. Returns whether anything changed.
         """
-        frozen = [p for p in self.model.parameters() if not p.requires_grad]
-        for param in frozen:
+        frozen = {name: p for name, p in self.named_parameters() if not p.requires_grad}
+        if frozen and self.compute_dtype is None:
+            saved_dtype = next(iter(frozen.values())).dtype
+            self.register_state_dict_post_hook(
+                functools.partial(_restore_saved_dtype, names=tuple(frozen), dtype=saved_dtype))
+        for param in frozen.values():
             param.data = param.data.to(dtype)
         self.compute_dtype = dtype
         return bool(frozen)
@@ -165,6 +174,29 @@ class DinoVitEncoder(Encoder):
         if self.compute_dtype is not None:
             maps = [m.to(x.dtype) for m in maps]
         return [torch.cat(maps, dim=1) if len(maps) > 1 else maps[0]]
+
+
+def _restore_saved_dtype(module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                         local_metadata: dict[str, Any], *, names: tuple[str, ...],
+                         dtype: torch.dtype) -> None:
+    for name in names:
+        key = prefix + name
+        if key in state_dict:
+            state_dict[key] = state_dict[key].to(dtype)
+
+
+def frozen_vits_to_bf16(net: nn.Module) -> int:
+    """Store each frozen DINOv3 ViT's weights in bf16; return how many ViTs were changed.
+
+    The ViT then runs in bf16 autocast whatever its caller does and hands back maps in the
+    caller's dtype (:meth:`DinoVitEncoder.store_frozen_weights`). Its trained blocks, if
+    any (``finetune_blocks``), keep their dtype and train as before.
+    """
+    changed = 0
+    for module in net.modules():
+        if isinstance(module, DinoVitEncoder) and module.frozen:
+            changed += module.store_frozen_weights(torch.bfloat16)
+    return changed
 
 
 def _no_weights_message(width: int) -> str:

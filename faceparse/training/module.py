@@ -22,6 +22,7 @@ from faceparse.fast_path import FastPath
 from faceparse.labels import get_scheme
 from faceparse.metrics import HEADLINE, SegmentationMetrics
 from faceparse.models import FaceParser
+from faceparse.models.dinov3 import frozen_vits_to_bf16
 from faceparse.training.optim import build_optimizer, clip_gradients, clips_itself
 
 __all__ = ["FaceParsingModule", "STAGES"]
@@ -71,6 +72,8 @@ class FaceParsingModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if not self.fast_path_applied:  # setup runs once per stage: fit, then test
+            if self.fast_path.wants_frozen_vit_bf16_in_training(str(self.trainer.precision)):
+                frozen_vits_to_bf16(self.net)  # before compiling: the graphs see bf16 weights
             self.fast_path.apply(self.net, self.trainer.strategy.root_device)
             self.fast_path_applied = True
 
