@@ -205,14 +205,14 @@ def _cpu_bf16(monkeypatch: pytest.MonkeyPatch, bf16: bool) -> None:
 def test_auto_precision_and_fused_optimizer(monkeypatch: pytest.MonkeyPatch) -> None:
     _cpu_bf16(monkeypatch, False)
     assert auto_precision("cpu") == "32-true"
-    assert not fused_default("auto", "32-true")  # no GPU here
+    assert fused_default("auto", "32-true") and fused_default("cpu", "bf16-mixed")  # CPU too
+    assert not fused_default("cpu", "16-mixed") and not fused_default("mps", "32-true")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert auto_precision("gpu") == "bf16-mixed"
     assert auto_precision("auto") == "bf16-mixed"
     assert auto_precision("cpu") == "32-true"  # no fast bf16 on this CPU
     assert fused_default("gpu", "bf16-mixed") and fused_default("auto", "32-true")
-    assert not fused_default("cpu", "32-true")
     assert not fused_default("gpu", "16-mixed")  # an fp16 scaler: Lightning cannot clip then
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert auto_precision("gpu") == "32-true"

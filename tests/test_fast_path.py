@@ -49,7 +49,8 @@ def test_config_options_reach_the_module(compose) -> None:
                    "fast_path.cudnn_benchmark=false"])
     module = instantiate(cfg.model)
     assert module.fast_path == FastPath(channels_last=False, cudnn_benchmark=False, compile=True)
-    assert cfg.optimizer.fused is False  # decided from the trainer's accelerator: a CPU here
+    assert cfg.optimizer.fused is True  # decided from the trainer's accelerator and precision
+    assert compose([*SMALL, "trainer.precision=16-mixed"]).optimizer.fused is False
 
 
 def cpu_policy_says(monkeypatch: pytest.MonkeyPatch, bf16: bool, channels_last: bool) -> None:
@@ -184,11 +185,12 @@ def test_cuda_graph_modes_start_a_graph_step_per_call_and_hand_out_copies(
 
 
 @pytest.mark.parametrize(("accelerator", "precision", "fused"), [
-    ("cpu", "32-true", False), ("gpu", "bf16-mixed", True), ("gpu", "32-true", True),
+    ("cpu", "32-true", True), ("cpu", "bf16-mixed", True), ("gpu", "bf16-mixed", True),
+    ("gpu", "32-true", True),
     # fp16 with a gradient scaler: Lightning cannot clip for a fused step, so not fused
-    ("gpu", "16-mixed", False),
+    ("gpu", "16-mixed", False), ("cpu", "16-mixed", False),
 ])
-def test_fused_adamw_only_on_cuda_without_a_gradient_scaler(
+def test_fused_adamw_wherever_no_gradient_scaler_is_in_play(
     compose, monkeypatch: pytest.MonkeyPatch, accelerator: str, precision: str, fused: bool
 ) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
