@@ -128,18 +128,20 @@ class FastPath:
 
     def wants_frozen_vit_bf16(self, device: torch.device) -> bool:
         """Whether a frozen ViT is stored and run in bf16 for inference on ``device``."""
-        if self.frozen_vit_bf16 == "auto":
-            return inference_bf16(device)
-        if isinstance(self.frozen_vit_bf16, bool):
-            return self.frozen_vit_bf16
-        raise ValueError(f"fast_path.frozen_vit_bf16={self.frozen_vit_bf16!r}: use auto, true "
-                         f"or false")
+        return self._frozen_vit_bf16_unless_auto() or (
+            self.frozen_vit_bf16 == "auto" and inference_bf16(device))
 
     def wants_frozen_vit_bf16_in_training(self, precision: str) -> bool:
         """Whether a frozen ViT is stored and run in bf16 when training in ``precision``."""
-        if self.frozen_vit_bf16 == "auto":
-            return str(precision).startswith("bf16")
-        return self.wants_frozen_vit_bf16(torch.device("cpu"))  # true/false, validated
+        return self._frozen_vit_bf16_unless_auto() or (
+            self.frozen_vit_bf16 == "auto" and str(precision).startswith("bf16"))
+
+    def _frozen_vit_bf16_unless_auto(self) -> bool:
+        """The forced choice (``False`` for ``"auto"``); any other value is refused."""
+        if self.frozen_vit_bf16 == "auto" or isinstance(self.frozen_vit_bf16, bool):
+            return self.frozen_vit_bf16 is True
+        raise ValueError(f"fast_path.frozen_vit_bf16={self.frozen_vit_bf16!r}: use auto, true "
+                         f"or false")
 
     def wants_channels_last(self, device: torch.device) -> bool:
         """Whether NHWC pays on ``device`` (or is forced)."""

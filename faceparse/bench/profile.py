@@ -299,9 +299,8 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
     fast_path: FastPath = instantiate(cfg.fast_path)
     bf16 = bench_bf16(cfg, device)
     # as training stores it (and inference, where it runs bf16): both steps see the same net
-    vit_bf16 = fast_path.wants_frozen_vit_bf16_in_training("bf16-mixed" if bf16 else "32-true")
-    if vit_bf16:
-        frozen_vits_to_bf16(net)
+    vit_bf16 = (fast_path.wants_frozen_vit_bf16_in_training("bf16-mixed" if bf16 else "32-true")
+                and frozen_vits_to_bf16(net) > 0)
     dataclasses.replace(fast_path, compile=False, compile_mode="default",
                         compile_scope="parts").apply(net, device)
     peak = _peak_tflops(cfg, device)
