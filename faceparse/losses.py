@@ -53,8 +53,9 @@ def _class_overlap(
     """Per class: the summed probability of its own pixels, and how many pixels it has.
 
     ``scatter`` adds each pixel into its class's bin, one pass over ``B x H x W``: on a
-    CPU 2-3x faster than the one-hot reduction. A GPU would serialise millions of atomic
-    adds into a handful of bins, so there the one-hot reduction runs instead.
+    CPU the whole CE + Dice loss runs 1.2-1.5x faster so than with the one-hot reduction.
+    On a GPU, atomic adds from millions of pixels into a handful of bins contend, so there
+    the one-hot reduction runs instead.
     """
     weight = valid.to(pixels.dtype)
     if scatter:
