@@ -53,7 +53,7 @@ def _class_overlap(
     """Per class: the summed probability of its own pixels, and how many pixels it has.
 
     ``scatter`` adds each pixel into its class's bin, one pass over ``B x H x W``: on a
-    CPU the whole CE + Dice loss runs 1.2-1.5x faster so than with the one-hot reduction.
+    CPU the whole CE + Dice loss runs 1.2-1.5x faster than with the one-hot reduction.
     On a GPU, atomic adds from millions of pixels into a handful of bins contend, so there
     the one-hot reduction runs instead.
     """
