@@ -57,8 +57,8 @@ def _class_overlap(
     On a GPU, atomic adds from millions of pixels into a handful of bins contend, so there
     the one-hot reduction runs instead.
     """
-    weight = valid.to(pixels.dtype)
     if scatter:
+        weight = valid.to(pixels.dtype)
         own = pixels.gather(1, labels.unsqueeze(1)).squeeze(1) * weight
         inter = pixels.new_zeros(num_classes).index_add_(0, labels.flatten(), own.flatten())
         count = pixels.new_zeros(num_classes).index_add_(0, labels.flatten(), weight.flatten())
