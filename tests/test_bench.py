@@ -158,6 +158,13 @@ def test_kernels_are_sorted_by_the_work_they_do() -> None:
     assert kernel_class("upsample_bilinear2d_nhwc_out_frame") == "resize (upsample)"
     assert kernel_class("cudnn::bn_fw_tr_1C11_kernel_NCHW") == "batch / layer norm"
     assert kernel_class("conv_depthwise2d_forward_kernel") == "depthwise conv (CUDA cores)"
+    # adds and multiplies are elementwise work, though their template is named "nocast"
+    assert kernel_class("void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_"
+                        "impl_nocast<at::native::CUDAFunctor_add<c10::BFloat16") == (
+        "elementwise / reduce")
+    assert kernel_class("void at::native::vectorized_elementwise_kernel<8, at::native::"
+                        "bfloat16_copy_kernel_cuda") == "copy / cast / layout"
+    assert kernel_class("CatArrayBatchedCopy<OpaqueType<2u>") == "copy / cast / layout"
 
 
 def test_compiled_kernels_are_sorted_by_what_inductor_made_them_do() -> None:

@@ -36,7 +36,8 @@ KERNEL_CLASSES: tuple[tuple[str, str], ...] = (
      r"|addmm|::mm$|bmm|matmul|linear"),
     ("optimizer (AdamW)", r"adam|multi_tensor|foreach"),
     ("softmax / cross entropy", r"softmax|nll|cross_entropy|log_softmax"),
-    ("copy / cast / layout", r"copy|cast|to_|transpose|permute|nchw|nhwc|cat|pad"),
+    # not "nocast": PyTorch's elementwise kernels run through gpu_kernel_impl_nocast<...>
+    ("copy / cast / layout", r"copy|(?<!no)cast|to_|transpose|permute|nchw|nhwc|cat|pad"),
     ("elementwise / reduce", r"elementwise|vectorized|unrolled|reduce|pointwise|triton"),
 )
 
