@@ -16,7 +16,12 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from faceparse.bench.report import format_comparison, format_profile, format_table
+from faceparse.bench.report import (
+    format_census,
+    format_comparison,
+    format_profile,
+    format_table,
+)
 from faceparse.bench.variants import run, run_variants
 from faceparse.cli import hydra_entry
 
@@ -50,6 +55,8 @@ def main(cfg: DictConfig) -> None:
     print(format_comparison(results) if "compare" in results else format_table(results))
     if "profile" in results:
         print(format_profile(results["profile"]))
+    if "census" in results:
+        print(format_census(results["census"]))
 
 
 if __name__ == "__main__":

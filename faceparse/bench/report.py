@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["measurements", "format_table", "format_comparison", "format_profile"]
+__all__ = ["measurements", "format_table", "format_comparison", "format_profile", "format_census"]
 
 
 def measurements(results: dict[str, Any]) -> dict[str, tuple[str, float, float | None]]:
@@ -126,4 +126,26 @@ def format_profile(profile: dict[str, Any]) -> str:
     lines += ["", f"ViT (inference): {v['blocks']} blocks, {v['block_mean_ms']:.2f} ms each on "
                   f"average (max {v['block_max_ms']:.2f}), {v['outside_blocks_ms']:.2f} ms "
                   f"outside the blocks, {v['whole_vit_ms']:.2f} ms in all"]
+    return "\n".join(lines)
+
+
+def format_census(census: dict[str, Any]) -> str:
+    """Markdown tables of the ``census`` section: GB moved by class, by stage, top ops."""
+    lines = [f"{census['batch_size']} x {census['image_size']} px, {census['emulated']}, "
+             f"channels_last {census['channels_last']}, frozen ViT in bf16 "
+             f"{census['frozen_vit_bf16']}, BatchNorm folded for inference "
+             f"{census['fold_batchnorm']}; bytes each op reads and writes (a floor for its "
+             f"kernels' traffic)"]
+    for mode in ("train", "infer"):
+        part = census[mode]
+        lines += ["", f"### {mode}: {part['total_gb']:.2f} GB", "",
+                  "| class | forward GB | backward GB |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {gb.get('forward', 0.0):.2f} | {gb.get('backward', 0.0):.2f} |"
+                  for name, gb in part["classes"].items()]
+        lines += ["", "| stage | GB |", "| --- | --- |"]
+        lines += [f"| {name} | {gb:.2f} |" for name, gb in list(part["stages"].items())[:12]]
+        lines += ["", "| phase | stage | class | op | dtype | GB | calls |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['phase']} | {r['stage']} | {r['class']} | `{r['op']}` | {r['dtype']} | "
+                  f"{r['gb']:.2f} | {r['calls']} |" for r in part["top"]]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import torch
 from hydra import compose
 from omegaconf import DictConfig, OmegaConf
 
+from faceparse.bench.census import bench_census
 from faceparse.bench.deploy import bench_deploy
 from faceparse.bench.measure import machine
 from faceparse.bench.predict_section import bench_predict
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 SECTIONS: dict[str, Callable[[DictConfig], Any]] = {
     "data": bench_data, "train": bench_train, "infer": bench_infer, "deploy": bench_deploy,
-    "predict": bench_predict, "profile": bench_profile,
+    "predict": bench_predict, "profile": bench_profile, "census": bench_census,
 }
 
 

@@ -1,0 +1,152 @@
+"""The census counts what a CUDA bf16 step would run, on a machine without a GPU: its
+emulation of CUDA autocast, its own walk of the backward, and the dtypes the net keeps there."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+
+from faceparse.bench.census import (
+    CAST,
+    OpCensus,
+    _backward,
+    census_step,
+    emulated_cuda,
+    op_class,
+    summarise,
+)
+from faceparse.bench.report import format_census
+from faceparse.models.dinov3 import frozen_vits_to_bf16
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+TINY = ["cnn.arch=vgg11_bn", "vit.size=small", "decoder.decoder_channels=32"]
+
+
+def test_emulated_cuda_autocast_makes_the_gpu_dtype_choices() -> None:
+    """CUDA's lists, not the CPU's: upsampling and LayerNorm in fp32, cat widened to fp32."""
+    with emulated_cuda(torch.bfloat16):
+        x = torch.empty(2, 4, 8, 8, device="cuda", dtype=torch.bfloat16)
+        assert x.device.type == "cuda"
+        up = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+        assert up.dtype == torch.float32
+        assert torch.cat([up, up.to(torch.bfloat16)], 1).dtype == torch.float32
+        tokens = torch.empty(2, 5, 4, device="cuda", dtype=torch.bfloat16)
+        assert F.layer_norm(tokens, (4,)).dtype == torch.float32
+        weight = torch.empty(3, 4, 1, 1, device="cuda")
+        assert F.conv2d(x.float(), weight).dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled("cuda")  # switched back off after
+    with torch.autocast("cpu", torch.bfloat16):  # the CPU keeps upsampling in bf16
+        assert F.interpolate(torch.ones(1, 1, 2, 2, dtype=torch.bfloat16), size=(4, 4),
+                             mode="bilinear").dtype == torch.bfloat16
+
+
+class Doubler(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad * 2
+
+
+class Branchy(nn.Module):
+    """Shared weights, a map used twice, cat and split, resizing, a Python Function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.frozen = nn.Conv2d(8, 8, 1)
+        self.frozen.requires_grad_(False)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.conv(x)
+        b = self.conv(F.avg_pool2d(x, 2))  # the same weights twice
+        b = F.interpolate(b, size=a.shape[-2:], mode="bilinear", align_corners=False)
+        y = torch.relu(self.bn(torch.cat([a, Doubler.apply(b)], 1)))
+        left, right = y.split(4, dim=1)
+        return self.head(self.frozen(torch.cat([right, left], 1))) + a.mean()
+
+
+def test_the_backward_walk_gives_the_engines_gradients() -> None:
+    torch.manual_seed(0)
+    net = Branchy()
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    net(x).square().mean().backward()
+    expected = [p.grad.clone() for p in net.parameters() if p.requires_grad] + [x.grad.clone()]
+    net.zero_grad(set_to_none=True)
+    x.grad = None
+    loss = net(x).square().mean()
+    _backward(loss.grad_fn, torch.ones(()), OpCensus(), {})
+    got = [p.grad for p in net.parameters() if p.requires_grad] + [x.grad]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
+    assert net.frozen.weight.grad is None
+
+
+def test_ops_are_classed_by_their_work_and_casts_by_dtype() -> None:
+    bf16, fp32 = {torch.bfloat16}, {torch.float32}
+    assert op_class("_to_copy", bf16, fp32) == CAST
+    assert op_class("_to_copy", fp32, fp32) == "copy / layout"  # a layout change
+    assert op_class("cat", bf16, bf16) == "copy / layout"
+    assert op_class("upsample_bilinear2d_backward", fp32, fp32) == "resize (upsample)"
+    assert op_class("native_layer_norm", bf16, bf16) == "batch / layer norm"
+    assert op_class("convolution_backward", bf16, bf16) == "matmul / conv"
+    assert op_class("relu_", bf16, bf16) == "elementwise / reduce"
+
+
+@pytest.fixture
+def quickstart_net(compose) -> tuple[nn.Module, nn.Module, int]:
+    module = instantiate(compose([*TINY, "vit.random_init=true"]).model)
+    return module.net, module.criterion, module.scheme.num_classes
+
+
+def test_a_training_step_as_a_gpu_runs_it(quickstart_net) -> None:
+    net, criterion, classes = quickstart_net
+    net = copy.deepcopy(net).train()
+    assert frozen_vits_to_bf16(net) == 1
+    net.to(memory_format=torch.channels_last)
+    trainable = {name: p.shape for name, p in net.named_parameters() if p.requires_grad}
+    rows = census_step(net, criterion, batch=2, size=64, num_classes=classes)
+
+    def where(**match: str) -> list[dict]:
+        return [r for r in rows
+                if all(r[k.rstrip("_")].startswith(v) for k, v in match.items())]
+
+    # the backward ran through every trained stage, and never into the frozen ViT
+    assert where(phase="backward", stage="decoder.ctf_2_1")
+    assert where(phase="backward", stage="encoder.cnn")
+    assert not where(phase="backward", stage="encoder.vit")
+    grads = {name: p.grad for name, p in net.named_parameters() if p.requires_grad}
+    assert {name: g.shape for name, g in grads.items() if g is not None} == trainable
+    # the GPU's fused attention, in bf16, stands in for the math path a CPU would fall to
+    (attention,) = where(stage="encoder.vit", op="fused attention")
+    assert attention["dtype"] == "bfloat16" and attention["calls"] == 12
+    summary = summarise(rows)
+    assert summary["total_gb"] == pytest.approx(sum(r["bytes"] for r in rows) / 1e9)
+    assert set(summary["classes"]["matmul / conv"]) == {"forward", "backward"}
+
+
+def test_the_census_command_writes_its_tables(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "faceparse.bench", *TINY, "bench.sections=[census]",
+         "data.image_size=64", "data.batch_size=2", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    census = json.loads((tmp_path / "bench.json").read_text())["census"]
+    assert census["frozen_vit_bf16"] == {"train": True, "infer": True}
+    assert census["train"]["total_gb"] > census["infer"]["total_gb"] > 0
+    assert "### train" in result.stdout and "| decoder.ctf_2_1 |" in result.stdout
+    assert format_census(census) in result.stdout
