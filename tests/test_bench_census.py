@@ -134,6 +134,21 @@ def test_a_training_step_as_a_gpu_runs_it(quickstart_net) -> None:
     # the GPU's fused attention, in bf16, stands in for the math path a CPU would fall to
     (attention,) = where(stage="encoder.vit", op="fused attention")
     assert attention["dtype"] == "bfloat16" and attention["calls"] == 12
+    # what this net keeps in bf16 under CUDA autocast: the decoder levels' upsampling and
+    # the concatenation after it, and the frozen ViT's LayerNorms (autocast's fp32 list);
+    # the aux heads' logits are upsampled in fp32, which the loss wants them in
+    resizes = where(stage="decoder.ctf", class_="resize")
+    assert resizes and all(r["dtype"] == "bfloat16" for r in resizes)
+    assert {r["dtype"] for r in where(stage="decoder", class_="resize")} == {"bfloat16", "float32"}
+    assert not [r for r in where(stage="decoder.ctf", op="cat") if r["dtype"] != "bfloat16"]
+    for name in ("ctf_16_8", "ctf_8_4", "ctf_4_2", "ctf_2_1"):  # each casts its weights only
+        (casts,) = where(phase="forward", stage=f"decoder.{name}", class_=CAST)
+        convs = [m for m in net.decoder.get_submodule(name).modules()
+                 if isinstance(m, nn.Conv2d)]
+        weights = sum(p.numel() for m in convs for p in m.parameters())
+        assert casts["bytes"] == weights * (4 + 2), casts
+    norms = where(phase="forward", stage="encoder.vit", op="native_layer_norm")
+    assert norms and all(r["dtype"] == "bfloat16,float32" for r in norms)  # + fp32 stats
     summary = summarise(rows)
     assert summary["total_gb"] == pytest.approx(sum(r["bytes"] for r in rows) / 1e9)
     assert set(summary["classes"]["matmul / conv"]) == {"forward", "backward"}

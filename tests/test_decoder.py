@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import state_shapes
 
+from faceparse.bench.census import emulated_cuda
 from faceparse.models import CoarseToFineDecoder
+from faceparse.models.blocks import upsample_bilinear
 
 H, W = 32, 48  # non-square, a multiple of 16
 
@@ -82,3 +85,18 @@ def test_decoder_19_class_vit_b_variant(seed_checkpoint_shapes) -> None:
         "final_conv.2.weight", "final_conv.2.bias",
     }
     assert all(actual[k][0] == 19 for k in changed - {"adapt_scale16.conv.weight"})
+
+
+def test_upsample_bilinear_keeps_the_dtype_it_is_given() -> None:
+    """Where CUDA autocast would hand back fp32 (the census emulates it), bf16 stays bf16."""
+    x = torch.randn(2, 4, 5, 7)
+    torch.testing.assert_close(upsample_bilinear(x, (10, 14)),
+                               F.interpolate(x, size=(10, 14), mode="bilinear"), rtol=0, atol=0)
+    with torch.autocast("cpu", torch.bfloat16):  # the CPU's autocast already keeps bf16
+        low = x.to(torch.bfloat16)
+        assert torch.equal(upsample_bilinear(low, (10, 14)),
+                           F.interpolate(low, size=(10, 14), mode="bilinear"))
+    with emulated_cuda(torch.bfloat16):
+        fake = torch.empty(2, 4, 5, 7, device="cuda", dtype=torch.bfloat16)
+        assert upsample_bilinear(fake, (10, 14)).dtype == torch.bfloat16
+        assert upsample_bilinear(fake.float(), (10, 14)).dtype == torch.float32

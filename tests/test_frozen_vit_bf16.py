@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -9,10 +10,12 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from torch import nn
 from torch.utils.data import DataLoader
 
+from faceparse.bench.census import emulated_cuda, to_fake_cuda
 from faceparse.fast_path import FastPath
-from faceparse.models.dinov3 import frozen_vits_to_bf16
+from faceparse.models.dinov3 import DinoVitEncoder, LayerNormInInputDtype, frozen_vits_to_bf16
 from faceparse.training import FaceParsingModule
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -112,3 +115,35 @@ def test_trained_vit_blocks_stay_fp32_and_learn_beside_a_bf16_frozen_rest(compos
     assert vit.blocks[0].mlp.fc1.weight.dtype == torch.bfloat16
     assert vit.blocks[-1].mlp.fc1.weight.dtype == torch.float32
     assert not torch.equal(vit.blocks[-1].mlp.fc1.weight, tuned_before)
+    # the trained block's norms stay plain LayerNorms, which autocast runs as before
+    assert type(vit.blocks[-1].norm1) is not LayerNormInInputDtype
+    assert type(vit.blocks[0].norm1) is LayerNormInInputDtype
+
+
+def test_frozen_layer_norms_run_in_bf16_with_their_own_parameters() -> None:
+    """CUDA autocast would run the bf16 ViT's LayerNorms in fp32; the CPU already did not."""
+    torch.manual_seed(0)
+    plain = DinoVitEncoder(size="small", random_init=True)
+    stored = copy.deepcopy(plain)
+    weights = {n: m.weight for n, m in stored.model.named_modules()
+               if isinstance(m, nn.LayerNorm)}
+    keys = list(stored.state_dict())
+    stored.store_frozen_weights(torch.bfloat16)
+    norms = {n: m for n, m in stored.model.named_modules() if isinstance(m, nn.LayerNorm)}
+    assert set(norms) == set(weights) and len(norms) == 25  # 2 per block + the final norm
+    assert all(type(m) is LayerNormInInputDtype for m in norms.values())
+    assert all(m.weight is weights[n] for n, m in norms.items())  # the same parameters
+    assert list(stored.state_dict()) == keys
+    # the same bf16 weights with the norms left alone: on a CPU the maps are the same
+    for p in plain.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    plain.compute_dtype = torch.bfloat16
+    image = torch.randn(2, 3, 64, 64)
+    assert torch.equal(stored(image)[0], plain(image)[0])
+    norm = LayerNormInInputDtype.like(nn.LayerNorm(8).to(torch.bfloat16))
+    with emulated_cuda(torch.bfloat16):
+        to_fake_cuda(norm)
+        tokens = torch.empty(2, 5, 8, device="cuda", dtype=torch.bfloat16)
+        assert norm(tokens).dtype == torch.bfloat16
+        assert nn.functional.layer_norm(tokens, (8,)).dtype == torch.float32  # what it avoids
+        assert norm(tokens.float()).dtype == torch.float32  # fp32 tokens: autocast decides

@@ -7,17 +7,35 @@ FaceParsing project's checkpoints so its ``decoder.ckpt`` files load without ren
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "upsample_bilinear",
     "ConvBNReLU",
     "DepthwiseSeparableConv",
     "AttentionRefinement",
     "FeatureFusion",
     "CoarseToFineBlock",
 ]
+
+
+def upsample_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False``) in ``x``'s own dtype, autocast or not.
+
+    CUDA autocast runs upsampling in fp32: a bf16 map came back fp32, at twice the bytes
+    and four times the pixels, and the concatenation after it then turned fp32 as well,
+    only for the next convolution to cast it back. The GPU computes each output in fp32
+    internally and rounds once, so the values the next convolution sees are the same.
+    """
+    low_precision = x.dtype in (torch.bfloat16, torch.float16)
+    if low_precision and torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class ConvBNReLU(nn.Module):
@@ -97,7 +115,5 @@ class CoarseToFineBlock(nn.Module):
         )
 
     def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
-        coarse = F.interpolate(
-            self.coarse_conv(coarse), size=fine.shape[-2:], mode="bilinear", align_corners=False
-        )
+        coarse = upsample_bilinear(self.coarse_conv(coarse), fine.shape[-2:])
         return self.refine(self.fusion(coarse, self.fine_conv(fine)))

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DinoVitEncoder",
+    "LayerNormInInputDtype",
     "DINOV3_FILES",
     "DINOV3_SOURCE",
     "dinov3_filter",
@@ -54,6 +55,44 @@ DINOV3_FILES = {
     768: ("ViT-B/16", "dinov3_vitb16_pretrain_lvd1689m-*.pth"),
     1024: ("ViT-L/16", "dinov3_vitl16_pretrain_lvd1689m-*.pth"),
 }
+
+
+class LayerNormInInputDtype(nn.LayerNorm):
+    """A LayerNorm that runs in its input's dtype when its weights share it, autocast or not.
+
+    CUDA autocast runs LayerNorm in fp32: in a ViT stored in bf16, each norm cast its bf16
+    tokens to fp32, wrote fp32, and the next matmul cast them back (three passes where one
+    does; 49 norms in a ViT-L). The GPU's bf16 kernel accumulates in fp32 all the same and
+    rounds once, as that cast back did. Anything else (fp32 tokens, a norm that trains in
+    fp32) is left to autocast. Parameters and ``state_dict`` keys are a LayerNorm's.
+    """
+
+    @classmethod
+    def like(cls, norm: nn.LayerNorm) -> LayerNormInInputDtype:
+        """The same norm, holding the same parameter objects under the same names."""
+        new = cls(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
+        new.elementwise_affine = norm.elementwise_affine
+        new.weight, new.bias = norm.weight, norm.bias
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        same_dtype = self.weight is None or self.weight.dtype == x.dtype
+        if same_dtype and x.dtype != torch.float32 and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return super().forward(x)
+        return super().forward(x)
+
+
+# LayerNorms whose forward is F.layer_norm and nothing else (timm's without its fast_norm)
+_PLAIN_LAYER_NORMS = (nn.LayerNorm, timm.layers.LayerNorm)
+
+
+def _frozen_norms_in_input_dtype(model: nn.Module) -> None:
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            plain = type(child) in _PLAIN_LAYER_NORMS and not getattr(child, "_fast_norm", False)
+            if plain and not any(p.requires_grad for p in child.parameters()):
+                setattr(parent, name, LayerNormInInputDtype.like(child))
 
 
 class DinoVitEncoder(Encoder):
@@ -145,7 +184,8 @@ class DinoVitEncoder(Encoder):
 
         Autocast otherwise casts every frozen fp32 weight on every call (it caches casts
         only of weights that need a gradient) and promotes bf16 activations back to fp32
-        against fp32 LayerScale weights. Buffers (RoPE periods) stay fp32, and the maps
+        against fp32 LayerScale weights; the frozen LayerNorms run in ``dtype`` too
+        (:class:`LayerNormInInputDtype`). Buffers (RoPE periods) stay fp32, and the maps
         come back in the caller's dtype, so the rest of the net sees no difference. A
         ``state_dict`` still holds the weights in their old dtype (the values rounded to
         ``dtype``), so a checkpoint's format does not depend on the machine that trained
@@ -158,6 +198,7 @@ class DinoVitEncoder(Encoder):
                 functools.partial(_restore_saved_dtype, names=tuple(frozen), dtype=saved_dtype))
         for param in frozen.values():
             param.data = param.data.to(dtype)
+        _frozen_norms_in_input_dtype(self.model)
         self.compute_dtype = dtype
         return bool(frozen)
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from faceparse.models.base import Encoder
-from faceparse.models.blocks import ConvBNReLU
+from faceparse.models.blocks import ConvBNReLU, upsample_bilinear
 from faceparse.models.dinov3 import DinoVitEncoder
 from faceparse.models.fusion_ops import StrideFusion, VitInjection, VitOnlyFusion
 from faceparse.models.vgg import VggEncoder
@@ -121,5 +120,5 @@ class VitPyramidEncoder(Encoder):
         for stride, level in zip(self.strides, self.levels, strict=False):
             size = (x.shape[-2] // stride, x.shape[-1] // stride)
             proj = level[0](top)
-            maps.append(level[1](F.interpolate(proj, size=size, mode="bilinear")))
+            maps.append(level[1](upsample_bilinear(proj, size)))
         return maps + [top]

@@ -11,10 +11,9 @@ the original project's checkpoints keep their keys.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from faceparse.models.blocks import ConvBNReLU
+from faceparse.models.blocks import ConvBNReLU, upsample_bilinear
 
 __all__ = [
     "CrossAttentionFusion",
@@ -140,6 +139,4 @@ class VitInjection(nn.Module):
         self.project = ConvBNReLU(vit_channels, cnn_channels, 1)
 
     def forward(self, cnn: torch.Tensor, vit: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(self.project(vit), size=cnn.shape[-2:], mode="bilinear",
-                           align_corners=False)
-        return cnn + up
+        return cnn + upsample_bilinear(self.project(vit), cnn.shape[-2:])
