@@ -133,6 +133,7 @@ def test_frozen_layer_norms_run_in_bf16_with_their_own_parameters() -> None:
     assert set(norms) == set(weights) and len(norms) == 25  # 2 per block + the final norm
     assert all(type(m) is LayerNormInInputDtype for m in norms.values())
     assert all(m.weight is weights[n] for n, m in norms.items())  # the same parameters
+    assert not any(m.training for m in norms.values())  # a frozen ViT stays in eval mode
     assert list(stored.state_dict()) == keys
     # the same bf16 weights with the norms left alone: on a CPU the maps are the same
     for p in plain.parameters():

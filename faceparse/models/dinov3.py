@@ -73,7 +73,7 @@ class LayerNormInInputDtype(nn.LayerNorm):
         new = cls(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
         new.elementwise_affine = norm.elementwise_affine
         new.weight, new.bias = norm.weight, norm.bias
-        return new
+        return new.train(norm.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         same_dtype = self.weight is None or self.weight.dtype == x.dtype
