@@ -6,6 +6,8 @@ Run on a GPU machine with ``pytest tests/test_cuda.py``; speeds come from
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import pytest
 import torch
@@ -13,7 +15,9 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.utils.data import DataLoader
 
+from faceparse.bench.census import OpCensus, _stages, census_step
 from faceparse.inference import predict, prepare_for_inference
+from faceparse.models.dinov3 import frozen_vits_to_bf16
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SMALL = ["cnn.arch=vgg11_bn", "vit.size=small", "vit.random_init=true",
@@ -68,3 +72,26 @@ def test_bf16_inference_matches_fp32(compose, monkeypatch: pytest.MonkeyPatch) -
     labels = predict(net, images, batch_size=2).labels
     agreement = (labels.long() == reference.argmax(1)).float().mean().item()
     assert agreement > 0.8  # random weights: some logits are near-ties
+
+
+def test_the_census_makes_the_dtype_choices_this_gpu_makes(compose) -> None:
+    """The census emulates CUDA autocast on fake tensors (BENCHMARKS.md, "What a GPU step
+    moves"); the real forward here must run its resizes, norms and concatenations, stage by
+    stage, in the dtypes the census counted."""
+    watched = {"upsample_bilinear2d", "native_layer_norm", "cat"}
+    module = instantiate(compose(SMALL).model)
+    net = module.net.train()
+    frozen_vits_to_bf16(net)
+    net.to(memory_format=torch.channels_last)
+    rows = census_step(copy.deepcopy(net), module.criterion, batch=2, size=64,
+                       num_classes=module.scheme.num_classes)
+    emulated = {(r["stage"], r["op"], r["dtype"]) for r in rows
+                if r["phase"] == "forward" and r["op"] in watched and r["stage"] != "loss"}
+    real, tags = OpCensus(), {}
+    net.cuda()
+    image = torch.randn(2, 3, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last)
+    with real, _stages(net, real, tags), torch.autocast("cuda", torch.bfloat16):
+        net.forward_with_aux(image)
+    seen = {(stage, op, dtype) for (_, stage, _, op, dtype) in real.rows if op in watched}
+    assert {op for _, op, _ in emulated} == watched
+    assert seen == emulated
