@@ -131,7 +131,7 @@ def test_a_training_step_as_a_gpu_runs_it(quickstart_net) -> None:
     assert not where(phase="backward", stage="encoder.vit")
     grads = {name: p.grad for name, p in net.named_parameters() if p.requires_grad}
     assert {name: g.shape for name, g in grads.items() if g is not None} == trainable
-    # the GPU's fused attention, in bf16, stands in for the math path a CPU would fall to
+    # fused attention in bf16, as a GPU runs it, not the fp32 math path fake tensors fall to
     (attention,) = where(stage="encoder.vit", op="fused attention")
     assert attention["dtype"] == "bfloat16" and attention["calls"] == 12
     # what this net keeps in bf16 under CUDA autocast: the decoder levels' upsampling and
