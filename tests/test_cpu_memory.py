@@ -19,8 +19,9 @@ from faceparse.inference import prepare_for_inference
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 # a net's pattern: a 64 MiB map made from another, then freed, over and over; print the
-# minor page faults of the quieter of two windows of 8 rounds (the heap settles in the
-# first rounds; under load one window once read a single 64 MiB block faulted anew)
+# minor page faults of the quietest of three windows of 8 rounds (the heap settles in the
+# first rounds; under load a window has read a single 64 MiB block faulted anew, and once
+# two windows in a row did)
 FAULTS = """
 import resource, sys, torch
 from faceparse.cpu_memory import reuse_freed_cpu_memory
@@ -29,18 +30,18 @@ x = torch.ones(16 * 2**20)
 for _ in range(16):
     x = x + 1
 windows = []
-for _ in range(2):
+for _ in range(3):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(8):
         x = x + 1
     windows.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-assert x[0] == 33
+assert x[0] == 41
 print(switched, min(windows))
 """
 
 
 def page_faults(mode: str, **env: str) -> tuple[bool, int]:
-    """Whether reuse was switched on, and the page faults of 8 rounds (the quieter window)."""
+    """Whether reuse was switched on, and the page faults of 8 rounds (the quietest window)."""
     out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True,
                          check=True, env={**os.environ, **env}).stdout.split()
     return out[0] == "True", int(out[1])
