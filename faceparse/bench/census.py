@@ -98,12 +98,11 @@ class OpCensus(TorchDispatchMode):
         outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
         if name.endswith("_") and not outs:  # in place: it writes what it reads
             outs = ins[:1]
-        nbytes = sum(t.numel() * t.element_size() for t in ins + outs)
         kind = op_class(name, _floats(ins), _floats(outs))
         # a cast is named by what it converts: bfloat16->float32
         dtype = (f"{_names(_floats(ins) - _floats(outs))}->{_names(_floats(outs))}"
                  if kind == CAST else _names(_floats(outs)))
-        self.record(kind, name, dtype, nbytes)
+        self.record(kind, name, dtype, _nbytes(*ins, *outs))
         return out
 
     def record(self, kind: str, op: str, dtype: str, nbytes: int) -> None:
@@ -317,8 +316,8 @@ def census_step(net: nn.Module, criterion: Callable[..., dict[str, torch.Tensor]
              "bytes": v[0], "calls": v[1]} for k, v in census.rows.items()]
 
 
-def summarise(rows: list[dict[str, Any]], top: int = 20) -> dict[str, Any]:
-    """GB by class and phase, by stage, the heaviest rows and every row, heaviest first."""
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """GB by class and phase, by stage, and every row, heaviest first."""
     by_class: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     by_stage: dict[str, float] = defaultdict(float)
     for r in rows:
@@ -330,7 +329,6 @@ def summarise(rows: list[dict[str, Any]], top: int = 20) -> dict[str, Any]:
         "classes": {k: dict(v) for k, v in sorted(by_class.items(),
                                                   key=lambda kv: -sum(kv[1].values()))},
         "stages": dict(sorted(by_stage.items(), key=lambda kv: -kv[1])),
-        "top": every[:top],
         "rows": every,
     }
 
@@ -350,17 +348,16 @@ def bench_census(cfg: DictConfig) -> dict[str, Any]:
     cuda = torch.device("cuda")
     channels_last = fast_path.wants_channels_last(cuda)
 
+    # as on a bf16 GPU, for both steps (inference_bf16 would ask this machine's CUDA)
+    vit_bf16 = fast_path.wants_frozen_vit_bf16_in_training("bf16-mixed")
     train_net = copy.deepcopy(net).train()
-    vit_bf16_train = (fast_path.wants_frozen_vit_bf16_in_training("bf16-mixed")
-                      and frozen_vits_to_bf16(train_net) > 0)
     infer_net = copy.deepcopy(net).eval()
     if fast_path.fold_batchnorm:
         fold_batchnorm(infer_net)
-    # as on a bf16 GPU (inference_bf16 would ask this machine's CUDA, which may be absent)
-    vit_bf16_infer = (fast_path.wants_frozen_vit_bf16_in_training("bf16-mixed")
-                      and frozen_vits_to_bf16(infer_net) > 0)
-    for n in (train_net, infer_net):
-        if channels_last:
+    vit_bf16_train = vit_bf16 and frozen_vits_to_bf16(train_net) > 0
+    vit_bf16_infer = vit_bf16 and frozen_vits_to_bf16(infer_net) > 0
+    if channels_last:
+        for n in (train_net, infer_net):
             n.to(memory_format=torch.channels_last)
     result: dict[str, Any] = {
         "emulated": "CUDA (fake tensors, CUDA autocast bf16)", "batch_size": b,

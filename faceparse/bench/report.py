@@ -129,7 +129,7 @@ def format_profile(profile: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_census(census: dict[str, Any]) -> str:
+def format_census(census: dict[str, Any], top: int = 20) -> str:
     """Markdown tables of the ``census`` section: GB moved by class, by stage, top ops."""
     lines = [f"{census['batch_size']} x {census['image_size']} px, {census['emulated']}, "
              f"channels_last {census['channels_last']}, frozen ViT in bf16 "
@@ -147,5 +147,5 @@ def format_census(census: dict[str, Any]) -> str:
         lines += ["", "| phase | stage | class | op | dtype | GB | calls |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['phase']} | {r['stage']} | {r['class']} | `{r['op']}` | {r['dtype']} | "
-                  f"{r['gb']:.2f} | {r['calls']} |" for r in part["top"]]
+                  f"{r['gb']:.2f} | {r['calls']} |" for r in part["rows"][:top]]
     return "\n".join(lines)
