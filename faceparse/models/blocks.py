@@ -7,13 +7,16 @@ FaceParsing project's checkpoints so its ``decoder.ckpt`` files load without ren
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "keep_dtype",
     "upsample_bilinear",
     "ConvBNReLU",
     "DepthwiseSeparableConv",
@@ -23,19 +26,27 @@ __all__ = [
 ]
 
 
+def keep_dtype(x: torch.Tensor) -> contextlib.AbstractContextManager[Any]:
+    """Autocast switched off for an op on ``x`` when ``x`` is already bf16 or fp16.
+
+    CUDA autocast runs some ops in fp32 whatever their input (upsampling, LayerNorm): a
+    bf16 map went in, an fp32 one came out, and the next matmul or convolution cast it
+    back. The GPU's low-precision kernels compute in fp32 internally and round once, so
+    the next op sees the same values without the two extra passes.
+    """
+    if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def upsample_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear resize (``align_corners=False``) in ``x``'s own dtype, autocast or not.
 
-    CUDA autocast runs upsampling in fp32: a bf16 map came back fp32, at twice the bytes
-    and four times the pixels, and the concatenation after it then turned fp32 as well,
-    only for the next convolution to cast it back. The GPU computes each output in fp32
-    internally and rounds once, so the values the next convolution sees are the same.
+    Under CUDA autocast a bf16 map came back fp32, at twice the bytes and four times the
+    pixels, and the concatenation after it then turned fp32 as well (:func:`keep_dtype`).
     """
-    low_precision = x.dtype in (torch.bfloat16, torch.float16)
-    if low_precision and torch.is_autocast_enabled(x.device.type):
-        with torch.autocast(x.device.type, enabled=False):
-            return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    with keep_dtype(x):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 class ConvBNReLU(nn.Module):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from faceparse.models.base import Encoder
+from faceparse.models.blocks import keep_dtype
 from faceparse.models.weights import (
     CHECKPOINT_DIR_HINT,
     StateDict,
@@ -62,9 +63,9 @@ class LayerNormInInputDtype(nn.LayerNorm):
 
     CUDA autocast runs LayerNorm in fp32: in a ViT stored in bf16, each norm cast its bf16
     tokens to fp32, wrote fp32, and the next matmul cast them back (three passes where one
-    does; 49 norms in a ViT-L). The GPU's bf16 kernel accumulates in fp32 all the same and
-    rounds once, as that cast back did. Anything else (fp32 tokens, a norm that trains in
-    fp32) is left to autocast. Parameters and ``state_dict`` keys are a LayerNorm's.
+    does; 49 norms in a ViT-L; :func:`~faceparse.models.blocks.keep_dtype`). Anything else
+    (fp32 tokens, a norm that trains in fp32) is left to autocast. Parameters and
+    ``state_dict`` keys are a LayerNorm's.
     """
 
     @classmethod
@@ -77,10 +78,8 @@ class LayerNormInInputDtype(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         same_dtype = self.weight is None or self.weight.dtype == x.dtype
-        if same_dtype and x.dtype != torch.float32 and torch.is_autocast_enabled(x.device.type):
-            with torch.autocast(x.device.type, enabled=False):
-                return super().forward(x)
-        return super().forward(x)
+        with keep_dtype(x) if same_dtype else contextlib.nullcontext():
+            return super().forward(x)
 
 
 # LayerNorms whose forward is F.layer_norm and nothing else (timm's without its fast_norm)
