@@ -123,8 +123,13 @@ def test_profile_times_every_stage_of_the_real_forward(compose_bench) -> None:
         assert sum(c["ms"] for c in kernels["classes"].values()) == pytest.approx(
             kernels["kernel_ms_per_step"])
     assert profile["vit_blocks"]["blocks"] == 12
+    # inference is timed on the net as predict runs it: BatchNorm folded, none left to run
+    assert profile["infer_batchnorms_folded"] > 0
+    assert any("batch_norm" in k["kernel"] for k in train["kernels"]["top"])
+    assert not any("batch_norm" in k["kernel"] for k in infer["kernels"]["top"])
     text = format_profile(profile)
     assert "| decoder level 2->1 |" in text and "### infer" in text
+    assert f"{profile['infer_batchnorms_folded']} BatchNorms folded" in text
 
 
 @pytest.mark.slow

@@ -6,7 +6,10 @@ stage is timed alone, forward and backward, on the tensors the real forward hand
 the training precision and memory format. The stages replay ``forward_with_aux`` exactly
 (checked on every run), so their times add up to the step's, less the optimizer and launch
 gaps. The ViT's blocks are timed in place, and ``torch.profiler`` sorts the GPU kernels of
-whole steps into matrix work (tensor cores) and the memory-bound rest.
+whole steps into matrix work (tensor cores) and the memory-bound rest. The inference batch
+runs on a copy of the net as predict prepares it, BatchNorm folded where the fast path
+folds it: timing the training net's BatchNorms there would charge inference for kernels
+predict never runs.
 
 With ``fast_path.compile=true`` the whole steps run compiled as training and predict
 compile them, and each stage is compiled on its own: what is left after fusion, stage by
@@ -15,6 +18,7 @@ stage (fusion across a stage's border is lost, so the stages may sum to more tha
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import statistics
 import time
@@ -32,6 +36,7 @@ from faceparse.bench.kernels import kernel_breakdown
 from faceparse.bench.measure import bench_bf16, sync
 from faceparse.bench.sections import _device, _peak_tflops, count_flops, train_flops
 from faceparse.fast_path import FastPath
+from faceparse.inference.fold import fold_batchnorm
 from faceparse.models.decoder import CoarseToFineDecoder
 from faceparse.models.dinov3 import frozen_vits_to_bf16
 from faceparse.models.fusion import DualEncoder
@@ -310,10 +315,18 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
     if wants_cl := fast_path.wants_channels_last(device):
         image = image.contiguous(memory_format=torch.channels_last)
     stages = reference_stages(net)
-    replay_error = _check_replay(net, stages[:-1], image[:1])  # the cut itself, eager
+    infer_net = copy.deepcopy(net).eval()
+    folded = fold_batchnorm(infer_net) if fast_path.fold_batchnorm else 0
+    if wants_cl:  # the folded convolutions are new modules
+        infer_net.to(memory_format=torch.channels_last)
+    infer_stages = reference_stages(infer_net, with_aux=False)
+    replay_error = max(_check_replay(net, stages[:-1], image[:1]),  # the cuts, eager
+                       _check_replay(infer_net, infer_stages, image[:1]))
     if fast_path.compile:
         fast_path.apply(net, device)
+        fast_path.apply(infer_net, device)
         stages = compile_stages(stages, fast_path.compile_mode)
+        infer_stages = compile_stages(infer_stages, fast_path.compile_mode)
 
     def loss(logits: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         *aux, target = rest
@@ -332,11 +345,12 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
 
     def infer_batch() -> None:
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-            net(image).argmax(1)
+            infer_net(image).argmax(1)
 
     result: dict[str, Any] = {
         "batch_size": b, "image_size": size, "device": str(device), "bf16": bf16,
-        "channels_last": wants_cl, "frozen_vit_bf16": vit_bf16, "repeats": repeats,
+        "channels_last": wants_cl, "frozen_vit_bf16": vit_bf16,
+        "infer_batchnorms_folded": folded, "repeats": repeats,
         "compiled": fast_path.compile,
         "compile_mode": fast_path.compile_mode if fast_path.compile else None,
         "compile_scope": fast_path.compile_scope if fast_path.compile else None,
@@ -352,15 +366,14 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
                 tensors = replay(stages, {"image": image})
             tensors["target"] = target
         else:
-            net.eval()
             with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16,
                                                         enabled=bf16):
-                tensors = replay(stages[:-1], {"image": image})
+                tensors = replay(infer_stages, {"image": image})
         work()
         whole = _median([timer(work) for _ in range(repeats)])
         rate = b / whole * 1e3
         achieved = flops * rate / 1e12
-        rows = time_stages(stages if mode == "train" else stages[:-1], tensors,
+        rows = time_stages(stages if mode == "train" else infer_stages, tensors,
                            loss if mode == "train" else None, device, bf16, repeats)
         staged = sum(r["forward_ms"] + r.get("backward_ms", 0.0) for r in rows)
         for r in rows:

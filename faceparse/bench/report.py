@@ -104,7 +104,8 @@ def format_profile(profile: dict[str, Any]) -> str:
         part = profile[mode]
         mfu = f", MFU {part['mfu']:.1%}" if part["mfu"] is not None else ""
         extra = (f", optimizer step {part['optimizer_ms']:.2f} ms" if "optimizer_ms" in part
-                 else "")
+                 else f"; the net as predict runs it, "
+                      f"{profile.get('infer_batchnorms_folded', 0)} BatchNorms folded")
         lines += ["", f"### {mode}: whole {part['whole_ms']:.2f} ms, {part['images_per_s']:.1f} "
                       f"img/s{mfu}; stages alone sum to {part['stages_sum_ms']:.2f} ms{extra}",
                   "", "| stage | forward ms | backward ms | share of the whole |",
