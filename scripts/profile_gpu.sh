@@ -18,13 +18,16 @@
 #   cpu_policy: the host CPU's inference (ViT-B/16, 256 px, batch 2) with its chosen
 #      precision and memory format against each taken away and the original's way.
 # Usage: scripts/profile_gpu.sh OUTPUT_DIR; writes <step>.json and profile_gpu.log there.
-# PYTHON picks the interpreter; COMMON replaces the shared overrides; STEPS picks steps.
+# PYTHON picks the interpreter; COMMON replaces the shared overrides; STEPS picks steps;
+# BUDGET (seconds) ends the whole script in time: each step's limit is cut to what is left,
+# and a step with under 30 s left is skipped, so a lease's call never runs past its limit.
 set -u
 out=$(mkdir -p "${1:?usage: scripts/profile_gpu.sh OUTPUT_DIR}" && cd "$1" && pwd)
 work=$(mktemp -d)
 py=${PYTHON:-python}
 read -r -a common <<< "${COMMON:-trainer=gpu data.image_size=512 data.batch_size=8}"
 log="$out/profile_gpu.log"
+deadline=$((SECONDS + ${BUDGET:-86400}))
 : > "$log"
 
 bench() {  # bench NAME SECONDS OVERRIDES...: one faceparse.bench run under a time limit
@@ -33,6 +36,11 @@ bench() {  # bench NAME SECONDS OVERRIDES...: one faceparse.bench run under a ti
     shift 2
     [[ " ${STEPS:-$name} " == *" $name "* ]] || return 0
     [[ $name == cpu* ]] && base=()  # a CPU step names its own settings
+    (( deadline - SECONDS < limit )) && limit=$((deadline - SECONDS))
+    if (( limit < 30 )); then
+        echo "== $name: skipped, ${limit}s of BUDGET left" | tee -a "$log"
+        return 0
+    fi
     echo "== $name (limit ${limit}s)" | tee -a "$log"
     timeout "$limit" "$py" -m faceparse.bench "${base[@]}" "$@" "hydra.run.dir=$work/$name" \
         > "$work/$name.out" 2>&1
