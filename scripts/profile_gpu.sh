@@ -14,7 +14,8 @@
 #      its own (compile_scope=blocks) and with whole parts, with and without CUDA graphs,
 #      each variant's compile time beside its speed;
 #   profile_compiled: the profile step with torch.compile (each ViT block on its own): the
-#      steps compiled, each stage compiled alone; what is left after fusion;
+#      whole steps compiled, their kernel classes and top kernels: what is left after fusion
+#      (PROFILE_STAGES=true also compiles and times each stage alone: over 282 s on an H100);
 #   cpu_policy: the host CPU's inference (ViT-B/16, 256 px, batch 2) with its chosen
 #      precision and memory format against each taken away and the original's way.
 # Usage: scripts/profile_gpu.sh OUTPUT_DIR; writes <step>.json and profile_gpu.log there.
@@ -62,7 +63,7 @@ bench cpu_policy 150 trainer=cpu bench.device=cpu vit.size=base data.image_size=
     data.batch_size=2 "bench.sections=[infer]" bench.warmup=2 bench.steps=10 compare=cpu_policy
 bench profile 150 "bench.sections=[profile]" bench.steps=5
 bench profile_compiled 540 "bench.sections=[profile]" bench.steps=5 fast_path.compile=true \
-    fast_path.compile_scope=blocks
+    fast_path.compile_scope=blocks "bench.profile.stages=${PROFILE_STAGES:-false}"
 bench speed 300 "bench.sections=[train,infer]" bench.warmup=3 bench.steps=10 compare=gpu_speed \
     ${SPEED_EXTRA:-}
 bench regional 540 "bench.sections=[train,infer]" bench.warmup=3 bench.steps=10 \

@@ -57,7 +57,8 @@ def _profile_gpu_steps() -> dict[str, list[str]]:
     steps = {}
     for line in script.splitlines():
         if line.startswith("bench "):
-            name, _, *overrides = shlex.split(line.replace("${SPEED_EXTRA:-}", ""))[1:]
+            line = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", line)  # ${VAR:-default}: the default
+            name, _, *overrides = shlex.split(line)[1:]
             steps[name] = ([] if name.startswith("cpu") else common) + overrides
     return steps
 
@@ -130,6 +131,22 @@ def test_profile_times_every_stage_of_the_real_forward(compose_bench) -> None:
     text = format_profile(profile)
     assert "| decoder level 2->1 |" in text and "### infer" in text
     assert f"{profile['infer_batchnorms_folded']} BatchNorms folded" in text
+
+
+def test_profile_without_stages_keeps_the_whole_steps(compose_bench) -> None:
+    results = run(compose_bench([*TINY, "bench.sections=[profile]", "bench.steps=1",
+                                 "bench.profile.stages=false"]))
+    profile = results["profile"]
+    assert profile["replay_max_abs_logit_diff"] == 0.0  # the cut is still checked
+    for part in (profile["train"], profile["infer"]):
+        assert part["stages"] == [] and part["stages_sum_ms"] is None
+        assert part["whole_ms"] > 0 and part["kernels"]["kernel_ms_per_step"] > 0
+    assert profile["vit_blocks"]["blocks"] == 12
+    text = format_profile(profile)
+    assert text.count("stages not timed alone (bench.profile.stages=false)") == 2
+    assert "| stage |" not in text
+    with pytest.raises(ValueError, match="bench.profile.stages='no'"):
+        run(compose_bench([*TINY, "bench.sections=[profile]", "bench.profile.stages=no"]))
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ predict never runs.
 With ``fast_path.compile=true`` the whole steps run compiled as training and predict
 compile them, and each stage is compiled on its own: what is left after fusion, stage by
 stage (fusion across a stage's border is lost, so the stages may sum to more than the step).
+``bench.profile.stages=false`` keeps the whole steps, kernel classes and ViT blocks and skips
+the stages: compiled, that is two compilations instead of one per stage and direction.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from faceparse.bench.kernels import kernel_breakdown
@@ -225,6 +227,20 @@ def time_stages(stages: Sequence[Stage], tensors: Tensors, loss: Callable[..., t
     return rows
 
 
+def _stage_times(stages: Sequence[Stage], image: torch.Tensor, target: torch.Tensor | None,
+                 loss: Callable[..., torch.Tensor], device: torch.device, bf16: bool,
+                 repeats: int) -> list[dict[str, Any]]:
+    """Each stage timed alone on what the stages before it hand it; with ``target``, as in a
+    training step (backward, loss), else as in an inference batch."""
+    context = torch.no_grad if target is not None else torch.inference_mode
+    with context(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        tensors = replay(stages, {"image": image})
+    if target is not None:
+        tensors["target"] = target
+    return time_stages(stages, tensors, loss if target is not None else None, device, bf16,
+                       repeats)
+
+
 def time_vit_blocks(vit: nn.Module, image: torch.Tensor, device: torch.device, bf16: bool
                     ) -> dict[str, Any]:
     """Milliseconds of each ViT block inside one real ViT forward (CUDA events in hooks)."""
@@ -293,6 +309,10 @@ def bench_profile(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _profile(cfg: DictConfig) -> dict[str, Any]:
+    each_stage = OmegaConf.select(cfg, "bench.profile.stages", default=True)
+    if not isinstance(each_stage, bool):
+        raise ValueError(f"bench.profile.stages={each_stage!r}: use true (time each stage "
+                         f"alone) or false (whole steps only)")
     device = _device(cfg.bench.device)
     b, size = cfg.data.batch_size, cfg.data.image_size
     repeats, steps = max(3, cfg.bench.steps), cfg.bench.steps
@@ -325,8 +345,9 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
     if fast_path.compile:
         fast_path.apply(net, device)
         fast_path.apply(infer_net, device)
-        stages = compile_stages(stages, fast_path.compile_mode)
-        infer_stages = compile_stages(infer_stages, fast_path.compile_mode)
+        if each_stage:
+            stages = compile_stages(stages, fast_path.compile_mode)
+            infer_stages = compile_stages(infer_stages, fast_path.compile_mode)
 
     def loss(logits: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
         *aux, target = rest
@@ -360,22 +381,16 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
     }
     for mode, work, flops in (("train", train_step, step_flops), ("infer", infer_batch,
                                                                   fwd_flops)):
-        if mode == "train":
-            net.train()
-            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                tensors = replay(stages, {"image": image})
-            tensors["target"] = target
-        else:
-            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16,
-                                                        enabled=bf16):
-                tensors = replay(infer_stages, {"image": image})
+        training = mode == "train"
+        net.train(training)
         work()
         whole = _median([timer(work) for _ in range(repeats)])
         rate = b / whole * 1e3
         achieved = flops * rate / 1e12
-        rows = time_stages(stages if mode == "train" else infer_stages, tensors,
-                           loss if mode == "train" else None, device, bf16, repeats)
-        staged = sum(r["forward_ms"] + r.get("backward_ms", 0.0) for r in rows)
+        rows = (_stage_times(stages if training else infer_stages, image,
+                             target if training else None, loss, device, bf16, repeats)
+                if each_stage else [])
+        staged = sum(r["forward_ms"] + r.get("backward_ms", 0.0) for r in rows) if rows else None
         for r in rows:
             r["share"] = (r["forward_ms"] + r.get("backward_ms", 0.0)) / whole
         part: dict[str, Any] = {"whole_ms": whole, "images_per_s": rate, "tflops": achieved,
@@ -385,6 +400,5 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
             part["optimizer_ms"] = _time_optimizer(train_step, optimizer, timer, repeats)
         part["kernels"] = kernel_breakdown(work, device, steps=min(steps, 3))
         result[mode] = part
-        del tensors
     result["vit_blocks"] = time_vit_blocks(net.encoder.vit, image, device, bf16)
     return result

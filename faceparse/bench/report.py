@@ -106,10 +106,13 @@ def format_profile(profile: dict[str, Any]) -> str:
         extra = (f", optimizer step {part['optimizer_ms']:.2f} ms" if "optimizer_ms" in part
                  else f"; the net as predict runs it, "
                       f"{profile.get('infer_batchnorms_folded', 0)} BatchNorms folded")
+        staged = (f"stages alone sum to {part['stages_sum_ms']:.2f} ms" if part["stages"]
+                  else "stages not timed alone (bench.profile.stages=false)")
         lines += ["", f"### {mode}: whole {part['whole_ms']:.2f} ms, {part['images_per_s']:.1f} "
-                      f"img/s{mfu}; stages alone sum to {part['stages_sum_ms']:.2f} ms{extra}",
-                  "", "| stage | forward ms | backward ms | share of the whole |",
-                  "| --- | --- | --- | --- |"]
+                      f"img/s{mfu}; {staged}{extra}"]
+        if part["stages"]:
+            lines += ["", "| stage | forward ms | backward ms | share of the whole |",
+                      "| --- | --- | --- | --- |"]
         lines += [f"| {r['stage']} | {r['forward_ms']:.2f} | "
                   f"{r['backward_ms']:.2f} | {r['share']:.1%} |" if "backward_ms" in r else
                   f"| {r['stage']} | {r['forward_ms']:.2f} | | {r['share']:.1%} |"
