@@ -166,6 +166,22 @@ def test_profile_of_a_compiled_net_compiles_every_stage(compose_bench) -> None:
     assert "torch.compile mode default, scope parts" in format_profile(profile)
 
 
+@pytest.mark.slow
+def test_a_compiled_profile_without_stages_compiles_only_the_two_nets(compose_bench) -> None:
+    """The lease's profile_compiled step: what is left after fusion without compiling each
+    stage (which took the H100 over 282 s on a cold cache)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    results = run(compose_bench([*TINY, "bench.sections=[profile]", "bench.steps=1",
+                                 "fast_path.compile=true", "bench.profile.stages=false"]))
+    profile = results["profile"]
+    # the training net's and the inference net's 2 parts each (4 graphs on torch 2.14; with
+    # each stage compiled too it is 38)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 6
+    for part in (profile["train"], profile["infer"]):
+        assert part["stages"] == [] and INDUCTOR_FUSED in part["kernels"]["classes"]
+
+
 def test_profile_refuses_a_net_it_cannot_cut(compose_bench) -> None:
     with pytest.raises(ValueError, match="reference net"):
         run(compose_bench([*TINY, "encoder=cnn", "bench.sections=[profile]"]))
