@@ -15,7 +15,7 @@ With ``fast_path.compile=true`` the whole steps run compiled as training and pre
 compile them, and each stage is compiled on its own: what is left after fusion, stage by
 stage (fusion across a stage's border is lost, so the stages may sum to more than the step).
 ``bench.profile.stages=false`` keeps the whole steps, kernel classes and ViT blocks and skips
-the stages: compiled, that is two compilations instead of one per stage and direction.
+the stages: compiled, only the training and inference nets compile, not each stage too.
 """
 
 from __future__ import annotations
