@@ -38,7 +38,7 @@ from faceparse.bench.kernels import kernel_breakdown
 from faceparse.bench.measure import bench_bf16, sync
 from faceparse.bench.sections import _device, _peak_tflops, count_flops, train_flops
 from faceparse.fast_path import FastPath
-from faceparse.inference.fold import fold_batchnorm
+from faceparse.inference import prepare_for_inference
 from faceparse.models.decoder import CoarseToFineDecoder
 from faceparse.models.dinov3 import frozen_vits_to_bf16
 from faceparse.models.fusion import DualEncoder
@@ -288,6 +288,10 @@ def _check_replay(net: nn.Module, stages: Sequence[Stage], image: torch.Tensor) 
     return float((logits.float() - replayed.float()).abs().max())
 
 
+def _batchnorms(net: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+
+
 def _time_optimizer(train_step: Callable[[], None], optimizer: torch.optim.Optimizer,
                     timer: Callable[[Callable[[], Any]], float], repeats: int) -> float:
     """Median milliseconds of the optimizer step alone, on real gradients."""
@@ -326,8 +330,9 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
     # as training stores it (and inference, where it runs bf16): both steps see the same net
     vit_bf16 = (fast_path.wants_frozen_vit_bf16_in_training("bf16-mixed" if bf16 else "32-true")
                 and frozen_vits_to_bf16(net) > 0)
-    dataclasses.replace(fast_path, compile=False, compile_mode="default",
-                        compile_scope="parts").apply(net, device)
+    eager = dataclasses.replace(fast_path, compile=False, compile_mode="default",
+                                compile_scope="parts")
+    eager.apply(net, device)
     peak = _peak_tflops(cfg, device)
     torch.manual_seed(cfg.seed)
     image = torch.randn(b, 3, size, size, device=device)
@@ -335,10 +340,8 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
     if wants_cl := fast_path.wants_channels_last(device):
         image = image.contiguous(memory_format=torch.channels_last)
     stages = reference_stages(net)
-    infer_net = copy.deepcopy(net).eval()
-    folded = fold_batchnorm(infer_net) if fast_path.fold_batchnorm else 0
-    if wants_cl:  # the folded convolutions are new modules
-        infer_net.to(memory_format=torch.channels_last)
+    infer_net = prepare_for_inference(copy.deepcopy(net), device, eager)
+    folded = _batchnorms(net) - _batchnorms(infer_net)
     infer_stages = reference_stages(infer_net, with_aux=False)
     replay_error = max(_check_replay(net, stages[:-1], image[:1]),  # the cuts, eager
                        _check_replay(infer_net, infer_stages, image[:1]))
