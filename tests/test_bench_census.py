@@ -107,6 +107,19 @@ def test_ops_are_classed_by_their_work_and_casts_by_dtype() -> None:
     assert op_class("relu_", bf16, bf16) == "elementwise / reduce"
 
 
+def test_an_out_tensor_and_a_copy_destination_are_counted_as_written_only() -> None:
+    a, b = torch.ones(4, 8), torch.ones(4, 8)
+    out = torch.empty(4, 8, dtype=torch.bfloat16)
+    census = OpCensus()
+    with census:
+        torch.add(a, b, out=out)  # reads a and b, writes out
+        out.copy_(a)  # reads a, writes out
+        a.mul_(b)  # in place: reads a and b, writes a
+    bytes_by_op = {key[3]: row[0] for key, row in census.rows.items()}
+    assert bytes_by_op == {"add": 32 * 4 * 2 + 32 * 2, "copy_": 32 * 4 + 32 * 2,
+                           "mul_": 32 * 4 * 3}
+
+
 @pytest.fixture
 def quickstart_net(compose) -> tuple[nn.Module, nn.Module, int]:
     module = instantiate(compose([*TINY, "vit.random_init=true"]).model)

@@ -94,10 +94,14 @@ class OpCensus(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if func.namespace == "prim" or _NO_TRAFFIC.match(name):
             return out
-        ins = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        # an out= tensor and copy_'s destination are written, not read
+        read = {k: v for k, v in (kwargs or {}).items() if k != "out"}
+        ins = [t for t in tree_leaves((args, read)) if isinstance(t, torch.Tensor)]
         outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
         if name.endswith("_") and not outs:  # in place: it writes what it reads
             outs = ins[:1]
+        if name == "copy_":
+            ins = ins[1:]
         kind = op_class(name, _floats(ins), _floats(outs))
         # a cast is named by what it converts: bfloat16->float32
         dtype = (f"{_names(_floats(ins) - _floats(outs))}->{_names(_floats(outs))}"
