@@ -148,3 +148,17 @@ def test_frozen_layer_norms_run_in_bf16_with_their_own_parameters() -> None:
         assert norm(tokens).dtype == torch.bfloat16
         assert nn.functional.layer_norm(tokens, (8,)).dtype == torch.float32  # what it avoids
         assert norm(tokens.float()).dtype == torch.float32  # fp32 tokens: autocast decides
+
+
+def test_a_bf16_vit_keeps_its_zero_key_bias_in_bf16() -> None:
+    """An fp32 key bias turned each block's bias concatenation fp32, cast back by the matmul."""
+    stored = DinoVitEncoder(size="small", random_init=True)
+    keys = list(stored.state_dict())
+    stored.store_frozen_weights(torch.bfloat16)
+    attention = stored.model.blocks[0].attn
+    assert attention.k_bias.dtype == attention.q_bias.dtype == torch.bfloat16
+    assert not attention.k_bias.any() and list(stored.state_dict()) == keys
+    tuned = DinoVitEncoder(size="small", random_init=True, finetune_blocks=1)
+    tuned.store_frozen_weights(torch.bfloat16)
+    assert tuned.model.blocks[-1].attn.k_bias.dtype == torch.float32  # trains in fp32
+    assert tuned.model.blocks[0].attn.k_bias.dtype == torch.bfloat16

@@ -86,6 +86,20 @@ class LayerNormInInputDtype(nn.LayerNorm):
 _PLAIN_LAYER_NORMS = (nn.LayerNorm, timm.layers.LayerNorm)
 
 
+def _frozen_key_biases_to(model: nn.Module, dtype: torch.dtype) -> None:
+    """The zero key bias (a buffer, so left fp32) in the dtype of a frozen query bias.
+
+    Attention concatenates the three biases on every call: against bf16 query and value
+    biases an fp32 key bias made that an fp32 concatenation, cast back by the matmul (four
+    small kernels per block where one does). It is zero and outside ``state_dict``.
+    """
+    for module in model.modules():
+        q_bias, k_bias = getattr(module, "q_bias", None), getattr(module, "k_bias", None)
+        frozen = isinstance(q_bias, nn.Parameter) and not q_bias.requires_grad
+        if frozen and isinstance(k_bias, torch.Tensor) and q_bias.dtype == dtype:
+            module.k_bias = k_bias.to(dtype)
+
+
 def _frozen_norms_in_input_dtype(model: nn.Module) -> None:
     for parent in list(model.modules()):
         for name, child in parent.named_children():
@@ -197,6 +211,7 @@ class DinoVitEncoder(Encoder):
                 functools.partial(_restore_saved_dtype, names=tuple(frozen), dtype=saved_dtype))
         for param in frozen.values():
             param.data = param.data.to(dtype)
+        _frozen_key_biases_to(self.model, dtype)
         _frozen_norms_in_input_dtype(self.model)
         self.compute_dtype = dtype
         return bool(frozen)
