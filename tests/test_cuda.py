@@ -102,3 +102,25 @@ def test_the_census_makes_the_dtype_choices_this_gpu_makes(compose) -> None:
     seen = {(stage, op, dtype) for (_, stage, _, op, dtype) in real.rows if op in watched}
     assert {op for _, op, _ in emulated} == watched
     assert seen == emulated
+
+
+def test_fused_rope_gives_timms_bits_on_the_gpu() -> None:
+    """The GPU takes the rotation's other branch (mixed-dtype kernels, no cast of its own)."""
+    from unittest import mock
+
+    from faceparse.models import rope_attention
+    from faceparse.models.dinov3 import DinoVitEncoder
+
+    torch.manual_seed(0)
+    plain = DinoVitEncoder(size="small", random_init=True).eval().cuda()
+    with torch.no_grad():
+        for param in plain.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    frozen_vits_to_bf16(plain)
+    fused = copy.deepcopy(plain)
+    assert rope_attention.fuse_rope(fused) == 12
+    image = torch.randn(2, 3, 80, 64, device="cuda")
+    with mock.patch.object(rope_attention, "rotate_qk", wraps=rope_attention.rotate_qk) as spy, \
+            torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+        assert torch.equal(fused(image)[0], plain(image)[0])
+    assert spy.call_count == 12
