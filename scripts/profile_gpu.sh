@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Where the reference model's GPU time goes, and what the fast options buy, in one lease:
 #   rewrites: inference images/s and MFU with the inference-only rewrites (folded BatchNorm,
-#      bf16 frozen ViT) against each switched off, and their logits against fp32;
+#      bf16 frozen ViT) against each switched off, and the fused RoPE against timm's, and
+#      their logits against fp32;
 #   train_rewrites: training images/s, MFU and memory with the frozen ViT stored in bf16
-#      against it kept in fp32;
+#      against it kept in fp32, and the fused RoPE against timm's;
 #   predict: a folder of 512 px JPEGs end to end against the model alone (issue 16);
 #   profile: each stage of a training step and an inference batch timed alone (forward,
 #      backward), the ViT's blocks, kernel classes, FLOPs and MFU;
@@ -54,9 +55,9 @@ bench() {  # bench NAME SECONDS OVERRIDES...: one faceparse.bench run under a ti
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   "$py" -c "import torch; print('torch', torch.__version__)"; } | tee -a "$log"
-bench rewrites 150 "bench.sections=[infer]" bench.warmup=3 bench.steps=10 \
+bench rewrites 180 "bench.sections=[infer]" bench.warmup=3 bench.steps=10 \
     compare=inference_rewrites
-bench train_rewrites 150 "bench.sections=[train]" bench.warmup=3 bench.steps=10 \
+bench train_rewrites 180 "bench.sections=[train]" bench.warmup=3 bench.steps=10 \
     compare=training_rewrites
 bench predict 120 "bench.sections=[predict]" bench.predict.images=128 bench.predict.workers=8
 bench cpu_policy 150 trainer=cpu bench.device=cpu vit.size=base data.image_size=256 \
