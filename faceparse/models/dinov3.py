@@ -90,7 +90,7 @@ def _frozen_key_biases_to(model: nn.Module, dtype: torch.dtype) -> None:
     """The zero key bias (a buffer, so left fp32) in the dtype of a frozen query bias.
 
     Attention concatenates the three biases on every call: against bf16 query and value
-    biases an fp32 key bias made that an fp32 concatenation, cast back by the matmul (four
+    biases an fp32 key bias made that an fp32 concatenation, cast back by the matmul (two
     small kernels per block where one does). It is zero and outside ``state_dict``.
     """
     for module in model.modules():
