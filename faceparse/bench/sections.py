@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,6 +31,7 @@ from faceparse.cpu_memory import reusing_freed_cpu_memory
 from faceparse.data.synthetic import write_facesynthetics
 from faceparse.fast_path import on_gpu
 from faceparse.inference import predict, prepare_for_inference
+from faceparse.models.rope_attention import FusedRopeAttention
 
 __all__ = ["bench_data", "bench_train", "bench_infer", "count_flops", "train_flops"]
 
@@ -142,6 +144,7 @@ def bench_train(cfg: DictConfig) -> dict[str, Any]:
                    for m in module.net.modules())
     return {"batch_size": b, "image_size": size, "device": str(trainer.strategy.root_device),
             "precision": str(trainer.precision), "frozen_vit_bf16": vit_bf16,
+            "fused_rope_attentions": _fused_rope_attentions(module.net),
             "steps": timer.timed,
             "images_per_s": rate, "warmup_s": timer.warmup_s, "peak_mib": timer.memory.mib,
             "memory": timer.memory.method,
@@ -185,6 +188,11 @@ def _peak_tflops(cfg: DictConfig, device: torch.device) -> float | None:
     return cfg.bench.peak_tflops or table.get(torch.cuda.get_device_name(device))
 
 
+def _fused_rope_attentions(net: nn.Module) -> int:
+    """How many ViT attentions rotate q and k together (``fast_path.fused_rope``)."""
+    return sum(isinstance(m, FusedRopeAttention) for m in net.modules())
+
+
 def bench_infer(cfg: DictConfig) -> dict[str, Any]:
     """Images/s, peak memory, FLOPs and MFU of batched prediction; labels vs full softmax."""
     device = _device(cfg.bench.device)
@@ -211,6 +219,7 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
         "channels_last": fast_path.wants_channels_last(device),
         "fold_batchnorm": fast_path.fold_batchnorm,
         "frozen_vit_bf16": fast_path.wants_frozen_vit_bf16(device),
+        "fused_rope_attentions": _fused_rope_attentions(net),
         # process-wide: an earlier section or variant may have switched it on
         "reuse_cpu_memory": reusing_freed_cpu_memory(),
         "params_m": params_m, "gflops_per_image": flops / 1e9, "peak_bf16_tflops": peak,
