@@ -124,3 +124,19 @@ def test_fused_rope_gives_timms_bits_on_the_gpu() -> None:
             torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
         assert torch.equal(fused(image)[0], plain(image)[0])
     assert spy.call_count == 12
+
+
+def test_overlapped_copies_give_the_labels_of_waiting_after_every_batch(compose) -> None:
+    """Pinned, non-blocking copies collected one batch late: the same labels, in order."""
+    torch.manual_seed(0)
+    from faceparse.fast_path import FastPath
+
+    # cuDNN's autotuning could pick other kernels for the second call: the same ones here
+    net = prepare_for_inference(instantiate(compose(SMALL).model.net), "cuda",
+                                FastPath(cudnn_benchmark=False))
+    images = torch.randn(5, 3, 64, 64)  # batches of 2, 2 and 1
+    waited = predict(net, images, batch_size=2, probs=True, overlap=False)
+    overlapped = predict(net, images, batch_size=2, probs=True)  # the default on a GPU
+    assert torch.equal(overlapped.labels, waited.labels)
+    assert torch.equal(overlapped.probs, waited.probs)
+    assert overlapped.labels.device.type == "cpu" and not overlapped.labels.is_pinned()

@@ -16,6 +16,7 @@ from torch import nn
 from faceparse.cpu_memory import reuse_freed_cpu_memory
 from faceparse.fast_path import FastPath, inference_bf16
 from faceparse.inference.fold import fold_batchnorm
+from faceparse.inference.host_copies import HostCopies
 from faceparse.models.dinov3 import frozen_vits_to_bf16
 
 __all__ = ["Prediction", "prepare_for_inference", "predict"]
@@ -57,20 +58,27 @@ def predict(
     batch_size: int = 8,
     probs: bool = False,
     bf16: bool | None = None,
+    overlap: bool | None = None,
 ) -> Prediction:
     """Label maps for ImageNet-normalised ``images`` (N, 3, H, W), ``batch_size`` at a time.
 
     ``bf16=None`` means bf16 autocast where it is the faster path on the net's device
     (:func:`~faceparse.fast_path.inference_bf16`: a bf16 GPU, or a CPU with fast bf16).
+    ``overlap=None`` means, on a GPU, queueing each batch before waiting for the results
+    of the one before (:class:`~faceparse.inference.host_copies.HostCopies`); ``False``
+    waits after every batch.
     """
     device = next(net.parameters()).device
     bf16 = inference_bf16(device) if bf16 is None else bf16
-    labels, all_probs = [], []
+    copies = HostCopies(device, deferred=overlap)
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         for chunk in images.split(batch_size):
-            logits = net(chunk.to(device, non_blocking=True))
+            logits = net(copies.to_device(chunk))
             label_type = torch.uint8 if logits.shape[1] <= 256 else torch.int64
-            labels.append(logits.argmax(1).to(label_type).cpu())
+            outputs = [logits.argmax(1).to(label_type)]
             if probs:
-                all_probs.append(logits.float().softmax(1).cpu())
-    return Prediction(torch.cat(labels), torch.cat(all_probs) if probs else None)
+                outputs.append(logits.float().softmax(1))
+            copies.to_host(outputs)
+    batches = copies.results()
+    return Prediction(torch.cat([b[0] for b in batches]),
+                      torch.cat([b[1] for b in batches]) if probs else None)
