@@ -96,6 +96,7 @@ def test_bench_runs_every_section(compose_bench) -> None:
     assert infer["fold_batchnorm"] and not infer["frozen_vit_bf16"]  # fp32 CPU: ViT stays fp32
     # the ViT-S's 12 attentions rotate q and k together, in training and in inference
     assert train["fused_rope_attentions"] == infer["fused_rope_attentions"] == 12
+    assert infer["overlap"] is False  # on a CPU the labels are host tensors already
     # inference on a CPU keeps freed memory for reuse wherever the allocator is glibc's own
     assert infer["reuse_cpu_memory"] == (cpu_memory._why_not() is None)
     assert infer["vs_fp32"]["relative_logit_error"] < 1e-5  # folding is exact up to rounding

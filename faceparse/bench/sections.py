@@ -209,6 +209,7 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
     net = prepare_for_inference(net, device, fast_path)
     peak = _peak_tflops(cfg, device)
     bf16 = bench_bf16(cfg, device)
+    overlap = device.type == "cuda" if cfg.bench.overlap is None else bool(cfg.bench.overlap)
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         fast = net(images[:b].to(device)).float()
     sync(device)
@@ -220,6 +221,7 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
         "fold_batchnorm": fast_path.fold_batchnorm,
         "frozen_vit_bf16": fast_path.wants_frozen_vit_bf16(device),
         "fused_rope_attentions": _fused_rope_attentions(net),
+        "overlap": overlap,
         # process-wide: an earlier section or variant may have switched it on
         "reuse_cpu_memory": reusing_freed_cpu_memory(),
         "params_m": params_m, "gflops_per_image": flops / 1e9, "peak_bf16_tflops": peak,
@@ -232,13 +234,13 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
     for mode, probs in (("labels", False), ("softmax", True)):
         start = time.perf_counter()
         for _ in range(warmup):
-            predict(net, images[:b], b, probs=probs, bf16=bf16)
+            predict(net, images[:b], b, probs=probs, bf16=bf16, overlap=overlap)
         sync(device)
         # untimed: compilation, autotuning, graph capture; labels also count the first batch
         warmup_s = time.perf_counter() - start + (first_batch_s if mode == "labels" else 0.0)
         with PeakMemory(device) as memory:
             start = time.perf_counter()
-            predict(net, images, b, probs=probs, bf16=bf16)
+            predict(net, images, b, probs=probs, bf16=bf16, overlap=overlap)
             sync(device)
             elapsed = time.perf_counter() - start
         rate = len(images) / elapsed
