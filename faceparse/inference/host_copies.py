@@ -57,8 +57,8 @@ class HostCopies:
             host.copy_(tensor, non_blocking=True)
             staged.append(host)
         event = torch.cuda.Event() if self.cuda else _Done()
-        if self.cuda:
-            event.record()  # after this batch's copies, on the same stream
+        if self.cuda:  # after this batch's copies, on their stream (that of the tensors' GPU)
+            event.record(torch.cuda.current_stream(self.device))
         self._collect()  # this batch is queued: the GPU has work while the host waits
         self._pending = (event, staged)
 
