@@ -10,17 +10,6 @@ from faceparse.inference import predict
 from faceparse.inference.host_copies import HostCopies
 
 
-class Logits(nn.Module):
-    """Five classes from a 1x1 convolution: labels that differ from pixel to pixel."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 5, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
 def test_a_batch_is_collected_after_the_next_is_queued() -> None:
     copies = HostCopies(torch.device("cpu"), deferred=True)
     first = torch.arange(6).reshape(2, 3)
@@ -36,7 +25,7 @@ def test_a_batch_is_collected_after_the_next_is_queued() -> None:
 
 def test_predict_gives_the_same_labels_and_probabilities_either_way() -> None:
     torch.manual_seed(0)
-    net = Logits().eval()
+    net = nn.Conv2d(3, 5, 1).eval()  # five classes' logits, differing pixel to pixel
     images = torch.randn(5, 3, 12, 12)  # batches of 2, 2 and 1
     waited = predict(net, images, batch_size=2, probs=True, bf16=False, overlap=False)
     overlapped = predict(net, images, batch_size=2, probs=True, bf16=False, overlap=True)
