@@ -59,6 +59,18 @@ def test_rotation_gives_timms_bits(upcast: bool, dtype: torch.dtype) -> None:
     assert torch.equal(out[:, :, :, :prefix], qkv[:2, :, :, :prefix])  # class, registers
 
 
+def test_the_tables_are_built_once_per_rope_tensor_and_rebuilt_when_it_changes() -> None:
+    tables = rope_attention.RopeTables()
+    rope = torch.randn(6, 8)
+    first = tables.factors(rope)
+    assert tables.factors(rope) is first  # the next blocks of the same forward
+    assert torch.equal(first[0], rope[:, 4:]) and torch.equal(first[1], -rope[:, :2])
+    rope.mul_(2)  # changed in place: its version counter moved
+    assert torch.equal(tables.factors(rope)[0], rope[:, 4:])
+    other = rope.clone() + 1  # another input size's tensor, or the next forward's
+    assert torch.equal(tables.factors(other)[2], other[:, 2:4])
+
+
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16 stored, autocast"])
 @pytest.mark.parametrize("size", [(64, 64), (80, 48)])
 def test_the_vit_maps_are_bit_identical_and_take_the_fast_path(vit, bf16: bool,
