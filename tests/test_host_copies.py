@@ -3,11 +3,12 @@ waits for a batch only once the next one is queued (the CUDA side: tests/test_cu
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from faceparse.inference import predict
-from faceparse.inference.host_copies import HostCopies
+from faceparse.inference.host_copies import HostCopies, overlaps
 
 
 def test_a_batch_is_collected_after_the_next_is_queued() -> None:
@@ -43,3 +44,10 @@ def test_off_cuda_nothing_is_deferred() -> None:
     assert copies.to_device(batch) is batch
     copies.to_host([batch])
     assert copies._collected[0][0] is batch  # already a host tensor: no copy
+
+
+def test_overlap_is_the_gpus_default_and_refuses_other_values() -> None:
+    assert overlaps(torch.device("cuda", 0)) and not overlaps(torch.device("cpu"))
+    assert overlaps(torch.device("cpu"), True) and not overlaps(torch.device("cuda", 0), False)
+    with pytest.raises(ValueError, match="overlap='yes'"):
+        overlaps(torch.device("cpu"), "yes")

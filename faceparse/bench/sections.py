@@ -31,6 +31,7 @@ from faceparse.cpu_memory import reusing_freed_cpu_memory
 from faceparse.data.synthetic import write_facesynthetics
 from faceparse.fast_path import on_gpu
 from faceparse.inference import predict, prepare_for_inference
+from faceparse.inference.host_copies import overlaps
 from faceparse.models.rope_attention import FusedRopeAttention
 
 __all__ = ["bench_data", "bench_train", "bench_infer", "count_flops", "train_flops"]
@@ -209,7 +210,7 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
     net = prepare_for_inference(net, device, fast_path)
     peak = _peak_tflops(cfg, device)
     bf16 = bench_bf16(cfg, device)
-    overlap = device.type == "cuda" if cfg.bench.overlap is None else bool(cfg.bench.overlap)
+    overlap = overlaps(device, cfg.bench.overlap)
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         fast = net(images[:b].to(device)).float()
     sync(device)

@@ -15,7 +15,17 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["HostCopies"]
+__all__ = ["HostCopies", "overlaps"]
+
+
+def overlaps(device: torch.device, overlap: bool | None = None) -> bool:
+    """Whether a batch's results are collected only once the next batch is queued: on
+    CUDA unless ``overlap`` says otherwise."""
+    if overlap is None:
+        return device.type == "cuda"
+    if not isinstance(overlap, bool):
+        raise ValueError(f"overlap={overlap!r}: use true, false or null (on a GPU)")
+    return overlap
 
 
 class _Done:
@@ -36,7 +46,7 @@ class HostCopies:
     def __init__(self, device: torch.device, deferred: bool | None = None) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
-        self.deferred = self.cuda if deferred is None else deferred
+        self.deferred = overlaps(device, deferred)
         self._pending: tuple[torch.cuda.Event | _Done, list[torch.Tensor]] | None = None
         self._collected: list[list[torch.Tensor]] = []
 
