@@ -7,6 +7,7 @@ Run on a GPU machine with ``pytest tests/test_cuda.py``; speeds come from
 from __future__ import annotations
 
 import copy
+from unittest import mock
 
 import lightning as L
 import pytest
@@ -16,8 +17,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from faceparse.bench.census import OpCensus, _stages, census_step
+from faceparse.fast_path import FastPath
 from faceparse.inference import predict, prepare_for_inference
-from faceparse.models.dinov3 import frozen_vits_to_bf16
+from faceparse.models import rope_attention
+from faceparse.models.dinov3 import DinoVitEncoder, frozen_vits_to_bf16
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SMALL = ["cnn.arch=vgg11_bn", "vit.size=small", "vit.random_init=true",
@@ -106,11 +109,6 @@ def test_the_census_makes_the_dtype_choices_this_gpu_makes(compose) -> None:
 
 def test_fused_rope_gives_timms_bits_on_the_gpu() -> None:
     """The GPU takes the rotation's other branch (mixed-dtype kernels, no cast of its own)."""
-    from unittest import mock
-
-    from faceparse.models import rope_attention
-    from faceparse.models.dinov3 import DinoVitEncoder
-
     torch.manual_seed(0)
     plain = DinoVitEncoder(size="small", random_init=True).eval().cuda()
     with torch.no_grad():
@@ -129,8 +127,6 @@ def test_fused_rope_gives_timms_bits_on_the_gpu() -> None:
 def test_overlapped_copies_give_the_labels_of_waiting_after_every_batch(compose) -> None:
     """Pinned, non-blocking copies collected one batch late: the same labels, in order."""
     torch.manual_seed(0)
-    from faceparse.fast_path import FastPath
-
     # cuDNN's autotuning could pick other kernels for the second call: the same ones here
     net = prepare_for_inference(instantiate(compose(SMALL).model.net), "cuda",
                                 FastPath(cudnn_benchmark=False))
