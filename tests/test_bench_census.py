@@ -147,6 +147,10 @@ def test_a_training_step_as_a_gpu_runs_it(quickstart_net) -> None:
     # fused attention in bf16, as a GPU runs it, not the fp32 math path fake tensors fall to
     (attention,) = where(stage="encoder.vit", op="fused attention")
     assert attention["dtype"] == "bfloat16" and attention["calls"] == 12
+    # laid out (B, tokens, heads, width) as flash and cuDNN give it, so timm's transpose
+    # and reshape after it is a view: no copy of the attention's output per block (what
+    # copies remain are the patch tokens' and the RoPE tables', once per batch)
+    assert sum(r["calls"] for r in where(stage="encoder.vit", op="clone")) < 12
     # what this net keeps in bf16 under CUDA autocast: the decoder levels' upsampling and
     # the concatenation after it, and the frozen ViT's LayerNorms (autocast's fp32 list);
     # the aux heads' logits are upsampled in fp32, which the loss wants them in

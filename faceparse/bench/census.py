@@ -120,6 +120,18 @@ def _nbytes(*tensors: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+def _heads_last_but_one(like: torch.Tensor, width: int) -> torch.Tensor:
+    """An empty (B, heads, tokens, ``width``) tensor laid out (B, tokens, heads, width).
+
+    Flash and cuDNN attention allocate their outputs and gradients so, and a ViT's
+    ``transpose(1, 2).reshape(B, N, C)`` after them is then a view, not a copy.
+    """
+    if like.dim() != 4:
+        return like.new_empty((*like.shape[:-1], width))
+    b, h, n, _ = like.shape
+    return like.new_empty((b, n, h, width)).transpose(1, 2)
+
+
 def _fused_attention(census: OpCensus) -> Callable[..., torch.Tensor]:
     """A stand-in for ``F.scaled_dot_product_attention`` as a GPU runs it.
 
@@ -131,7 +143,7 @@ def _fused_attention(census: OpCensus) -> Callable[..., torch.Tensor]:
     class FusedAttention(torch.autograd.Function):
         @staticmethod
         def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+            out = _heads_last_but_one(q, v.shape[-1])
             census.record("attention", "fused attention", _names({q.dtype}),
                           _nbytes(q, k, v, out))
             ctx.save_for_backward(q, k, v, out)
@@ -140,7 +152,7 @@ def _fused_attention(census: OpCensus) -> Callable[..., torch.Tensor]:
         @staticmethod
         def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
             q, k, v, out = ctx.saved_tensors
-            grads = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+            grads = tuple(_heads_last_but_one(t, t.shape[-1]) for t in (q, k, v))
             census.record("attention", "fused attention backward", _names({q.dtype}),
                           _nbytes(q, k, v, out, grad, *grads))
             return grads
