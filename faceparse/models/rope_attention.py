@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from timm.models.eva import EvaAttention
 from torch import nn
 
+from faceparse.models.tracing import traced
+
 __all__ = ["FusedRopeAttention", "RopeTables", "fuse_rope", "rotate_qk"]
 
 # once per dtype pair, not an op per block (a dispatch mode sees torch.promote_types)
@@ -92,13 +94,6 @@ def rotate_qk(qk: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor, torch.
     return out
 
 
-def _traced() -> bool:
-    """Whether a tracer (dynamo, torch.export, ONNX or TorchScript export) is running."""
-    compiler = torch.compiler
-    return (compiler.is_compiling() or compiler.is_exporting() or torch.jit.is_tracing()
-            or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
-
-
 class FusedRopeAttention(EvaAttention):
     """timm's EVA attention whose eager no-grad forward rotates q and k together.
 
@@ -118,7 +113,7 @@ class FusedRopeAttention(EvaAttention):
 
     def _takes_fast_path(self, x: torch.Tensor, rope: torch.Tensor | None,
                          attn_mask: torch.Tensor | None, is_causal: bool) -> bool:
-        if _traced() or rope is None or attn_mask is not None or is_causal or not self.fused_attn:
+        if traced() or rope is None or attn_mask is not None or is_causal or not self.fused_attn:
             return False
         if rope.dim() != 2 or rope.shape[-1] != 2 * self.head_dim:
             return False  # per-sample tables (patch dropout) or another layout
