@@ -83,6 +83,8 @@ class FastPath:
             outputs the next replay overwrites: each call of the net then starts a new graph
             step and hands out copies of its outputs.
         fold_batchnorm: inference only: fold each BatchNorm into the convolution before it.
+        fold_layer_scale: inference only: fold each ViT block's LayerScale into the linear
+            layer before it (:func:`faceparse.inference.fold.fold_layer_scale`).
         frozen_vit_bf16: store a frozen ViT's weights in bf16 and run it in bf16, for
             inference and for training (where it has no gradient to keep); ``"auto"`` where
             the work runs in bf16 anyway: inference on a bf16 GPU or a CPU with fast bf16,
@@ -101,6 +103,7 @@ class FastPath:
     compile_mode: str = "default"
     compile_scope: str = "parts"
     fold_batchnorm: bool = True
+    fold_layer_scale: bool = True
     frozen_vit_bf16: bool | str = "auto"
     reuse_cpu_memory: bool = True
     fused_rope: bool = True

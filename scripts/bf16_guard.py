@@ -47,11 +47,13 @@ def main() -> None:
                            render_size=args.render_size or int(size))
     images = torch.stack([faces[i]["image"] for i in range(len(faces))])
     target = torch.stack([faces[i]["mask"] for i in range(len(faces))]).long()
-    plain = FastPath(channels_last=False, fold_batchnorm=False, frozen_vit_bf16=False)
-    rewritten = FastPath(channels_last=False, fold_batchnorm=True, frozen_vit_bf16=True)
+    plain = FastPath(channels_last=False, fold_batchnorm=False, fold_layer_scale=False,
+                     frozen_vit_bf16=False)
+    rewritten = FastPath(channels_last=False, fold_batchnorm=True, fold_layer_scale=True,
+                         frozen_vit_bf16=True)
     runs = {"fp32": (prepare_for_inference(copy.deepcopy(net), "cpu", plain), False),
             "bf16 autocast": (prepare_for_inference(copy.deepcopy(net), "cpu", plain), True),
-            "bf16 + folded BN + bf16 ViT weights":
+            "bf16 + folded BN and LayerScale + bf16 ViT weights":
                 (prepare_for_inference(copy.deepcopy(net), "cpu", rewritten), True)}
     print(f"{args.ckpt}: {len(faces)} synthetic faces at {size} px, {scheme.name}; "
           f"CPU {cpu_info().describe()}, torch {torch.__version__}")

@@ -93,7 +93,8 @@ def test_bench_runs_every_section(compose_bench) -> None:
     # the untimed first steps, where torch.compile pays, are reported, not hidden
     assert train["warmup_s"] > 0 and infer["labels"]["warmup_s"] > 0
     assert infer["precision"] == "fp32" and infer["gflops_per_image"] > 0
-    assert infer["fold_batchnorm"] and not infer["frozen_vit_bf16"]  # fp32 CPU: ViT stays fp32
+    assert infer["fold_batchnorm"] and infer["fold_layer_scale"]
+    assert not infer["frozen_vit_bf16"]  # fp32 CPU: the ViT stays fp32
     # the ViT-S's 12 attentions rotate q and k together, in training and in inference
     assert train["fused_rope_attentions"] == infer["fused_rope_attentions"] == 12
     assert infer["overlap"] is False  # on a CPU the labels are host tensors already

@@ -1,4 +1,5 @@
-"""Inference-only rewrites: BatchNorm folded into convolutions, a bf16 frozen ViT."""
+"""Inference-only rewrites: BatchNorm folded into convolutions, LayerScale folded into the
+ViT's linear layers, a bf16 frozen ViT."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from faceparse.fast_path import FastPath
 from faceparse.inference import prepare_for_inference
-from faceparse.inference.fold import fold_batchnorm
+from faceparse.inference.fold import fold_batchnorm, fold_layer_scale
 from faceparse.models.dinov3 import frozen_vits_to_bf16
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -27,6 +28,22 @@ def trained_looking_net(compose, tiny) -> nn.Module:
             bn.weight.data.uniform_(0.5, 1.5)
             bn.bias.data.uniform_(-0.2, 0.2)
     return net.eval()
+
+
+@pytest.fixture
+def scaled_vit_net(compose, tiny) -> nn.Module:
+    """The tiny dual net whose ViT blocks scale their branches by far more than 1e-5."""
+    torch.manual_seed(0)
+    net = instantiate(compose(tiny).model.net)
+    for name, param in net.encoder.vit.named_parameters():
+        if name.rsplit(".", 1)[-1] in ("gamma_1", "gamma_2"):
+            param.data.uniform_(0.2, 1.5)
+    return net.eval()
+
+
+def _layer_scales(net: nn.Module) -> list[torch.Tensor]:
+    return [p for name, p in net.named_parameters()
+            if name.rsplit(".", 1)[-1] in ("gamma_1", "gamma_2")]
 
 
 def _batchnorms(net: nn.Module) -> int:
@@ -114,3 +131,57 @@ def test_the_vit_keeps_its_callers_autocast(vit_small) -> None:
         for handle in handles:
             handle.remove()
     assert vit_small.compute_dtype is None and seen and set(seen) == {torch.bfloat16}
+
+
+def test_folding_layer_scale_keeps_the_vit_maps_and_the_logits(scaled_vit_net) -> None:
+    net = scaled_vit_net
+    blocks = net.encoder.vit.model.blocks
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        maps, logits = net.encoder.vit(x)[0], net(x)
+    attn_weight, gamma_1 = blocks[0].attn.proj.weight.clone(), blocks[0].gamma_1.clone()
+    assert fold_layer_scale(net) == 2 * len(blocks)
+    assert not _layer_scales(net) and blocks[0].gamma_1 is None
+    torch.testing.assert_close(blocks[0].attn.proj.weight, attn_weight * gamma_1[:, None])
+    with torch.no_grad():
+        torch.testing.assert_close(net.encoder.vit(x)[0], maps, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(net(x), logits, atol=1e-5, rtol=1e-5)
+    assert fold_layer_scale(net) == 0  # nothing left to fold
+
+
+def test_layer_scale_is_folded_in_fp32_before_the_vit_goes_to_bf16(scaled_vit_net) -> None:
+    block = scaled_vit_net.encoder.vit.model.blocks[1]
+    weight, bias = block.mlp.fc2.weight.clone(), block.mlp.fc2.bias.clone()
+    gamma = block.gamma_2.clone()
+    net = prepare_for_inference(scaled_vit_net, "cpu",
+                                FastPath(channels_last=False, frozen_vit_bf16=True))
+    fc2 = net.encoder.vit.model.blocks[1].mlp.fc2
+    assert fc2.weight.dtype == torch.bfloat16
+    # one rounding, of the fp32 product: not the product of weights already rounded
+    assert torch.equal(fc2.weight, (weight * gamma[:, None]).to(torch.bfloat16))
+    assert torch.equal(fc2.bias, (bias * gamma).to(torch.bfloat16))
+
+
+def test_prepare_for_inference_folds_layer_scale_unless_told_not_to(compose, tiny) -> None:
+    net = instantiate(compose(tiny).model.net)
+    count = len(_layer_scales(net))
+    assert count == 2 * len(net.encoder.vit.model.blocks)
+    kept = prepare_for_inference(net, "cpu", FastPath(channels_last=False,
+                                                      fold_layer_scale=False))
+    assert len(_layer_scales(kept)) == count
+    folded = prepare_for_inference(kept, "cpu", FastPath(channels_last=False))
+    assert not _layer_scales(folded)
+
+
+def test_a_block_with_its_own_forward_keeps_its_layer_scale() -> None:
+    from timm.models.eva import EvaBlock
+
+    class GatedBlock(EvaBlock):  # uses gamma_1 some other way: folding would be wrong
+        def forward(self, x: torch.Tensor, rope=None, attn_mask=None, is_causal=False):
+            return x + self.gamma_1.sigmoid() * self.attn(self.norm1(x), rope=rope)
+
+    net = nn.Sequential(GatedBlock(dim=32, num_heads=2, init_values=0.5),
+                        EvaBlock(dim=32, num_heads=2, init_values=0.5),
+                        EvaBlock(dim=32, num_heads=2))  # no LayerScale at all
+    assert fold_layer_scale(net) == 2
+    assert net[0].gamma_1 is not None and net[1].gamma_1 is None and net[1].gamma_2 is None

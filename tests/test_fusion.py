@@ -66,10 +66,10 @@ def test_each_fusion_trains_a_step_and_round_trips(compose, tiny, tmp_path: Path
     path = tmp_path / "fused.ckpt"
     trainer.save_checkpoint(path)
     loaded, _ = load_face_parser(path)
-    # the same fast path (memory format) as the trained net and BatchNorm left unfolded (a
-    # folded one rounds differently), so the logits compare exactly
-    loaded = prepare_for_inference(loaded, "cpu",
-                                   dataclasses.replace(module.fast_path, fold_batchnorm=False))
+    # the same fast path (memory format) as the trained net, BatchNorm and LayerScale left
+    # unfolded (folded ones round differently), so the logits compare exactly
+    loaded = prepare_for_inference(loaded, "cpu", dataclasses.replace(
+        module.fast_path, fold_batchnorm=False, fold_layer_scale=False))
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(x), module.net.eval()(x), rtol=0, atol=0)

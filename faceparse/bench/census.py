@@ -35,7 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from faceparse.fast_path import FastPath
-from faceparse.inference.fold import fold_batchnorm
+from faceparse.inference.fold import fold_batchnorm, fold_layer_scale
 from faceparse.models.dinov3 import frozen_vits_to_bf16
 from faceparse.models.rope_attention import fuse_rope
 
@@ -355,7 +355,8 @@ def bench_census(cfg: DictConfig) -> dict[str, Any]:
 
     bf16 autocast and channels_last as on a GPU; the frozen ViT stored in bf16 where
     ``fast_path.frozen_vit_bf16`` says so, and BatchNorm folded for inference where
-    ``fast_path.fold_batchnorm`` does, RoPE fused where ``fast_path.fused_rope`` does
+    ``fast_path.fold_batchnorm`` does (LayerScale where ``fast_path.fold_layer_scale``
+    does), RoPE fused where ``fast_path.fused_rope`` does
     (eager, as the census runs). Random weights: the values do not matter here.
     """
     fast_path: FastPath = instantiate(cfg.fast_path)
@@ -372,6 +373,8 @@ def bench_census(cfg: DictConfig) -> dict[str, Any]:
     infer_net = copy.deepcopy(net).eval()
     if fast_path.fold_batchnorm:
         fold_batchnorm(infer_net)
+    if fast_path.fold_layer_scale:
+        fold_layer_scale(infer_net)
     vit_bf16_train = vit_bf16 and frozen_vits_to_bf16(train_net) > 0
     vit_bf16_infer = vit_bf16 and frozen_vits_to_bf16(infer_net) > 0
     for n in (train_net, infer_net):
@@ -383,7 +386,8 @@ def bench_census(cfg: DictConfig) -> dict[str, Any]:
         "emulated": "CUDA (fake tensors, CUDA autocast bf16)", "batch_size": b,
         "image_size": size, "channels_last": channels_last,
         "frozen_vit_bf16": {"train": vit_bf16_train, "infer": vit_bf16_infer},
-        "fold_batchnorm": fast_path.fold_batchnorm, "fused_rope": fast_path.fused_rope,
+        "fold_batchnorm": fast_path.fold_batchnorm, "fold_layer_scale": fast_path.fold_layer_scale,
+        "fused_rope": fast_path.fused_rope,
     }
     for mode, n, loss in (("train", train_net, criterion), ("infer", infer_net, None)):
         result[mode] = summarise(census_step(n, loss, b, size, num_classes,

@@ -138,8 +138,9 @@ def format_census(census: dict[str, Any], top: int = 20) -> str:
     lines = [f"{census['batch_size']} x {census['image_size']} px, {census['emulated']}, "
              f"channels_last {census['channels_last']}, frozen ViT in bf16 "
              f"{census['frozen_vit_bf16']}, BatchNorm folded for inference "
-             f"{census['fold_batchnorm']}; bytes each op reads and writes (a floor for its "
-             f"kernels' traffic)"]
+             f"{census['fold_batchnorm']}, LayerScale folded for inference "
+             f"{census.get('fold_layer_scale', False)}; bytes each op reads and writes "
+             f"(a floor for its kernels' traffic)"]
     for mode in ("train", "infer"):
         part = census[mode]
         lines += ["", f"### {mode}: {part['total_gb']:.2f} GB", "",

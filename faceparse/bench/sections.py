@@ -220,6 +220,7 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
         "precision": "bf16 autocast" if bf16 else "fp32",
         "channels_last": fast_path.wants_channels_last(device),
         "fold_batchnorm": fast_path.fold_batchnorm,
+        "fold_layer_scale": fast_path.fold_layer_scale,
         "frozen_vit_bf16": fast_path.wants_frozen_vit_bf16(device),
         "fused_rope_attentions": _fused_rope_attentions(net),
         "overlap": overlap,

@@ -1,7 +1,9 @@
-"""An inference-only rewrite of a net: BatchNorm folded into the convolution before it.
+"""Inference-only rewrites of a net: BatchNorm folded into the convolution before it, and
+a ViT's LayerScale folded into the linear layer before it.
 
-It keeps the function the net computes (up to rounding) but only pays where nothing
-trains: a folded BatchNorm no longer normalises by batch statistics. So it runs in
+Both keep the function the net computes (up to rounding) but only pay where nothing
+trains: a folded BatchNorm no longer normalises by batch statistics, and a folded
+LayerScale changes the weights a checkpoint would hold. So they run in
 ``prepare_for_inference`` only, never in training; on an H100 the BatchNorm kernels were
 12% of a 512 px inference batch (BENCHMARKS.md). The bf16 frozen ViT, which training uses
 too, is :func:`faceparse.models.dinov3.frozen_vits_to_bf16`.
@@ -9,12 +11,14 @@ too, is :func:`faceparse.models.dinov3.frozen_vits_to_bf16`.
 
 from __future__ import annotations
 
+import torch
+from timm.models.eva import EvaBlock
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from faceparse.models.blocks import ConvBNReLU, DepthwiseSeparableConv
 
-__all__ = ["fold_batchnorm"]
+__all__ = ["fold_batchnorm", "fold_layer_scale"]
 
 
 def _fold_pair(owner: nn.Module, conv_name: str, bn_name: str) -> bool:
@@ -45,4 +49,45 @@ def fold_batchnorm(net: nn.Module) -> int:
             names = [name for name, _ in module.named_children()]
             for first, second in zip(names, names[1:], strict=False):
                 folded += _fold_pair(module, first, second)
+    return folded
+
+
+def _scale_rows(linear: nn.Linear, gamma: torch.Tensor) -> None:
+    """``linear``'s output scaled by ``gamma``, in fp32 and rounded once to its dtype."""
+    with torch.no_grad():
+        scale = gamma.detach().float()
+        weight = linear.weight
+        weight.copy_((weight.float() * scale[:, None]).to(weight.dtype))
+        if linear.bias is not None:
+            linear.bias.copy_((linear.bias.float() * scale).to(linear.bias.dtype))
+
+
+def _fold_branch(block: nn.Module, gamma_name: str, linear: object) -> bool:
+    gamma = getattr(block, gamma_name)
+    if gamma is None or not isinstance(linear, nn.Linear):
+        return False
+    if gamma.shape != (linear.out_features,):
+        return False
+    _scale_rows(linear, gamma)
+    setattr(block, gamma_name, None)  # timm's forward skips a LayerScale that is None
+    return True
+
+
+def fold_layer_scale(net: nn.Module) -> int:
+    """Fold each timm EVA block's LayerScale into the linear layer before it; return the count.
+
+    A DINOv3 block scales its attention's and its MLP's outputs by a per-channel
+    ``gamma`` before the residual add: ``gamma * (W x + b)`` is ``(gamma W) x + gamma b``,
+    so the scaling moves into ``attn.proj`` and ``mlp.fc2`` and 48 elementwise passes of a
+    ViT-L's batch go. The products are taken in fp32 and rounded once, so fold before the
+    weights are stored in bf16. The block's ``gamma_1``/``gamma_2`` become ``None``, which
+    timm's forward skips: the net returned is for prediction, not for saving.
+    """
+    folded = 0
+    for block in net.modules():
+        # a subclass with its own forward may use its LayerScale elsewhere
+        if not isinstance(block, EvaBlock) or type(block).forward is not EvaBlock.forward:
+            continue
+        folded += _fold_branch(block, "gamma_1", getattr(block.attn, "proj", None))
+        folded += _fold_branch(block, "gamma_2", getattr(block.mlp, "fc2", None))
     return folded
