@@ -85,6 +85,9 @@ class FastPath:
         fold_batchnorm: inference only: fold each BatchNorm into the convolution before it.
         fold_layer_scale: inference only: fold each ViT block's LayerScale into the linear
             layer before it (:func:`faceparse.inference.fold.fold_layer_scale`).
+        fuse_conv_relu: inference on a CPU only: each convolution and the ReLU after it in
+            one oneDNN call (:mod:`faceparse.inference.conv_relu`; needs ``fold_batchnorm``
+            where a BatchNorm sits between them).
         frozen_vit_bf16: store a frozen ViT's weights in bf16 and run it in bf16, for
             inference and for training (where it has no gradient to keep); ``"auto"`` where
             the work runs in bf16 anyway: inference on a bf16 GPU or a CPU with fast bf16,
@@ -104,6 +107,7 @@ class FastPath:
     compile_scope: str = "parts"
     fold_batchnorm: bool = True
     fold_layer_scale: bool = True
+    fuse_conv_relu: bool = True
     frozen_vit_bf16: bool | str = "auto"
     reuse_cpu_memory: bool = True
     fused_rope: bool = True

@@ -31,6 +31,7 @@ from faceparse.cpu_memory import reusing_freed_cpu_memory
 from faceparse.data.synthetic import write_facesynthetics
 from faceparse.fast_path import on_gpu
 from faceparse.inference import predict, prepare_for_inference
+from faceparse.inference.conv_relu import ConvReLU
 from faceparse.inference.host_copies import overlaps
 from faceparse.models.rope_attention import FusedRopeAttention
 
@@ -221,6 +222,7 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
         "channels_last": fast_path.wants_channels_last(device),
         "fold_batchnorm": fast_path.fold_batchnorm,
         "fold_layer_scale": fast_path.fold_layer_scale,
+        "fused_conv_relus": sum(isinstance(m, ConvReLU) for m in net.modules()),
         "frozen_vit_bf16": fast_path.wants_frozen_vit_bf16(device),
         "fused_rope_attentions": _fused_rope_attentions(net),
         "overlap": overlap,

@@ -1,0 +1,121 @@
+"""Convolution and ReLU in one oneDNN call on a CPU: same values, same parameters, the plain
+path wherever the fused call must not run (gradients, tracers, other dtypes)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import nn
+
+import faceparse.inference.conv_relu as conv_relu
+from faceparse.fast_path import FastPath
+from faceparse.inference import prepare_for_inference
+from faceparse.inference.conv_relu import ConvReLU, fuse_conv_relu, fused_conv_relu_works
+from faceparse.inference.fold import fold_batchnorm
+
+ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
+                                                           "_convolution_pointwise")
+pytestmark = [pytest.mark.usefixtures("torch_single_thread"),
+              pytest.mark.skipif(not ONEDNN, reason="this PyTorch has no oneDNN fused conv")]
+
+
+def test_the_probe_passes_where_onednn_is_there() -> None:
+    assert fused_conv_relu_works() is None
+
+
+@pytest.fixture
+def net(compose, tiny) -> nn.Module:
+    """The tiny dual net, eval mode, BatchNorm statistics far from their defaults."""
+    torch.manual_seed(0)
+    net = instantiate(compose(tiny).model.net)
+    for bn in net.modules():
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def _count(net: nn.Module, kind: type) -> int:
+    return sum(type(m) is kind for m in net.modules())
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_fused_net_gives_the_plain_nets_logits(net, layout, bf16) -> None:
+    plain = copy.deepcopy(net)
+    fold_batchnorm(plain)
+    fused = copy.deepcopy(plain)
+    relus = _count(plain, nn.ReLU)
+    assert fuse_conv_relu(fused) == relus > 20  # VGG, decoder levels, fusion projections
+    assert _count(fused, nn.ReLU) == 0 and _count(fused, ConvReLU) == relus
+    for n in (plain, fused):
+        n.to(memory_format=layout)
+    x = torch.randn(2, 3, 32, 32).to(memory_format=layout)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        expected, got = plain(x), fused(x)
+    assert got.dtype == expected.dtype
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_parameters_and_keys_are_the_convolutions_own(net) -> None:
+    fold_batchnorm(net)
+    conv = net.encoder.cnn.layers[0]
+    keys = set(net.state_dict())
+    fuse_conv_relu(net)
+    fused = net.encoder.cnn.layers[0]
+    assert isinstance(fused, ConvReLU) and fused.weight is conv.weight and fused.bias is conv.bias
+    assert set(net.state_dict()) == keys
+    assert fuse_conv_relu(net) == 0  # done once
+
+
+def test_an_unfolded_batchnorm_keeps_its_convolution_and_relu_apart(net) -> None:
+    assert fuse_conv_relu(net) == 0
+    assert _count(net, ConvReLU) == 0
+
+
+def test_the_plain_path_runs_where_the_fused_call_must_not(monkeypatch) -> None:
+    conv = ConvReLU.like(nn.Conv2d(4, 6, 3, padding=1))
+    x = torch.randn(1, 4, 8, 8)
+    calls = []
+    real = conv_relu._fused
+    monkeypatch.setattr(conv_relu, "_fused", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        conv(x)
+    assert calls == [1]  # the fused call runs where it may
+    calls.clear()
+    out = conv(x.requires_grad_())  # a gradient is wanted: autograd needs the plain ops
+    out.sum().backward()
+    assert x.grad is not None and calls == []
+    with torch.no_grad():
+        conv.double()(x.detach().double())  # oneDNN's fused call is fp32 and bf16 only
+    assert calls == []
+    with torch.no_grad(), torch.autocast("cpu", torch.float16):
+        conv.float()(x.detach())
+    assert calls == []
+    monkeypatch.setattr(conv_relu, "traced", lambda: True)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x.detach()), F.relu(F.conv2d(
+            x.detach(), conv.weight, conv.bias, padding=1)))
+    assert calls == []
+
+
+def test_a_failing_probe_leaves_the_net_alone(net, monkeypatch, caplog) -> None:
+    fold_batchnorm(net)
+    monkeypatch.setattr(conv_relu, "fused_conv_relu_works", lambda: "no oneDNN here")
+    with caplog.at_level("INFO", logger="faceparse.inference.conv_relu"):
+        assert fuse_conv_relu(net) == 0
+    assert _count(net, ConvReLU) == 0 and "no oneDNN here" in caplog.text
+
+
+def test_prepare_for_inference_fuses_on_a_cpu_unless_told_not_to(net) -> None:
+    kept = prepare_for_inference(copy.deepcopy(net), "cpu", FastPath(fuse_conv_relu=False))
+    assert _count(kept, ConvReLU) == 0 and _count(kept, nn.ReLU) > 20
+    fused = prepare_for_inference(copy.deepcopy(net), "cpu", FastPath())
+    assert _count(fused, ConvReLU) > 20 and _count(fused, nn.ReLU) == 0
+    x = torch.randn(1, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), kept(x), atol=1e-5, rtol=1e-5)
