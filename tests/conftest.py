@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -156,8 +157,6 @@ def state_shapes(module: torch.nn.Module, prefix: str = "") -> dict[str, tuple[i
 
 def save_tiny_checkpoint(compose, tiny, path: Path, image_size: int | None = 32) -> Path:
     """A checkpoint of a tiny random net in our format (no training needed)."""
-    from hydra.utils import instantiate
-
     from faceparse.checkpoints import META_KEY, checkpoint_metadata
     from faceparse.labels import get_scheme
 
@@ -182,3 +181,17 @@ def parser(ckpt):
     from faceparse.inference import Parser
 
     return Parser.from_checkpoint(ckpt, device="cpu")
+
+
+@pytest.fixture
+def trained_looking_net(compose, tiny) -> torch.nn.Module:
+    """The tiny dual net with BatchNorm statistics and affines far from their defaults."""
+    torch.manual_seed(0)
+    net = instantiate(compose(tiny).model.net)
+    for bn in net.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 1.5)
+            bn.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()

@@ -17,20 +17,6 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture
-def trained_looking_net(compose, tiny) -> nn.Module:
-    """The tiny dual net with BatchNorm statistics and affines far from their defaults."""
-    torch.manual_seed(0)
-    net = instantiate(compose(tiny).model.net)
-    for bn in net.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.data.uniform_(0.5, 1.5)
-            bn.bias.data.uniform_(-0.2, 0.2)
-    return net.eval()
-
-
-@pytest.fixture
 def scaled_vit_net(compose, tiny) -> nn.Module:
     """The tiny dual net whose ViT blocks scale their branches by far more than 1e-5."""
     torch.manual_seed(0)
