@@ -13,7 +13,7 @@ from torch import nn
 import faceparse.inference.conv_relu as conv_relu
 from faceparse.fast_path import FastPath
 from faceparse.inference import prepare_for_inference
-from faceparse.inference.conv_relu import ConvReLU, fuse_conv_relu, fused_conv_relu_works
+from faceparse.inference.conv_relu import ConvReLU, fuse_conv_relu, fused_conv_relu_dtypes
 from faceparse.inference.fold import fold_batchnorm
 
 ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.usefixtures("torch_single_thread"),
 
 
 def test_the_probe_passes_where_onednn_is_there() -> None:
-    assert fused_conv_relu_works() is None
+    dtypes, problems = fused_conv_relu_dtypes()
+    assert torch.float32 in dtypes  # oneDNN convolves fp32 on every x86 CPU
+    assert len(problems) == 2 - len(dtypes)  # each dtype left out says why
 
 
 @pytest.fixture
@@ -97,10 +99,30 @@ def test_the_plain_path_runs_where_the_fused_call_must_not(monkeypatch) -> None:
 
 def test_a_failing_probe_leaves_the_net_alone(net, monkeypatch, caplog) -> None:
     fold_batchnorm(net)
-    monkeypatch.setattr(conv_relu, "fused_conv_relu_works", lambda: "no oneDNN here")
+    monkeypatch.setattr(conv_relu, "fused_conv_relu_dtypes",
+                        lambda: (frozenset(), ("no oneDNN here",)))
     with caplog.at_level("INFO", logger="faceparse.inference.conv_relu"):
         assert fuse_conv_relu(net) == 0
     assert _count(net, ConvReLU) == 0 and "no oneDNN here" in caplog.text
+
+
+def test_a_dtype_that_fails_its_probe_runs_the_plain_ops(monkeypatch, caplog) -> None:
+    """An AVX2-only CPU: oneDNN has no bf16 convolution there, fp32 is still fused."""
+    monkeypatch.setattr(conv_relu, "fused_conv_relu_dtypes",
+                        lambda: (frozenset({torch.float32}), ("no bf16 convolution",)))
+    net = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
+    with caplog.at_level("INFO", logger="faceparse.inference.conv_relu"):
+        assert fuse_conv_relu(net) == 1
+    assert "except in float32: no bf16 convolution" in caplog.text
+    calls = []
+    real = conv_relu._fused
+    monkeypatch.setattr(conv_relu, "_fused", lambda *a: calls.append(a[2]) or real(*a))
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        net(x)
+        with torch.autocast("cpu", torch.bfloat16):
+            plain_bf16 = net(x)
+    assert calls == [torch.float32] and plain_bf16.dtype == torch.bfloat16
 
 
 def test_prepare_for_inference_fuses_on_a_cpu_unless_told_not_to(net) -> None:

@@ -4,8 +4,8 @@ oneDNN call with the ReLU as its post-op, instead of a convolution and then a pa
 On a 2-core AMX Xeon the separate ReLU was 25-30% of a bf16 3x3 convolution at 64
 channels and 512 px (BENCHMARKS.md); fusing it gives the same bits. The op is oneDNN's
 through PyTorch (``torch.ops.mkldnn._convolution_pointwise``, what inductor fuses into on
-a CPU), so a tiny probe checks it once per process: where it is missing, changed or
-wrong, nothing is rewritten and the reason is logged. On other devices, under a tracer
+a CPU), so a tiny probe checks it once per process and dtype: where it is missing,
+changed or wrong, the plain ops run and the reason is logged. On other devices, under a tracer
 (``torch.compile``, export), or wherever a gradient is wanted, the plain convolution and
 ReLU run.
 """
@@ -22,7 +22,7 @@ from torch import nn
 from faceparse.models.blocks import ConvBNReLU, DepthwiseSeparableConv
 from faceparse.models.tracing import traced
 
-__all__ = ["ConvReLU", "fuse_conv_relu", "fused_conv_relu_works"]
+__all__ = ["ConvReLU", "fuse_conv_relu", "fused_conv_relu_dtypes"]
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,10 @@ class ConvReLU(nn.Conv2d):
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return None
         if torch.is_autocast_enabled("cpu"):
-            dtype = torch.get_autocast_dtype("cpu")
-            return dtype if x.is_floating_point() and dtype == torch.bfloat16 else None
-        return x.dtype if x.dtype in (torch.float32, torch.bfloat16) else None
+            dtype = torch.get_autocast_dtype("cpu") if x.is_floating_point() else None
+        else:
+            dtype = x.dtype
+        return dtype if dtype in fused_conv_relu_dtypes()[0] else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self._compute_dtype(x)
@@ -75,29 +76,36 @@ def _rewritable(conv: nn.Module) -> bool:
             and not isinstance(conv.padding, str))
 
 
-@functools.cache
-def fused_conv_relu_works() -> str | None:
-    """``None`` where oneDNN's fused convolution + ReLU gives the plain one's values, else why not.
-
-    A few milliseconds, once per process, on tensors of the shapes and layouts the net uses.
-    """
-    if not torch.backends.mkldnn.is_available():
-        return "PyTorch was built without oneDNN"
-    if not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
-        return "this PyTorch has no mkldnn._convolution_pointwise"
+def _probe(dtype: torch.dtype) -> str | None:
+    """``None`` where the fused call gives the plain ops' values in ``dtype``, else why not."""
     generator = torch.Generator().manual_seed(0)
-    conv = nn.Conv2d(8, 16, 3, padding=1)
+    conv = nn.Conv2d(8, 16, 3, padding=1).to(dtype)
+    tolerance = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {}
     try:
         with torch.no_grad():
             for layout in (torch.contiguous_format, torch.channels_last):
                 conv.to(memory_format=layout)
-                x = torch.randn(2, 8, 12, 12, generator=generator).to(memory_format=layout)
-                expected = F.relu(conv(x))
-                torch.testing.assert_close(_fused(x, conv, torch.float32), expected,
-                                           atol=1e-5, rtol=1e-4)
+                x = torch.randn(2, 8, 12, 12, generator=generator).to(dtype, memory_format=layout)
+                torch.testing.assert_close(_fused(x, conv, dtype), F.relu(conv(x)), **tolerance)
     except Exception as error:  # noqa: BLE001 - any failure means: keep the plain path
-        return f"oneDNN's fused convolution + ReLU failed its probe ({error})"
+        return f"oneDNN's fused convolution + ReLU failed its {dtype} probe ({error})"
     return None
+
+
+@functools.cache
+def fused_conv_relu_dtypes() -> tuple[frozenset[torch.dtype], tuple[str, ...]]:
+    """The dtypes in which oneDNN's fused call gives the plain ops' values, and why not others.
+
+    A small convolution in each layout, once per process (milliseconds). bf16 fails where
+    oneDNN has no bf16 convolution on this CPU (AVX2 only): fp32 is then fused alone.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return frozenset(), ("PyTorch was built without oneDNN",)
+    if not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        return frozenset(), ("this PyTorch has no mkldnn._convolution_pointwise",)
+    problems = {dtype: _probe(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    return (frozenset(d for d, problem in problems.items() if problem is None),
+            tuple(problem for problem in problems.values() if problem is not None))
 
 
 def _swap(owner: nn.Module, conv_name: str, relu_name: str) -> bool:
@@ -116,11 +124,15 @@ def fuse_conv_relu(net: nn.Module) -> int:
     first (:func:`faceparse.inference.fold.fold_batchnorm`): an unfolded BatchNorm between
     a convolution and its ReLU keeps the pair apart. Covers ``Sequential`` runs
     (torchvision's VGG features) and the decoder's blocks. Returns 0, logging why, where
-    oneDNN's fused call is unavailable.
+    oneDNN's fused call works in no dtype; a dtype it fails in runs the plain ops.
     """
-    problem = fused_conv_relu_works()
-    if problem is not None:
-        log.info("convolutions and ReLUs left apart: %s", problem)
+    dtypes, problems = fused_conv_relu_dtypes()
+    if problems:
+        log.info("convolutions and ReLUs left apart %s: %s",
+                 "in every dtype" if not dtypes else "except in "
+                 + ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes)),
+                 "; ".join(problems))
+    if not dtypes:
         return 0
     fused = 0
     for module in list(net.modules()):
