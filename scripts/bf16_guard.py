@@ -68,7 +68,7 @@ def main() -> None:
         if reference is None:
             reference = (labels, f1)
         agreement = (labels == reference[0]).float().mean().item()
-        print(f"{name:38s} pixels agreeing with fp32 {agreement:.4%}  F1 {f1:.4f} "
+        print(f"{name:50s} pixels agreeing with fp32 {agreement:.4%}  F1 {f1:.4f} "
               f"(change {f1 - reference[1]:+.4f})  {seconds:.1f} s")
 
 
