@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceparse.models.blocks import ConvBNReLU, DepthwiseSeparableConv
+from faceparse.inference.fold import successive_children
 from faceparse.models.tracing import traced
 
 __all__ = ["ConvReLU", "fuse_conv_relu", "fused_conv_relu_dtypes"]
@@ -120,10 +120,9 @@ def _swap(owner: nn.Module, conv_name: str, relu_name: str) -> bool:
 def fuse_conv_relu(net: nn.Module) -> int:
     """Make each convolution that a ReLU directly follows a :class:`ConvReLU`; return how many.
 
-    "Directly" counts a folded BatchNorm's ``Identity`` between them, so fold BatchNorm
-    first (:func:`faceparse.inference.fold.fold_batchnorm`): an unfolded BatchNorm between
-    a convolution and its ReLU keeps the pair apart. Covers ``Sequential`` runs
-    (torchvision's VGG features) and the decoder's blocks. Returns 0, logging why, where
+    "Directly" is :func:`~faceparse.inference.fold.successive_children`'s, which skips a
+    folded BatchNorm's ``Identity``, so fold BatchNorm first: an unfolded BatchNorm between
+    a convolution and its ReLU keeps the pair apart. Returns 0, logging why, where
     oneDNN's fused call works in no dtype; a dtype it fails in runs the plain ops.
     """
     dtypes, problems = fused_conv_relu_dtypes()
@@ -134,14 +133,4 @@ def fuse_conv_relu(net: nn.Module) -> int:
                  "; ".join(problems))
     if not dtypes:
         return 0
-    fused = 0
-    for module in list(net.modules()):
-        if isinstance(module, ConvBNReLU) and isinstance(module.bn, nn.Identity):
-            fused += _swap(module, "conv", "act")
-        elif isinstance(module, DepthwiseSeparableConv) and isinstance(module.bn, nn.Identity):
-            fused += _swap(module, "pointwise", "act")
-        elif isinstance(module, nn.Sequential):
-            names = [name for name, m in module.named_children() if not isinstance(m, nn.Identity)]
-            for first, second in zip(names, names[1:], strict=False):
-                fused += _swap(module, first, second)
-    return fused
+    return sum(_swap(*pair) for pair in successive_children(net))

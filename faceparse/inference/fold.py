@@ -18,7 +18,29 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from faceparse.models.blocks import ConvBNReLU, DepthwiseSeparableConv
 
-__all__ = ["fold_batchnorm", "fold_layer_scale"]
+__all__ = ["fold_batchnorm", "fold_layer_scale", "successive_children"]
+
+
+# modules whose forward runs their children one after another, in the order registered
+_CHAINS = (nn.Sequential, ConvBNReLU, DepthwiseSeparableConv)
+
+
+def successive_children(net: nn.Module) -> list[tuple[nn.Module, str, str]]:
+    """``(owner, first, second)`` for each two children of ``net``'s chains that run in turn.
+
+    Chains are ``Sequential`` runs (torchvision's VGG features, the attention gate) and the
+    decoder's conv/BN/ReLU blocks. An ``Identity`` between two children (a folded
+    BatchNorm) is skipped: they still run in turn. Listed up front, so a rewrite may
+    replace children while it goes through them.
+    """
+    pairs = []
+    for module in net.modules():
+        if isinstance(module, _CHAINS):
+            names = [name for name, child in module.named_children()
+                     if not isinstance(child, nn.Identity)]
+            pairs += [(module, first, second)
+                      for first, second in zip(names, names[1:], strict=False)]
+    return pairs
 
 
 def _fold_pair(owner: nn.Module, conv_name: str, bn_name: str) -> bool:
@@ -39,17 +61,7 @@ def fold_batchnorm(net: nn.Module) -> int:
     """
     if net.training:
         raise ValueError("fold_batchnorm needs a net in eval mode (it uses running statistics)")
-    folded = 0
-    for module in list(net.modules()):
-        if isinstance(module, ConvBNReLU):
-            folded += _fold_pair(module, "conv", "bn")
-        elif isinstance(module, DepthwiseSeparableConv):
-            folded += _fold_pair(module, "pointwise", "bn")
-        elif isinstance(module, nn.Sequential):
-            names = [name for name, _ in module.named_children()]
-            for first, second in zip(names, names[1:], strict=False):
-                folded += _fold_pair(module, first, second)
-    return folded
+    return sum(_fold_pair(*pair) for pair in successive_children(net))
 
 
 def _scale_rows(linear: nn.Linear, gamma: torch.Tensor) -> None:
