@@ -132,8 +132,14 @@ def test_profile_times_every_stage_of_the_real_forward(compose_bench) -> None:
     assert profile["infer_batchnorms_folded"] > 0
     assert any("batch_norm" in k["kernel"] for k in train["kernels"]["top"])
     assert not any("batch_norm" in k["kernel"] for k in infer["kernels"]["top"])
+    for part in (train, infer):  # a CPU has no peak TFLOP/s: the times, but no ceiling
+        ceiling = part["ceiling"]
+        assert 0 < ceiling["matrix_ms"] < part["whole_ms"]
+        assert ceiling["rest_ms"] == pytest.approx(part["whole_ms"] - ceiling["matrix_ms"])
+        assert ceiling["ceiling_mfu"] is None and ceiling["rest_budget_ms"] is None
     text = format_profile(profile)
     assert "| decoder level 2->1 |" in text and "### infer" in text
+    assert text.count("no peak TFLOP/s for this device, so no MFU ceiling") == 2
     assert f"{profile['infer_batchnorms_folded']} BatchNorms folded" in text
 
 

@@ -32,6 +32,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from faceparse.bench.ceiling import MFU_TARGETS, mfu_ceiling
 from faceparse.bench.kernels import kernel_breakdown
 from faceparse.bench.measure import bench_bf16, sync
 from faceparse.bench.sections import _device, _peak_tflops, count_flops, train_flops
@@ -284,6 +285,7 @@ def _profile(cfg: DictConfig) -> dict[str, Any]:
         if mode == "train":
             part["optimizer_ms"] = _time_optimizer(train_step, optimizer, timer, repeats)
         part["kernels"] = kernel_breakdown(work, device, steps=min(steps, 3))
+        part["ceiling"] = mfu_ceiling(part, flops, b, peak, MFU_TARGETS[mode])
         result[mode] = part
     result["vit_blocks"] = time_vit_blocks(net.encoder.vit, image, device, bf16)
     return result

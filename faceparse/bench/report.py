@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from faceparse.bench.ceiling import format_ceiling
+
 __all__ = ["measurements", "format_table", "format_comparison", "format_profile", "format_census"]
 
 
@@ -117,6 +119,8 @@ def format_profile(profile: dict[str, Any]) -> str:
                   f"{r['backward_ms']:.2f} | {r['share']:.1%} |" if "backward_ms" in r else
                   f"| {r['stage']} | {r['forward_ms']:.2f} | | {r['share']:.1%} |"
                   for r in part["stages"]]
+        if "ceiling" in part:  # profiles recorded before the ceiling have none
+            lines += ["", format_ceiling(part["ceiling"]) + "."]
         kernels = part["kernels"]
         lines += ["", f"kernel time {kernels['kernel_ms_per_step']:.2f} ms per step:", "",
                   "| kernel class | ms | share |", "| --- | --- | --- |"]
