@@ -100,7 +100,7 @@ def test_the_plain_path_runs_where_the_fused_call_must_not(monkeypatch) -> None:
 def test_a_failing_probe_leaves_the_net_alone(net, monkeypatch, caplog) -> None:
     fold_batchnorm(net)
     monkeypatch.setattr(conv_relu, "fused_conv_relu_dtypes",
-                        lambda: (frozenset(), ("no oneDNN here",)))
+                        lambda device_type: (frozenset(), ("no oneDNN here",)))
     with caplog.at_level("INFO", logger="faceparse.inference.conv_relu"):
         assert fuse_conv_relu(net) == 0
     assert _count(net, ConvReLU) == 0 and "no oneDNN here" in caplog.text
@@ -109,11 +109,12 @@ def test_a_failing_probe_leaves_the_net_alone(net, monkeypatch, caplog) -> None:
 def test_a_dtype_that_fails_its_probe_runs_the_plain_ops(monkeypatch, caplog) -> None:
     """An AVX2-only CPU: oneDNN has no bf16 convolution there, fp32 is still fused."""
     monkeypatch.setattr(conv_relu, "fused_conv_relu_dtypes",
-                        lambda: (frozenset({torch.float32}), ("no bf16 convolution",)))
+                        lambda device_type: (frozenset({torch.float32}),
+                                             ("no bf16 convolution",)))
     net = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
     with caplog.at_level("INFO", logger="faceparse.inference.conv_relu"):
         assert fuse_conv_relu(net) == 1
-    assert "except in float32: no bf16 convolution" in caplog.text
+    assert "on cpu except in float32: no bf16 convolution" in caplog.text
     calls = []
     real = conv_relu._fused
     monkeypatch.setattr(conv_relu, "_fused", lambda *a: calls.append(a[2]) or real(*a))
@@ -133,3 +134,59 @@ def test_prepare_for_inference_fuses_on_a_cpu_unless_told_not_to(net) -> None:
     x = torch.randn(1, 3, 32, 32).to(memory_format=torch.channels_last)
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), kept(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fusion_on_cuda_is_asked_for_and_probed_apart_from_the_cpus() -> None:
+    """``auto`` fuses on a CPU only (measured there); ``true`` adds CUDA (cuDNN's call)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert FastPath().wants_conv_relu_fused(cpu) and not FastPath().wants_conv_relu_fused(cuda)
+    forced = FastPath(fuse_conv_relu=True)
+    assert forced.wants_conv_relu_fused(cpu) and forced.wants_conv_relu_fused(cuda)
+    assert not forced.wants_conv_relu_fused(torch.device("meta"))
+    off = FastPath(fuse_conv_relu=False)
+    assert not off.wants_conv_relu_fused(cpu) and not off.wants_conv_relu_fused(cuda)
+    with pytest.raises(ValueError, match="fast_path.fuse_conv_relu='cuda': use auto, true"):
+        FastPath(fuse_conv_relu="cuda")
+    if not torch.cuda.is_available():
+        dtypes, problems = fused_conv_relu_dtypes("cuda")
+        assert dtypes == frozenset() and problems == ("no CUDA device",)
+    assert fused_conv_relu_dtypes("mps") == (frozenset(), (
+        "no fused convolution + ReLU for mps devices",))
+
+
+def test_a_net_fused_for_cuda_runs_the_plain_ops_on_a_cpu(net, monkeypatch, caplog) -> None:
+    """The rewrite names its device type: a CUDA net moved to the CPU stays correct."""
+    fold_batchnorm(net)
+    plain = copy.deepcopy(net)
+    monkeypatch.setattr(conv_relu, "fused_conv_relu_dtypes",
+                        lambda device_type: (frozenset({torch.bfloat16}), ()))
+    assert fuse_conv_relu(net, "cuda") > 20
+    assert {m.fused_on for m in net.modules() if isinstance(m, ConvReLU)} == {"cuda"}
+    calls = []
+    monkeypatch.setattr(conv_relu, "_fused", lambda *a: calls.append(a) or None)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), plain(x))
+    assert calls == []
+
+
+def test_a_failing_cuda_probe_says_which_library_failed(monkeypatch) -> None:
+    """Where cuDNN's call raises or disagrees, the probe names it and the dtype."""
+    def broken(x, weight, bias, conv):
+        raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED")
+
+    backend = conv_relu._BACKENDS["cpu"]
+    monkeypatch.setitem(conv_relu._BACKENDS, "cpu", conv_relu._Backend(
+        "cuDNN", broken, backend.dtypes, backend.missing, backend.enabled,
+        backend.fp32_tolerance))
+    problem = conv_relu._probe("cpu", torch.float32)
+    assert problem.startswith("cuDNN's fused convolution + ReLU failed its torch.float32 probe")
+    assert "CUDNN_STATUS_NOT_SUPPORTED" in problem
+
+    def wrong(x, weight, bias, conv):  # a ReLU left out
+        return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    monkeypatch.setitem(conv_relu._BACKENDS, "cpu", conv_relu._Backend(
+        "cuDNN", wrong, backend.dtypes, backend.missing, backend.enabled,
+        backend.fp32_tolerance))
+    assert "failed its torch.bfloat16 probe" in conv_relu._probe("cpu", torch.bfloat16)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from faceparse.bench.census import OpCensus, _stages, census_step
 from faceparse.fast_path import FastPath
 from faceparse.inference import predict, prepare_for_inference
+from faceparse.inference.conv_relu import ConvReLU, fused_conv_relu_dtypes
 from faceparse.models import rope_attention
 from faceparse.models.dinov3 import DinoVitEncoder, frozen_vits_to_bf16
 
@@ -136,3 +137,23 @@ def test_overlapped_copies_give_the_labels_of_waiting_after_every_batch(compose)
     assert torch.equal(overlapped.labels, waited.labels)
     assert torch.equal(overlapped.probs, waited.probs)
     assert overlapped.labels.device.type == "cpu" and not overlapped.labels.is_pinned()
+
+
+def test_cudnns_fused_convolution_and_relu_gives_the_plain_nets_logits(compose) -> None:
+    """``fast_path.fuse_conv_relu=true`` on CUDA: cuDNN's call passes its probe in bf16 and
+    fp32, and the rewritten net predicts what the net with separate ReLUs predicts."""
+    dtypes, problems = fused_conv_relu_dtypes("cuda")
+    assert {torch.float32, torch.bfloat16} <= dtypes, problems
+    net = instantiate(compose(SMALL).model.net).eval()
+    plain = prepare_for_inference(copy.deepcopy(net), "cuda", FastPath())
+    fused = prepare_for_inference(copy.deepcopy(net), "cuda", FastPath(fuse_conv_relu=True))
+    assert not any(isinstance(m, ConvReLU) for m in plain.modules())
+    assert sum(isinstance(m, ConvReLU) for m in fused.modules()) > 20
+    images = torch.randn(4, 3, 64, 64, device="cuda").contiguous(
+        memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16):
+        expected, got = plain(images), fused(images)
+    # bias and ReLU in the epilogue round once where the plain path rounds the convolution
+    # before adding the bias: bf16's own error, not more
+    assert relative_error(got, expected) < 2e-2
+    assert (got.argmax(1) == expected.argmax(1)).float().mean() > 0.95  # random weights: ties

@@ -36,9 +36,9 @@ def prepare_for_inference(
 ) -> nn.Module:
     """Eval mode on ``device``, with the fast path's options where they pay there.
 
-    Also the inference-only rewrites ``fold_batchnorm`` and ``fold_layer_scale``,
-    ``fuse_conv_relu`` on a CPU, and ``frozen_vit_bf16`` where inference runs in bf16: the
-    net returned is for prediction, not for training or saving.
+    Also the inference-only rewrites ``fold_batchnorm``, ``fold_layer_scale``,
+    ``fuse_conv_relu`` (on a CPU unless told otherwise) and ``frozen_vit_bf16`` where
+    inference runs in bf16: the net returned is for prediction, not for training or saving.
     On a CPU, freed memory is kept for reuse (``reuse_cpu_memory``): the predict pass
     gained 1.1-1.3x, a training run nothing measurable, so only inference does it.
     """
@@ -49,8 +49,8 @@ def prepare_for_inference(
         fold_batchnorm(net)
     if fast_path.fold_layer_scale:  # in fp32, before the ViT's weights go to bf16
         fold_layer_scale(net)
-    if device.type == "cpu" and fast_path.fuse_conv_relu:  # after the fold: conv, ReLU adjacent
-        fuse_conv_relu(net)
+    if fast_path.wants_conv_relu_fused(device):  # after the fold: conv and ReLU adjacent
+        fuse_conv_relu(net, device.type)
     if fast_path.wants_frozen_vit_bf16(device):
         frozen_vits_to_bf16(net)
     if device.type == "cpu" and fast_path.reuse_cpu_memory:

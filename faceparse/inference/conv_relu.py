@@ -1,19 +1,24 @@
-"""An inference-only rewrite for CPUs: each convolution followed by a ReLU runs as one
-oneDNN call with the ReLU as its post-op, instead of a convolution and then a pass of its own.
+"""An inference-only rewrite: each convolution followed by a ReLU runs as one library call
+with the ReLU applied as the convolution writes its output, instead of a pass of its own.
 
-On a 2-core AMX Xeon the separate ReLU was 25-30% of a bf16 3x3 convolution at 64
-channels and 512 px (BENCHMARKS.md); fusing it gives the same bits. The op is oneDNN's
-through PyTorch (``torch.ops.mkldnn._convolution_pointwise``, what inductor fuses into on
-a CPU), so a tiny probe checks it once per process and dtype: where it is missing,
-changed or wrong, the plain ops run and the reason is logged. On other devices, under a tracer
-(``torch.compile``, export), or wherever a gradient is wanted, the plain convolution and
-ReLU run.
+On a CPU the call is oneDNN's (``torch.ops.mkldnn._convolution_pointwise``, what inductor
+fuses into there): on a 2-core AMX Xeon the separate ReLU was 25-30% of a bf16 3x3
+convolution at 64 channels and 512 px, and fusing it gives the same bits (BENCHMARKS.md).
+On CUDA it is cuDNN's (``torch.cudnn_convolution_relu``: bias and ReLU in the
+convolution's epilogue), opt-in (``fast_path.fuse_conv_relu=true``) until a GPU has
+measured it: the MFU ceiling of issue 15 needs the ReLU passes gone from inference
+(BENCHMARKS.md, "How far the MFU targets are"). A tiny probe checks the call once per
+process, device type and dtype: where it is missing, changed or wrong, the plain ops run
+and the reason is logged. Under a tracer (``torch.compile``, export), wherever a gradient
+is wanted, and on other devices, the plain convolution and ReLU run.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,47 +31,104 @@ __all__ = ["ConvReLU", "fuse_conv_relu", "fused_conv_relu_dtypes"]
 
 log = logging.getLogger(__name__)
 
+FusedCall = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", nn.Conv2d],
+                     torch.Tensor]
 
-def _fused(x: torch.Tensor, conv: nn.Conv2d, dtype: torch.dtype) -> torch.Tensor:
-    weight, bias = conv.weight, conv.bias
-    if x.dtype != dtype:
-        x = x.to(dtype)
-    if weight.dtype != dtype:  # what CPU autocast would cast, cast the same way
-        weight = weight.to(dtype)
-    if bias is not None and bias.dtype != dtype:
-        bias = bias.to(dtype)
+
+def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            conv: nn.Conv2d) -> torch.Tensor:
     return torch.ops.mkldnn._convolution_pointwise(
         x, weight, bias, list(conv.padding), list(conv.stride), list(conv.dilation),
         conv.groups, "relu", [None], "")
 
 
+def _cudnn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           conv: nn.Conv2d) -> torch.Tensor:
+    return torch.cudnn_convolution_relu(x, weight, bias, conv.stride, conv.padding,
+                                        conv.dilation, conv.groups)
+
+
+def _onednn_missing() -> str | None:
+    if not torch.backends.mkldnn.is_available():
+        return "PyTorch was built without oneDNN"
+    if not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        return "this PyTorch has no mkldnn._convolution_pointwise"
+    return None
+
+
+def _cudnn_missing() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if not torch.backends.cudnn.is_available():
+        return "PyTorch was built without cuDNN"
+    if not hasattr(torch, "cudnn_convolution_relu"):
+        return "this PyTorch has no cudnn_convolution_relu"
+    return None
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """One device type's fused call: its library, what it can run in, whether it is on."""
+
+    library: str
+    call: FusedCall
+    dtypes: tuple[torch.dtype, ...]
+    missing: Callable[[], str | None]
+    enabled: Callable[[], bool]
+    # fp32 on CUDA may run as TF32, and the fused and plain calls may pick other algorithms
+    fp32_tolerance: tuple[float, float]
+
+
+_BACKENDS = {
+    "cpu": _Backend("oneDNN", _onednn, (torch.float32, torch.bfloat16), _onednn_missing,
+                    lambda: torch.backends.mkldnn.enabled, (1e-5, 1e-4)),
+    "cuda": _Backend("cuDNN", _cudnn, (torch.float32, torch.bfloat16, torch.float16),
+                     _cudnn_missing, lambda: torch.backends.cudnn.enabled, (2e-3, 2e-3)),
+}
+
+
+def _fused(x: torch.Tensor, conv: nn.Conv2d, dtype: torch.dtype) -> torch.Tensor:
+    weight, bias = conv.weight, conv.bias
+    if x.dtype != dtype:
+        x = x.to(dtype)
+    if weight.dtype != dtype:  # what autocast would cast, cast the same way
+        weight = weight.to(dtype)
+    if bias is not None and bias.dtype != dtype:
+        bias = bias.to(dtype)
+    return _BACKENDS[x.device.type].call(x, weight, bias, conv)
+
+
 class ConvReLU(nn.Conv2d):
-    """A ``Conv2d`` whose output goes through a ReLU, fused on a CPU where oneDNN can.
+    """A ``Conv2d`` whose output goes through a ReLU, fused on one device type where it can.
 
     Made with :meth:`like`: the same parameter objects under the same names.
     """
 
+    fused_on = "cpu"
+
     @classmethod
-    def like(cls, conv: nn.Conv2d) -> ConvReLU:
+    def like(cls, conv: nn.Conv2d, device_type: str = "cpu") -> ConvReLU:
         new = cls.__new__(cls)
         new.__dict__.update(conv.__dict__)
+        new.fused_on = device_type
         return new
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The dtype the fused call runs in, or ``None`` where it should not run."""
-        if x.device.type != "cpu" or x.dim() != 4 or traced():
+        device_type = x.device.type
+        if device_type != self.fused_on or x.dim() != 4 or traced():
             return None
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return None
-        if torch.is_autocast_enabled("cpu"):
-            dtype = torch.get_autocast_dtype("cpu") if x.is_floating_point() else None
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type) if x.is_floating_point() else None
         else:
             dtype = x.dtype
-        return dtype if dtype in fused_conv_relu_dtypes()[0] else None
+        return dtype if dtype in fused_conv_relu_dtypes(device_type)[0] else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self._compute_dtype(x)
-        if dtype is None or not torch.backends.mkldnn.enabled:
+        if dtype is None or not _BACKENDS[x.device.type].enabled():
             return F.relu(super().forward(x))
         return _fused(x, self, dtype)
 
@@ -76,61 +138,69 @@ def _rewritable(conv: nn.Module) -> bool:
             and not isinstance(conv.padding, str))
 
 
-def _probe(dtype: torch.dtype) -> str | None:
+def _probe(device_type: str, dtype: torch.dtype) -> str | None:
     """``None`` where the fused call gives the plain ops' values in ``dtype``, else why not."""
+    backend = _BACKENDS[device_type]
     generator = torch.Generator().manual_seed(0)
-    conv = nn.Conv2d(8, 16, 3, padding=1).to(dtype)
-    tolerance = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {}
+    conv = nn.Conv2d(8, 16, 3, padding=1).to(device_type, dtype)
+    atol, rtol = backend.fp32_tolerance
+    tolerance = {"atol": atol, "rtol": rtol} if dtype == torch.float32 else {}
     try:
         with torch.no_grad():
             for layout in (torch.contiguous_format, torch.channels_last):
                 conv.to(memory_format=layout)
-                x = torch.randn(2, 8, 12, 12, generator=generator).to(dtype, memory_format=layout)
+                x = torch.randn(2, 8, 12, 12, generator=generator).to(
+                    device_type, dtype, memory_format=layout)
                 torch.testing.assert_close(_fused(x, conv, dtype), F.relu(conv(x)), **tolerance)
     except Exception as error:  # noqa: BLE001 - any failure means: keep the plain path
-        return f"oneDNN's fused convolution + ReLU failed its {dtype} probe ({error})"
+        return (f"{backend.library}'s fused convolution + ReLU failed its {dtype} probe "
+                f"({error})")
     return None
 
 
 @functools.cache
-def fused_conv_relu_dtypes() -> tuple[frozenset[torch.dtype], tuple[str, ...]]:
-    """The dtypes in which oneDNN's fused call gives the plain ops' values, and why not others.
+def fused_conv_relu_dtypes(device_type: str = "cpu"
+                           ) -> tuple[frozenset[torch.dtype], tuple[str, ...]]:
+    """The dtypes in which the fused call gives the plain ops' values, and why not others.
 
-    A small convolution in each layout, once per process (milliseconds). bf16 fails where
-    oneDNN has no bf16 convolution on this CPU (AVX2 only): fp32 is then fused alone.
+    A small convolution in each layout, once per process and device type (milliseconds).
+    bf16 fails on a CPU whose oneDNN has no bf16 convolution (AVX2 only): fp32 is then
+    fused alone.
     """
-    if not torch.backends.mkldnn.is_available():
-        return frozenset(), ("PyTorch was built without oneDNN",)
-    if not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
-        return frozenset(), ("this PyTorch has no mkldnn._convolution_pointwise",)
-    problems = {dtype: _probe(dtype) for dtype in (torch.float32, torch.bfloat16)}
+    backend = _BACKENDS.get(device_type)
+    if backend is None:
+        return frozenset(), (f"no fused convolution + ReLU for {device_type} devices",)
+    if (missing := backend.missing()) is not None:
+        return frozenset(), (missing,)
+    problems = {dtype: _probe(device_type, dtype) for dtype in backend.dtypes}
     return (frozenset(d for d, problem in problems.items() if problem is None),
             tuple(problem for problem in problems.values() if problem is not None))
 
 
-def _swap(owner: nn.Module, conv_name: str, relu_name: str) -> bool:
+def _swap(owner: nn.Module, conv_name: str, relu_name: str, device_type: str) -> bool:
     conv, relu = getattr(owner, conv_name), getattr(owner, relu_name)
     if not (_rewritable(conv) and isinstance(relu, nn.ReLU)):
         return False
-    setattr(owner, conv_name, ConvReLU.like(conv))
+    setattr(owner, conv_name, ConvReLU.like(conv, device_type))
     setattr(owner, relu_name, nn.Identity())
     return True
 
 
-def fuse_conv_relu(net: nn.Module) -> int:
+def fuse_conv_relu(net: nn.Module, device_type: str = "cpu") -> int:
     """Make each convolution that a ReLU directly follows a :class:`ConvReLU`; return how many.
 
-    "Directly" is :func:`~faceparse.inference.fold.successive_children`'s, which skips a
-    folded BatchNorm's ``Identity``, so fold BatchNorm first: an unfolded BatchNorm between
-    a convolution and its ReLU keeps the pair apart. Returns 0, logging why, where
-    oneDNN's fused call works in no dtype; a dtype it fails in runs the plain ops.
+    They fuse on ``device_type`` (``"cpu"``: oneDNN, ``"cuda"``: cuDNN) and run the plain
+    ops anywhere else. "Directly" is :func:`~faceparse.inference.fold.successive_children`'s,
+    which skips a folded BatchNorm's ``Identity``, so fold BatchNorm first: an unfolded
+    BatchNorm between a convolution and its ReLU keeps the pair apart. Returns 0, logging
+    why, where the fused call works in no dtype; a dtype it fails in runs the plain ops.
     """
-    dtypes, problems = fused_conv_relu_dtypes()
+    dtypes, problems = fused_conv_relu_dtypes(device_type)
     if problems:
-        log.info("convolutions and ReLUs left apart %s: %s",
+        log.info("convolutions and ReLUs left apart on %s %s: %s", device_type,
                  "in every dtype" if not dtypes else "except in "
                  + ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes)),
                  "; ".join(problems))
     if not dtypes:
         return 0
-    return sum(_swap(*pair) for pair in successive_children(net))
+    return sum(_swap(*pair, device_type) for pair in successive_children(net))
