@@ -20,11 +20,14 @@ from faceparse.bench.census import (
     OpCensus,
     _backward,
     census_step,
+    cudnn_conv_relu_as_on_a_gpu,
     emulated_cuda,
     op_class,
     summarise,
 )
 from faceparse.bench.report import format_census
+from faceparse.inference.conv_relu import fuse_conv_relu
+from faceparse.inference.fold import fold_batchnorm
 from faceparse.models.dinov3 import frozen_vits_to_bf16
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -182,3 +185,31 @@ def test_the_census_command_writes_its_tables(tmp_path: Path) -> None:
     assert census["train"]["total_gb"] > census["infer"]["total_gb"] > 0
     assert "### train" in result.stdout and "| decoder.ctf_2_1 |" in result.stdout
     assert format_census(census) in result.stdout
+
+
+def test_cudnns_fused_convolution_and_relu_drops_the_relu_passes(quickstart_net) -> None:
+    """``fast_path.fuse_conv_relu=true`` as a GPU would run it: each fused convolution
+    moves what the plain one did, and its ReLU's read and write are gone."""
+    net, _, classes = quickstart_net
+    net = copy.deepcopy(net).eval()
+    fold_batchnorm(net)
+    net.to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(net)
+    with cudnn_conv_relu_as_on_a_gpu():
+        pairs = fuse_conv_relu(fused, "cuda")
+    assert pairs > 20
+    plain_rows = census_step(net, None, batch=2, size=64, num_classes=classes)
+    fused_rows = census_step(fused, None, batch=2, size=64, num_classes=classes)
+
+    def total(rows: list[dict], op: str) -> tuple[int, int]:
+        chosen = [r for r in rows if r["op"] == op]
+        return sum(r["bytes"] for r in chosen), sum(r["calls"] for r in chosen)
+
+    relu_bytes, relus = total(plain_rows, "relu_")
+    assert relus == pairs and total(fused_rows, "relu_") == (0, 0)
+    conv_bytes, convs = total(plain_rows, "convolution")
+    fused_conv_bytes, fused_convs = total(fused_rows, "convolution + ReLU (cuDNN)")
+    assert fused_convs == pairs
+    assert fused_conv_bytes + total(fused_rows, "convolution")[0] == conv_bytes
+    assert (sum(r["bytes"] for r in plain_rows) - sum(r["bytes"] for r in fused_rows)
+            == relu_bytes)

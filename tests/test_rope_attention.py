@@ -11,7 +11,8 @@ import torch
 from timm.layers.pos_embed_sincos import apply_rot_embed_cat
 from timm.models.eva import EvaAttention
 
-from faceparse.bench.census import OpCensus, _fused_attention, emulated_cuda, to_fake_cuda
+from faceparse.bench.census import OpCensus, emulated_cuda, to_fake_cuda
+from faceparse.bench.standins import fused_attention
 from faceparse.fast_path import FastPath
 from faceparse.models import rope_attention
 from faceparse.models.dinov3 import DinoVitEncoder, frozen_vits_to_bf16
@@ -165,7 +166,7 @@ def test_on_a_gpu_it_rotates_in_bf16_without_casts_or_concatenations(vit) -> Non
         frozen_vits_to_bf16(net)
         census = OpCensus()
         with emulated_cuda(torch.bfloat16), mock.patch(
-                "torch.nn.functional.scaled_dot_product_attention", _fused_attention(census)):
+                "torch.nn.functional.scaled_dot_product_attention", fused_attention(census)):
             to_fake_cuda(net)
             image = torch.empty(2, 3, 64, 64, device="cuda")
             with torch.no_grad(), census:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -34,13 +35,15 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from faceparse.bench.standins import dtype_names, fused_attention, fused_conv_relu, nbytes
 from faceparse.fast_path import FastPath
+from faceparse.inference import conv_relu
 from faceparse.inference.fold import fold_batchnorm, fold_layer_scale
 from faceparse.models.dinov3 import frozen_vits_to_bf16
 from faceparse.models.rope_attention import fuse_rope
 
-__all__ = ["OP_CLASSES", "bench_census", "census_step", "emulated_cuda", "op_class", "summarise",
-           "to_fake_cuda"]
+__all__ = ["OP_CLASSES", "bench_census", "census_step", "cudnn_conv_relu_as_on_a_gpu",
+           "emulated_cuda", "op_class", "summarise", "to_fake_cuda"]
 
 # aten op names (after autocast and autograd) -> what kind of work; first match wins
 OP_CLASSES: tuple[tuple[str, str], ...] = (
@@ -73,10 +76,6 @@ def _floats(tensors: list[torch.Tensor]) -> set[torch.dtype]:
     return {t.dtype for t in tensors if t.is_floating_point()}
 
 
-def _names(dtypes: set[torch.dtype]) -> str:
-    return ",".join(sorted(str(d).removeprefix("torch.") for d in dtypes)) or "-"
-
-
 @dataclass
 class OpCensus(TorchDispatchMode):
     """Every aten op below autograd: (phase, stage, class, op, output dtype) -> bytes, calls."""
@@ -105,66 +104,15 @@ class OpCensus(TorchDispatchMode):
             ins = ins[1:]
         kind = op_class(name, _floats(ins), _floats(outs))
         # a cast is named by what it converts: bfloat16->float32
-        dtype = (f"{_names(_floats(ins) - _floats(outs))}->{_names(_floats(outs))}"
-                 if kind == CAST else _names(_floats(outs)))
-        self.record(kind, name, dtype, _nbytes(*ins, *outs))
+        dtype = (f"{dtype_names(_floats(ins) - _floats(outs))}->{dtype_names(_floats(outs))}"
+                 if kind == CAST else dtype_names(_floats(outs)))
+        self.record(kind, name, dtype, nbytes(*ins, *outs))
         return out
 
     def record(self, kind: str, op: str, dtype: str, nbytes: int) -> None:
         row = self.rows[(self.phase, self.stage, kind, op, dtype)]
         row[0] += nbytes
         row[1] += 1
-
-
-def _nbytes(*tensors: torch.Tensor) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _heads_last_but_one(like: torch.Tensor, width: int) -> torch.Tensor:
-    """An empty (B, heads, tokens, ``width``) tensor laid out (B, tokens, heads, width).
-
-    Flash and cuDNN attention allocate their outputs and gradients so, and a ViT's
-    ``transpose(1, 2).reshape(B, N, C)`` after them is then a view, not a copy.
-    """
-    if like.dim() != 4:
-        return like.new_empty((*like.shape[:-1], width))
-    b, h, n, _ = like.shape
-    return like.new_empty((b, n, h, width)).transpose(1, 2)
-
-
-def _fused_attention(census: OpCensus) -> Callable[..., torch.Tensor]:
-    """A stand-in for ``F.scaled_dot_product_attention`` as a GPU runs it.
-
-    Without a GPU, SDPA on fake CUDA tensors falls back to its math path (fp32 matmuls
-    and softmax), which a GPU would not run: flash and cuDNN attention read q, k, v and
-    write the output once, in bf16 under autocast. This counts that instead.
-    """
-
-    class FusedAttention(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            out = _heads_last_but_one(q, v.shape[-1])
-            census.record("attention", "fused attention", _names({q.dtype}),
-                          _nbytes(q, k, v, out))
-            ctx.save_for_backward(q, k, v, out)
-            return out
-
-        @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            q, k, v, out = ctx.saved_tensors
-            grads = tuple(_heads_last_but_one(t, t.shape[-1]) for t in (q, k, v))
-            census.record("attention", "fused attention backward", _names({q.dtype}),
-                          _nbytes(q, k, v, out, grad, *grads))
-            return grads
-
-    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *_: Any,
-                  **__: Any) -> torch.Tensor:
-        if torch.is_autocast_enabled("cuda"):  # SDPA is on autocast's lower-precision list
-            dtype = torch.get_autocast_dtype("cuda")
-            q, k, v = (t.to(dtype) for t in (q, k, v))
-        return FusedAttention.apply(q, k, v)
-
-    return attention
 
 
 def _stage_names(net: nn.Module, depth: int) -> dict[nn.Module, str]:
@@ -287,6 +235,18 @@ def emulated_cuda(dtype: torch.dtype | None) -> Iterator[FakeTensorMode]:
             torch.set_autocast_dtype("cuda", was[1])
 
 
+@contextlib.contextmanager
+def cudnn_conv_relu_as_on_a_gpu(census: OpCensus | None = None) -> Iterator[None]:
+    """cuDNN's fused convolution + ReLU taken to pass its probe, which needs a GPU to run,
+    and, given a census, counted by its stand-in (``fast_path.fuse_conv_relu=true``)."""
+    backend = conv_relu._BACKENDS["cuda"]
+    standin = {"cuda": dataclasses.replace(backend, call=fused_conv_relu(census))} if census else {}
+    with mock.patch.object(conv_relu, "fused_conv_relu_dtypes",
+                           lambda device_type="cpu": (frozenset(backend.dtypes), ())), \
+            mock.patch.dict(conv_relu._BACKENDS, standin):
+        yield
+
+
 def to_fake_cuda(net: nn.Module) -> None:
     """Every parameter and buffer as a fake CUDA tensor (same dtype, shape and strides)."""
     for module in net.modules():
@@ -309,7 +269,8 @@ def census_step(net: nn.Module, criterion: Callable[..., dict[str, torch.Tensor]
     """
     census, tags = OpCensus(), {}
     with emulated_cuda(torch.bfloat16 if bf16 else None), mock.patch(
-            "torch.nn.functional.scaled_dot_product_attention", _fused_attention(census)):
+            "torch.nn.functional.scaled_dot_product_attention", fused_attention(census)), \
+            cudnn_conv_relu_as_on_a_gpu(census):
         to_fake_cuda(net)
         image = torch.empty(batch, 3, size, size, device="cuda")
         if channels_last:
@@ -356,8 +317,9 @@ def bench_census(cfg: DictConfig) -> dict[str, Any]:
     bf16 autocast and channels_last as on a GPU; the frozen ViT stored in bf16 where
     ``fast_path.frozen_vit_bf16`` says so, and BatchNorm folded for inference where
     ``fast_path.fold_batchnorm`` does (LayerScale where ``fast_path.fold_layer_scale``
-    does), RoPE fused where ``fast_path.fused_rope`` does
-    (eager, as the census runs). Random weights: the values do not matter here.
+    does, each convolution and its ReLU in one cuDNN call where ``fast_path.fuse_conv_relu``
+    is true), RoPE fused where ``fast_path.fused_rope`` does (eager, as the census runs).
+    Random weights: the values do not matter here.
     """
     fast_path: FastPath = instantiate(cfg.fast_path)
     module = instantiate(cfg.model)
@@ -375,6 +337,10 @@ def bench_census(cfg: DictConfig) -> dict[str, Any]:
         fold_batchnorm(infer_net)
     if fast_path.fold_layer_scale:
         fold_layer_scale(infer_net)
+    fused_conv_relus = 0
+    if fast_path.wants_conv_relu_fused(cuda):
+        with cudnn_conv_relu_as_on_a_gpu():
+            fused_conv_relus = conv_relu.fuse_conv_relu(infer_net, "cuda")
     vit_bf16_train = vit_bf16 and frozen_vits_to_bf16(train_net) > 0
     vit_bf16_infer = vit_bf16 and frozen_vits_to_bf16(infer_net) > 0
     for n in (train_net, infer_net):
@@ -387,7 +353,7 @@ def bench_census(cfg: DictConfig) -> dict[str, Any]:
         "image_size": size, "channels_last": channels_last,
         "frozen_vit_bf16": {"train": vit_bf16_train, "infer": vit_bf16_infer},
         "fold_batchnorm": fast_path.fold_batchnorm, "fold_layer_scale": fast_path.fold_layer_scale,
-        "fused_rope": fast_path.fused_rope,
+        "fused_rope": fast_path.fused_rope, "fused_conv_relus": fused_conv_relus,
     }
     for mode, n, loss in (("train", train_net, criterion), ("infer", infer_net, None)):
         result[mode] = summarise(census_step(n, loss, b, size, num_classes,

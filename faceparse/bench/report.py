@@ -143,7 +143,8 @@ def format_census(census: dict[str, Any], top: int = 20) -> str:
              f"channels_last {census['channels_last']}, frozen ViT in bf16 "
              f"{census['frozen_vit_bf16']}, BatchNorm folded for inference "
              f"{census['fold_batchnorm']}, LayerScale folded for inference "
-             f"{census.get('fold_layer_scale', False)}; bytes each op reads and writes "
+             f"{census.get('fold_layer_scale', False)}, convolutions fused with their ReLU "
+             f"(cuDNN) {census.get('fused_conv_relus', 0)}; bytes each op reads and writes "
              f"(a floor for its kernels' traffic)"]
     for mode in ("train", "infer"):
         part = census[mode]
