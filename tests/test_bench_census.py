@@ -20,13 +20,12 @@ from faceparse.bench.census import (
     OpCensus,
     _backward,
     census_step,
-    cudnn_conv_relu_as_on_a_gpu,
     emulated_cuda,
+    fuse_conv_relu_as_on_a_gpu,
     op_class,
     summarise,
 )
 from faceparse.bench.report import format_census
-from faceparse.inference.conv_relu import fuse_conv_relu
 from faceparse.inference.fold import fold_batchnorm
 from faceparse.models.dinov3 import frozen_vits_to_bf16
 
@@ -195,8 +194,7 @@ def test_cudnns_fused_convolution_and_relu_drops_the_relu_passes(quickstart_net)
     fold_batchnorm(net)
     net.to(memory_format=torch.channels_last)
     fused = copy.deepcopy(net)
-    with cudnn_conv_relu_as_on_a_gpu():
-        pairs = fuse_conv_relu(fused, "cuda")
+    pairs = fuse_conv_relu_as_on_a_gpu(fused)
     assert pairs > 20
     plain_rows = census_step(net, None, batch=2, size=64, num_classes=classes)
     fused_rows = census_step(fused, None, batch=2, size=64, num_classes=classes)
@@ -208,7 +206,7 @@ def test_cudnns_fused_convolution_and_relu_drops_the_relu_passes(quickstart_net)
     relu_bytes, relus = total(plain_rows, "relu_")
     assert relus == pairs and total(fused_rows, "relu_") == (0, 0)
     conv_bytes, convs = total(plain_rows, "convolution")
-    fused_conv_bytes, fused_convs = total(fused_rows, "convolution + ReLU (cuDNN)")
+    fused_conv_bytes, fused_convs = total(fused_rows, "cudnn_convolution_relu")
     assert fused_convs == pairs
     assert fused_conv_bytes + total(fused_rows, "convolution")[0] == conv_bytes
     assert (sum(r["bytes"] for r in plain_rows) - sum(r["bytes"] for r in fused_rows)

@@ -190,3 +190,73 @@ def test_a_failing_cuda_probe_says_which_library_failed(monkeypatch) -> None:
         "cuDNN", wrong, backend.dtypes, backend.missing, backend.enabled,
         backend.fp32_tolerance))
     assert "failed its torch.bfloat16 probe" in conv_relu._probe("cpu", torch.bfloat16)
+
+
+@pytest.mark.parametrize(("stride", "padding", "dilation", "groups"),
+                         [(1, 1, 1, 1), (2, 1, 1, 1), (1, 2, 2, 1), (2, 0, 1, 4)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_cudnn_meta_kernel_gives_the_convolutions_shape_and_layout(
+        stride, padding, dilation, groups, layout) -> None:
+    """What tracers and fake tensors see of cuDNN's fused call: a real convolution's shape,
+    and NHWC strides where the input is NHWC (inductor checks them at run time)."""
+    x = torch.randn(2, 8, 15, 13).to(memory_format=layout)
+    weight = torch.randn(12, 8 // groups, 3, 3).to(memory_format=layout)
+    bias = torch.randn(12)
+    real = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    meta = conv_relu._conv_output_meta(x.to("meta"), weight.to("meta"), bias.to("meta"),
+                                       [stride] * 2, [padding] * 2, [dilation] * 2, groups)
+    assert meta.shape == real.shape and meta.device.type == "meta"
+    assert meta.stride() == real.stride()
+    assert conv_relu.register_cudnn_conv_relu_meta()
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("aten::cudnn_convolution_relu", "Meta")
+
+
+def test_under_compile_cuda_keeps_the_fused_call_and_exporters_get_the_plain_ops(
+        monkeypatch) -> None:
+    """inductor has no fused convolution on CUDA, so a compiled graph calls cuDNN's; an
+    exporter needs standard ops; on a CPU inductor fuses the plain ops into oneDNN's."""
+    from faceparse.bench.census import OpCensus, emulated_cuda, to_fake_cuda
+
+    assert conv_relu.register_cudnn_conv_relu_meta()
+    cuda = ConvReLU.like(nn.Conv2d(4, 6, 3, padding=1), "cuda", frozenset({torch.bfloat16}))
+    cpu = ConvReLU.like(nn.Conv2d(4, 6, 3, padding=1), "cpu", frozenset({torch.float32}))
+
+    def ops(conv: ConvReLU, device: str, compiling: bool, exporting: bool) -> set[str]:
+        monkeypatch.setattr(conv_relu, "traced", lambda: compiling or exporting)
+        monkeypatch.setattr(conv_relu, "exported", lambda: exporting)
+        census = OpCensus()
+        conv = copy.deepcopy(conv)
+        with emulated_cuda(torch.bfloat16), torch.no_grad():
+            if device == "cuda":
+                to_fake_cuda(conv)
+            x = torch.empty(2, 4, 8, 8, device=device)
+            with census:
+                conv(x)
+        return {row[3] for row in census.rows}
+
+    assert "cudnn_convolution_relu" in ops(cuda, "cuda", compiling=True, exporting=False)
+    assert {"convolution", "relu"} <= ops(cuda, "cuda", compiling=True, exporting=True)
+    assert "cudnn_convolution_relu" not in ops(cuda, "cuda", compiling=True, exporting=True)
+    assert "cudnn_convolution_relu" in ops(cuda, "cuda", compiling=False, exporting=False)
+    assert "_convolution_pointwise" in ops(cpu, "cpu", compiling=False, exporting=False)
+    assert "_convolution_pointwise" not in ops(cpu, "cpu", compiling=True, exporting=False)
+
+
+def test_the_fused_path_traces_into_one_graph_where_compile_keeps_it(monkeypatch) -> None:
+    """The CUDA path's code (backend lookup, the library's switch, the call) compiles with
+    no graph break; shown on a CPU whose oneDNN call stands in for cuDNN's."""
+    monkeypatch.setattr(conv_relu, "_compiles_fused", lambda device_type: True)
+    conv = ConvReLU.like(nn.Conv2d(4, 6, 3, padding=1), "cpu", frozenset({torch.float32}))
+    calls = []
+    real = conv_relu._BACKENDS["cpu"]
+    monkeypatch.setitem(conv_relu._BACKENDS, "cpu", conv_relu._Backend(
+        real.library, lambda *a: calls.append(1) or real.call(*a), real.dtypes, real.missing,
+        real.enabled, real.fp32_tolerance))
+    x = torch.randn(2, 4, 8, 8)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(conv, backend="eager", fullgraph=True)(x)
+        torch.testing.assert_close(compiled, F.relu(F.conv2d(x, conv.weight, conv.bias,
+                                                             padding=1)))
+    assert calls  # traced through the fused call, not the plain ops
+    torch._dynamo.reset()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -35,14 +34,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from faceparse.bench.standins import dtype_names, fused_attention, fused_conv_relu, nbytes
+from faceparse.bench.standins import dtype_names, fused_attention, nbytes
 from faceparse.fast_path import FastPath
 from faceparse.inference import conv_relu
 from faceparse.inference.fold import fold_batchnorm, fold_layer_scale
 from faceparse.models.dinov3 import frozen_vits_to_bf16
 from faceparse.models.rope_attention import fuse_rope
 
-__all__ = ["OP_CLASSES", "bench_census", "census_step", "cudnn_conv_relu_as_on_a_gpu",
+__all__ = ["OP_CLASSES", "bench_census", "census_step", "fuse_conv_relu_as_on_a_gpu",
            "emulated_cuda", "op_class", "summarise", "to_fake_cuda"]
 
 # aten op names (after autocast and autograd) -> what kind of work; first match wins
@@ -235,16 +234,16 @@ def emulated_cuda(dtype: torch.dtype | None) -> Iterator[FakeTensorMode]:
             torch.set_autocast_dtype("cuda", was[1])
 
 
-@contextlib.contextmanager
-def cudnn_conv_relu_as_on_a_gpu(census: OpCensus | None = None) -> Iterator[None]:
-    """cuDNN's fused convolution + ReLU taken to pass its probe, which needs a GPU to run,
-    and, given a census, counted by its stand-in (``fast_path.fuse_conv_relu=true``)."""
-    backend = conv_relu._BACKENDS["cuda"]
-    standin = {"cuda": dataclasses.replace(backend, call=fused_conv_relu(census))} if census else {}
+def fuse_conv_relu_as_on_a_gpu(net: nn.Module) -> int:
+    """Each convolution and its ReLU in one cuDNN call (``fast_path.fuse_conv_relu=true``).
+
+    The call's probe needs a GPU, so it is taken to pass in every dtype cuDNN is asked
+    for; on fake tensors the call runs its meta kernel and is counted like any other op.
+    """
+    dtypes = frozenset(conv_relu._BACKENDS["cuda"].dtypes)
     with mock.patch.object(conv_relu, "fused_conv_relu_dtypes",
-                           lambda device_type="cpu": (frozenset(backend.dtypes), ())), \
-            mock.patch.dict(conv_relu._BACKENDS, standin):
-        yield
+                           lambda device_type="cpu": (dtypes, ())):
+        return conv_relu.fuse_conv_relu(net, "cuda")
 
 
 def to_fake_cuda(net: nn.Module) -> None:
@@ -269,8 +268,7 @@ def census_step(net: nn.Module, criterion: Callable[..., dict[str, torch.Tensor]
     """
     census, tags = OpCensus(), {}
     with emulated_cuda(torch.bfloat16 if bf16 else None), mock.patch(
-            "torch.nn.functional.scaled_dot_product_attention", fused_attention(census)), \
-            cudnn_conv_relu_as_on_a_gpu(census):
+            "torch.nn.functional.scaled_dot_product_attention", fused_attention(census)):
         to_fake_cuda(net)
         image = torch.empty(batch, 3, size, size, device="cuda")
         if channels_last:
@@ -339,8 +337,7 @@ def bench_census(cfg: DictConfig) -> dict[str, Any]:
         fold_layer_scale(infer_net)
     fused_conv_relus = 0
     if fast_path.wants_conv_relu_fused(cuda):
-        with cudnn_conv_relu_as_on_a_gpu():
-            fused_conv_relus = conv_relu.fuse_conv_relu(infer_net, "cuda")
+        fused_conv_relus = fuse_conv_relu_as_on_a_gpu(infer_net)
     vit_bf16_train = vit_bf16 and frozen_vits_to_bf16(train_net) > 0
     vit_bf16_infer = vit_bf16 and frozen_vits_to_bf16(infer_net) > 0
     for n in (train_net, infer_net):

@@ -1,10 +1,9 @@
 """Stand-ins for the GPU kernels that fake CUDA tensors cannot run, counted as a GPU runs them.
 
 The census (:mod:`faceparse.bench.census`) runs a step on fake CUDA tensors, with no GPU.
-Where PyTorch has no way to run an op there (cuDNN's fused convolution + ReLU has no fake
-kernel) or would run another path than a GPU does (SDPA falls back to fp32 math), these
-record what the GPU's kernel reads and writes, and hand back an empty tensor of the shape,
-dtype and layout the kernel would.
+Where PyTorch would run another path there than a GPU does (SDPA falls back to fp32
+math), these record what the GPU's kernel reads and writes, and hand back an empty tensor
+of the shape, dtype and layout the kernel would.
 """
 
 from __future__ import annotations
@@ -13,10 +12,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
-from torch import nn
 
-__all__ = ["Recorder", "dtype_names", "fused_attention", "fused_conv_relu",
-           "heads_last_but_one", "nbytes"]
+__all__ = ["Recorder", "dtype_names", "fused_attention", "heads_last_but_one", "nbytes"]
 
 
 class Recorder(Protocol):
@@ -78,28 +75,3 @@ def fused_attention(census: Recorder) -> Callable[..., torch.Tensor]:
         return FusedAttention.apply(q, k, v)
 
     return attention
-
-
-def fused_conv_relu(census: Recorder) -> Callable[..., torch.Tensor]:
-    """A stand-in for ``torch.cudnn_convolution_relu``, which has no fake kernel.
-
-    cuDNN reads the input, weight and bias once and writes the rectified output once, in
-    the input's layout (what :class:`~faceparse.inference.conv_relu.ConvReLU` calls on CUDA).
-    """
-
-    def call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-             conv: nn.Conv2d) -> torch.Tensor:
-        spatial = [(size + 2 * pad - dil * (k - 1) - 1) // stride + 1
-                   for size, pad, dil, k, stride in zip(x.shape[2:], conv.padding, conv.dilation,
-                                                        weight.shape[2:], conv.stride,
-                                                        strict=True)]
-        layout = (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-                  else torch.contiguous_format)
-        out = torch.empty((x.shape[0], weight.shape[0], *spatial), dtype=x.dtype,
-                          device=x.device, memory_format=layout)
-        read = [x, weight] + ([bias] if bias is not None else [])
-        census.record("matmul / conv", "convolution + ReLU (cuDNN)", dtype_names({x.dtype}),
-                      nbytes(*read, out))
-        return out
-
-    return call

@@ -7,10 +7,13 @@ convolution at 64 channels and 512 px, and fusing it gives the same bits (BENCHM
 On CUDA it is cuDNN's (``torch.cudnn_convolution_relu``: bias and ReLU in the
 convolution's epilogue), opt-in (``fast_path.fuse_conv_relu=true``) until a GPU has
 measured it: the MFU ceiling of issue 15 needs the ReLU passes gone from inference
-(BENCHMARKS.md, "How far the MFU targets are"). A tiny probe checks the call once per
-process, device type and dtype: where it is missing, changed or wrong, the plain ops run
-and the reason is logged. Under a tracer (``torch.compile``, export), wherever a gradient
-is wanted, and on other devices, the plain convolution and ReLU run.
+(BENCHMARKS.md, "How far the MFU targets are"). It also runs under ``torch.compile``,
+which has no fused convolution of its own there (a meta kernel gives its output's shape
+and strides, and inductor calls it as an extern kernel); on a CPU inductor fuses the plain
+ops itself. A tiny probe checks the call once per process, device type and dtype: where
+it is missing, changed or wrong, the plain ops run and the reason is logged. Under an
+exporter, wherever a gradient is wanted, and on other devices the plain convolution and
+ReLU run.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from faceparse.inference.fold import successive_children
-from faceparse.models.tracing import traced
+from faceparse.models.tracing import exported, traced
 
-__all__ = ["ConvReLU", "fuse_conv_relu", "fused_conv_relu_dtypes"]
+__all__ = ["ConvReLU", "fuse_conv_relu", "fused_conv_relu_dtypes", "register_cudnn_conv_relu_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -101,22 +104,29 @@ def _fused(x: torch.Tensor, conv: nn.Conv2d, dtype: torch.dtype) -> torch.Tensor
 class ConvReLU(nn.Conv2d):
     """A ``Conv2d`` whose output goes through a ReLU, fused on one device type where it can.
 
-    Made with :meth:`like`: the same parameter objects under the same names.
+    Made with :meth:`like`: the same parameter objects under the same names, and the
+    device type and dtypes whose probe the fused call passed.
     """
 
     fused_on = "cpu"
+    fused_dtypes: frozenset[torch.dtype] = frozenset()
 
     @classmethod
-    def like(cls, conv: nn.Conv2d, device_type: str = "cpu") -> ConvReLU:
+    def like(cls, conv: nn.Conv2d, device_type: str = "cpu",
+             dtypes: frozenset[torch.dtype] | None = None) -> ConvReLU:
+        """``conv`` fused on ``device_type`` in ``dtypes`` (default: those its probe passed)."""
         new = cls.__new__(cls)
         new.__dict__.update(conv.__dict__)
         new.fused_on = device_type
+        new.fused_dtypes = fused_conv_relu_dtypes(device_type)[0] if dtypes is None else dtypes
         return new
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype | None:
         """The dtype the fused call runs in, or ``None`` where it should not run."""
         device_type = x.device.type
-        if device_type != self.fused_on or x.dim() != 4 or traced():
+        if device_type != self.fused_on or x.dim() != 4:
+            return None
+        if exported() or (traced() and not _compiles_fused(device_type)):
             return None
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return None
@@ -124,13 +134,57 @@ class ConvReLU(nn.Conv2d):
             dtype = torch.get_autocast_dtype(device_type) if x.is_floating_point() else None
         else:
             dtype = x.dtype
-        return dtype if dtype in fused_conv_relu_dtypes(device_type)[0] else None
+        return dtype if dtype in self.fused_dtypes else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = self._compute_dtype(x)
         if dtype is None or not _BACKENDS[x.device.type].enabled():
             return F.relu(super().forward(x))
         return _fused(x, self, dtype)
+
+
+def _compiles_fused(device_type: str) -> bool:
+    """Whether ``torch.compile`` should keep the fused call: on CUDA, where inductor has no
+    fused convolution of its own; on a CPU it fuses the plain ops into oneDNN's itself."""
+    return device_type == "cuda"
+
+
+def _conv_output_meta(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      stride: list[int], padding: list[int], dilation: list[int],
+                      groups: int) -> torch.Tensor:
+    """``cudnn_convolution_relu``'s output, shape and strides only (for fake tensors).
+
+    cuDNN writes NHWC where the input or the weight is NHWC, as PyTorch's
+    ``cudnn_conv_suggest_memory_format`` chooses; inductor checks these strides against
+    the real output's at run time.
+    """
+    spatial = [(size + 2 * pad - dil * (k - 1) - 1) // step + 1
+               for size, pad, dil, k, step in zip(x.shape[2:], padding, dilation,
+                                                  weight.shape[2:], stride, strict=True)]
+    nhwc = any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+               for t in (x, weight))
+    return torch.empty((x.shape[0], weight.shape[0], *spatial), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+
+
+_ATEN_IMPLS: list[torch.library.Library] = []
+
+
+@functools.cache
+def register_cudnn_conv_relu_meta() -> bool:
+    """Give ``aten::cudnn_convolution_relu`` a meta kernel where PyTorch has none.
+
+    Tracers and fake tensors (``torch.compile``, the bench's census) need one; PyTorch
+    registers none for this op. Returns whether the op has one now.
+    """
+    name = "aten::cudnn_convolution_relu"
+    if not hasattr(torch.ops.aten, "cudnn_convolution_relu"):
+        return False
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(name, "Meta"):
+        library = torch.library.Library("aten", "IMPL")
+        library.impl("cudnn_convolution_relu", _conv_output_meta, "Meta")
+        _ATEN_IMPLS.append(library)  # a registration lasts as long as its Library object
+    return True
 
 
 def _rewritable(conv: nn.Module) -> bool:
@@ -177,11 +231,12 @@ def fused_conv_relu_dtypes(device_type: str = "cpu"
             tuple(problem for problem in problems.values() if problem is not None))
 
 
-def _swap(owner: nn.Module, conv_name: str, relu_name: str, device_type: str) -> bool:
+def _swap(owner: nn.Module, conv_name: str, relu_name: str, device_type: str,
+          dtypes: frozenset[torch.dtype]) -> bool:
     conv, relu = getattr(owner, conv_name), getattr(owner, relu_name)
     if not (_rewritable(conv) and isinstance(relu, nn.ReLU)):
         return False
-    setattr(owner, conv_name, ConvReLU.like(conv, device_type))
+    setattr(owner, conv_name, ConvReLU.like(conv, device_type, dtypes))
     setattr(owner, relu_name, nn.Identity())
     return True
 
@@ -203,4 +258,6 @@ def fuse_conv_relu(net: nn.Module, device_type: str = "cpu") -> int:
                  "; ".join(problems))
     if not dtypes:
         return 0
-    return sum(_swap(*pair, device_type) for pair in successive_children(net))
+    if _compiles_fused(device_type):
+        register_cudnn_conv_relu_meta()
+    return sum(_swap(*pair, device_type, dtypes) for pair in successive_children(net))

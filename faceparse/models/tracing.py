@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["traced"]
+__all__ = ["exported", "traced"]
+
+
+def exported() -> bool:
+    """Whether an exporter (torch.export, ONNX or TorchScript) is tracing: standard ops only."""
+    return (torch.compiler.is_exporting() or torch.jit.is_tracing() or torch.jit.is_scripting()
+            or torch.onnx.is_in_onnx_export())
 
 
 def traced() -> bool:
     """Whether a tracer (dynamo, torch.export, ONNX or TorchScript export) is running."""
-    compiler = torch.compiler
-    return (compiler.is_compiling() or compiler.is_exporting() or torch.jit.is_tracing()
-            or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export())
+    return torch.compiler.is_compiling() or exported()
