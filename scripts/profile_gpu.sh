@@ -6,6 +6,8 @@
 #      (opt-in) against separate ReLUs, and their logits against fp32;
 #   train_rewrites: training images/s, MFU and memory with the frozen ViT stored in bf16
 #      against it kept in fp32, and the fused RoPE against timm's;
+#   conv_relu: inference with cuDNN's fused convolution + ReLU against separate ReLUs,
+#      eager and compiled per block with CUDA graphs (the fastest inference measured);
 #   predict: a folder of 512 px JPEGs end to end against the model alone (issue 16);
 #   profile: each stage of a training step and an inference batch timed alone (forward,
 #      backward), the ViT's blocks, kernel classes, FLOPs and MFU;
@@ -60,6 +62,7 @@ bench rewrites 270 "bench.sections=[infer]" bench.warmup=3 bench.steps=10 \
     compare=inference_rewrites
 bench train_rewrites 180 "bench.sections=[train]" bench.warmup=3 bench.steps=10 \
     compare=training_rewrites
+bench conv_relu 240 "bench.sections=[infer]" bench.warmup=3 bench.steps=10 compare=gpu_conv_relu
 bench predict 120 "bench.sections=[predict]" bench.predict.images=128 bench.predict.workers=8
 bench cpu_policy 150 trainer=cpu bench.device=cpu vit.size=base data.image_size=256 \
     data.batch_size=2 "bench.sections=[infer]" bench.warmup=2 bench.steps=10 compare=cpu_policy
