@@ -41,8 +41,8 @@ from faceparse.inference.fold import fold_batchnorm, fold_layer_scale
 from faceparse.models.dinov3 import frozen_vits_to_bf16
 from faceparse.models.rope_attention import fuse_rope
 
-__all__ = ["OP_CLASSES", "bench_census", "census_step", "fuse_conv_relu_as_on_a_gpu",
-           "emulated_cuda", "op_class", "summarise", "to_fake_cuda"]
+__all__ = ["OP_CLASSES", "bench_census", "census_step", "emulated_cuda",
+           "fuse_conv_relu_as_on_a_gpu", "op_class", "summarise", "to_fake_cuda"]
 
 # aten op names (after autocast and autograd) -> what kind of work; first match wins
 OP_CLASSES: tuple[tuple[str, str], ...] = (
