@@ -32,6 +32,7 @@ from faceparse.cli import (
     one_line_errors,
 )
 from faceparse.labels import get_scheme
+from faceparse.models.vgg import refuse_untrained_frozen_norms
 from faceparse.safe_load import safe_globals
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
 from faceparse.training.job_status import record_job
@@ -138,6 +139,8 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     resume = None
     if cfg.get("ckpt_path"):
         resume = start_from(cfg.ckpt_path, model.net, model.scheme, trust_pickle)
+    if cfg.train and resume is None:  # a resumed run brings the statistics it froze
+        refuse_untrained_frozen_norms(model.net)
     callbacks = instantiate_all(cfg.get("callbacks"))
     loggers = instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

@@ -4,6 +4,14 @@ Weights are torchvision's ImageNet files (``vgg19_bn-c79401a0.pth``), read from 
 path or the torch hub cache; nothing is downloaded. The layer list keeps torchvision's
 indices, so the original FaceParsing project's ``encoder.cnn.layers.<i>`` keys load as
 they are.
+
+``freeze_norm`` keeps the pretrained BatchNorm statistics and affine fixed while the rest
+trains (detectron2's and mmdetection's habit for pretrained backbones). Each frozen
+BatchNorm is then a per-channel affine map, and the encoder runs it inside the convolution
+before it, with the scaled weight computed anew each step so the convolution's weight
+still trains exactly as under a separate BatchNorm: no statistics, normalisation or
+BatchNorm gradient passes over the full-resolution maps (BENCHMARKS.md, "Frozen VGG
+BatchNorm").
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from faceparse.models.weights import StateDict, load_state_dict_file, load_stric
 
 log = logging.getLogger(__name__)
 
-__all__ = ["VggEncoder", "vgg_features_filter", "vgg_hub_file", "load_vgg_weights"]
+__all__ = ["VggEncoder", "conv_with_frozen_norm", "load_vgg_weights",
+           "refuse_untrained_frozen_norms", "vgg_features_filter", "vgg_hub_file"]
 
 VGG_SOURCE = "torchvision's vgg19_bn ImageNet weights (vgg19_bn-c79401a0.pth)"
 
@@ -33,7 +42,9 @@ class VggEncoder(Encoder):
     list then matches the original project's ``encoder.cnn.layers.<i>`` keys);
     ``num_stages=5`` adds block 5 at stride 16 for the CNN-only ablation. ImageNet weights
     come from ``weights`` (a torchvision file) or, with ``pretrained``, from the torch hub
-    cache; nothing is downloaded.
+    cache; nothing is downloaded. ``freeze_norm`` keeps the BatchNorm layers' statistics,
+    scale and shift as loaded (pretrained or from a checkpoint): they stay in eval mode and
+    out of the optimizer, and each runs inside the convolution before it.
     """
 
     def __init__(
@@ -42,6 +53,7 @@ class VggEncoder(Encoder):
         num_stages: int = 4,
         weights: str | Path | None = None,
         pretrained: bool = False,
+        freeze_norm: bool = False,
     ) -> None:
         super().__init__()
         if not 1 <= num_stages <= 5:
@@ -71,15 +83,86 @@ class VggEncoder(Encoder):
                 )
         if weights is not None:
             load_vgg_weights(self.layers, weights)
+        self.freeze_norm = freeze_norm
+        if freeze_norm:
+            for norm in self.norms():
+                norm.requires_grad_(False)
+                norm.eval()
+
+    def norms(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm layers, in order."""
+        return [m for m in self.layers if isinstance(m, nn.BatchNorm2d)]
+
+    def train(self, mode: bool = True) -> VggEncoder:
+        super().train(mode)
+        if self.freeze_norm:
+            for norm in self.norms():
+                norm.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         taps = []
-        for layer in self.layers:
+        layers = list(self.layers) + [None]
+        skip_norm = False  # the BatchNorm just run inside its convolution
+        for layer, following in zip(layers, layers[1:], strict=False):
+            if skip_norm:
+                skip_norm = False
+                continue
             if isinstance(layer, nn.MaxPool2d):
                 taps.append(x)
-            x = layer(x)
+            skip_norm = (self.freeze_norm and isinstance(layer, nn.Conv2d)
+                         and isinstance(following, nn.BatchNorm2d))
+            x = conv_with_frozen_norm(layer, following, x) if skip_norm else layer(x)
         taps.append(x)
         return taps
+
+
+def conv_with_frozen_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``norm(conv(x))`` for a BatchNorm in eval mode, as one convolution.
+
+    The BatchNorm's per-channel scale ``s`` and shift ``t`` go into the weight and bias:
+    ``conv(x, w * s) + (b * s + t)``. The product is taken each call from the trainable
+    ``w``, so its gradient is the one a separate BatchNorm would pass back (``s`` times the
+    scaled weight's), unlike folding once (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`),
+    which makes the product itself the trained parameter.
+    """
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    return conv._conv_forward(x, conv.weight * scale.reshape(-1, 1, 1, 1), shift)
+
+
+def refuse_untrained_frozen_norms(net: nn.Module) -> None:
+    """Refuse to train with frozen BatchNorm statistics that were never computed.
+
+    A VGG built without ImageNet weights starts with running means 0 and variances 1:
+    frozen, its BatchNorms would normalise nothing for the whole run, and training would
+    look normal while the CNN learned without them. Call this once the weights are in
+    (pretrained file or checkpoint); a resumed run brings its own statistics.
+    """
+    for name, module in net.named_modules():
+        if not (isinstance(module, VggEncoder) and module.freeze_norm):
+            continue
+        norms = module.norms()
+        untrained = [n for n in norms
+                     if n.running_mean is None or (not n.running_mean.any()
+                                                   and bool((n.running_var == 1).all()))]
+        if untrained:
+            where = f" ({name})" if name else ""
+            raise ValueError(
+                f"cnn.freeze_norm=true keeps the VGG's BatchNorm statistics fixed, but "
+                f"{len(untrained)} of its {len(norms)} BatchNorm layers{where} hold the "
+                f"initial ones (mean 0, variance 1): never computed. Load ImageNet weights "
+                f"(cnn.weights=<torchvision's file, e.g. vgg19_bn-c79401a0.pth> or "
+                f"cnn.pretrained=true), "
+                f"start from trained weights (ckpt_path=<an export or the original "
+                f"project's checkpoint>), or set cnn.freeze_norm=false"
+            )
 
 
 def _last_conv_channels(layers: nn.Sequential) -> int:
