@@ -211,3 +211,30 @@ def test_cudnns_fused_convolution_and_relu_drops_the_relu_passes(quickstart_net)
     assert fused_conv_bytes + total(fused_rows, "convolution")[0] == conv_bytes
     assert (sum(r["bytes"] for r in plain_rows) - sum(r["bytes"] for r in fused_rows)
             == relu_bytes)
+
+
+def test_frozen_vgg_batchnorm_leaves_no_batchnorm_pass_in_the_cnn(compose, quickstart_net) -> None:
+    """``cnn.freeze_norm=true``: the training step's CNN runs no BatchNorm, forward or
+    backward. Scaling the weights each step moves a few times the weights' bytes, so at
+    a real map size (fake tensors: any size is free) what the CNN moves shrinks by nearly
+    the BatchNorm passes."""
+    net, criterion, classes = quickstart_net
+    frozen = instantiate(compose([*TINY, "vit.random_init=true", "cnn.freeze_norm=true"])
+                         .model.net)
+    frozen.load_state_dict(net.state_dict())
+
+    def cnn_rows(model: nn.Module) -> list[dict]:
+        model = copy.deepcopy(model).train()
+        rows = census_step(model, criterion, batch=8, size=256, num_classes=classes)
+        return [r for r in rows if r["stage"].startswith("encoder.cnn")]
+
+    live, fixed = cnn_rows(net), cnn_rows(frozen)
+    live_norms = [r for r in live if r["class"] == "batch / layer norm"]
+    assert {r["phase"] for r in live_norms} == {"forward", "backward"}
+    assert sum(r["calls"] for r in live_norms if r["phase"] == "forward") == 6
+    assert not [r for r in fixed if r["class"] == "batch / layer norm"]
+    # the convolutions' own traffic is the same
+    convs = [sum(r["bytes"] for r in rows if r["op"] == "convolution") for rows in (live, fixed)]
+    assert convs[0] == convs[1]
+    assert (sum(r["bytes"] for r in live) - sum(r["bytes"] for r in fixed)
+            > 0.8 * sum(r["bytes"] for r in live_norms))  # 0.90 at this size

@@ -79,6 +79,22 @@ def test_frozen_norms_stay_in_eval_mode_out_of_the_optimizer_with_the_same_keys(
     assert frozen.state_dict().keys() == VggEncoder("vgg11_bn").state_dict().keys()
 
 
+def test_frozen_norms_stay_frozen_as_syncbatchnorm(tmp_path: Path) -> None:
+    """DDP with ``sync_batchnorm`` converts every BatchNorm: the frozen ones stay frozen."""
+    frozen = _with_statistics(VggEncoder("vgg11_bn", freeze_norm=True)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = frozen(x)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(frozen).train()
+    norms = synced.norms()
+    assert len(norms) == 6 and all(isinstance(n, torch.nn.SyncBatchNorm) for n in norms)
+    assert not any(n.training or n.weight.requires_grad for n in norms)
+    statistics = [n.running_mean.clone() for n in norms]
+    for got, want in zip(synced(x), expected, strict=True):  # no batch statistics: runs on CPU
+        torch.testing.assert_close(got, want)
+    assert all(torch.equal(n.running_mean, s) for n, s in zip(norms, statistics, strict=True))
+
+
 def test_inference_rewrites_keep_what_a_frozen_norm_computes() -> None:
     """Folding (and fusing) for inference gives the maps the training forward gives."""
     frozen = _with_statistics(VggEncoder("vgg11_bn", freeze_norm=True)).eval()

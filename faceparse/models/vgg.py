@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from faceparse.models.base import Encoder
 from faceparse.models.weights import StateDict, load_state_dict_file, load_strict
@@ -89,9 +90,9 @@ class VggEncoder(Encoder):
                 norm.requires_grad_(False)
                 norm.eval()
 
-    def norms(self) -> list[nn.BatchNorm2d]:
-        """The BatchNorm layers, in order."""
-        return [m for m in self.layers if isinstance(m, nn.BatchNorm2d)]
+    def norms(self) -> list[_BatchNorm]:
+        """The BatchNorm layers, in order (SyncBatchNorm too, as DDP converts them)."""
+        return [m for m in self.layers if isinstance(m, _BatchNorm)]
 
     def train(self, mode: bool = True) -> VggEncoder:
         super().train(mode)
@@ -111,13 +112,13 @@ class VggEncoder(Encoder):
             if isinstance(layer, nn.MaxPool2d):
                 taps.append(x)
             skip_norm = (self.freeze_norm and isinstance(layer, nn.Conv2d)
-                         and isinstance(following, nn.BatchNorm2d))
+                         and isinstance(following, _BatchNorm))
             x = conv_with_frozen_norm(layer, following, x) if skip_norm else layer(x)
         taps.append(x)
         return taps
 
 
-def conv_with_frozen_norm(conv: nn.Conv2d, norm: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def conv_with_frozen_norm(conv: nn.Conv2d, norm: _BatchNorm, x: torch.Tensor) -> torch.Tensor:
     """``norm(conv(x))`` for a BatchNorm in eval mode, as one convolution.
 
     The BatchNorm's per-channel scale ``s`` and shift ``t`` go into the weight and bias:
