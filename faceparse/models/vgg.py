@@ -160,9 +160,8 @@ def refuse_untrained_frozen_norms(net: nn.Module) -> None:
                 f"{len(untrained)} of its {len(norms)} BatchNorm layers{where} hold the "
                 f"initial ones (mean 0, variance 1): never computed. Load ImageNet weights "
                 f"(cnn.weights=<torchvision's file, e.g. vgg19_bn-c79401a0.pth> or "
-                f"cnn.pretrained=true), "
-                f"start from trained weights (ckpt_path=<an export or the original "
-                f"project's checkpoint>), or set cnn.freeze_norm=false"
+                f"cnn.pretrained=true), start from trained weights (ckpt_path=<an export or "
+                f"the original project's checkpoint>), or set cnn.freeze_norm=false"
             )
 
 
