@@ -5,7 +5,8 @@
 #      overlapping batches against waiting after each, cuDNN's fused convolution + ReLU
 #      (opt-in) against separate ReLUs, and their logits against fp32;
 #   train_rewrites: training images/s, MFU and memory with the frozen ViT stored in bf16
-#      against it kept in fp32, and the fused RoPE against timm's;
+#      against it kept in fp32, the fused RoPE against timm's, and the VGG's BatchNorm
+#      frozen (cnn.freeze_norm, opt-in) against live;
 #   conv_relu: inference with cuDNN's fused convolution + ReLU against separate ReLUs,
 #      eager and compiled per block with CUDA graphs (the fastest inference measured);
 #   predict: a folder of 512 px JPEGs end to end against the model alone (issue 16);
@@ -60,7 +61,7 @@ bench() {  # bench NAME SECONDS OVERRIDES...: one faceparse.bench run under a ti
   "$py" -c "import torch; print('torch', torch.__version__)"; } | tee -a "$log"
 bench rewrites 270 "bench.sections=[infer]" bench.warmup=3 bench.steps=10 \
     compare=inference_rewrites
-bench train_rewrites 180 "bench.sections=[train]" bench.warmup=3 bench.steps=10 \
+bench train_rewrites 240 "bench.sections=[train]" bench.warmup=3 bench.steps=10 \
     compare=training_rewrites
 bench conv_relu 240 "bench.sections=[infer]" bench.warmup=3 bench.steps=10 compare=gpu_conv_relu
 bench predict 120 "bench.sections=[predict]" bench.predict.images=128 bench.predict.workers=8
