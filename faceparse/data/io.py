@@ -9,11 +9,14 @@ garbage. Writes are atomic: a temporary name, then ``os.replace``.
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 __all__ = [
     "BadSampleError",
@@ -23,7 +26,17 @@ __all__ = [
     "read_part_mask",
     "encode_image",
     "write_atomic",
+    "png_text",
+    "jpeg_is_complete",
+    "MaskSchemeError",
+    "SCHEME_TEXT_KEY",
+    "recorded_scheme",
+    "scheme_mismatch",
 ]
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# the PNG text key under which a label mask records its scheme (faceparse.predict writes it)
+SCHEME_TEXT_KEY = "faceparse:labels"
 
 
 class BadSampleError(ValueError):
@@ -34,22 +47,97 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset root or its split files are missing; the message says what to get."""
 
 
-def _decode(path: Path, flags: int) -> np.ndarray:
-    """Decode a file after checking that it is complete, or raise :class:`BadSampleError`."""
+def _read_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as err:
         raise BadSampleError(f"cannot read {path}: {err.strerror or err}") from err
-    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-        # Entropy-coded data never contains FF D9, so a complete JPEG ends its last scan
-        # with an end-of-image marker; without it OpenCV silently fills the rest with grey.
+
+
+def _check_complete(data: bytes, path: Path) -> None:
+    """Refuse a cut JPEG or PNG (OpenCV decodes a cut JPEG into a grey-filled image with
+    only a console warning) and one declaring too many pixels."""
+    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
         raise BadSampleError(f"truncated JPEG (no end-of-image marker after the last scan): {path}")
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data.rfind(b"IEND") < data.rfind(b"IDAT"):
+    if data[:8] == PNG_SIGNATURE and data.rfind(b"IEND") < data.rfind(b"IDAT"):
         raise BadSampleError(f"truncated PNG (no IEND chunk): {path}")
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    refuse_too_many_pixels(data, path)
+
+
+def _decode(path: Path, flags: int, data: bytes | None = None) -> np.ndarray:
+    """Decode a file once it is known complete and not too large, or raise
+    :class:`BadSampleError`."""
+    data = _read_bytes(path) if data is None else data
+    _check_complete(data, path)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    except cv2.error as err:  # e.g. a header claiming more pixels than OpenCV allows
+        raise BadSampleError(f"not a decodable image ({err.err or err}): {path}") from None
     if array is None or array.size == 0:
         raise BadSampleError(f"not a decodable image: {path}")
     return array
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """Whether the JPEG stream in ``data`` reaches its end-of-image marker.
+
+    The marker segments are walked from the start, so whatever follows the image (the
+    video of a phone's "motion photo", a vendor trailer) is never mistaken for it, and a
+    thumbnail inside the EXIF segment is skipped with its segment.
+    """
+    pos, end = 2, len(data)
+    while pos + 1 < end:
+        if data[pos] != 0xFF:
+            return False  # not at a marker: a damaged stream
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return True
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+            continue
+        if pos + 4 > end:
+            return False
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # entropy-coded data runs to the next marker but RSTn or FF00
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= end:
+                    return False
+                following = data[pos + 1]
+                if following == 0 or 0xD0 <= following <= 0xD7:
+                    pos += 2
+                elif following == 0xFF:
+                    pos += 1
+                else:
+                    break
+    return False
+
+
+def refuse_too_many_pixels(data: bytes, path: Path) -> None:
+    """Refuse a file whose header declares more pixels than Pillow's decompression-bomb
+    limit (``2 * PIL.Image.MAX_IMAGE_PIXELS``, as ``faceparse.predict`` applies), before
+    anything is decoded: a few hundred bytes of PNG can ask for gigabytes, in every loader
+    worker at once."""
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    if not limit:
+        return  # the user switched Pillow's limit off
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        width = height = 0  # Pillow refused it on the header alone
+    except Exception:  # noqa: BLE001 - a format Pillow does not read: OpenCV decides
+        return
+    if width * height > limit or not width:
+        size = f"{width}x{height} pixels" if width else "more pixels than that"
+        raise BadSampleError(f"image of {size} is over the limit of {limit / 1e6:.0f} "
+                             f"megapixels (2 x PIL.Image.MAX_IMAGE_PIXELS); downscale it: "
+                             f"{path}")
 
 
 def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
@@ -75,15 +163,29 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, code)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
+class MaskSchemeError(BadSampleError):
+    """A mask records (in its PNG text) another label scheme than the one it is read in."""
+
+
+def read_mask(path: str | Path, scheme: str | None = None) -> np.ndarray:
     """uint8 (H, W) label ids from a single-channel PNG.
 
     A mask saved as RGB(A) with equal colour channels (a grey PNG some tools write) is
     accepted; a colour-coded mask is refused rather than guessed. A 16-bit mask is
-    accepted when every value fits in 8 bits (ids never need more).
+    accepted when every value fits in 8 bits (ids never need more). In a palette PNG
+    (VOC style) the indices are the ids, whatever colours the palette gives them. A mask
+    that records its label scheme (``faceparse.predict`` writes one) is refused with
+    :class:`MaskSchemeError` when that is not ``scheme``: its ids would mean other classes.
     """
     path = Path(path)
-    mask = _decode(path, cv2.IMREAD_UNCHANGED)
+    data = _read_bytes(path)
+    if data[:8] == PNG_SIGNATURE:
+        recorded = png_text(data).get(SCHEME_TEXT_KEY)
+        if scheme is not None and recorded is not None and recorded != scheme:
+            raise MaskSchemeError(scheme_mismatch(path, recorded, scheme))
+        if len(data) > 25 and data[12:16] == b"IHDR" and data[25] == 3:
+            return _palette_indices(data, path)
+    mask = _decode(path, cv2.IMREAD_UNCHANGED, data)
     if mask.ndim == 3:
         colour = mask[..., :3]
         if not (np.array_equal(colour[..., 0], colour[..., 1])
@@ -98,6 +200,45 @@ def read_mask(path: str | Path) -> np.ndarray:
     if mask.dtype != np.uint8:
         raise BadSampleError(f"mask of type {mask.dtype} with values above 255: {path}")
     return np.ascontiguousarray(mask)
+
+
+def recorded_scheme(path: str | Path) -> str | None:
+    """The label scheme a mask PNG records in its text, or ``None`` (untagged, not a PNG)."""
+    data = _read_bytes(Path(path))
+    return png_text(data).get(SCHEME_TEXT_KEY) if data[:8] == PNG_SIGNATURE else None
+
+
+def scheme_mismatch(path: Path, recorded: str, scheme: str) -> str:
+    """The message for a mask whose recorded scheme is not the one it is read in."""
+    return (f"mask records label scheme {recorded!r} (its ids mean that scheme's classes), "
+            f"but it is read as {scheme!r}: set data.dataset.scheme={recorded} to read it in "
+            f"its own scheme: {path}")
+
+
+def _palette_indices(data: bytes, path: Path) -> np.ndarray:
+    """The indices of a palette PNG (OpenCV would expand them to the palette's colours)."""
+    _check_complete(data, path)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            indices = np.array(image)
+    except Exception as err:  # noqa: BLE001 - any decoder failure is a bad file
+        raise BadSampleError(f"not a decodable image ({err}): {path}") from None
+    return indices.astype(np.uint8, copy=False)
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """The ``tEXt`` chunks of a PNG before its image data: keyword -> text."""
+    text, pos = {}, len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        kind = data[pos + 4:pos + 8]
+        if kind in (b"IDAT", b"IEND"):
+            break
+        if kind == b"tEXt":
+            key, _, value = data[pos + 8:pos + 8 + length].partition(b"\0")
+            text[key.decode("latin-1")] = value.decode("latin-1")
+        pos += 12 + length
+    return text
 
 
 def read_part_mask(path: str | Path) -> np.ndarray:

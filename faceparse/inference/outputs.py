@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from faceparse.data.io import write_atomic
+from faceparse.data.io import SCHEME_TEXT_KEY, write_atomic
 from faceparse.inference.predictor import ParseResult
 from faceparse.labels import LabelScheme, colorize
 
@@ -112,7 +112,7 @@ def _cv2_png(array: np.ndarray) -> bytes:
 def read_mask_scheme(path: str | Path) -> tuple[str, list[str]]:
     """The scheme name and class names a ``_mask.png`` records."""
     with Image.open(path) as image:
-        return image.text["faceparse:labels"], json.loads(image.text["faceparse:class_names"])
+        return image.text[SCHEME_TEXT_KEY], json.loads(image.text["faceparse:class_names"])
 
 
 def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
@@ -154,7 +154,7 @@ def write_outputs(out_dir: Path, stem: Path, rgb: np.ndarray, result: ParseResul
     """Write one input's files (atomically, so an interrupted run leaves no half file)."""
     mask, color, *rest = output_paths(out_dir, stem, save_overlay, result.probs is not None)
     mask.parent.mkdir(parents=True, exist_ok=True)
-    text = {"faceparse:labels": result.scheme.name,
+    text = {SCHEME_TEXT_KEY: result.scheme.name,
             "faceparse:class_names": json.dumps(list(result.class_names))}
     write_atomic(mask, png_bytes(result.labels, text))
     # in OpenCV's BGR order from the start: one channel swap (of the photo) per image
