@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from faceparse.data.loaders import (
     seed_worker_transform,
     single_thread_opencv,
 )
+from faceparse.data.readers.prepared import refuse_other_size
 from faceparse.data.transforms import eval_transform, seed_transform, train_transform
 from faceparse.labels import get_scheme
 
@@ -78,13 +80,21 @@ class FaceDataModule(L.LightningDataModule):
         return self.open_dataset(split, transform)
 
     def open_dataset(self, split: str, transform: Callable[..., dict] | None = None,
-                     **overrides: Any) -> Dataset:
-        """The split's dataset; ``prepare`` and ``stats`` call it without a transform."""
+                     image_size: int | None = None, **overrides: Any) -> Dataset:
+        """The split's dataset; ``prepare`` and ``stats`` call it without a transform.
+
+        A prepared copy it would read must hold ``image_size`` (default
+        ``data.image_size``) images.
+        """
         kwargs: dict[str, Any] = {"split": split, "labels": self.scheme.name,
                                   "transform": transform}
         if self.root is not None:
             kwargs["root"] = Path(self.root)
-        return self.dataset_factory(**{**kwargs, **overrides})
+        dataset = self.dataset_factory(**{**kwargs, **overrides})
+        prepared = getattr(dataset, "prepared", None)
+        if prepared is not None:
+            refuse_other_size(prepared, image_size or self.image_size)
+        return dataset
 
     def state_dict(self) -> dict[str, Any]:
         """Augmentation RNG states per split, saved in checkpoints so a resumed run draws
@@ -112,6 +122,20 @@ class FaceDataModule(L.LightningDataModule):
         for split in wanted:
             if split not in self.datasets:
                 self.datasets[split] = self.make_dataset(split)
+        if "train" in wanted:
+            self.refuse_empty_epoch()
+
+    def refuse_empty_epoch(self) -> None:
+        """Refuse a train split that fills no batch: training drops the last partial batch,
+        so the run would take no step and then test its initial weights."""
+        world = max(1, int(getattr(self.trainer, "world_size", 1) or 1))
+        samples = len(self.datasets["train"])
+        if math.ceil(samples / world) < self.batch_size:
+            where = f" over {world} processes" if world > 1 else ""
+            raise ValueError(
+                f"the train split has {samples} samples{where}, fewer than one batch "
+                f"(data.batch_size={self.batch_size}): no training step would run. Lower "
+                f"data.batch_size, or add training images")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if self.num_workers > 0:

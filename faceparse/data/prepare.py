@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from faceparse.data.io import BadSampleError, encode_image, write_atomic
 from faceparse.data.readers.files import FileDataset
-from faceparse.data.readers.prepared import IMAGE_EXT, LABEL_EXT, PreparedLayout
+from faceparse.data.readers.prepared import IMAGE_EXT, LABEL_EXT, PreparedLayout, json_plain
 
 __all__ = ["prepare_split", "prepare_dataset", "SplitReport"]
 
@@ -71,6 +71,8 @@ def _prepare_one(index: int) -> tuple[str, str | None]:
         if dataset.strict:
             raise
         return "skipped", str(err)
+    except Exception as err:  # name the files: a worker's traceback names none
+        raise RuntimeError(f"failed to prepare {dataset.describe(index)}: {err!r}") from err
     write_atomic(layout.image_path(dataset.split, sample_id), encode_image(image, IMAGE_EXT))
     write_atomic(layout.label_path(dataset.split, sample_id), encode_image(mask, LABEL_EXT))
     return "written", None
@@ -124,9 +126,12 @@ def prepare_dataset(open_raw, prepared_dir: str | Path, size: int, splits: Seque
                   TimeRemainingColumn()) as progress:
         for split, dataset in datasets.items():
             meta = {"dataset": type(dataset).__name__, "scheme": dataset.native_scheme.name,
-                    "image_size": size}
+                    "image_size": size, "reader": dataset.reader_settings()}
             old = layout.read_meta()
-            if old is not None and {k: old.get(k) for k in meta} != meta:
+            # a copy from before the "reader" record is resumed as it is
+            compared = [k for k in meta if old is None or k != "reader" or k in old]
+            if old is not None and json_plain({k: old.get(k) for k in compared}) != json_plain(
+                    {k: meta[k] for k in compared}):
                 raise FileExistsError(f"{layout.root} holds a prepared copy of {old}, not "
                                       f"{meta}; choose another data.dataset.prepared_dir")
             if old is None:

@@ -11,10 +11,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from faceparse.data.io import DatasetNotFoundError, read_image, read_mask
+from faceparse.data.io import (
+    DatasetNotFoundError,
+    read_image,
+    read_mask,
+    recorded_scheme,
+    scheme_mismatch,
+)
 from faceparse.data.readers.base import SPLITS, FaceParsingDataset, Transform
 from faceparse.data.readers.prepared import (
     PreparedLayout,
@@ -60,7 +67,8 @@ class FileDataset(FaceParsingDataset):
         self.split = split
         self.root = Path(root)
         self.prepared: PreparedLayout | None = find_prepared(
-            prepared_dir, type(self).__name__, self.native_scheme.name, split
+            prepared_dir, type(self).__name__, self.native_scheme.name, split,
+            self.reader_settings()
         )
         ids = self.prepared_ids(self.prepared) if self.prepared else self.list_raw(split)
         if not ids:
@@ -97,6 +105,11 @@ class FileDataset(FaceParsingDataset):
                  where, len(ids), f"; {skipped} skipped by prepare as unreadable"
                  if skipped else "")
         return ids
+
+    def reader_settings(self) -> dict[str, Any]:
+        """The options that change which files are read, or how (recorded with a prepared
+        copy, which is refused when they change); none for a fixed distributed layout."""
+        return {}
 
     def list_raw(self, split: str) -> list[str]:
         """Sample ids of ``split`` in the raw layout, in a fixed order."""
@@ -148,10 +161,11 @@ class PairedFileDataset(FileDataset):
     """
 
     pairs: dict[str, tuple[Path, Path]]
+    left_out: list[str]  # images of the split that are not read, with the reason
 
     def load_raw(self, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[sample_id]
-        return read_image(image_path), read_mask(mask_path)
+        return read_image(image_path), read_mask(mask_path, self.native_scheme.name)
 
     def raw_files(self, sample_id: str) -> list[Path]:
         return list(self.pairs[sample_id])
@@ -164,13 +178,16 @@ class PairedFileDataset(FileDataset):
         with a warning naming both. ``strict`` refuses either instead.
         """
         self.pairs, unpaired, twins = {}, [], []
+        self.left_out = []
         for sample_id, image, mask in candidates:
             if sample_id in self.pairs:
                 twins.append((self.pairs[sample_id][0], image))
+                self.left_out.append(f"{image} (shares its name with {self.pairs[sample_id][0]})")
             elif mask.is_file():
                 self.pairs[sample_id] = (image, mask)
             else:
                 unpaired.append(mask)
+                self.left_out.append(f"{image} (no mask {mask})")
         if unpaired and (self.strict or not self.pairs):
             self.missing(unpaired[:10] + [f"({len(unpaired)} masks in all)"])
         if unpaired:
@@ -183,4 +200,16 @@ class PairedFileDataset(FileDataset):
             if self.strict:
                 raise ValueError(message)
             log.warning(message)
+        self.refuse_other_scheme()
         return sorted(self.pairs)
+
+    def refuse_other_scheme(self) -> None:
+        """Refuse masks that record another label scheme (``faceparse.predict`` tags its
+        masks) at once: every id would be read as another class. One mask is looked at
+        here; :func:`read_mask` checks each sample as it is read."""
+        if not self.pairs:
+            return
+        mask = self.pairs[min(self.pairs)][1]
+        recorded = recorded_scheme(mask)
+        if recorded is not None and recorded != self.native_scheme.name:
+            raise ValueError(scheme_mismatch(mask, recorded, self.native_scheme.name))

@@ -16,6 +16,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from faceparse.data.readers.base import Transform
 from faceparse.data.readers.files import IMAGE_EXTS, PairedFileDataset
@@ -68,6 +69,18 @@ def assign_splits(names: Iterable[str], fractions: Mapping[str, float]) -> dict[
     return splits
 
 
+def check_mask_name(mask_name: str) -> str:
+    """Refuse a ``mask_name`` rule that names anything but ``{stem}`` (``str.format`` would
+    fail on the first image with a bare key)."""
+    try:
+        mask_name.format(stem="x")
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"data.dataset.mask_name={mask_name!r}: {{stem}} (the image's name "
+                         f"without extension) is the only field it may use, e.g. "
+                         f"'{{stem}}_seg.png' ({type(err).__name__}: {err})") from None
+    return mask_name
+
+
 class ImageMaskFolder(PairedFileDataset):
     """``images/`` + ``masks/`` folders with a name rule and a native label scheme.
 
@@ -95,7 +108,8 @@ class ImageMaskFolder(PairedFileDataset):
         strict: bool = False,
     ) -> None:
         self.native_scheme = get_scheme(scheme)
-        self.image_dir, self.mask_dir, self.mask_name = image_dir, mask_dir, mask_name
+        self.image_dir, self.mask_dir, self.mask_name = image_dir, mask_dir, check_mask_name(
+            mask_name)
         self.fractions = dict(fractions or {"val": 0.05, "test": 0.05})
         self.layout = f"""\
   [<split>/]{image_dir}/<name>{{{','.join(IMAGE_EXTS)}}}
@@ -103,6 +117,12 @@ class ImageMaskFolder(PairedFileDataset):
 with <split> in train, val, test, or no split folders (then {self.fractions} held out
 by a hash of the name, one image at least). Point data.root=<folder> at your data."""
         super().__init__(split, root, labels, transform, prepared_dir, strict)
+
+    def reader_settings(self) -> dict[str, Any]:
+        """Which files a sample id reads (``fractions`` only moves ids between splits, which
+        the prepared copy's listing check sees)."""
+        return {"image_dir": self.image_dir, "mask_dir": self.mask_dir,
+                "mask_name": self.mask_name}
 
     def list_raw(self, split: str) -> list[str]:
         by_folder = (self.root / split).is_dir()

@@ -2,7 +2,8 @@
 
 ::
 
-    <prepared_dir>/meta.json                 {"dataset", "scheme", "image_size", "version"}
+    <prepared_dir>/meta.json                 {"dataset", "scheme", "image_size", "reader",
+                                              "version"}
     <prepared_dir>/<split>/images/<id>.jpg   RGB, image_size x image_size, JPEG quality 95
     <prepared_dir>/<split>/labels/<id>.png   one channel, ids of the dataset's native scheme
     <prepared_dir>/<split>/listed.txt        the raw split's ids that prepare considered
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from faceparse.data.io import write_atomic
 
-__all__ = ["PreparedLayout", "StalePreparedError", "find_prepared", "stale_reason", "VERSION"]
+__all__ = ["PreparedLayout", "StalePreparedError", "find_prepared", "refuse_other_size",
+           "stale_reason", "json_plain", "VERSION"]
 
 VERSION = 1
 IMAGE_EXT = ".jpg"
@@ -85,16 +89,27 @@ class PreparedLayout:
 
 
 def _read_ids(path: Path) -> list[str] | None:
-    return path.read_text().split() if path.is_file() else None
+    """One id per line; an id may hold spaces (``IMG 0001``), as file names do."""
+    if not path.is_file():
+        return None
+    return [line for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
 def _write_ids(path: Path, ids: list[str]) -> None:
-    write_atomic(path, "".join(f"{i}\n" for i in ids).encode())
+    odd = [i for i in ids if "\n" in i or "\r" in i]
+    if odd:
+        raise ValueError(f"sample ids with a line break cannot be listed in {path}: "
+                         f"{odd[:3]!r}; rename those files")
+    write_atomic(path, "".join(f"{i}\n" for i in ids).encode("utf-8"))
 
 
 def find_prepared(prepared_dir: str | Path | None, dataset: str, scheme: str,
-                  split: str) -> PreparedLayout | None:
-    """The prepared copy of ``dataset`` when its ``split`` is complete, else ``None``."""
+                  split: str, reader: Mapping[str, Any] | None = None) -> PreparedLayout | None:
+    """The prepared copy of ``dataset`` when its ``split`` is complete, else ``None``.
+
+    ``reader``: the reader options that change what is read (:meth:`reader_settings`); a
+    copy made with others is refused, since reading it would train on other files.
+    """
     if not prepared_dir:
         return None
     layout = PreparedLayout(Path(prepared_dir))
@@ -106,7 +121,31 @@ def find_prepared(prepared_dir: str | Path | None, dataset: str, scheme: str,
         log.warning("ignoring %s: prepared from %s/%s (version %s), not %s/%s", layout.root,
                     meta.get("dataset"), meta.get("scheme"), meta.get("version"), dataset, scheme)
         return None
+    made_with = meta.get("reader")
+    if made_with is not None and made_with != json_plain(reader or {}):
+        raise StalePreparedError(
+            f"prepared copy {layout.root} was made with data.dataset settings {made_with}, "
+            f"not today's {json_plain(reader or {})}: prepare again into another "
+            f"data.dataset.prepared_dir, or read the raw files with "
+            f"data.dataset.prepared_dir=null")
     return layout
+
+
+def refuse_other_size(layout: PreparedLayout, image_size: int) -> None:
+    """Refuse a copy prepared at another size: its images would be resized a second time
+    (upsampled, when it is smaller) instead of read from the originals."""
+    made = (layout.read_meta() or {}).get("image_size")
+    if made is not None and made != image_size:
+        raise StalePreparedError(
+            f"prepared copy {layout.root} holds {made} px images, not the {image_size} px "
+            f"asked for: prepare it at {image_size} (python -m faceparse.prepare "
+            f"data.image_size={image_size}) into another data.dataset.prepared_dir, or read "
+            f"the raw files with data.dataset.prepared_dir=null")
+
+
+def json_plain(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings as ``meta.json`` holds them (JSON types), so the two compare equal."""
+    return json.loads(json.dumps(dict(settings), default=dict))
 
 
 def stale_reason(layout: PreparedLayout, split: str, raw_ids: list[str]) -> str | None:
