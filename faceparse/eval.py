@@ -76,7 +76,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     net = prepare_for_inference(net, device, instantiate_option(cfg.fast_path))
 
     datamodule = instantiate(cfg.data)
-    reader = datamodule.open_dataset(str(cfg.split), None, labels=scored.name,
+    reader = datamodule.open_dataset(str(cfg.split), None, image_size, labels=scored.name,
                                      **raw_files_unless(cfg))
     if len(reader) == 0:
         raise ValueError(f"split={cfg.split} of data={type(reader).__name__} has no samples")
@@ -91,6 +91,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     keep_run_folder()  # what fails from here on failed a run: its log stays
     result = score_split(net, loader, model_scheme, to_scored, scored.num_classes, tta, device,
                          int(cfg.worst))
+    if result.samples == 0:
+        raise ValueError(f"no sample of split={cfg.split} could be scored: all {len(reader)} "
+                         f"were bad (the warnings above name them; e.g. "
+                         f"{result.skipped[0] if result.skipped else 'none'})")
     present = result.scores["present"].tolist()
     protocol = Protocol(
         checkpoint=str(located.path), checkpoint_sha256=file_fingerprint(located.path),
@@ -98,6 +102,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         dataset_labels=reader.native_scheme.name, scored_labels=scored.name,
         source="prepared copy" if getattr(reader, "prepared", None) else "original files",
         split=str(cfg.split), samples=result.samples, skipped=result.skipped,
+        left_out=list(getattr(reader, "left_out", [])),
         resolution=str(cfg.resolution), image_size=image_size, tta=tta.describe(),
         background=[scored.class_names[0]],
         averaged=[n for i, n in enumerate(scored.class_names) if i and present[i]],

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 
-from faceparse.cli import hydra_entry
+from faceparse.cli import hydra_entry, one_line_errors
 from faceparse.data.stats import class_counts, class_weights, render_table, weights_override
 
 
@@ -32,6 +32,7 @@ def stats(cfg: DictConfig) -> tuple[list[float], str]:
 
 
 @hydra_entry("stats")
+@one_line_errors(ValueError, KeyError, FileNotFoundError)
 def main(cfg: DictConfig) -> None:
     stats(cfg)
 

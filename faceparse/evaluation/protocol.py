@@ -38,6 +38,7 @@ class Protocol:
     split: str
     samples: int
     skipped: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)  # at listing: no mask, a twin name
     resolution: str = "model"
     image_size: int = 512
     tta: str = "none"
@@ -46,7 +47,14 @@ class Protocol:
     ignore_index: int = 255
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "skipped_count": len(self.skipped), "text": self.describe()}
+        return {**asdict(self), "skipped_count": len(self.skipped),
+                "left_out_count": len(self.left_out), "text": self.describe()}
+
+    def _left_out(self) -> str:
+        if not self.left_out:
+            return ""
+        return (f"; {len(self.left_out)} images left out when listing: without a mask, or "
+                f"sharing a name")
 
     def describe(self) -> str:
         where = (f"at the model input size {self.image_size}x{self.image_size} (masks resized "
@@ -55,7 +63,8 @@ class Protocol:
                  f"resized bilinearly)")
         return (
             f"{self.samples} images of the {self.dataset} '{self.split}' split "
-            f"({len(self.skipped)} bad samples skipped) from its {self.source}, masks read in the "
+            f"({len(self.skipped)} bad samples skipped{self._left_out()}) from its "
+            f"{self.source}, masks read in the "
             f"'{self.dataset_labels}' order and scored in '{self.scored_labels}' "
             f"(the model predicts '{self.model_labels}'), {where}. One confusion matrix "
             f"over the split; pixels labelled {self.ignore_index} are ignored. Mean F1 "

@@ -45,6 +45,8 @@ class EvalSamples(Dataset):
                 raise
             log.warning("skipping a bad sample: %s", err)
             return {"bad": name}
+        except Exception as err:  # name the files: a loader worker's traceback names none
+            raise RuntimeError(f"failed to load {name}: {err!r}") from err
         mask = self.reader.lut[native]
         out = self.transform(image=image, mask=mask)
         if self.original:

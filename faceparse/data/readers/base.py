@@ -91,21 +91,33 @@ class FaceParsingDataset(Dataset):
         check_label_values(native, self.native_scheme, name)
         return image, native
 
+    @property
+    def scores_each_sample(self) -> bool:
+        """Whether this split is scored (val, test): a bad sample's stand-in then counts
+        for nothing instead of counting its neighbour twice; a training batch just needs
+        to be full."""
+        return getattr(self, "split", "train") != "train"
+
     def _first_good(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         for attempt in range(min(self.max_consecutive_bad, len(self))):
             current = (index + attempt) % len(self)
             try:
-                return self.load_checked(current)
+                image, native = self.load_checked(current)
             except BadSampleError as err:
                 if self.strict:
                     raise
                 with self.skipped.get_lock():
                     self.skipped.value += 1
                 log.warning("skipping a bad sample (data.dataset.strict=true stops): %s", err)
+                continue
             except Exception as err:  # name the file: loader workers otherwise only say "worker"
                 raise RuntimeError(f"failed to load {self.describe(current)}: {err!r}") from err
+            if current != index and self.scores_each_sample:
+                # a score must not count the neighbour twice: all its pixels are ignored
+                native = np.full_like(native, IGNORE_INDEX)
+            return image, native
         raise BadSampleError(
             f"{self.max_consecutive_bad} bad samples in a row from {self.describe(index)}; "
             f"is the dataset intact?"
