@@ -94,6 +94,19 @@ def test_report_sorts_by_test_f1_and_lists_failed_and_running(sweep: Path,
     assert all((out / p).stat().st_size > 1000 for p in pngs)
 
 
+def test_jobs_of_several_sweeps_in_one_folder_keep_distinct_names(tmp_path: Path) -> None:
+    """Two sweeps under one folder both have jobs 0 and 1: rows name the sweep too."""
+    for day, bonus in (("2026-01-01_10-00-00", 0.0), ("2026-01-02_10-00-00", 0.05)):
+        for num in (0, 1):
+            write_job(tmp_path / day, num, [f"optimizer.lr={10.0 ** -(num + 2)}"],
+                      {"status": "finished", "value": 0.5}, {"skin": 0.5 + num / 10 + bonus})
+    report(tmp_path, tmp_path / "out")
+    with open(tmp_path / "out" / "report.csv", newline="") as f:
+        names = [r["job"] for r in csv.DictReader(f)]
+    assert names == ["2026-01-02_10-00-00/1", "2026-01-01_10-00-00/1",
+                     "2026-01-02_10-00-00/0", "2026-01-01_10-00-00/0"]
+
+
 def test_report_refuses_a_folder_without_jobs(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no job folder"):
         report_main([str(tmp_path)])

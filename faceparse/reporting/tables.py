@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from faceparse.metrics import HEADLINE
 from faceparse.reporting.collect import UNREADABLE, Job
 
-__all__ = ["SORT_KEY", "job_rows", "write_csv", "write_markdown"]
+__all__ = ["SORT_KEY", "job_names", "job_rows", "write_csv", "write_markdown"]
 
 SORT_KEY = f"test/{HEADLINE[0]}"
 
@@ -21,13 +22,25 @@ def _sort_value(job: Job) -> float:
     return -math.inf if math.isnan(value) else value
 
 
+def job_names(jobs: list[Job]) -> dict[Path, str]:
+    """Each job's name in the table: its folder's name (``3``), or, when a folder holds
+    several sweeps whose job numbers repeat, its path below their common folder
+    (``2026-01-02_10-00-00/3``), so no two rows read the same."""
+    names = {job.folder: job.folder.name for job in jobs}
+    if len(set(names.values())) == len(names):
+        return names
+    common = Path(os.path.commonpath([job.folder for job in jobs]))
+    return {job.folder: job.folder.relative_to(common).as_posix() for job in jobs}
+
+
 def job_rows(jobs: list[Job], swept: list[str]) -> list[dict[str, Any]]:
     """Rows best first (jobs without a test score last): job, status, swept values, scores,
     per-class F1, parameters, training images/s, peak memory, error."""
     classes = list(dict.fromkeys(c for job in jobs for c in job.class_f1))
+    names = job_names(jobs)
     rows = []
     for job in sorted(jobs, key=_sort_value, reverse=True):
-        row: dict[str, Any] = {"job": job.folder.name, "status": job.status}
+        row: dict[str, Any] = {"job": names[job.folder], "status": job.status}
         row.update({key: job.overrides.get(key, "") for key in swept})
         row["val_best"] = job.val_best
         row.update({f"test/{k}": job.test.get(k, math.nan) for k in HEADLINE})
