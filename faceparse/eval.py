@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch import nn
 from torch.utils.data import DataLoader
 
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
@@ -23,6 +25,7 @@ from faceparse.evaluation.samples import EvalSamples, collate_samples
 from faceparse.inference.batch import prepare_for_inference
 from faceparse.inference.model import resolve_device
 from faceparse.labels import LabelScheme, get_scheme, mapping_lut
+from faceparse.models.dinov3 import DinoVitEncoder
 from faceparse.writable import output_dir
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,17 @@ def raw_files_unless(cfg: DictConfig) -> dict[str, Any]:
                     "holds resized masks")
     keep = bool(cfg.use_prepared) and cfg.resolution == "model"
     return {} if keep else {"prepared_dir": None}
+
+
+def precision_of(net: nn.Module, device: torch.device) -> str:
+    """What the scores were computed in (bf16 moves a few pixels' labels): bf16 autocast
+    on a GPU (:func:`score_split`), else fp32, noting a frozen ViT whose weights the fast
+    path stored in bf16 (it then runs in bf16 whatever the rest does)."""
+    if device.type == "cuda":
+        return "bf16 autocast"
+    vit_bf16 = any(isinstance(m, DinoVitEncoder) and m.frozen and any(
+        p.dtype == torch.bfloat16 for p in m.parameters()) for m in net.modules())
+    return "fp32, the frozen ViT in bf16" if vit_bf16 else "fp32"
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -104,6 +118,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         split=str(cfg.split), samples=result.samples, skipped=result.skipped,
         left_out=list(getattr(reader, "left_out", [])),
         resolution=str(cfg.resolution), image_size=image_size, tta=tta.describe(),
+        precision=precision_of(net, device),
         background=[scored.class_names[0]],
         averaged=[n for i, n in enumerate(scored.class_names) if i and present[i]],
     )

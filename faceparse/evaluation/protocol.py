@@ -42,6 +42,7 @@ class Protocol:
     resolution: str = "model"
     image_size: int = 512
     tta: str = "none"
+    precision: str = "fp32"
     background: list[str] = field(default_factory=list)
     averaged: list[str] = field(default_factory=list)
     ignore_index: int = 255
@@ -71,6 +72,6 @@ class Protocol:
             f"averages the foreground classes present in the ground truth "
             f"({', '.join(self.averaged) or 'none'}; background: "
             f"{', '.join(self.background)}); mIoU averages every class present. "
-            f"TTA: {self.tta}. Checkpoint {self.checkpoint} (sha256 "
+            f"TTA: {self.tta}. Precision: {self.precision}. Checkpoint {self.checkpoint} (sha256 "
             f"{self.checkpoint_sha256[:16]}...)."
         )
