@@ -18,7 +18,9 @@ only when no input was parsed: every one failed or had no face/box. A failed wri
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from faceparse.inference.folder import Summary, WriteOptions, predict_files
 from faceparse.inference.images import VIDEO_SUFFIXES, list_inputs, output_stems
 from faceparse.inference.model import resolve_device
 from faceparse.inference.predictor import Parser, check_batch_size
+from faceparse.inference.provenance import judge, run_record, source_record
 from faceparse.inference.video import NO_BOXES_FOR_VIDEO, frame_ranges, predict_video
 from faceparse.labels import get_scheme
 from faceparse.writable import output_dir
@@ -38,18 +41,50 @@ from faceparse.writable import output_dir
 log = logging.getLogger(__name__)
 
 
-def _boxes_for(cfg: DictConfig, files: list[Path], stems: list[Path]) -> list | None:
-    """Per image its boxes from ``boxes=`` (crop=box; ``None`` for an image not in it)."""
+def _key(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` (POSIX), what a boxes file keys a photo by."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(root)).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _boxes_for(cfg: DictConfig, files: list[Path], root: Path) -> list | None:
+    """Per image its boxes from ``boxes=`` (crop=box; ``None`` for an image not in it).
+
+    A photo is looked up by its path under ``input=`` (``sub/a.png``) first, then by its
+    bare name (``a.png``), its path without the suffix (``sub/a``) and its stem (``a``),
+    each only where no other input shares it: a key that fits several photos is not
+    guessed for any of them but the one whose path it is, and is a warning.
+    """
     if cfg.crop != "box":
         return None
     if not cfg.boxes:
         raise ValueError("crop=box needs boxes=<JSON file> with the face boxes per image")
     table = read_boxes(cfg.boxes)
-    return [table.get(f.name, table.get(str(s), table.get(f.stem)))
-            for f, s in zip(files, stems, strict=True)]
+    paths = [_key(f, root) for f in files]
+    ways = [[f.name for f in files], [p.rsplit(".", 1)[0] for p in paths],
+            [f.stem for f in files]]
+    shared = [Counter(names) for names in ways]
+    found: list = []
+    ambiguous: dict[str, tuple[int, list[str]]] = {}
+    for i, path in enumerate(paths):
+        found.append(table.get(path))
+        for names, counts in zip(ways, shared, strict=True):
+            if found[-1] is not None or names[i] not in table:
+                continue
+            if counts[names[i]] == 1:
+                found[-1] = table[names[i]]
+            else:
+                ambiguous.setdefault(names[i], (counts[names[i]], []))[1].append(path)
+    for key, (count, fits) in ambiguous.items():
+        log.warning('boxes=%s: key "%s" fits %d inputs, so it is not used for %s%s (not its '
+                    'path under input=); key each photo by its path, e.g. "%s"', cfg.boxes,
+                    key, count, ", ".join(fits[:3]), ", ..." if len(fits) > 3 else "", fits[0])
+    return found
 
 
-def _without_box(cfg: DictConfig, images: list[Path], boxes: list | None
+def _without_box(cfg: DictConfig, images: list[Path], boxes: list | None, root: Path
                  ) -> list[tuple[str, str]]:
     """The images crop=box has no box for, each a warning: ``(file, reason)``."""
     if boxes is None:
@@ -57,7 +92,7 @@ def _without_box(cfg: DictConfig, images: list[Path], boxes: list | None
     missing = []
     for image, given in zip(images, boxes, strict=True):
         if not given:
-            reason = f'no box for it in boxes={cfg.boxes} (key "{image.name}")'
+            reason = f'no box for it in boxes={cfg.boxes} (key "{_key(image, root)}")'
             log.warning("no mask: %s: %s", image, reason)
             missing.append((str(image), reason))
     return missing
@@ -70,19 +105,58 @@ def _videos_without_box(videos: list[Path]) -> list[tuple[str, str]]:
     return [(str(video), NO_BOXES_FOR_VIDEO) for video in videos]
 
 
+def _video_overwrite(parser: Parser, cfg: DictConfig, video: Path, out_stem: Path,
+                     record: dict | None, summary: Summary) -> bool | None:
+    """Whether to redo ``video``'s outputs: ``cfg.overwrite``, or its first frame mask (the
+    record of what made them) is stale (a warning). ``None``: another video made them
+    (refused, a failed count)."""
+    frame = out_stem.with_name(f"{out_stem.name}_frames") / "000000_mask.png"
+    done = out_stem.with_name(f"{out_stem.name}_overlay.mp4")
+    if cfg.overwrite or record is None or not done.exists() or not frame.is_file():
+        return bool(cfg.overwrite)
+    verdict = judge(frame, video, record, parser.scheme.name)
+    if verdict.action == "clash":
+        reason = (f"outputs {done} exist and {verdict.reason}: not overwritten (give another "
+                  f"output_dir=, or overwrite=true to replace them)")
+        log.warning("skipped: %s: %s", video, reason)
+        summary.failed.append((str(video), reason))
+        return None
+    if verdict.action == "redo":
+        log.warning("parsing %s again: its outputs %s are stale: %s", video, done,
+                    verdict.reason)
+        summary.redone += 1
+        return True
+    return False
+
+
 def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir: Path,
-                    stem_of: dict[Path, Path], summary: Summary) -> dict[str, Any]:
-    """Each video through ``parser``; an unreadable one is a warning and a failed count.
+                    stem_of: dict[Path, Path], root: Path, summary: Summary
+                    ) -> dict[str, Any]:
+    """Each video through ``parser``; an unreadable one is a warning and a failed count,
+    one whose outputs exist (and record this video and run) a skipped count.
     With crop=faces, frames without a face are one warning per video and a count; a video
     with no face in any frame counts as an input without a face (nothing is kept)."""
     flicker = {}
+    run = run_record(parser)
     for video in videos:
         try:
+            record = source_record(video, root, None, run)
+        except OSError:
+            record = None  # opening it fails below, naming it
+        overwrite = _video_overwrite(parser, cfg, video, out_dir / stem_of[video], record,
+                                     summary)
+        if overwrite is None:
+            continue
+        try:
             report = predict_video(parser, video, out_dir / stem_of[video],
-                                   cfg.smoothing, cfg.save_frames, cfg.alpha, cfg.overwrite)
+                                   cfg.smoothing, cfg.save_frames, cfg.alpha, overwrite,
+                                   record)
         except BadSampleError as err:
             log.warning("skipped: %s", err)
             summary.failed.append((str(video), str(err)))
+            continue
+        if report["skipped"]:
+            summary.skipped += 1
             continue
         faceless = report["frames_without_face"]
         if faceless and len(faceless) == report["frames"]:
@@ -114,8 +188,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     images = [f for f in files if f not in videos]
     stems = output_stems(files, root)
     stem_of = dict(zip(files, stems, strict=True))
-    boxes = _boxes_for(cfg, images, [stem_of[f] for f in images])
-    without_box = _without_box(cfg, images, boxes)
+    boxes = _boxes_for(cfg, images, root)
+    without_box = _without_box(cfg, images, boxes, root)
     if cfg.crop == "box":
         without_box += _videos_without_box(videos)
         videos = []
@@ -136,12 +210,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     summary = Summary()
     if images:
         summary = predict_files(parser, images, [stem_of[f] for f in images], options,
-                                cfg.batch_size, cfg.num_workers, boxes)
+                                cfg.batch_size, cfg.num_workers, boxes, root)
     summary.without_face = without_box + summary.without_face
-    flicker = _predict_videos(parser, cfg, videos, out_dir, stem_of, summary)
+    flicker = _predict_videos(parser, cfg, videos, out_dir, stem_of, root, summary)
     log.info("%s -> %s", summary.line(), out_dir)
     return {"images": summary.images, "failed": len(summary.failed), "skipped": summary.skipped,
-            "without_face": len(summary.without_face),
+            "without_face": len(summary.without_face), "redone": summary.redone,
             "unusable_boxes": len(summary.unusable_boxes),
             "faceless_frames": summary.faceless_frames,
             "seconds": summary.seconds, "images_per_s": summary.images_per_s,

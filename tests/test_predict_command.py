@@ -87,7 +87,7 @@ def test_a_folder_run_writes_every_output_and_resumes(compose, ckpt, tmp_path):
     assert "CPU memory:" in log  # the allocator choice is logged with its reason
     again = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}", f"output_dir={out}",
                          "labels=ourface", "save_probs=true"))
-    assert (again["images"], again["failed"], again["skipped"]) == (0, 2, 3)
+    assert (again["images"], again["failed"], again["skipped"]) == (0, 2, 4)  # 3 photos, 1 video
 
 
 def test_fast_path_options_reach_the_model_and_bad_ones_are_one_line(ckpt, tmp_path):

@@ -30,6 +30,7 @@ __all__ = [
     "jpeg_is_complete",
     "MaskSchemeError",
     "SCHEME_TEXT_KEY",
+    "PNG_SIGNATURE",
     "recorded_scheme",
     "scheme_mismatch",
 ]

@@ -15,7 +15,12 @@ no face was found or whose boxes all miss it is a warning and a count too, and g
 files: an all-background mask would pass for a parsed photo. With crop=box, a box that is
 empty or outside its photo beside usable ones is left out with a warning naming the photo
 and the box, and counted; the photo's other boxes are parsed. Outputs that exist are
-skipped unless ``overwrite``, so an interrupted run resumes where it stopped. A failed
+skipped unless ``overwrite``, so an interrupted run resumes where it stopped, but only when
+their mask records this photo, checkpoint, scheme and settings
+(:mod:`faceparse.inference.provenance`): outputs this photo got from another checkpoint,
+scheme or settings, or before it changed, are redone with a warning saying what differed;
+outputs another photo with the same output name made are not overwritten (a warning and a
+failed count: give another ``output_dir`` or ``overwrite=true``). A failed
 write (disk full, no permission) stops the run with an :class:`OutputWriteError` naming
 the output and its photo; what was written stays, so a rerun resumes.
 """
@@ -46,6 +51,7 @@ from faceparse.inference.outputs import (
     writing_outputs_of,
 )
 from faceparse.inference.predictor import Parser, ParseResult
+from faceparse.inference.provenance import judge, left_behind, run_record, source_record
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,7 @@ class Summary:
 
     images: int = 0
     skipped: int = 0
+    redone: int = 0  # outputs there, but stale (another checkpoint, scheme, settings, photo)
     failed: list[tuple[str, str]] = field(default_factory=list)
     without_face: list[tuple[str, str]] = field(default_factory=list)
     unusable_boxes: list[tuple[str, str]] = field(default_factory=list)
@@ -84,8 +91,9 @@ class Summary:
         boxes = f"{bad} unusable box{'es' if bad > 1 else ''} left out, " if bad else ""
         frames = (f"{self.faceless_frames} video frames without a face (background), "
                   if self.faceless_frames else "")
+        redone = f"{self.redone} redone (stale outputs), " if self.redone else ""
         return (f"{self.images} images, {len(self.failed)} failed, {faceless}{boxes}{frames}"
-                f"{self.skipped} skipped (outputs exist), {self.seconds:.1f} s{share}, "
+                f"{self.skipped} skipped (outputs exist), {redone}{self.seconds:.1f} s{share}, "
                 f"{self.images_per_s:.2f} images/s")
 
 
@@ -135,15 +143,16 @@ def _decoded_in(pool: ThreadPoolExecutor, files: list[Path], batch_size: int
 
 
 def _write(parser: Parser, source: Path, rgb: np.ndarray, result: torch.Tensor | ParseResult,
-           stem: Path, options: WriteOptions) -> None:
+           stem: Path, options: WriteOptions, record: dict) -> None:
     """The photo side of one image: (crop=none) logits back to its size and argmax, then
-    its files; a failed write is an :class:`OutputWriteError` naming the file and
-    ``source``."""
+    its files, the mask recording what made it (``record`` and the photo's size); a failed
+    write is an :class:`OutputWriteError` naming the file and ``source``."""
     if not isinstance(result, ParseResult):
         result = parser.finish(result, rgb.shape[:2], options.save_probs)
     with writing_outputs_of(source):
+        made_from = {**record, "size": [rgb.shape[1], rgb.shape[0]]}
         write_outputs(options.out_dir, stem, rgb, result, options.save_overlay, options.alpha,
-                      parser.model.scheme)
+                      parser.model.scheme, made_from)
 
 
 def writer_threads(device: torch.device, loader_workers: int = 0) -> int:
@@ -204,9 +213,11 @@ def _with_faces(good: list[tuple[int, np.ndarray]],
 def _submit_writes(writer: ThreadPoolExecutor, parser: Parser,
                    good: list[tuple[int, np.ndarray]],
                    results: list[torch.Tensor] | list[ParseResult], files: list[Path],
-                   stems: list[Path], options: WriteOptions) -> list[Future]:
+                   stems: list[Path], options: WriteOptions, records: dict[int, dict]
+                   ) -> list[Future]:
     """Hand each photo's remaining work to the writer threads."""
-    return [writer.submit(_write, parser, files[i], rgb, result, stems[i], options)
+    return [writer.submit(_write, parser, files[i], rgb, result, stems[i], options,
+                          records[i])
             for (i, rgb), result in zip(good, results, strict=True)]
 
 
@@ -222,22 +233,74 @@ def _wait(writer: ThreadPoolExecutor, writes: list[Future]) -> None:
         raise
 
 
-def predict_files(parser: Parser, files: list[Path], stems: list[Path], options: WriteOptions,
-                  batch_size: int = 8, num_workers: int = 2,
-                  boxes: list[list[Box] | None] | None = None) -> Summary:
-    """Parse ``files`` and write each one's outputs under ``options.out_dir / stem``."""
-    summary = Summary()
+def _record_of(run: dict, photo: Path, root: Path | None,
+               boxes: list[list[Box] | None] | None, i: int) -> dict | None:
+    """What photo ``i``'s mask records (``None`` if the photo cannot be stat'ed: reading
+    it fails and says why)."""
+    if boxes is not None:
+        run = {**run, "settings": {**run["settings"], "boxes": [list(b) for b in boxes[i] or []]}}
+    try:
+        return source_record(photo, root, None, run)
+    except OSError:
+        return None
+
+
+def _sort_out(parser: Parser, files: list[Path], stems: list[Path], options: WriteOptions,
+              root: Path | None, boxes: list[list[Box] | None] | None, summary: Summary
+              ) -> tuple[list[int], dict[int, dict]]:
+    """The inputs to parse and what each one's mask will record. Existing outputs are
+    skipped when their mask records this photo and run, redone with a warning when they
+    are this photo's but stale, and refused (failed) when another photo made them."""
     inputs = {f.resolve() for f in files}
-    todo = []
+    run, scheme = run_record(parser), parser.scheme.name
+    todo, records, unrecorded = [], {}, 0
     for i, stem in enumerate(stems):
         targets = output_paths(options.out_dir, stem, options.save_overlay, options.save_probs)
+        record = _record_of(run, files[i], root, boxes, i)
+        records[i] = record or {}
+        stale = left_behind(files[i], root, stem, options.out_dir)
+        if stale is not None:
+            log.warning("left behind: %s is %s's mask from before a file with the same name "
+                        "renamed its outputs %s_*; delete it and its other files", stale,
+                        files[i], stem.name)
         if any(t.resolve() in inputs for t in targets):
             log.warning("skipped: %s (its output would overwrite an input)", files[i])
             summary.failed.append((str(files[i]), "its output would overwrite an input"))
-        elif not options.overwrite and all(t.exists() for t in targets):
+            continue
+        if options.overwrite or record is None or not targets[0].is_file():
+            todo.append(i)
+            continue
+        verdict = judge(targets[0], files[i], record, scheme)
+        if verdict.action == "clash":
+            reason = (f"outputs {targets[0]} exist and {verdict.reason}: not overwritten "
+                      f"(give another output_dir=, or overwrite=true to replace them)")
+            log.warning("skipped: %s: %s", files[i], reason)
+            summary.failed.append((str(files[i]), reason))
+        elif verdict.action == "redo":
+            log.warning("parsing %s again: its outputs %s are stale: %s", files[i],
+                        targets[0], verdict.reason)
+            summary.redone += 1
+            todo.append(i)
+        elif all(t.exists() for t in targets):
             summary.skipped += 1
+            unrecorded += verdict.unrecorded
         else:
             todo.append(i)
+    if unrecorded:
+        log.warning("kept the outputs of %d inputs written before masks recorded their "
+                    "source and checkpoint: their scheme and size fit, nothing else tells; "
+                    "overwrite=true redoes them", unrecorded)
+    return todo, records
+
+
+def predict_files(parser: Parser, files: list[Path], stems: list[Path], options: WriteOptions,
+                  batch_size: int = 8, num_workers: int = 2,
+                  boxes: list[list[Box] | None] | None = None, root: Path | None = None
+                  ) -> Summary:
+    """Parse ``files`` and write each one's outputs under ``options.out_dir / stem``;
+    ``root``: the folder ``input=`` named (masks record the photo's path relative to it)."""
+    summary = Summary()
+    todo, records = _sort_out(parser, files, stems, options, root, boxes, summary)
     start = time.perf_counter()
     device = parser.model.device
     ahead = 0 if device.type == "cpu" else AHEAD
@@ -263,7 +326,7 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
                 summary.model_seconds += time.perf_counter() - model_start
                 good, results = _with_faces(good, results, parser, boxes, files, summary)
                 batches.append(_submit_writes(writer, parser, good, results, files, stems,
-                                              options))
+                                              options, records))
                 summary.images += len(good)
             progress.advance(task, len(batch))
         while batches:

@@ -1,4 +1,5 @@
-"""Photos in: any image a user has, as RGB uint8, and the list of files an ``input=`` names.
+"""Photos in: any image a user has, as RGB uint8 (the files an ``input=`` names:
+:mod:`faceparse.inference.listing`).
 
 Pillow reads the formats people have (JPEG, PNG of any depth, palette, alpha, WebP, TIFF,
 BMP, GIF, CMYK) and applies EXIF orientation, so a phone photo is parsed upright; files
@@ -8,10 +9,7 @@ refused (both libraries would otherwise fill the missing part silently).
 
 from __future__ import annotations
 
-import glob
-import os
 import re
-from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +17,25 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceparse.data.io import BadSampleError, read_image
+from faceparse.inference.listing import (  # re-exported: the listing used to live here
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    list_inputs,
+    output_stems,
+)
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "read_photo", "to_rgb", "list_inputs",
            "output_stems"]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp",
-                            ".gif", ".ppm", ".pgm", ".jp2"})
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv"})
-
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> RGB uint8; 16-bit grey is scaled, not clipped."""
+    """Any Pillow mode -> RGB uint8; 16-bit grey is scaled, not clipped. 32-bit float or
+    integer samples have no agreed white (0-1? 0-65535? the file's range?), so they are
+    refused rather than guessed into a black or saturated photo."""
+    if image.mode == "F" or (image.mode == "I" and _beyond_16_bits(image)):
+        kind = "floating-point" if image.mode == "F" else "integer"
+        raise ValueError(f"32-bit {kind} samples (Pillow mode {image.mode}) have no agreed "
+                         f"scale to 8-bit colour; export the photo as 8- or 16-bit")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         wide = np.asarray(image, dtype=np.uint32 if image.mode == "I" else np.uint16)
         grey = (wide >> 8).clip(0, 255).astype(np.uint8)
@@ -37,6 +43,16 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")  # drop alpha below, without Pillow's palette warning
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def _beyond_16_bits(image: Image.Image) -> bool:
+    """Mode ``I`` from a file with 32-bit samples, or holding values outside 16 bits."""
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None  # TIFF BitsPerSample
+    if bits is not None and max(bits if isinstance(bits, tuple) else (bits,)) > 16:
+        return True
+    low, high = image.getextrema()
+    return low < 0 or high > 65535
 
 
 def read_photo(path: str | Path) -> np.ndarray:
@@ -105,84 +121,3 @@ def to_rgb(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> np.nd
                              "do not normalise it, the predictor does")
         return (array * 255).round().astype(np.uint8)
     raise ValueError(f"unsupported image dtype {array.dtype}: pass uint8 RGB")
-
-
-def _wanted(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-
-
-def list_inputs(spec: str | Path, output_dir: str | Path | None = None
-                ) -> tuple[list[Path], Path]:
-    """The files ``input=`` names (a file, a folder searched recursively, or a glob) and
-    the root their output names are taken relative to.
-
-    Files under ``output_dir`` are never inputs (a rerun must not parse its own masks).
-    Entries that are not regular files (broken links, folders matched by a glob) are kept,
-    so the run reports them per file instead of dropping them silently.
-    """
-    text = str(spec)
-    path = Path(text).expanduser()
-    out = Path(output_dir).expanduser().resolve() if output_dir is not None else None
-    if path.is_file():
-        return [path], path.parent
-    if path.is_dir():
-        root = path
-        found = sorted(p for p in path.rglob("*") if _wanted(p) and not p.is_dir())
-        found += sorted(p for p in path.rglob("*") if p.is_symlink() and not p.exists())
-    elif glob.has_magic(text):
-        found = sorted(Path(p) for p in glob.glob(text, recursive=True))
-        root = _common_parent(found) if found else path.parent
-    else:
-        raise FileNotFoundError(f"input={spec}: no such file or folder; give an image, a "
-                                f"video, a folder of images or a glob like 'photos/*.jpg'")
-    if out is not None:
-        found = [p for p in found if not p.resolve().is_relative_to(out)]
-    found = list(dict.fromkeys(found))
-    if not found:
-        raise FileNotFoundError(f"input={spec}: no images or videos there (looked for "
-                                f"{', '.join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))})")
-    return found, root
-
-
-def _common_parent(paths: list[Path]) -> Path:
-    return Path(os.path.commonpath([os.path.abspath(p.parent) for p in paths]))
-
-
-def output_stems(paths: list[Path], root: Path) -> list[Path]:
-    """Output name (without suffix) per input, relative to ``root``, all distinct.
-
-    ``a.jpg`` and ``a.png`` in one folder become ``a_jpg`` and ``a_png``; the same name in
-    two subfolders keeps the subfolders. A name is changed only where it clashes, and by
-    what its own file is, so adding a file to a folder renames no other input's outputs
-    (``a_jpg.png`` beside those two becomes ``a_jpg_png``); names that still clash (``a.JPG``
-    and ``a.jpg``) are numbered in the order of their file names.
-    """
-    root = Path(os.path.abspath(root))
-    relative = []
-    for p in paths:
-        try:
-            relative.append(Path(os.path.abspath(p)).parent.relative_to(root) / p.stem)
-        except ValueError:
-            relative.append(Path(p.stem))
-    names = list(relative)
-    tagged = [False] * len(paths)
-    while True:  # each round tags untagged clashing names with their suffix
-        counts = Counter(names)
-        clashing = [i for i, name in enumerate(names) if counts[name] > 1 and not tagged[i]]
-        if not clashing:
-            break
-        for i in clashing:
-            suffix = paths[i].suffix.lstrip(".").lower()
-            names[i] = relative[i].with_name(f"{relative[i].name}_{suffix}")
-            tagged[i] = True
-    counts = Counter(names)
-    clashes: dict[Path, list[int]] = defaultdict(list)
-    for i, name in enumerate(names):
-        if counts[name] > 1:
-            clashes[name].append(i)
-    for name, members in clashes.items():
-        for number, i in enumerate(sorted(members, key=lambda i: str(paths[i]))):
-            names[i] = name.with_name(f"{name.name}_{number}")
-    if len(set(names)) != len(names):  # a number met a real name: number every input
-        names = [name.with_name(f"{name.name}_{i}") for i, name in enumerate(names)]
-    return names

@@ -18,9 +18,10 @@ import io
 import json
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,10 +30,12 @@ from PIL.PngImagePlugin import PngInfo
 
 from faceparse.data.io import SCHEME_TEXT_KEY, write_atomic
 from faceparse.inference.predictor import ParseResult
+from faceparse.inference.provenance import RECORD_KEY
 from faceparse.labels import LabelScheme, colorize
 
 __all__ = ["PNG_FAST", "OutputWriteError", "png_bytes", "output_paths", "overlay",
-           "visualization", "write_outputs", "read_mask_scheme", "writing_outputs_of"]
+           "visualization", "write_outputs", "read_mask_scheme", "writing_outputs_of",
+           "mask_text"]
 
 # OpenCV PNG parameters: zlib level 1, run-length matches, the "up" filter on every row
 # (on 512 px colour maps 1.7x faster than Paeth, files 5 KB either way)
@@ -67,7 +70,9 @@ def writing_outputs_of(source: str | Path) -> Iterator[None]:
 
 
 def output_paths(out_dir: Path, stem: Path, overlay: bool, probs: bool) -> list[Path]:
-    """Every file one input gives; a run skips the input when all of them exist."""
+    """Every file one input gives; a run skips the input when all of them exist and its
+    mask records this photo, model and settings (:mod:`faceparse.inference.provenance`).
+    :data:`faceparse.inference.listing.OUTPUT_ENDINGS` lists these endings too."""
     kinds = ["mask.png", "color.png"] + (["overlay.png", "visualization.png"] if overlay
                                          else []) + (["probs.npz"] if probs else [])
     return [out_dir / stem.parent / f"{stem.name}_{kind}" for kind in kinds]
@@ -149,14 +154,24 @@ def visualization(rgb: np.ndarray, result: ParseResult, alpha: float,
                           axis=1)
 
 
-def write_outputs(out_dir: Path, stem: Path, rgb: np.ndarray, result: ParseResult,
-                  save_overlay: bool, alpha: float, model_scheme: LabelScheme) -> list[Path]:
-    """Write one input's files (atomically, so an interrupted run leaves no half file)."""
-    mask, color, *rest = output_paths(out_dir, stem, save_overlay, result.probs is not None)
-    mask.parent.mkdir(parents=True, exist_ok=True)
+def mask_text(result: ParseResult, record: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The text chunks of a mask PNG (photo or video frame): its scheme, class names and,
+    given one, the record of what made it (ASCII JSON, so any path fits ``tEXt``)."""
     text = {SCHEME_TEXT_KEY: result.scheme.name,
             "faceparse:class_names": json.dumps(list(result.class_names))}
-    write_atomic(mask, png_bytes(result.labels, text))
+    if record is not None:
+        text[RECORD_KEY] = json.dumps(record, sort_keys=True)
+    return text
+
+
+def write_outputs(out_dir: Path, stem: Path, rgb: np.ndarray, result: ParseResult,
+                  save_overlay: bool, alpha: float, model_scheme: LabelScheme,
+                  record: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write one input's files (atomically, so an interrupted run leaves no half file);
+    ``record``: what made them (:mod:`faceparse.inference.provenance`), in the mask."""
+    mask, color, *rest = output_paths(out_dir, stem, save_overlay, result.probs is not None)
+    mask.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(mask, png_bytes(result.labels, mask_text(result, record)))
     # in OpenCV's BGR order from the start: one channel swap (of the photo) per image
     colors = colorize(result.labels, result.scheme, bgr=True)
     write_atomic(color, _cv2_png(colors))

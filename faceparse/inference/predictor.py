@@ -259,8 +259,11 @@ class Parser:
         result's ``unusable_boxes``) with an :class:`UnusableBoxWarning` naming it; a photo
         none of whose boxes is usable is all background. ``warn=False``: the caller reports
         ``unusable_boxes`` itself (the folder command names the file and counts them).
+        No images: an empty list.
         """
         rgbs = [to_rgb(image) for image in images]
+        if not rgbs:
+            return []
         if self.crop == "none":
             return [self.finish(logits, rgb.shape[:2], probs)
                     for rgb, logits in zip(rgbs, self.photo_logits(rgbs), strict=True)]

@@ -29,7 +29,7 @@ import torch
 from rich.progress import Progress
 
 from faceparse.data.io import BadSampleError, write_atomic
-from faceparse.inference.outputs import overlay, png_bytes, writing_outputs_of
+from faceparse.inference.outputs import mask_text, overlay, png_bytes, writing_outputs_of
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,9 @@ class _Outputs:
     """
 
     def __init__(self, source: Path, out_stem: Path, fps: float, save_frames: bool,
-                 alpha: float) -> None:
+                 alpha: float, record: dict[str, Any] | None = None) -> None:
         self.source, self.fps, self.alpha, self.keep = source, fps, alpha, False
+        self.record = record  # what made the frame masks (see faceparse.inference.provenance)
         self.finals = {kind: out_stem.with_name(f"{out_stem.name}_{kind}.mp4")
                        for kind in ("mask", "overlay")}  # the overlay renamed last
         self.partials = {kind: path.with_name(f".{path.stem}.partial.mp4")
@@ -115,7 +116,10 @@ class _Outputs:
             self.written += 1
             if self.frames_dir is not None:
                 self.frames.append(self.frames_dir / f"{n:06d}_mask.png")
-                write_atomic(self.frames[-1], png_bytes(result.labels))
+                made_from = (None if self.record is None else
+                             {**self.record, "size": [rgb.shape[1], rgb.shape[0]]})
+                write_atomic(self.frames[-1],
+                             png_bytes(result.labels, mask_text(result, made_from)))
 
     def _open(self, width: int, height: int) -> None:
         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
@@ -181,10 +185,12 @@ def _check_video(partial: Path, frames: int, final: Path) -> None:
 
 
 def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
-                  save_frames: bool = True, alpha: float = 0.5, overwrite: bool = False
-                  ) -> dict[str, Any]:
+                  save_frames: bool = True, alpha: float = 0.5, overwrite: bool = False,
+                  record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Parse every frame of ``path``; writes ``<stem>_overlay.mp4``, ``<stem>_mask.mp4``
-    and (``save_frames``) ``<stem>_frames/<n>_mask.png``. Returns frames, seconds, the
+    and (``save_frames``) ``<stem>_frames/<n>_mask.png``, which hold the scheme, class
+    names and ``record`` (what made them) as photo masks do. A video whose overlay exists
+    is skipped unless ``overwrite`` (``skipped`` in the report). Returns frames, seconds, the
     flicker with and without smoothing and, with crop=faces, the numbers of the frames
     without a face (``frames_without_face``; all background) and how many frames kept a
     missed face's last box (``frames_face_held``). When no frame has a face, nothing is
@@ -207,8 +213,9 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
         capture.release()
         log.info("skipped %s: %s exists (overwrite=true to redo)", path, over_path)
         return {"frames": 0, "seconds": 0.0, "model_seconds": 0.0, "flicker_raw": None,
-                "flicker_smoothed": None, "frames_without_face": [], "frames_face_held": 0}
-    outputs = _Outputs(path, out_stem, fps, save_frames, alpha)
+                "flicker_smoothed": None, "frames_without_face": [], "frames_face_held": 0,
+                "skipped": True}
+    outputs = _Outputs(path, out_stem, fps, save_frames, alpha, record)
     state = box = raw_prev = smooth_prev = None
     raw_changes, smooth_changes = [], []
     count, start, model_seconds = 0, time.perf_counter(), 0.0
@@ -268,7 +275,7 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
               "model_seconds": model_seconds,
               "flicker_raw": float(np.mean(raw_changes)) if raw_changes else None,
               "flicker_smoothed": float(np.mean(smooth_changes)) if smooth_changes else None,
-              "frames_without_face": faceless, "frames_face_held": held}
+              "frames_without_face": faceless, "frames_face_held": held, "skipped": False}
     held_note = f", {held} kept a missed face's last box" if held else ""
     log.info("%s: %d frames%s, flicker %.4f raw, %.4f with smoothing=%s", path, count,
              held_note, report["flicker_raw"] or 0, report["flicker_smoothed"] or 0, smoothing)

@@ -1,0 +1,203 @@
+"""What made a mask, recorded in its PNG text, so a rerun skips only its own outputs.
+
+A rerun into an ``output_dir`` that holds ``<stem>_mask.png`` used to skip the input
+whatever made that file: another photo with the same name (``trip1/IMG_0001.jpg`` then
+``trip2/IMG_0001.jpg``, ``a.png`` then ``a.jpg``), another checkpoint, another ``labels=``.
+Each mask now records (key :data:`RECORD_KEY`, ASCII JSON, so any path fits a ``tEXt``
+chunk) the source photo (its path relative to ``input=``, its absolute path, bytes and
+modification time), its size in pixels, the checkpoint (path, bytes, modification time:
+cheap, unlike hashing a checkpoint of gigabytes) and the settings that change the labels;
+the scheme is :data:`~faceparse.data.io.SCHEME_TEXT_KEY`. :func:`judge` compares them with
+what this run would write:
+
+- ``skip``: the same photo (same relative path, bytes and time) with the same model,
+  scheme and settings;
+- ``redo``: this photo's outputs, but made by another model/scheme/settings, or the photo
+  changed since (or a mask written before this record, whose scheme or size tells it is
+  stale): the caller redoes it with a warning naming what differed;
+- ``clash``: another photo that still exists made them (two photos with one output name):
+  redoing would overwrite that photo's outputs, so the caller refuses this input.
+
+A mask written before this record is skipped when neither its scheme nor its size tells it
+apart (one log line counts these).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from faceparse.data.io import PNG_SIGNATURE, SCHEME_TEXT_KEY, png_text
+
+__all__ = ["RECORD_KEY", "Verdict", "file_stamp", "judge", "left_behind", "read_text",
+           "run_record", "source_record"]
+
+RECORD_KEY = "faceparse:made_from"
+_HEAD = 1 << 16  # a mask's text chunks come right after its header, far inside this
+_SWAPPED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``action`` is ``skip``, ``redo`` or ``clash``; ``reason`` says why (for a warning);
+    ``unrecorded``: the mask predates the record (kept only when nothing told it apart)."""
+
+    action: str
+    reason: str = ""
+    unrecorded: bool = False
+
+
+def file_stamp(path: Path) -> dict[str, Any]:
+    """A file's absolute path, bytes and modification time: what tells it changed."""
+    stat = path.stat()
+    return {"path": os.path.abspath(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def run_record(parser: Any) -> dict[str, Any]:
+    """What a :class:`~faceparse.inference.predictor.Parser` adds to every record: its
+    checkpoint and the settings that change the labels."""
+    settings: dict[str, Any] = {"image_size": parser.image_size,
+                                "keep_aspect": bool(parser.keep_aspect), "crop": parser.crop}
+    if parser.crop != "none":
+        settings["margin"] = float(parser.margin)
+    return {"model": file_stamp(Path(parser.model.source)), "settings": settings}
+
+
+def relative_source(photo: Path, root: Path | None) -> str:
+    """``photo``'s path relative to ``root`` (default: its folder), POSIX."""
+    try:
+        relative = Path(os.path.abspath(photo)).relative_to(os.path.abspath(root or
+                                                                            photo.parent))
+    except ValueError:
+        relative = Path(photo.name)
+    return relative.as_posix()
+
+
+def source_record(photo: Path, root: Path | None, size: tuple[int, int] | None,
+                  run: dict[str, Any]) -> dict[str, Any]:
+    """The record of one photo's outputs: ``run`` (model, settings) plus the photo;
+    ``size`` is (width, height), ``None`` when comparing (the photo is not decoded)."""
+    record = {"source": relative_source(photo, root), "source_file": file_stamp(photo),
+              **run}
+    if size is not None:
+        record["size"] = list(size)
+    return record
+
+
+def read_text(mask: Path) -> dict[str, str] | None:
+    """The text chunks of a mask PNG (read from its first bytes), ``None`` if no PNG."""
+    with open(mask, "rb") as file:
+        head = file.read(_HEAD)
+    return png_text(head) if head[:8] == PNG_SIGNATURE else None
+
+
+def _png_size(mask: Path) -> tuple[int, int] | None:
+    with open(mask, "rb") as file:
+        head = file.read(24)
+    if head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _photo_size(photo: Path) -> tuple[int, int] | None:
+    """The photo's upright size from its header (no decoding); ``None`` if unknown."""
+    try:
+        with Image.open(photo) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - any unreadable header: the size is unknown
+        return None
+    return (height, width) if orientation in _SWAPPED else (width, height)
+
+
+def _differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """What the model and settings recorded differ in from this run's."""
+    out = []
+    old, new = recorded.get("model") or {}, expected["model"]
+    if old != new:
+        out.append(f"made by checkpoint {old.get('path')} ({old.get('bytes')} bytes), not "
+                   f"{new['path']} ({new['bytes']} bytes)" if old.get("path") != new["path"]
+                   else f"made by an earlier version of checkpoint {new['path']}")
+    old, new = recorded.get("settings") or {}, expected["settings"]
+    changed = [f"{k}={old.get(k)!r}, not {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)]
+    if changed:
+        out.append("made with " + ", ".join(changed))
+    return out
+
+
+def _same_photo(recorded: dict[str, Any], expected: dict[str, Any]) -> bool:
+    """The same relative path, bytes and time: this photo, even in a moved folder."""
+    old, new = recorded.get("source_file") or {}, expected["source_file"]
+    return (recorded.get("source") == expected["source"] and old.get("bytes") == new["bytes"]
+            and old.get("mtime_ns") == new["mtime_ns"])
+
+
+def _another_photo(recorded: dict[str, Any], photo: Path) -> Path | None:
+    """The other photo, still there, that made the outputs; ``None`` if it is this one
+    (changed since) or gone."""
+    other = Path(str((recorded.get("source_file") or {}).get("path", "")))
+    if not other.name or not other.exists():
+        return None
+    return None if os.path.samefile(other, photo) else other
+
+
+def _unrecorded(text: dict[str, str], mask: Path, photo: Path, scheme: str) -> Verdict:
+    """A mask written before the record: stale only where its scheme or size says so."""
+    recorded = text.get(SCHEME_TEXT_KEY)
+    if recorded is not None and recorded != scheme:
+        return Verdict("redo", f"it records labels {recorded!r}, not {scheme!r}", True)
+    mask_size, photo_size = _png_size(mask), _photo_size(photo)
+    if mask_size and photo_size and mask_size != photo_size:
+        return Verdict("redo", f"it is {mask_size[0]}x{mask_size[1]} px, the photo "
+                               f"{photo_size[0]}x{photo_size[1]} px", True)
+    return Verdict("skip", unrecorded=True)
+
+
+def judge(mask: Path, photo: Path, expected: dict[str, Any], scheme: str) -> Verdict:
+    """Whether the existing ``mask`` is ``photo``'s under this run (``expected``: its
+    :func:`source_record` without a size; ``scheme``: the scheme it would record)."""
+    text = read_text(mask)
+    if text is None:
+        return Verdict("redo", "it is not a PNG mask")
+    if RECORD_KEY not in text:
+        return _unrecorded(text, mask, photo, scheme)
+    try:
+        recorded = json.loads(text[RECORD_KEY])
+    except ValueError:
+        return Verdict("redo", f"its {RECORD_KEY} text is not readable")
+    if not isinstance(recorded, dict):
+        return Verdict("redo", f"its {RECORD_KEY} text is not readable")
+    if not _same_photo(recorded, expected):
+        other = _another_photo(recorded, photo)
+        if other is not None:
+            return Verdict("clash", f"they were made from {other}, another photo with the "
+                                    f"same output name")
+        return Verdict("redo", f"they were made from {recorded.get('source')!r} as it was "
+                               f"then (the photo changed or was replaced since)")
+    differs = _differences(recorded, expected)
+    if text.get(SCHEME_TEXT_KEY) != scheme:
+        differs.insert(0, f"in labels {text.get(SCHEME_TEXT_KEY)!r}, not {scheme!r}")
+    return Verdict("redo", "; ".join(differs)) if differs else Verdict("skip")
+
+
+def left_behind(photo: Path, root: Path | None, stem: Path, out_dir: Path) -> Path | None:
+    """The mask ``photo`` got under its plain name (``a_mask.png``) before a same-named
+    file (``a.png`` beside ``a.jpg``) renamed its outputs ``stem`` (``a_jpg_*``): still
+    there and recording ``photo`` as its source, it is left behind; else ``None``."""
+    source = relative_source(photo, root)
+    plain = Path(source).with_suffix("")
+    if plain == stem:
+        return None
+    mask = out_dir / plain.parent / f"{plain.name}_mask.png"
+    try:
+        text = read_text(mask) if mask.is_file() else None
+        recorded = json.loads(text[RECORD_KEY]) if text and RECORD_KEY in text else {}
+    except (OSError, ValueError):
+        return None
+    return mask if isinstance(recorded, dict) and recorded.get("source") == source else None

@@ -1,0 +1,154 @@
+"""Rerunning ``faceparse.predict`` into an ``output_dir`` that holds outputs: it skips
+only what this photo, checkpoint, scheme and settings made (the mask records them)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_predict_command import _cfg, _image, _video
+
+from faceparse.data.io import SCHEME_TEXT_KEY
+from faceparse.inference.outputs import png_bytes, read_mask_scheme
+from faceparse.inference.provenance import RECORD_KEY, read_text
+from faceparse.predict import predict
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def _size(mask: Path) -> tuple[int, int]:
+    with Image.open(mask) as image:
+        return image.size
+
+
+def _made_from(mask: Path) -> dict:
+    return json.loads(read_text(mask)[RECORD_KEY])
+
+
+def test_a_photo_with_the_same_name_from_another_folder_does_not_take_the_first_ones_mask(
+        compose, ckpt, tmp_path, caplog):
+    _image(tmp_path / "trip1" / "IMG_0001.jpg", (40, 30))
+    _image(tmp_path / "trip2" / "IMG_0001.jpg", (60, 90), 1)
+    out, mask = tmp_path / "shared", tmp_path / "shared" / "IMG_0001_mask.png"
+    first = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'trip1'}",
+                         f"output_dir={out}"))
+    assert first["images"] == 1
+    made = _made_from(mask)
+    assert made["source"] == "IMG_0001.jpg" and made["size"] == [30, 40]
+    assert made["source_file"]["path"] == str(tmp_path / "trip1" / "IMG_0001.jpg")
+    assert made["model"]["path"] == str(ckpt)
+    with caplog.at_level(logging.WARNING):
+        second = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'trip2'}",
+                              f"output_dir={out}"))
+    # refused, counted as failed (not "skipped"), and trip1's mask is not overwritten
+    assert (second["images"], second["failed"], second["skipped"]) == (0, 1, 0)
+    assert f"made from {tmp_path / 'trip1' / 'IMG_0001.jpg'}, another photo" in caplog.text
+    assert "trip2/IMG_0001.jpg" in caplog.text and _size(mask) == (30, 40)
+    again = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'trip1'}",
+                         f"output_dir={out}"))
+    assert (again["images"], again["skipped"], again["redone"]) == (0, 1, 0)
+    # a single file given after another one with its stem: the same refusal
+    _image(tmp_path / "single" / "a.png", (20, 24))
+    _image(tmp_path / "single" / "a.jpg", (28, 16), 2)
+    for name, failed in (("a.png", 0), ("a.jpg", 1)):
+        done = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'single' / name}",
+                            f"output_dir={tmp_path / 'one'}"))
+        assert done["failed"] == failed
+    assert _size(tmp_path / "one" / "a_mask.png") == (24, 20)
+
+
+def test_a_rerun_redoes_outputs_of_another_checkpoint_scheme_or_setting_or_a_changed_photo(
+        compose, ckpt, tmp_path, caplog):
+    photos, out = tmp_path / "in", tmp_path / "out"
+    _image(photos / "p.png", (30, 20))
+    mask = out / "p_mask.png"
+
+    def run(*extra: str) -> dict:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            return predict(_cfg(compose, tmp_path, extra[0] if extra else ckpt,
+                                f"input={photos}", f"output_dir={out}", *extra[1:]))
+
+    assert run()["images"] == 1
+    assert run()["skipped"] == 1 and "again" not in caplog.text
+    # the same mask as if written with labels=celebamask (the tiny model's scheme is ourface)
+    text = dict(read_text(mask), **{SCHEME_TEXT_KEY: "celebamask"})
+    mask.write_bytes(png_bytes(np.asarray(Image.open(mask)), text))
+    other_scheme = run()
+    assert (other_scheme["images"], other_scheme["redone"]) == (1, 1)
+    assert f"parsing {photos / 'p.png'} again: its outputs {mask} are stale: in labels " \
+           f"'celebamask', not 'ourface'" in caplog.text
+    assert read_mask_scheme(mask)[0] == "ourface"
+    moved = tmp_path / "elsewhere" / "model.ckpt"
+    moved.parent.mkdir()
+    os.link(ckpt, moved)
+    other_model = run(str(moved))
+    assert other_model["redone"] == 1 and f"not {moved}" in caplog.text
+    other_size = run(str(moved), "keep_aspect=true")
+    assert other_size["redone"] == 1 and "keep_aspect=False, not True" in caplog.text
+    _image(photos / "p.png", (36, 24), 5)  # the photo replaced in place
+    changed = run(str(moved), "keep_aspect=true")
+    assert changed["redone"] == 1 and "the photo changed" in caplog.text
+    assert _size(mask) == (24, 36)
+    assert run(str(moved), "keep_aspect=true", "overwrite=true")["images"] == 1
+
+
+def test_outputs_written_before_the_record_are_kept_only_when_nothing_tells_them_apart(
+        compose, ckpt, tmp_path, caplog):
+    photos, out = tmp_path / "in", tmp_path / "out"
+    _image(photos / "fits.png", (30, 20))
+    _image(photos / "sized.png", (30, 20), 1)
+    assert predict(_cfg(compose, tmp_path, ckpt, f"input={photos}",
+                        f"output_dir={out}"))["images"] == 2
+    # what an earlier version wrote: the scheme, no record; one of another photo's size
+    old = {SCHEME_TEXT_KEY: "ourface", "faceparse:class_names": "[]"}
+    (out / "fits_mask.png").write_bytes(png_bytes(np.zeros((30, 20), np.uint8), old))
+    (out / "sized_mask.png").write_bytes(png_bytes(np.zeros((40, 50), np.uint8), old))
+    with caplog.at_level(logging.WARNING):
+        rerun = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}",
+                             f"output_dir={out}"))
+    assert (rerun["skipped"], rerun["redone"]) == (1, 1)
+    assert "sized.png again" in caplog.text and "it is 50x40 px, the photo 20x30 px" in caplog.text
+    assert "kept the outputs of 1 inputs written before masks recorded their source" in (
+        caplog.text)
+    assert RECORD_KEY not in read_text(out / "fits_mask.png")
+    assert _made_from(out / "sized_mask.png")["source"] == "sized.png"
+
+
+def test_adding_a_twin_leaves_the_old_mask_recording_its_own_photo_and_says_so(
+        compose, ckpt, tmp_path, caplog):
+    photos, out = tmp_path / "in", tmp_path / "out"
+    _image(photos / "a.jpg", (40, 30))
+    cfg = (f"input={photos}", f"output_dir={out}")
+    assert predict(_cfg(compose, tmp_path, ckpt, *cfg))["images"] == 1
+    _image(photos / "a.png", (70, 50), 1)
+    with caplog.at_level(logging.WARNING):
+        done = predict(_cfg(compose, tmp_path, ckpt, *cfg))
+    assert (done["images"], done["failed"]) == (2, 0)
+    assert f"left behind: {out / 'a_mask.png'} is {photos / 'a.jpg'}'s mask" in caplog.text
+    assert _made_from(out / "a_mask.png")["source"] == "a.jpg"  # not taken for a.png's
+    assert _made_from(out / "a_png_mask.png")["source"] == "a.png"
+    assert _size(out / "a_png_mask.png") == (50, 70)
+
+
+def test_video_frame_masks_record_their_scheme_and_a_skipped_video_is_counted(
+        compose, ckpt, tmp_path):
+    _image(tmp_path / "in" / "p.png", (20, 20))
+    _video(tmp_path / "in" / "clip.mp4")
+    out = tmp_path / "out"
+    cfg = (f"input={tmp_path / 'in'}", f"output_dir={out}", "labels=ourface")
+    assert predict(_cfg(compose, tmp_path, ckpt, *cfg))["images"] == 5
+    frame = out / "clip_frames" / "000000_mask.png"
+    assert read_mask_scheme(frame) == read_mask_scheme(out / "p_mask.png")
+    assert read_mask_scheme(frame)[0] == "ourface"
+    assert _made_from(frame)["source"] == "clip.mp4"
+    again = predict(_cfg(compose, tmp_path, ckpt, *cfg))
+    assert (again["images"], again["skipped"], again["inputs"]) == (0, 2, 2)
+    other = predict(_cfg(compose, tmp_path, ckpt, *cfg, "keep_aspect=true"))
+    assert (other["images"], other["redone"]) == (5, 2)
+    assert _made_from(frame)["settings"]["keep_aspect"] is True
