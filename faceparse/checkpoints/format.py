@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from faceparse.checkpoints.trust import check_net_config, model_class
 from faceparse.labels import LabelScheme, get_scheme
 from faceparse.models import DinoVitEncoder, FaceParser
 
@@ -42,9 +43,6 @@ META_KEY = "faceparse"
 META_VERSION = 1
 NET_PREFIX = "net."  # the LightningModule's attribute holding the FaceParser
 NET_TARGET = "faceparse.models.FaceParser"
-# Only our model classes may be named by a checkpoint's config: instantiating an
-# arbitrary ``_target_`` from a downloaded file would run arbitrary code.
-ALLOWED_TARGET_PREFIX = "faceparse.models."
 
 
 def checkpoint_metadata(net_config: Mapping[str, Any] | None, scheme: LabelScheme,
@@ -103,15 +101,6 @@ def build_face_parser(encoder: Mapping[str, Any], decoder: Mapping[str, Any],
     return net
 
 
-def _targets(node: Any) -> list[str]:
-    if isinstance(node, Mapping):
-        own = [node["_target_"]] if "_target_" in node else []
-        return own + [t for v in node.values() for t in _targets(v)]
-    if isinstance(node, list):
-        return [t for v in node for t in _targets(v)]
-    return []
-
-
 def _set_weights(node: Any, paths: Mapping[str, str | None], at: str = "") -> None:
     """Point each encoder's ``weights`` at ``paths[module path]`` (None: no file to load).
 
@@ -121,24 +110,26 @@ def _set_weights(node: Any, paths: Mapping[str, str | None], at: str = "") -> No
         if "weights" in node:
             node["weights"] = paths.get(at)
             node.pop("pretrained", None)
-            if issubclass(get_class(node["_target_"]), DinoVitEncoder):
+            cls = model_class(node.get("_target_"))
+            if cls is not None and issubclass(cls, DinoVitEncoder):
                 node["random_init"] = node["weights"] is None
         for key, child in node.items():
             _set_weights(child, paths, f"{at}.{key}" if at else key)
 
 
-def build_net(net_config: Mapping[str, Any], weights: Mapping[str, str | None] | None = None
-              ) -> FaceParser:
+def build_net(net_config: Mapping[str, Any], weights: Mapping[str, str | None] | None = None,
+              source: str = "the net config") -> FaceParser:
     """Instantiate a checkpoint's net config; pretrained files only where ``weights`` says.
 
     ``weights`` maps module paths (``encoder.vit``) to files; every other encoder starts
-    empty because the checkpoint's state dict fills it. Only faceparse model classes may
-    be named.
+    empty because the checkpoint's state dict fills it. The config comes from a file, so
+    it is checked before anything is built (:func:`~faceparse.checkpoints.trust.
+    check_net_config`: faceparse model classes only; ``source`` names the file).
     """
-    config = _plain(net_config)
-    bad = [t for t in _targets(config) if not str(t).startswith(ALLOWED_TARGET_PREFIX)]
-    if bad:
-        raise ValueError(f"refusing to build {bad}: a checkpoint may only name faceparse models")
+    config = (OmegaConf.to_container(net_config, resolve=False)  # resolvers run no code
+              if isinstance(net_config, DictConfig) else copy.deepcopy(net_config))
+    check_net_config(config, source)
+    config = dict(config)
     built = copy.deepcopy(config)
     _set_weights(built, weights or {})
     net = _instantiate(built)
