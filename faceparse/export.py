@@ -3,7 +3,8 @@
 The whole net (DINOv3 ViT included) goes to ONNX or TorchScript at a fixed input size,
 or ``dynamic=true`` for any batch and side. Every export is compared with PyTorch on
 synthetic faces, and one that differs beyond ``parity.atol`` / ``parity.min_agreement``
-fails the command (the file is removed). ``faceparse.deploy.load_onnx_parser`` runs it.
+fails the command: ``out`` appears only once it passed, and never over ``ckpt``.
+``faceparse.deploy.load_onnx_parser`` runs it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from omegaconf import DictConfig
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
 from faceparse.cli import hydra_entry, keep_run_folder, one_line_errors
 from faceparse.deploy import FORMATS, ParityError, check_parity, export_net, parity_inputs
-from faceparse.writable import output_file
+from faceparse.writable import output_file, refuse_overwriting, replacing
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"format={fmt} is unknown: choose one of {', '.join(FORMATS)}")
     out = output_file(cfg.out, "out")
     located = locate_checkpoint(cfg.ckpt)
+    refuse_overwriting(out, located.path)
     ckpt = read_checkpoint(located.path, bool(cfg.trust_pickle))
     net, scheme = load_face_parser(ckpt, cfg.vit_weights)
     image_size = cfg.image_size or (ckpt.metadata or {}).get("image_size")
@@ -37,17 +39,14 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"{located.path} records no training image size: set image_size=")
     image_size = int(image_size)
     keep_run_folder()  # what fails from here on failed a run: its log stays
-    exported = export_net(net, out, fmt, scheme, image_size, bool(cfg.dynamic))
     sizes = [image_size] + ([image_size + 2 * net.size_multiple] if cfg.dynamic else [])
     reports = []
-    try:
+    with replacing(out) as partial:  # out appears only once it passed parity
+        exported = export_net(net, partial, fmt, scheme, image_size, bool(cfg.dynamic))
         for size in sizes:
             reports.append(check_parity(net, exported, parity_inputs(int(cfg.parity.images), size),
                                         float(cfg.parity.atol), float(cfg.parity.min_agreement)))
             log.info("%s", reports[-1].describe())
-    except ParityError:
-        out.unlink(missing_ok=True)
-        raise
     result = {"checkpoint": str(located.path), "out": str(out), "format": fmt,
               "labels": scheme.name, "image_size": image_size, "dynamic": bool(cfg.dynamic),
               "parity": [r.to_json() for r in reports]}

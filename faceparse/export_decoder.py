@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from faceparse.checkpoints import export_decoder_only
-from faceparse.cli import hydra_entry
+from faceparse.cli import hydra_entry, one_line_errors
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ def export_decoder(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra_entry("export_decoder")
+@one_line_errors(ValueError, KeyError, FileNotFoundError, ImportError)
 def main(cfg: DictConfig) -> None:
     export_decoder(cfg)
 

@@ -2,14 +2,20 @@
 
 Exporting a ViT-L takes a minute and scoring a split longer; a user who pointed ``out=`` at
 a folder (or a file) should hear so at once, in one line that names the path, not from deep
-inside the ONNX writer when the work is done.
+inside the ONNX writer when the work is done. An output that is the command's own input
+is refused (writing it would destroy what is being read), and files are written whole or
+not at all (:func:`replacing`).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["output_dir", "output_file"]
+__all__ = ["output_dir", "output_file", "refuse_overwriting", "replacing"]
 
 
 def _make_dir(path: Path, option: str) -> None:
@@ -37,3 +43,29 @@ def output_file(path: str | Path, option: str) -> Path:
                          f"e.g. {option}={path / 'model.onnx'}")
     _make_dir(path.parent, option)
     return path
+
+
+def refuse_overwriting(out: str | Path, source: str | Path, option: str = "out") -> None:
+    """Refuse ``out`` when it is the file ``source`` (a link or another spelling of it too)."""
+    out, source = Path(out).expanduser(), Path(source).expanduser()
+    try:
+        same = os.path.samefile(out, source)
+    except OSError:  # out does not exist yet (or source is gone): compare the names
+        same = out.resolve() == source.resolve()
+    if same:
+        raise ValueError(f"{option}={out} is the checkpoint being read ({source}): writing it "
+                         f"would destroy it; give another file name")
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; it becomes ``path`` only if the block ends
+    without an error, so a crash never leaves a half-written ``path`` (or a destroyed one)."""
+    path = Path(path)
+    # a fresh name, not a mkstemp file: the writer creates it with the usual permissions
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from faceparse.checkpoints.format import (
     vit_modules,
 )
 from faceparse.checkpoints.read import read_checkpoint
+from faceparse.writable import refuse_overwriting, replacing
 
 __all__ = ["export_decoder_only"]
 
@@ -35,13 +36,19 @@ def _config_at(config: Mapping[str, Any], at: str) -> Mapping[str, Any]:
 def export_decoder_only(
     ckpt_path: str | Path, out_path: str | Path, trust_pickle: bool = False
 ) -> dict[str, Any]:
-    """Write ``ckpt_path`` without its frozen DINOv3 weights; return what was removed."""
+    """Write ``ckpt_path`` without its frozen DINOv3 weights; return what was removed.
+
+    ``out_path`` is written whole or not at all, and never over ``ckpt_path`` (its tensors
+    are memory-mapped while they are written).
+    """
+    out = Path(out_path).expanduser()
+    refuse_overwriting(out, ckpt_path)
     ckpt = read_checkpoint(ckpt_path, trust_pickle)
     path, state, meta = ckpt.path, ckpt.state_dict, ckpt.metadata or {}
     if not meta.get("model"):
         raise ValueError(f"{path} has no faceparse model config; export needs one")
     with torch.device("meta"):
-        skeleton = build_net(meta["model"])
+        skeleton = build_net(meta["model"], source=str(path))
     external, removed = {}, set()
     for at in vit_modules(skeleton):
         keys = frozen_keys(skeleton, f"{at}.model.")
@@ -57,7 +64,6 @@ def export_decoder_only(
         external[at] = {"file": Path(file).name, "keys": keys, "sha256": fingerprint(tensors)}
         removed.update(NET_PREFIX + k for k in keys)
     kept = {k: v for k, v in state.items() if k not in removed}
-    out = Path(out_path).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "source": str(path),
@@ -69,6 +75,7 @@ def export_decoder_only(
         "dropped_entries": sorted(k for k in ckpt.contents if k not in ("state_dict", META_KEY)),
     }
     export_meta = {**meta, "decoder_only": {"external": external, "report": report}}
-    torch.save({META_KEY: export_meta, "state_dict": kept}, out)
+    with replacing(out) as partial:
+        torch.save({META_KEY: export_meta, "state_dict": kept}, partial)
     report.update(size_before=path.stat().st_size, size_after=out.stat().st_size)
     return report
