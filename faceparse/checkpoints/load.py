@@ -33,7 +33,7 @@ from faceparse.models.weights import load_strict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_face_parser", "load_net_weights"]
+__all__ = ["load_face_parser", "load_net_weights", "refuse_other_labels"]
 
 Checkpoint = str | Path | CheckpointFile
 
@@ -87,7 +87,7 @@ def _load_ours(ckpt: CheckpointFile, vit_weights: str | Path | None
         at: str(_find_vit_file(ckpt.path, spec["file"], 0, vit_weights))
         for at, spec in external.items()
     }
-    net = build_net(meta["model"], files)
+    net = build_net(meta["model"], files, str(ckpt.path))
     state = {k.removeprefix(NET_PREFIX): v for k, v in ckpt.state_dict.items()}
     own = net.state_dict()
     for at, spec in external.items():
@@ -105,7 +105,7 @@ def _load_original(ckpt: CheckpointFile, vit_weights: str | Path | None
     width = state["decoder.adapt_scale16.conv.weight"].shape[1]
     files = ({} if has_vit else
              {"encoder.vit": str(_find_vit_file(ckpt.path, None, width, vit_weights))})
-    net = build_net(config, files)
+    net = build_net(config, files, str(ckpt.path))
     mapped = original_to_faceparse(state, net.encoder.vit.model)
     if not has_vit:
         mapped.update({k: v for k, v in net.state_dict().items() if k.startswith("encoder.vit.")})
@@ -127,15 +127,16 @@ def load_net_weights(
     ckpt = _read(checkpoint, trust_pickle)
     if ckpt.original:
         theirs = original_scheme(ckpt.state_dict["decoder.final_conv.2.weight"].shape[0])
-        state = original_to_faceparse(ckpt.state_dict, vit_modules(net)["encoder.vit"].model)
+        vit = vit_modules(net).get("encoder.vit")
+        if vit is None:
+            raise ValueError(f"{ckpt.path} is the original FaceParsing model (VGG and DINOv3 "
+                             f"ViT encoders), and this run's net has no ViT encoder at "
+                             f"encoder.vit: it needs encoder=dual (with the same vit.size)")
+        state = original_to_faceparse(ckpt.state_dict, vit.model)
     else:
         theirs = scheme_from_metadata(ckpt.metadata) if ckpt.metadata else scheme
         state = {k.removeprefix(NET_PREFIX): v for k, v in ckpt.state_dict.items()}
-    if theirs.class_names != scheme.class_names:
-        raise ValueError(
-            f"{ckpt.path} predicts the {theirs.name!r} classes {theirs.class_names}, but this "
-            f"run's data.labels is {scheme.name!r}: set data.labels={theirs.name}"
-        )
+    refuse_other_labels(ckpt.path, theirs, scheme)
     own = net.state_dict()
     vits = vit_modules(net)
     absent = [at for at in vits if not any(k.startswith(f"{at}.") for k in state)]
@@ -146,6 +147,16 @@ def load_net_weights(
     if kept:
         log.info("%s has no ViT weights: keeping the %d the model loaded", ckpt.path, len(kept))
     load_strict(net, {**state, **kept}, f"checkpoint {ckpt.path}")
+
+
+def refuse_other_labels(path: Path, theirs: LabelScheme, scheme: LabelScheme) -> None:
+    """A checkpoint predicting another class order than the run's would score (or train)
+    every class as another one without a word: refuse it, even when the counts agree."""
+    if theirs.class_names != scheme.class_names:
+        raise ValueError(
+            f"{path} predicts the {theirs.name!r} classes {theirs.class_names}, but this "
+            f"run's data.labels is {scheme.name!r}: set data.labels={theirs.name}"
+        )
 
 
 def _check_kept_vit(ckpt: CheckpointFile, at: str, vit: DinoVitEncoder,

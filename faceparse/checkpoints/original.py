@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MODULE_MAP",
+    "REQUIRED_KEYS",
+    "check_original_keys",
     "is_original_checkpoint",
     "original_net_config",
     "original_scheme",
@@ -41,6 +43,12 @@ MODULE_MAP = {
 VIT_PREFIX = "encoder.dinov3."
 VIT_SIZES = {384: "small", 768: "base", 1024: "large"}
 SCHEMES_BY_CLASSES = {11: "ourface", 19: "facesynthetics"}
+# The keys whose shapes give the architecture (ViT width, decoder width, class count).
+REQUIRED_KEYS = (
+    "decoder.adapt_scale16.conv.weight",
+    "decoder.adapt_scale8.conv.weight",
+    "decoder.final_conv.2.weight",
+)
 
 
 def is_original_checkpoint(state_dict: Mapping[str, Any]) -> bool:
@@ -48,6 +56,15 @@ def is_original_checkpoint(state_dict: Mapping[str, Any]) -> bool:
     return "decoder.adapt_scale16.conv.weight" in state_dict and any(
         k.startswith("encoder.cnn.layers.") for k in state_dict
     )
+
+
+def check_original_keys(state_dict: Mapping[str, Any], path: object) -> None:
+    """Refuse a file in the original layout that lacks the keys its architecture is read
+    from (a partial or truncated save), naming them, rather than failing on one of them."""
+    missing = [k for k in REQUIRED_KEYS if k not in state_dict]
+    if missing:
+        raise ValueError(f"{path} looks like an original FaceParsing checkpoint but lacks "
+                         f"{', '.join(missing)} (an incomplete file?)")
 
 
 def original_net_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from faceparse.checkpoints.format import META_KEY, NET_PREFIX
-from faceparse.checkpoints.original import is_original_checkpoint
+from faceparse.checkpoints.original import check_original_keys, is_original_checkpoint
 from faceparse.safe_load import safe_load
 
 __all__ = ["CheckpointKind", "CheckpointFile", "read_checkpoint"]
@@ -59,6 +59,8 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> CheckpointF
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
     state = dict(contents["state_dict"])
     original = is_original_checkpoint(state)
+    if original:
+        check_original_keys(state, path)
     ours = META_KEY in contents or bool(state) and all(k.startswith(NET_PREFIX) for k in state)
     if not ours and not original:
         raise ValueError(

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from faceparse.checkpoints.load import load_net_weights
-from faceparse.checkpoints.read import CheckpointKind, read_checkpoint
+from faceparse.checkpoints.format import NET_PREFIX, scheme_from_metadata
+from faceparse.checkpoints.load import load_net_weights, refuse_other_labels
+from faceparse.checkpoints.read import CheckpointFile, CheckpointKind, read_checkpoint
 from faceparse.labels import LabelScheme
+from faceparse.models.weights import check_state
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +32,31 @@ def start_from(ckpt_path: str | Path, net: nn.Module, scheme: LabelScheme,
                trust_pickle: bool = False) -> str | None:
     """Read ``ckpt_path`` once and act on what it is.
 
-    Our full checkpoint is returned for Lightning to resume (optimizer, loops, RNG);
+    Our full checkpoint is returned for Lightning to resume (optimizer, loops, RNG), once
+    its classes, keys, shapes and values are checked against ``net`` and ``scheme`` (one
+    ValueError naming the file, not Lightning's traceback or a run in the wrong classes);
     any other supported file (a decoder-only export, the original project's) initialises
     ``net`` now and ``None`` is returned: training starts afresh from those weights.
     Anything else is refused.
     """
     checkpoint = read_checkpoint(ckpt_path, trust_pickle)
     if checkpoint.kind is CheckpointKind.RUN:
+        _check_run(checkpoint, net, scheme)
         log.info("resuming the run saved in %s", checkpoint.path)
         return str(checkpoint.path)
     log.info("%s holds weights without a training state: initialising the net from it",
              checkpoint.path)
     load_net_weights(net, checkpoint, scheme)
     return None
+
+
+def _check_run(checkpoint: CheckpointFile, net: nn.Module, scheme: LabelScheme) -> None:
+    """What Lightning's resume would not check, or would check with a long traceback."""
+    meta = checkpoint.metadata
+    refuse_other_labels(checkpoint.path, scheme_from_metadata(meta) if meta else scheme, scheme)
+    state = {k.removeprefix(NET_PREFIX): v for k, v in checkpoint.state_dict.items()
+             if k.startswith(NET_PREFIX)}
+    check_state(net.state_dict(), state, f"checkpoint {checkpoint.path}")
 
 
 def rng_states() -> dict[str, Any]:

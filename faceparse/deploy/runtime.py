@@ -40,6 +40,21 @@ def _scheme(meta: dict[str, str]) -> LabelScheme:
     return scheme if scheme.class_names == names else LabelScheme(meta["labels"], names)
 
 
+def _session(ort, path: Path, options, providers: list[str]):
+    """onnxruntime's session for ``path``; a file it cannot read is one ValueError naming it
+    (onnxruntime's own errors are neither ValueError nor OSError, and print as tracebacks)."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is not a valid ONNX model: the file is empty (re-export it "
+                         f"with python -m faceparse.export)")
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as err:  # InvalidProtobuf, InvalidArgument, Fail, ...: all mean the file
+        reason = " ".join(str(err).split())[:300]
+        raise ValueError(f"onnxruntime cannot load {path} ({type(err).__name__}: {reason}): "
+                         f"a damaged or non-ONNX file? re-export it with "
+                         f"python -m faceparse.export") from None
+
+
 class OnnxFaceParser:
     """Normalised float (B, 3, H, W) tensor in, logits tensor out, like :class:`FaceParser`.
 
@@ -61,7 +76,7 @@ class OnnxFaceParser:
         options = ort.SessionOptions()
         if threads:  # default: onnxruntime's own choice (one per physical core)
             options.intra_op_num_threads = int(threads)
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self.session = _session(ort, self.path, options, providers)
         meta = {k.removeprefix(META_PREFIX): v
                 for k, v in self.session.get_modelmeta().custom_metadata_map.items()
                 if k.startswith(META_PREFIX)}

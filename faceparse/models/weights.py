@@ -2,8 +2,10 @@
 
 Files come from the internet, so they are read data-only (:mod:`faceparse.safe_load`).
 Loading is strict: a missing file says where the weights are published and where to put
-them, a file for another architecture names the expected and found shapes, and every
-missing or unexpected key is reported through ``logging``. The renaming of outside key
+them, a file that holds no state dict (a damaged ``.safetensors``, a saved list) says so,
+a file for another architecture names the expected and found shapes, every missing or
+unexpected key is reported through ``logging``, and NaN/inf weights (a diverged run) are
+refused: they would load silently and predict all background. The renaming of outside key
 layouts lives beside each backbone (``vgg.py``, ``dinov3.py``) as a pure filter.
 """
 
@@ -16,11 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from faceparse.safe_load import safe_load
+from faceparse.safe_load import NotACheckpointError, safe_load
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StateDict", "CHECKPOINT_DIR_HINT", "load_state_dict_file", "load_strict"]
+__all__ = ["StateDict", "CHECKPOINT_DIR_HINT", "check_state", "load_state_dict_file",
+           "load_strict"]
 
 StateDict = dict[str, torch.Tensor]
 CHECKPOINT_DIR_HINT = "checkpoints/ (paths.checkpoint_dir in conf/paths/default.yaml)"
@@ -37,19 +40,55 @@ def load_state_dict_file(
             f"(by default in {CHECKPOINT_DIR_HINT}), or point the config at it."
         )
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return _read_safetensors(path)
     state = safe_load(path, trust_pickle=trust_pickle)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    return state
+    return _state_dict(state, path)
 
 
-def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict`` that names shape mismatches, logs and refuses missing/unexpected keys."""
-    own = module.state_dict()
+def _read_safetensors(path: Path) -> StateDict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if path.stat().st_size == 0:
+        raise NotACheckpointError(f"{path} is not a safetensors file: the file is empty")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise NotACheckpointError(f"{path} is not a valid safetensors file (damaged or "
+                                  f"incompletely downloaded? {err})") from None
+
+
+def _state_dict(state: object, path: Path) -> StateDict:
+    """``state`` when it maps names to tensors; otherwise say what the file holds instead."""
+    if not isinstance(state, Mapping):
+        raise NotACheckpointError(f"{path} holds a {type(state).__name__}, not a state dict "
+                                  f"(a mapping of parameter names to tensors)")
+    wrong = [f"{k!r}: {type(v).__name__}" for k, v in state.items()
+             if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if wrong:
+        raise NotACheckpointError(f"{path} is not a state dict of tensors: {len(wrong)} "
+                                  f"entries are not named tensors ({', '.join(wrong[:3])})")
+    return dict(state)
+
+
+def _non_finite(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys of floating-point tensors holding NaN or inf (one reduction per tensor)."""
+    return [k for k, v in state.items()
+            if (v.is_floating_point() or v.is_complex()) and not v.is_meta
+            and not bool(torch.isfinite(v).all())]
+
+
+def check_state(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                source: str) -> None:
+    """Refuse ``state`` unless it has exactly ``own``'s keys and shapes and finite values.
+
+    Raises one ValueError naming ``source`` and a few of the keys; every missing or
+    unexpected key is logged. Nothing is loaded: a caller that leaves the load to another
+    library (Lightning's resume) checks first.
+    """
     wrong = [
         f"{k}: expected {tuple(own[k].shape)}, found {tuple(v.shape)}"
         for k, v in state.items()
@@ -66,4 +105,14 @@ def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: st
             f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
             f"{unexpected[:5]}"
         )
+    bad = _non_finite(state)
+    if bad:
+        raise ValueError(f"{source} holds NaN/inf values in {len(bad)} tensors "
+                         f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the run "
+                         f"that saved it diverged, or the file is damaged")
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict`` after :func:`check_state`: keys, shapes and finite values."""
+    check_state(module.state_dict(), state, source)
     module.load_state_dict(state, strict=True)
