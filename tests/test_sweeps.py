@@ -118,3 +118,55 @@ def test_slurm_launcher_extends_the_plugin_config() -> None:
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
     assert launcher.max_num_timeout == 3         # requeued after a timeout or preemption
     assert "qos" in launcher                     # the plugin's fields are all there
+
+
+def test_a_study_records_its_command_and_refuses_another() -> None:
+    optuna = pytest.importorskip("optuna")
+    from hydra_plugins.faceparse_sweepers.resumable_optuna import (
+        COMMAND_ATTR,
+        _claim_study,
+        command_mismatch,
+        command_record,
+    )
+
+    space = {"optimizer.lr": "tag(log, interval(1e-5, 1e-3))"}
+    record = command_record(["hparams_search=optuna", "data.image_size=32"], space)
+    # the same command, overrides in another order: the same study
+    assert command_mismatch(record, command_record(
+        ["data.image_size=32", "hparams_search=optuna"], space)) is None
+    other = command_record(["hparams_search=optuna", "data.image_size=64", "loss=ce_dice"],
+                           {"optimizer.lr": "interval(1e-4, 1e-2)"})
+    assert command_mismatch(record, other) == (
+        "overrides: -data.image_size=32, +data.image_size=64, +loss=ce_dice; "
+        "search space: optimizer.lr")
+
+    study = optuna.create_study(study_name="search")
+    _claim_study(study, record, "search", "memory")  # made before records: takes this one
+    assert study.user_attrs[COMMAND_ATTR] == record
+    _claim_study(study, record, "search", "memory")
+    with pytest.raises(ValueError, match=r"study_name=search: the study in memory was made by "
+                                         r"another command \(overrides: .*\); start a new study"):
+        _claim_study(study, other, "search", "memory")
+
+
+def test_another_search_with_the_same_study_name_is_refused(tiny, tmp_path: Path) -> None:
+    """As typed: one ``error:`` line, and the stored study gains no trial."""
+    optuna = pytest.importorskip("optuna")
+    from hydra_plugins.faceparse_sweepers.resumable_optuna import COMMAND_ATTR
+
+    sweep = tmp_path / "optuna"
+    sweep.mkdir()
+    storage = f"sqlite:///{sweep}/optuna.db"
+    study = optuna.create_study(study_name="search", storage=storage, direction="maximize")
+    study.set_user_attr(COMMAND_ATTR, {"overrides": ["data.image_size=64"], "search_space": {}})
+    result = run("faceparse.train", "hparams_search=optuna", *tiny, *FAST,
+                 f"hydra.sweep.dir={sweep}", "hydra.sweeper.params.fusion=''",
+                 "hydra.sweeper.n_trials=1")
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: hydra.sweeper.study_name=search: the study in"), result.stderr[-3000:]
+    assert "-data.image_size=64" in errors[0] and "hydra.sweeper.study_name=<new" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert optuna.load_study(study_name="search", storage=storage).trials == []
+    assert sorted(p.name for p in sweep.iterdir()) == ["optuna.db"]

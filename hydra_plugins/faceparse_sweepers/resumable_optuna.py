@@ -9,6 +9,12 @@ propose the first run's points again. A search-space entry set to an empty strin
 (``hydra.sweeper.params.fusion=""``) leaves the space: Hydra cannot delete a key of
 the sweeper's structured config.
 
+"The same command" is checked: a study records what made it (:func:`command_record`: the
+command's overrides and the search space, not ``hydra.*`` such as ``n_trials``) when it is
+created, and another command with the same study name is refused in one ``error:`` line
+rather than resumed (its trials would join a study of another objective, or, its trials
+all done, run nothing).
+
 Optuna and the plugin come with the ``sweeps`` extra. Hydra imports every module under
 ``hydra_plugins`` when any command starts, so without the extra this module must still
 import, and define no sweeper: :func:`require_sweeps_extra` says what to install, and
@@ -17,8 +23,11 @@ import, and define no sweeper: :func:`require_sweeps_extra` says what to install
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,45 @@ def _sqlite_path(storage: object) -> Path | None:
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
 
 
+COMMAND_ATTR = "faceparse_command"  # the study's user attribute: what made it
+
+
+def command_record(arguments: Sequence[str], params: Mapping[str, Any] | None) -> dict:
+    """What identifies a search: the command's overrides (order aside) and the search space."""
+    return {"overrides": sorted(arguments),
+            "search_space": {str(k): str(v) for k, v in sorted((params or {}).items())}}
+
+
+def command_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """How ``current`` differs from the ``stored`` record, or None when they are the same."""
+    differences = []
+    old, new = set(stored.get("overrides", [])), set(current["overrides"])
+    if old != new:
+        differences.append("overrides: " + ", ".join(
+            [*(f"-{o}" for o in sorted(old - new)), *(f"+{o}" for o in sorted(new - old))]))
+    old_space, new_space = dict(stored.get("search_space", {})), current["search_space"]
+    changed = sorted(k for k in old_space.keys() | new_space.keys()
+                     if old_space.get(k) != new_space.get(k))
+    if changed:
+        differences.append(f"search space: {', '.join(changed)}")
+    return "; ".join(differences) or None
+
+
+def _claim_study(study: Any, record: dict, name: str, storage: str) -> None:
+    """Refuse resuming ``study`` for another command (a ValueError); a study made before
+    commands were recorded takes this command's record."""
+    stored = study.user_attrs.get(COMMAND_ATTR)
+    if stored is None:
+        study.set_user_attr(COMMAND_ATTR, record)
+        return
+    mismatch = command_mismatch(json.loads(json.dumps(stored)), record)
+    if mismatch:
+        raise ValueError(
+            f"hydra.sweeper.study_name={name}: the study in {storage} was made by another "
+            f"command ({mismatch}); start a new study with hydra.sweeper.study_name=<new "
+            "name>, or rerun that study's exact command to resume it")
+
+
 class ResumableOptunaSweeper(OptunaSweeper):
     """:class:`OptunaSweeper` whose re-run of the same command finishes the same study."""
 
@@ -64,11 +112,21 @@ class ResumableOptunaSweeper(OptunaSweeper):
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
         if impl.storage and impl.study_name:
+            record = command_record(arguments, impl.params)
             try:
                 study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
-            except KeyError:  # no such study yet
+            except KeyError:  # no such study yet: made here, to record the command
                 study = None
+                optuna.create_study(study_name=impl.study_name, storage=impl.storage,
+                                    directions=impl._get_directions()
+                                    ).set_user_attr(COMMAND_ATTR, record)
             if study is not None:
+                try:
+                    _claim_study(study, record, impl.study_name, str(impl.storage))
+                except ValueError as err:
+                    from faceparse.cli import report_error
+
+                    report_error(err)
                 done = [t for t in study.trials if t.state.is_finished()]
                 impl.job_idx = len(study.trials)
                 impl.n_trials = max(0, impl.n_trials - len(done))
