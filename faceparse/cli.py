@@ -29,6 +29,7 @@ from hydra.core.config_search_path import SearchPathQuery
 from hydra.errors import InstantiationException, MissingConfigException
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from faceparse.fast_path import auto_precision
@@ -231,20 +232,26 @@ def _hydra_command(argv: Sequence[str], config_name: str, task: Callable[..., An
             list(args.overrides))
 
 
-def instantiate_option(node: DictConfig) -> Any:
-    """``instantiate(node)``, where a bad value is the target's own ValueError or TypeError.
+def instantiate_option(node: DictConfig, option: str | None = None, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``, where a bad value is the target's own ValueError or
+    TypeError, and Lightning's ``MisconfigurationException`` (``trainer=gpu`` without a GPU,
+    ``callbacks.model_checkpoint.mode=maximum``) a ValueError.
 
     Hydra wraps what a constructor raises in a multi-line ``InstantiationException``, once
     per level of nesting (the model's net's encoder's ViT); a command's one-line error
     handling (``fast_path.compile_mode=fastest: use one of ...``, the DINOv3 weights that
-    are missing) needs the innermost constructor's message itself.
+    are missing) needs the innermost constructor's message itself. With ``option`` (the
+    config key of ``node``), the message starts with it: Lightning's do not name the option.
     """
     try:
-        return instantiate(node)
+        return instantiate(node, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
         while isinstance(cause, InstantiationException):
             cause = cause.__cause__
+        if isinstance(cause, MisconfigurationException) or (
+                option and isinstance(cause, (ValueError, TypeError))):
+            raise ValueError(f"{option}: {cause}" if option else str(cause)) from None
         if isinstance(cause, (ValueError, TypeError, FileNotFoundError)):
             raise cause from None
         raise

@@ -20,7 +20,6 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from faceparse.checkpoints import start_from
@@ -34,12 +33,15 @@ from faceparse.cli import (
 from faceparse.labels import get_scheme
 from faceparse.models.vgg import refuse_untrained_frozen_norms
 from faceparse.safe_load import safe_globals
+from faceparse.training.best_checkpoint import KeepBestCheckpoints
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
 from faceparse.training.job_status import record_job
 from faceparse.training.loggers import finish_wandb, log_config
+from faceparse.training.preflight import check_optimizer, check_training_options
 from faceparse.training.run_folder import (
     CONFIG_FILE,
     command_keys,
+    refuse_existing_run,
     resume_config,
     write_hydra_files,
 )
@@ -47,9 +49,12 @@ from faceparse.training.run_folder import (
 log = logging.getLogger(__name__)
 
 
-def instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a ``callbacks``/``logger`` group (a name -> config map)."""
-    return [instantiate(c) for c in (group or {}).values() if c and "_target_" in c]
+def instantiate_all(group: DictConfig | None, name: str | None = None) -> list[Any]:
+    """Instantiate every entry of a ``callbacks``/``logger`` group (a name -> config map);
+    with the group's ``name``, a value an entry's class refuses is named
+    (``callbacks.<entry>: ...``)."""
+    return [instantiate_option(c, f"{name}.{key}" if name else None)
+            for key, c in (group or {}).items() if c and "_target_" in c]
 
 
 def _test_target(trainer: L.Trainer, trained: bool, resume: str | None) -> str | None:
@@ -107,8 +112,11 @@ def _best_score(trainer: L.Trainer) -> dict[str, float]:
 def resumed(cfg: DictConfig) -> DictConfig:
     """The config to train with: for ``resume=``, the run's own once :func:`resume_config`
     accepts this command (and then Hydra's ``.hydra/`` files, left to the job, are written
-    into the run folder); else ``cfg``. Before it returns, nothing is written there."""
+    into the run folder); else ``cfg``, once its folder holds no run yet
+    (:func:`refuse_existing_run`). Before it returns, nothing is written there."""
     if not cfg.get("resume"):
+        refuse_existing_run(Path(cfg.paths.output_dir))
+        write_hydra_files(cfg)
         return cfg
     accepted = resume_config(cfg, _command_keys())
     write_hydra_files(cfg)
@@ -127,6 +135,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
                          "ckpt_path=<run>/checkpoints/<file>.ckpt (or drop train=false)")
     check_labels(cfg)
     refuse_unused_fusion(cfg)
+    check_training_options(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     if is_rank_zero():
@@ -135,15 +144,20 @@ def fit(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate_option(cfg.data)
     model = instantiate_option(cfg.model)
+    if cfg.train:
+        check_optimizer(model)
     trust_pickle = bool(cfg.trust_pickle)
     resume = None
     if cfg.get("ckpt_path"):
         resume = start_from(cfg.ckpt_path, model.net, model.scheme, trust_pickle)
     if cfg.train and resume is None:  # a resumed run brings the statistics it froze
         refuse_untrained_frozen_norms(model.net)
-    callbacks = instantiate_all(cfg.get("callbacks"))
-    loggers = instantiate_all(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    callbacks = instantiate_all(cfg.get("callbacks"), "callbacks")
+    if resume:  # in a new folder, Lightning would forget which checkpoint was the best
+        callbacks.append(KeepBestCheckpoints())
+    loggers = instantiate_all(cfg.get("logger"), "logger")
+    trainer: L.Trainer = instantiate_option(cfg.trainer, "trainer", callbacks=callbacks,
+                                            logger=loggers)
     keep_run_folder()  # what fails from here on failed a run: its folder stays
     try:
         log_config(loggers, cfg)

@@ -176,3 +176,35 @@ def test_a_stopped_run_leaves_a_checkpoint_resume_picks(compose, tiny, tmp_path:
     saved = tmp_path / "checkpoints" / "on_exception.ckpt"
     assert torch.load(saved, weights_only=False)["global_step"] == 1
     assert newest_checkpoint(tmp_path) == saved
+
+
+class FailBeforeTheFirstStep(L.Callback):
+    """Stands in for a failure while training starts: nothing trained yet."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+        raise RuntimeError("stopped before a step")
+
+
+def test_a_run_stopped_before_its_first_step_leaves_no_checkpoint(compose, tiny,
+                                                                  tmp_path: Path) -> None:
+    """An untrained model is nothing to resume: no full-size on_exception.ckpt, which
+    resume=auto would otherwise pick (the run above, stopped after a step, keeps one)."""
+    cfg = compose([*tiny, *EXACT, f"+callbacks.stop._target_={__name__}.FailBeforeTheFirstStep"],
+                  output_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="stopped before a step"):
+        train(cfg)
+    assert not list(tmp_path.glob("checkpoints/*.ckpt"))
+    assert newest_checkpoint(tmp_path) is None
+
+
+def test_a_run_extends_by_steps_or_time_as_typed(compose, tiny, tmp_path: Path) -> None:
+    """README: max_steps/max_time may change on resume=, typed without Hydra's ``+``; the
+    defaults are Lightning's own (no step or time limit)."""
+    fresh = compose(tiny)
+    assert fresh.trainer.max_steps == -1 and fresh.trainer.max_time is None
+    run = tmp_path / "run"
+    fake_run(run, compose([*tiny, "scheduler=none"], output_dir=run))
+    cfg = resumed(compose([f"resume={run}", "trainer.max_steps=20",
+                           "trainer.max_time=00:01:00:00"], output_dir=run))
+    assert (cfg.trainer.max_steps, cfg.trainer.max_time) == (20, "00:01:00:00")
+    assert cfg.trainer.max_epochs == 1  # the run's own

@@ -22,7 +22,7 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from faceparse.cli import CONF_DIR, register_resolvers
-from faceparse.train import fit, resumed, train
+from faceparse.train import fit, resumed
 from faceparse.training import job_status
 from faceparse.training.job_status import STATUS_FILE, record_job
 
@@ -95,7 +95,7 @@ def test_refused_resume_commands_change_nothing(compose, tiny, tmp_path: Path) -
     (``this run writes to`` and ``give one of them`` take the same way out: in-process in
     test_resume.py.)"""
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
-    record_job(train, compose([*tiny, *EXACT], output_dir=run))
+    record_job(fit, compose([*tiny, *EXACT], output_dir=run), accept=resumed)  # as main does
     assert json.loads((run / STATUS_FILE).read_text())["status"] == "finished"
     (run / "train.log").write_text("[INFO] - done\n")  # the command line's run has its log
     moved, bare = tmp_path / "moved", tmp_path / "bare"

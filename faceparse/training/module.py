@@ -10,6 +10,7 @@ with the parameter groups the parts declare (:mod:`.optim`), speed options come 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,15 +20,23 @@ from torch import nn
 
 from faceparse.checkpoints import META_KEY, checkpoint_metadata, rng_states, set_rng_states
 from faceparse.fast_path import FastPath
-from faceparse.labels import get_scheme
+from faceparse.labels import LabelScheme, get_scheme
 from faceparse.metrics import HEADLINE, SegmentationMetrics
 from faceparse.models import FaceParser
 from faceparse.models.dinov3 import frozen_vits_to_bf16
 from faceparse.training.optim import build_optimizer, clip_gradients, clips_itself
 
-__all__ = ["FaceParsingModule", "STAGES"]
+__all__ = ["FaceParsingModule", "STAGES", "monitorable"]
 
 STAGES = ("val", "test")
+
+
+def monitorable(scheme: LabelScheme) -> list[str]:
+    """The names a checkpoint callback or a sweeper can monitor during training: what
+    validation logs (:meth:`FaceParsingModule._log_epoch`, its loss) and the training loss.
+    A name outside them fails only once the first epoch is over."""
+    per_class = [f"val/{m}/{c}" for m in ("f1", "iou") for c in scheme.class_names]
+    return [*(f"val/{k}" for k in HEADLINE), "val/loss", *per_class, "train/loss"]
 
 class FaceParsingModule(L.LightningModule):
     """Trains a face parser and scores it; logs ``{stage}/{metric}`` names.
@@ -151,9 +160,11 @@ class FaceParsingModule(L.LightningModule):
         optimizer = build_optimizer(self.optimizer_factory, self)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(
-            optimizer=optimizer, total_steps=int(self.trainer.estimated_stepping_batches)
-        )
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):  # checked earlier by faceparse.training.preflight
+            raise ValueError("the learning-rate schedule needs a length: set trainer.max_steps "
+                             "or trainer.max_epochs, or scheduler=none")
+        scheduler = self.scheduler_factory(optimizer=optimizer, total_steps=int(total_steps))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -10,7 +10,9 @@ requeued SLURM job needs.
 
 Until :func:`resume_config` accepts the command, nothing is written into the run's folder: a
 refused command leaves its ``status.json``, configs and ``.hydra/`` as they were (Hydra's
-``.hydra/`` files are the job's to write here, :func:`hydra_subdir`).
+``.hydra/`` files are the job's to write here, :func:`hydra_subdir`). A new run (no
+``resume=``) refuses a folder that already holds a run (:func:`refuse_existing_run`): it would
+write over the run's checkpoints and mix its metrics into the run's ``csv/metrics.csv``.
 
 A command refused before its real work (:func:`discard_refused_run`) leaves no new run
 folder behind: the folder goes only when this command's Hydra run created it
@@ -26,6 +28,7 @@ machine and working directory the run started from), come from the saved config.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import re
@@ -49,8 +52,8 @@ from faceparse.training.job_status import STATUS_FILE
 
 __all__ = ["AUTO", "CONFIG_FILE", "HYDRA_SUBDIR", "ContinuingCSVLogger", "InterruptCheckpoint",
            "NoteNewRunFolder", "command_keys", "discard_refused_run", "hydra_subdir",
-           "keep_run_folder", "newest_checkpoint", "resume_config", "run_folder",
-           "write_hydra_files"]
+           "keep_run_folder", "newest_checkpoint", "refuse_existing_run", "resume_config",
+           "run_evidence", "run_folder", "write_hydra_files"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,8 @@ HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writ
 # what a job writes into its folder before its real work: its status and its config
 BOOKKEEPING = (STATUS_FILE, CONFIG_FILE)
 # Keys that may differ between the run and the command that resumes it: how it starts, and
-# how long it trains (extending a run spreads the rest of the LR schedule over the new end).
+# how long it trains (extending a run continues the LR schedule from the rate it reached,
+# spreading the rest of its decay over the new end: faceparse.training.schedulers).
 RESUME_KEYS = ("resume", "ckpt_path")
 EXTEND_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
 # Never compared: where the run started (its folders stay the saved ones), and Hydra's own.
@@ -80,15 +84,19 @@ def run_folder(resume: str | None, default: str) -> str:
     return str(resume)
 
 
-def hydra_subdir(resume: str | None) -> str | None:
-    """Hydra's ``output_subdir``: :data:`HYDRA_SUBDIR`, or None with ``resume=``.
+def hydra_subdir(resume: str | None, folder: str | None = None) -> str | None:
+    """Hydra's ``output_subdir``: :data:`HYDRA_SUBDIR`, or None with ``resume=`` or when the
+    run ``folder`` already holds a run (:func:`run_evidence`).
 
     Hydra writes ``.hydra/`` (config, overrides) into the run folder before the job starts,
-    which for ``resume=`` is a run that :func:`resume_config` may yet refuse: a refused
-    command would leave its overrides there as the run's. The job writes them instead once
-    the run is accepted (:func:`write_hydra_files`).
+    which for ``resume=`` is a run that :func:`resume_config` may yet refuse, and for a new
+    run one that :func:`refuse_existing_run` refuses: a refused command would leave its
+    overrides there as the run's. The job writes them instead once the command is accepted
+    (:func:`write_hydra_files`).
     """
-    return None if resume else HYDRA_SUBDIR
+    if resume or (folder and run_evidence(Path(folder))):
+        return None
+    return HYDRA_SUBDIR
 
 
 def write_hydra_files(task_cfg: DictConfig) -> None:
@@ -179,6 +187,44 @@ def _holds_only(folder: Path, names: Collection[str]) -> bool:
     (predict creates its output folder before it loads the model)."""
     return all((p.is_dir() and not p.is_symlink()) or p.relative_to(folder).as_posix() in names
                for p in folder.rglob("*"))
+
+
+def run_evidence(folder: Path) -> str | None:
+    """What shows that ``folder`` already holds a run, or None: checkpoints, a
+    ``csv/metrics.csv``, or a ``status.json`` of a run that finished or is running (perhaps
+    started at the same time). A failed status alone, with neither checkpoints nor metrics,
+    is a command that failed before training wrote anything (a refused option, say): its
+    folder may take the corrected command."""
+    checkpoints = sorted(p.name for p in (*(folder / "checkpoints").glob("*.ckpt"),
+                                          *folder.glob("hpc_ckpt_*.ckpt")))
+    if checkpoints:
+        return f"checkpoints/{', '.join(checkpoints[:3])}"
+    if (folder / "csv" / "metrics.csv").is_file():
+        return "csv/metrics.csv"
+    status_file = folder / STATUS_FILE
+    if not status_file.is_file():
+        return None
+    try:
+        status = json.loads(status_file.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return f"{STATUS_FILE}, unreadable"
+    return f"{STATUS_FILE}: {status}" if status in ("finished", "running") else None
+
+
+def refuse_existing_run(folder: Path) -> None:
+    """A new run (no ``resume=``) refuses a ``folder`` that already holds a run: it would
+    write over the run's checkpoints, config, status and scores, and append its metrics to
+    the run's ``csv/metrics.csv``. Nothing in the folder is touched. Checked by the rank that
+    writes (the others share its folder); a SLURM job requeued by the launcher starts again
+    in its own folder, as before."""
+    if not is_rank_zero() or os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0"):
+        return
+    evidence = run_evidence(folder)
+    if evidence:
+        raise ValueError(f"the run folder {folder} already holds a run ({evidence}): continue "
+                         f"it with resume={folder}, or start this run in another folder "
+                         "(hydra.run.dir=<new folder>, or no hydra.run.dir for a new "
+                         "outputs/<task>/<time> folder)")
 
 
 def newest_checkpoint(folder: Path) -> Path | None:
@@ -327,17 +373,26 @@ class ContinuingCSVLogger(CSVLogger):
 
 
 class InterruptCheckpoint(L.Callback):
-    """Saves ``<dirpath>/on_exception.ckpt`` when fitting stops on SIGTERM, Ctrl-C or an error.
+    """Saves ``<dirpath>/on_exception.ckpt`` when fitting stops on SIGTERM, Ctrl-C or an error
+    after this fit took at least one optimizer step.
 
-    Lightning's ``OnExceptionCheckpoint`` does the same but also turns every
-    ``fit(ckpt_path=None)`` into ``ckpt_path="last"``, with two warnings per fresh run;
-    resuming is :func:`resume_config`'s job here.
+    Before the first step there is nothing to keep: a bad option met while setting up
+    (an optimizer refusing its learning rate) would leave a full-size checkpoint of an
+    untrained model, which ``resume=auto`` would then pick. Lightning's
+    ``OnExceptionCheckpoint`` also turns every ``fit(ckpt_path=None)`` into
+    ``ckpt_path="last"``, with two warnings per fresh run; resuming is :func:`resume_config`'s
+    job here.
     """
 
     def __init__(self, dirpath: str | Path) -> None:
         self.path = Path(dirpath) / "on_exception.ckpt"
+        self.start_step: int | None = None  # the step this fit started at (after a resume)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start_step = trainer.global_step
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
                      exception: BaseException) -> None:
-        if trainer.state.fn == "fit":
+        stepped = self.start_step is not None and trainer.global_step > self.start_step
+        if trainer.state.fn == "fit" and stepped:
             trainer.save_checkpoint(self.path)

@@ -1,0 +1,101 @@
+"""Checks of a training command that would otherwise fail late, or unclearly.
+
+Each mistake here used to surface after the run folder was kept (with a failed status and
+logs), some only after a whole epoch (a misspelt ``optimized_metric``), and as a traceback
+from Lightning or torch that names no option. Checked before any work, each is one
+``ValueError`` naming the option and what would be right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from faceparse.labels import get_scheme
+from faceparse.training.module import FaceParsingModule, monitorable
+from faceparse.training.optim import build_optimizer
+
+__all__ = ["check_training_options", "check_optimizer"]
+
+NO_LIMIT = -1  # Lightning's "no limit" for max_epochs and max_steps
+
+
+def check_training_options(cfg: DictConfig) -> None:
+    """The options :func:`faceparse.train.fit` needs right before it builds anything."""
+    scheme = get_scheme(cfg.data.labels)
+    check_class_weights(cfg.get("loss"), cfg.data.labels, scheme.class_names)
+    if not cfg.train:
+        return
+    check_length(cfg.trainer, scheduled=OmegaConf.select(cfg, "model.scheduler") is not None)
+    names = monitorable(scheme)
+    check_monitor("optimized_metric", cfg.get("optimized_metric"), names)
+    for name, callback in (cfg.get("callbacks") or {}).items():
+        if callback and "monitor" in callback:
+            check_monitor(f"callbacks.{name}.monitor", callback.monitor, names)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_length(trainer: DictConfig, scheduled: bool) -> None:
+    """``trainer.max_epochs`` / ``max_steps``: whole numbers, -1 for no limit; with a
+    learning-rate schedule (its decay spans the run) at least one of them a limit."""
+    epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps", NO_LIMIT)
+    if epochs is not None and not (_whole(epochs) and epochs >= NO_LIMIT):
+        raise ValueError(f"trainer.max_epochs={epochs}: the number of epochs is a whole number "
+                         ">= 0, or -1 for no epoch limit (with trainer.max_steps or "
+                         "trainer.max_time)")
+    if steps is not None and not (_whole(steps) and steps >= NO_LIMIT):
+        raise ValueError(f"trainer.max_steps={steps}: the number of optimizer steps is a whole "
+                         "number >= 0, or -1 for no step limit")
+    unlimited = epochs == NO_LIMIT and steps in (None, NO_LIMIT)
+    if scheduled and unlimited:
+        limit = "trainer.max_time" if trainer.get("max_time") else "nothing"
+        raise ValueError("trainer.max_epochs=-1 and trainer.max_steps=-1 (the run stops on "
+                         f"{limit}) leave the learning-rate schedule no length to decay over: "
+                         "set trainer.max_steps=<steps> (trainer.max_time may still stop it "
+                         "sooner), or scheduler=none for a constant learning rate")
+
+
+def check_monitor(option: str, metric: str | None, names: Sequence[str]) -> None:
+    """``metric`` must be one the module logs: a misspelt one fails after the first epoch
+    (checkpointing), or leaves a sweep without its value."""
+    if metric is None or metric in names:
+        return
+    headline = [n for n in names if n.count("/") == 1]
+    classes = dict.fromkeys(n.rsplit("/", 1)[1] for n in names if n.count("/") == 2)
+    raise ValueError(f"{option}={metric}: training logs no such metric; use one of "
+                     f"{', '.join(headline)}, val/f1/<class> or val/iou/<class> with a class "
+                     f"of the label scheme ({', '.join(classes)})")
+
+
+def check_class_weights(loss: DictConfig | None, labels: str,
+                        class_names: Sequence[str]) -> None:
+    """One CE weight per class of the scheme, in its order: torch's own error comes at the
+    first step and names neither the option nor the class count."""
+    weights = None if loss is None else loss.get("class_weights")
+    if weights is None:
+        return
+    count = len(class_names)
+    if not isinstance(weights, (ListConfig, list)) or len(weights) != count:
+        given = f"{len(weights)} weights" if isinstance(weights, (ListConfig, list)) else weights
+        raise ValueError(f"loss.class_weights ({given}): data.labels={labels} has {count} "
+                         f"classes ({', '.join(class_names)}), one weight each in that order; "
+                         f"python -m faceparse.stats data.labels={labels} prints them")
+
+
+def check_optimizer(model: FaceParsingModule) -> None:
+    """Build the optimizer and schedule once, as :meth:`FaceParsingModule.configure_optimizers`
+    will: a value they refuse (``optimizer.lr=-1``) is refused before the run starts."""
+    try:
+        optimizer = build_optimizer(model.optimizer_factory, model)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"optimizer: {err}") from None
+    if model.scheduler_factory is not None:
+        try:
+            model.scheduler_factory(optimizer=optimizer, total_steps=1)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"scheduler: {err}") from None

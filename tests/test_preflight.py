@@ -1,0 +1,89 @@
+"""Option mistakes that used to fail late are refused before any work, naming the option.
+
+Before: a misspelt ``optimized_metric`` trained a whole epoch and then failed in Lightning;
+class weights of the wrong length, ``trainer.max_epochs=abc`` or a time-budgeted run with
+the cosine schedule were tracebacks from torch or Lightning; a refused optimizer value or
+trainer/callback option left a run folder with a full-size ``on_exception.ckpt``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from faceparse.train import train
+from faceparse.training.preflight import check_training_options
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optimized_metric=val/f1mean"],
+     r"optimized_metric=val/f1mean: training logs no such metric; use one of val/f1_mean, "
+     r"val/miou, val/pixel_acc, val/loss, train/loss, val/f1/<class> .*\(background, skin"),
+    (["callbacks.model_checkpoint.monitor=val/iou/noze"],
+     "callbacks.model_checkpoint.monitor=val/iou/noze: training logs no such metric"),
+    (["loss.class_weights=[1.0,2.0,3.0]"],
+     r"loss.class_weights \(3 weights\): data.labels=ourface has 11 classes \(background, "
+     r".*python -m faceparse.stats data.labels=ourface"),
+    (["trainer.max_epochs=abc"], "trainer.max_epochs=abc: the number of epochs is a whole"),
+    (["trainer.max_epochs=1.5"], "trainer.max_epochs=1.5: the number of epochs is a whole"),
+    (["trainer.max_epochs=-2"], "trainer.max_epochs=-2: the number of epochs is a whole"),
+    (["trainer.max_steps=ten"], "trainer.max_steps=ten: the number of optimizer steps"),
+    (["trainer.max_epochs=-1", "trainer.max_time=00:00:00:20"],
+     r"trainer.max_epochs=-1 and trainer.max_steps=-1 \(the run stops on trainer.max_time\) "
+     r"leave the learning-rate schedule no length.*scheduler=none"),
+])
+def test_late_failing_options_are_refused_before_anything_is_written(
+        compose, tiny, tmp_path: Path, overrides: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        train(compose([*tiny, *overrides], output_dir=tmp_path))
+    assert list(tmp_path.iterdir()) == []  # not even the config
+
+
+@pytest.mark.parametrize("overrides", [
+    ["optimized_metric=val/f1/skin", "callbacks.model_checkpoint.mode=max"],
+    ["optimized_metric=val/loss", "callbacks.model_checkpoint.mode=min"],
+    ["loss.class_weights=[1,1,1,1,1,1,1,1,1,1,2.5]"],
+    ["trainer.max_epochs=-1", "trainer.max_steps=4"],  # a step budget: the schedule's length
+    ["trainer.max_epochs=-1", "trainer.max_time=00:00:00:20", "scheduler=none"],
+    ["trainer.max_epochs=0"],  # tests the untrained model
+    ["train=false", "optimized_metric=anything"],  # no training, nothing monitored
+])
+def test_sound_options_pass(compose, tiny, overrides: list[str]) -> None:
+    check_training_options(compose([*tiny, *overrides]))
+
+
+def command(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "faceparse.train", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_refusals_met_while_building_are_one_line_and_leave_no_run_folder(
+        tiny, tmp_path: Path) -> None:
+    """As typed: the optimizer's own refusal (met once the model exists), and Lightning's
+    MisconfigurationException from a callback or the trainer, in one ``error:`` line naming
+    the option; the run folder Hydra made for the command goes again."""
+    cpu_tiny = [o for o in tiny if not o.startswith("trainer.accelerator=")]
+    cases = {  # overrides -> the error line's start
+        ("optimizer.lr=-1",): "error: optimizer: Invalid learning rate: -1",
+        ("callbacks.model_checkpoint.mode=maximum",):
+            "error: callbacks.model_checkpoint: `mode` can be min, max but got maximum",
+    }
+    if not torch.cuda.is_available():
+        cases[("trainer=gpu",)] = "error: trainer: "
+    started = {case: command(*cpu_tiny, *case, f"hydra.run.dir={tmp_path / str(i) / 'run'}")
+               for i, case in enumerate(cases)}
+    for case, process in started.items():
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 1, (case, stderr[-3000:])
+        errors = [line for line in stderr.splitlines() if "error" in line.lower()]
+        assert len(errors) == 1 and errors[0].startswith(cases[case]), (case, stderr[-3000:])
+        assert "Traceback" not in stderr and "Error in call to target" not in stderr, case
+    assert list(tmp_path.iterdir()) == []  # no run folder, no on_exception.ckpt
