@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from test_predict_command import _cfg, _image, _video
 
-from faceparse.data.io import SCHEME_TEXT_KEY
+from faceparse.data.io import SCHEME_TEXT_KEY, read_png_text
 from faceparse.inference.outputs import png_bytes, read_mask_scheme
-from faceparse.inference.provenance import RECORD_KEY, read_text
+from faceparse.inference.provenance import RECORD_KEY
 from faceparse.predict import predict
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -27,7 +27,7 @@ def _size(mask: Path) -> tuple[int, int]:
 
 
 def _made_from(mask: Path) -> dict:
-    return json.loads(read_text(mask)[RECORD_KEY])
+    return json.loads(read_png_text(mask)[RECORD_KEY])
 
 
 def test_a_photo_with_the_same_name_from_another_folder_does_not_take_the_first_ones_mask(
@@ -77,7 +77,7 @@ def test_a_rerun_redoes_outputs_of_another_checkpoint_scheme_or_setting_or_a_cha
     assert run()["images"] == 1
     assert run()["skipped"] == 1 and "again" not in caplog.text
     # the same mask as if written with labels=celebamask (the tiny model's scheme is ourface)
-    text = dict(read_text(mask), **{SCHEME_TEXT_KEY: "celebamask"})
+    text = dict(read_png_text(mask), **{SCHEME_TEXT_KEY: "celebamask"})
     mask.write_bytes(png_bytes(np.asarray(Image.open(mask)), text))
     other_scheme = run()
     assert (other_scheme["images"], other_scheme["redone"]) == (1, 1)
@@ -116,7 +116,7 @@ def test_outputs_written_before_the_record_are_kept_only_when_nothing_tells_them
     assert "sized.png again" in caplog.text and "it is 50x40 px, the photo 20x30 px" in caplog.text
     assert "kept the outputs of 1 inputs written before masks recorded their source" in (
         caplog.text)
-    assert RECORD_KEY not in read_text(out / "fits_mask.png")
+    assert RECORD_KEY not in read_png_text(out / "fits_mask.png")
     assert _made_from(out / "sized_mask.png")["source"] == "sized.png"
 
 

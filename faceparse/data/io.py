@@ -31,6 +31,7 @@ __all__ = [
     "MaskSchemeError",
     "SCHEME_TEXT_KEY",
     "PNG_SIGNATURE",
+    "read_png_text",
     "recorded_scheme",
     "scheme_mismatch",
 ]
@@ -38,6 +39,7 @@ __all__ = [
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # the PNG text key under which a label mask records its scheme (faceparse.predict writes it)
 SCHEME_TEXT_KEY = "faceparse:labels"
+_TEXT_HEAD = 1 << 16  # a PNG's text chunks (before its image data) lie far inside this
 
 
 class BadSampleError(ValueError):
@@ -126,19 +128,31 @@ def refuse_too_many_pixels(data: bytes, path: Path) -> None:
     if not limit:
         return  # the user switched Pillow's limit off
     try:
+        size = _declared_size(data)
+    except Image.DecompressionBombError:  # Pillow refused it on the header alone
+        size = None, None
+    if size is not None and (size[0] is None or size[0] * size[1] > limit):
+        pixels = "more pixels than that" if size[0] is None else f"{size[0]}x{size[1]} pixels"
+        raise BadSampleError(f"image of {pixels} is over the limit of {limit / 1e6:.0f} "
+                             f"megapixels (2 x PIL.Image.MAX_IMAGE_PIXELS); downscale it: "
+                             f"{path}")
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height as the header declares them (nothing decoded); ``None`` for a
+    format Pillow does not read (OpenCV then decides). A PNG's (every mask) are read
+    straight from its IHDR chunk."""
+    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
+                return image.size
     except Image.DecompressionBombError:
-        width = height = 0  # Pillow refused it on the header alone
-    except Exception:  # noqa: BLE001 - a format Pillow does not read: OpenCV decides
-        return
-    if width * height > limit or not width:
-        size = f"{width}x{height} pixels" if width else "more pixels than that"
-        raise BadSampleError(f"image of {size} is over the limit of {limit / 1e6:.0f} "
-                             f"megapixels (2 x PIL.Image.MAX_IMAGE_PIXELS); downscale it: "
-                             f"{path}")
+        raise
+    except Exception:  # noqa: BLE001 - not for Pillow to say
+        return None
 
 
 def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
@@ -203,10 +217,21 @@ def read_mask(path: str | Path, scheme: str | None = None) -> np.ndarray:
     return np.ascontiguousarray(mask)
 
 
+def read_png_text(path: str | Path) -> dict[str, str] | None:
+    """The text chunks of a PNG file, read from its first bytes only (they come right
+    after its header); ``None`` when the file is no PNG."""
+    with open(path, "rb") as file:
+        head = file.read(_TEXT_HEAD)
+    return png_text(head) if head[:8] == PNG_SIGNATURE else None
+
+
 def recorded_scheme(path: str | Path) -> str | None:
     """The label scheme a mask PNG records in its text, or ``None`` (untagged, not a PNG)."""
-    data = _read_bytes(Path(path))
-    return png_text(data).get(SCHEME_TEXT_KEY) if data[:8] == PNG_SIGNATURE else None
+    try:
+        text = read_png_text(path)
+    except OSError as err:
+        raise BadSampleError(f"cannot read {path}: {err.strerror or err}") from err
+    return None if text is None else text.get(SCHEME_TEXT_KEY)
 
 
 def scheme_mismatch(path: Path, recorded: str, scheme: str) -> str:

@@ -32,13 +32,12 @@ from typing import Any
 
 from PIL import Image
 
-from faceparse.data.io import PNG_SIGNATURE, SCHEME_TEXT_KEY, png_text
+from faceparse.data.io import PNG_SIGNATURE, SCHEME_TEXT_KEY, read_png_text
 
-__all__ = ["RECORD_KEY", "Verdict", "file_stamp", "judge", "left_behind", "read_text",
+__all__ = ["RECORD_KEY", "Verdict", "file_stamp", "judge", "left_behind",
            "run_record", "source_record"]
 
 RECORD_KEY = "faceparse:made_from"
-_HEAD = 1 << 16  # a mask's text chunks come right after its header, far inside this
 _SWAPPED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
@@ -87,13 +86,6 @@ def source_record(photo: Path, root: Path | None, size: tuple[int, int] | None,
     if size is not None:
         record["size"] = list(size)
     return record
-
-
-def read_text(mask: Path) -> dict[str, str] | None:
-    """The text chunks of a mask PNG (read from its first bytes), ``None`` if no PNG."""
-    with open(mask, "rb") as file:
-        head = file.read(_HEAD)
-    return png_text(head) if head[:8] == PNG_SIGNATURE else None
 
 
 def _png_size(mask: Path) -> tuple[int, int] | None:
@@ -162,7 +154,7 @@ def _unrecorded(text: dict[str, str], mask: Path, photo: Path, scheme: str) -> V
 def judge(mask: Path, photo: Path, expected: dict[str, Any], scheme: str) -> Verdict:
     """Whether the existing ``mask`` is ``photo``'s under this run (``expected``: its
     :func:`source_record` without a size; ``scheme``: the scheme it would record)."""
-    text = read_text(mask)
+    text = read_png_text(mask)
     if text is None:
         return Verdict("redo", "it is not a PNG mask")
     if RECORD_KEY not in text:
@@ -196,7 +188,7 @@ def left_behind(photo: Path, root: Path | None, stem: Path, out_dir: Path) -> Pa
         return None
     mask = out_dir / plain.parent / f"{plain.name}_mask.png"
     try:
-        text = read_text(mask) if mask.is_file() else None
+        text = read_png_text(mask) if mask.is_file() else None
         recorded = json.loads(text[RECORD_KEY]) if text and RECORD_KEY in text else {}
     except (OSError, ValueError):
         return None
