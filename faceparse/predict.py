@@ -30,7 +30,7 @@ from faceparse.cli import discard_refused_run, hydra_entry, instantiate_option, 
 from faceparse.data.io import BadSampleError
 from faceparse.inference.faces import read_boxes
 from faceparse.inference.folder import Summary, WriteOptions, predict_files
-from faceparse.inference.images import VIDEO_SUFFIXES, list_inputs, output_stems
+from faceparse.inference.listing import VIDEO_SUFFIXES, list_inputs, output_stems
 from faceparse.inference.model import resolve_device
 from faceparse.inference.predictor import Parser, check_batch_size
 from faceparse.inference.provenance import judge, run_record, source_record

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faceparse.inference.images import output_stems
+from faceparse.inference.listing import output_stems
 
 
 def names(files: list[str], root: Path = Path("/photos")) -> dict[str, str]:

@@ -18,7 +18,8 @@ from PIL import Image
 from faceparse.checkpoints import META_KEY
 from faceparse.data.io import BadSampleError
 from faceparse.inference import Parser, load_model
-from faceparse.inference.images import list_inputs, output_stems, read_photo, to_rgb
+from faceparse.inference.images import read_photo, to_rgb
+from faceparse.inference.listing import list_inputs, output_stems
 from faceparse.inference.outputs import read_mask_scheme, write_outputs
 from faceparse.labels import mapping_lut
 

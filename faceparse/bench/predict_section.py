@@ -30,7 +30,8 @@ from omegaconf import DictConfig
 
 from faceparse.checkpoints import META_KEY, checkpoint_metadata
 from faceparse.inference.folder import WriteOptions, predict_files, writer_threads
-from faceparse.inference.images import output_stems, read_photo
+from faceparse.inference.images import read_photo
+from faceparse.inference.listing import output_stems
 from faceparse.inference.outputs import output_paths
 from faceparse.inference.predictor import Parser
 from faceparse.labels import get_scheme

@@ -17,15 +17,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from faceparse.data.io import BadSampleError, read_image
-from faceparse.inference.listing import (  # re-exported: the listing used to live here
-    IMAGE_SUFFIXES,
-    VIDEO_SUFFIXES,
-    list_inputs,
-    output_stems,
-)
 
-__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "read_photo", "to_rgb", "list_inputs",
-           "output_stems"]
+__all__ = ["read_photo", "to_rgb"]
 
 
 def _pil_to_rgb(image: Image.Image) -> np.ndarray:
