@@ -129,9 +129,9 @@ def prepare_dataset(open_raw, prepared_dir: str | Path, size: int, splits: Seque
                     "image_size": size, "reader": dataset.reader_settings()}
             old = layout.read_meta()
             # a copy from before the "reader" record is resumed as it is
-            compared = [k for k in meta if old is None or k != "reader" or k in old]
-            if old is not None and json_plain({k: old.get(k) for k in compared}) != json_plain(
-                    {k: meta[k] for k in compared}):
+            wanted = {k: v for k, v in json_plain(meta).items() if old is None or k in old
+                      or k != "reader"}
+            if old is not None and {k: old.get(k) for k in wanted} != wanted:
                 raise FileExistsError(f"{layout.root} holds a prepared copy of {old}, not "
                                       f"{meta}; choose another data.dataset.prepared_dir")
             if old is None:

@@ -121,11 +121,11 @@ def find_prepared(prepared_dir: str | Path | None, dataset: str, scheme: str,
         log.warning("ignoring %s: prepared from %s/%s (version %s), not %s/%s", layout.root,
                     meta.get("dataset"), meta.get("scheme"), meta.get("version"), dataset, scheme)
         return None
-    made_with = meta.get("reader")
-    if made_with is not None and made_with != json_plain(reader or {}):
+    made_with, today = meta.get("reader"), json_plain(reader or {})
+    if made_with is not None and made_with != today:
         raise StalePreparedError(
             f"prepared copy {layout.root} was made with data.dataset settings {made_with}, "
-            f"not today's {json_plain(reader or {})}: prepare again into another "
+            f"not today's {today}: prepare again into another "
             f"data.dataset.prepared_dir, or read the raw files with "
             f"data.dataset.prepared_dir=null")
     return layout
