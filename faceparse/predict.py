@@ -33,8 +33,20 @@ from faceparse.inference.folder import Summary, WriteOptions, predict_files
 from faceparse.inference.listing import VIDEO_SUFFIXES, list_inputs, output_stems
 from faceparse.inference.model import resolve_device
 from faceparse.inference.predictor import Parser, check_batch_size
-from faceparse.inference.provenance import judge, run_record, source_record
-from faceparse.inference.video import NO_BOXES_FOR_VIDEO, frame_ranges, predict_video
+from faceparse.inference.provenance import (
+    Verdict,
+    judge,
+    judge_text,
+    read_record_file,
+    run_record,
+    source_record,
+)
+from faceparse.inference.video import (
+    NO_BOXES_FOR_VIDEO,
+    check_smoothing,
+    frame_ranges,
+    predict_video,
+)
 from faceparse.labels import get_scheme
 from faceparse.writable import output_dir
 
@@ -105,16 +117,34 @@ def _videos_without_box(videos: list[Path]) -> list[tuple[str, str]]:
     return [(str(video), NO_BOXES_FOR_VIDEO) for video in videos]
 
 
+def _video_verdict(parser: Parser, video: Path, out_stem: Path, record: dict
+                   ) -> Verdict | None:
+    """What ``video``'s existing outputs record, from ``<stem>_video.json`` or, for outputs
+    written before that file, the first frame mask; ``None`` if neither is there."""
+    record_file = out_stem.with_name(f"{out_stem.name}_video.json")
+    frame = out_stem.with_name(f"{out_stem.name}_frames") / "000000_mask.png"
+    if record_file.is_file():
+        text = read_record_file(record_file)
+        if text is None:
+            return Verdict("redo", f"its record {record_file} is not readable")
+        return judge_text(text, video, record, parser.scheme.name)
+    return judge(frame, video, record, parser.scheme.name) if frame.is_file() else None
+
+
 def _video_overwrite(parser: Parser, cfg: DictConfig, video: Path, out_stem: Path,
                      record: dict | None, summary: Summary) -> bool | None:
-    """Whether to redo ``video``'s outputs: ``cfg.overwrite``, or its first frame mask (the
-    record of what made them) is stale (a warning). ``None``: another video made them
+    """Whether to redo ``video``'s outputs: ``cfg.overwrite``, or what made them (see
+    :func:`_video_verdict`) is stale (a warning). ``None``: another video made them
     (refused, a failed count)."""
-    frame = out_stem.with_name(f"{out_stem.name}_frames") / "000000_mask.png"
     done = out_stem.with_name(f"{out_stem.name}_overlay.mp4")
-    if cfg.overwrite or record is None or not done.exists() or not frame.is_file():
+    if cfg.overwrite or record is None or not done.exists():
         return bool(cfg.overwrite)
-    verdict = judge(frame, video, record, parser.scheme.name)
+    verdict = _video_verdict(parser, video, out_stem, record)
+    if verdict is None:
+        log.warning("kept the outputs %s of %s: written before videos recorded their source "
+                    "and checkpoint, nothing tells whether they are stale; overwrite=true "
+                    "redoes them", done, video)
+        return False
     if verdict.action == "clash":
         reason = (f"outputs {done} exist and {verdict.reason}: not overwritten (give another "
                   f"output_dir=, or overwrite=true to replace them)")
@@ -137,7 +167,8 @@ def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir
     With crop=faces, frames without a face are one warning per video and a count; a video
     with no face in any frame counts as an input without a face (nothing is kept)."""
     flicker = {}
-    run = run_record(parser)
+    run = run_record(parser)  # smoothing changes a video's labels too
+    run["settings"]["smoothing"] = check_smoothing(cfg.smoothing)
     for video in videos:
         try:
             record = source_record(video, root, None, run)
@@ -181,6 +212,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if cfg.labels:
         get_scheme(cfg.labels)  # an unknown scheme is refused before the model loads
     check_batch_size(cfg.batch_size)
+    check_smoothing(cfg.smoothing)
     resolve_device(cfg.device)
     out_dir = Path(cfg.output_dir)
     files, root = list_inputs(cfg.input, out_dir)

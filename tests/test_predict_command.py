@@ -36,6 +36,7 @@ def _image(path: Path, size: tuple[int, int], seed: int = 0) -> None:
 
 
 def _video(path: Path, frames: int = 4) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (48, 32))
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
@@ -86,7 +87,7 @@ def test_a_folder_run_writes_every_output_and_resumes(compose, ckpt, tmp_path):
     assert "flicker" in log
     assert "CPU memory:" in log  # the allocator choice is logged with its reason
     again = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}", f"output_dir={out}",
-                         "labels=ourface", "save_probs=true"))
+                         "labels=ourface", "save_probs=true", "smoothing=0.7"))
     assert (again["images"], again["failed"], again["skipped"]) == (0, 2, 4)  # 3 photos, 1 video
 
 
@@ -126,6 +127,8 @@ def test_exit_code_is_nonzero_only_when_every_input_failed(ckpt, tmp_path):
     (("input=@photo.png", "crop=box"), ValueError, "crop=box needs boxes"),
     (("input=@photo.png", "batch_size=0"), ValueError, "batch_size=0: use a whole number"),
     (("input=@photo.png", "device=gpu"), ValueError, "device=gpu: not a device; use auto"),
+    (("input=@photo.png", "smoothing=1.0"), ValueError, r"smoothing=1.0: give a number in \["),
+    (("input=@photo.png", "smoothing=lots"), ValueError, "smoothing='lots': give a number"),
 ])
 def test_bad_arguments_are_one_clear_error(compose, ckpt, tmp_path, overrides, error, message):
     (tmp_path / "empty").mkdir()
@@ -229,7 +232,8 @@ def test_a_video_opencv_wrote_short_stops_the_run_naming_it_and_keeps_no_video(
     assert list(out.iterdir()) == []  # no final video, no partial: a rerun parses it again
     monkeypatch.undo()
     assert predict(cfg)["images"] == 4
-    assert sorted(p.name for p in out.iterdir()) == ["clip_mask.mp4", "clip_overlay.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == ["clip_mask.mp4", "clip_overlay.mp4",
+                                                     "clip_video.json"]
     capture = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
     assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 4
     capture.release()
@@ -353,7 +357,7 @@ def test_video_frames_without_a_face_are_background_counted_and_never_parsed_who
     assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 6 and capture.get(cv2.CAP_PROP_FPS) == 2
     capture.release()
     assert sorted(p.name for p in out.iterdir()) == ["talk_frames", "talk_mask.mp4",
-                                                      "talk_overlay.mp4"]
+                                                      "talk_overlay.mp4", "talk_video.json"]
     (tmp_path / "b.json").write_text('{"talk.mp4": [[0, 0, 80, 80]]}')
     boxed = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}/talk.mp4",
                          f"output_dir={tmp_path / 'boxed'}", "crop=box",

@@ -152,3 +152,59 @@ def test_video_frame_masks_record_their_scheme_and_a_skipped_video_is_counted(
     other = predict(_cfg(compose, tmp_path, ckpt, *cfg, "keep_aspect=true"))
     assert (other["images"], other["redone"]) == (5, 2)
     assert _made_from(frame)["settings"]["keep_aspect"] is True
+
+
+def test_a_video_without_frame_masks_records_what_made_it_and_is_redone_when_stale(
+        compose, ckpt, tmp_path, caplog):
+    _video(tmp_path / "in" / "clip.mp4")
+    out = tmp_path / "out"
+    cfg = (f"input={tmp_path / 'in'}", f"output_dir={out}", "save_frames=false",
+           "labels=ourface")
+    assert predict(_cfg(compose, tmp_path, ckpt, *cfg))["images"] == 4
+    assert not (out / "clip_frames").exists()
+    text = json.loads((out / "clip_video.json").read_text())
+    made_from = json.loads(text[RECORD_KEY])
+    assert (made_from["source"], made_from["size"]) == ("clip.mp4", [48, 32])
+    assert made_from["settings"]["smoothing"] == 0.0
+    assert text[SCHEME_TEXT_KEY] == "ourface"
+    again = predict(_cfg(compose, tmp_path, ckpt, *cfg))
+    assert (again["images"], again["skipped"], again["redone"]) == (0, 1, 0)
+    with caplog.at_level(logging.WARNING):  # smoothing changes the labels: not the same run
+        smoother = predict(_cfg(compose, tmp_path, ckpt, *cfg, "smoothing=0.5"))
+    assert (smoother["images"], smoother["redone"]) == (4, 1)
+    assert "smoothing=0.0, not 0.5" in caplog.text
+    assert json.loads(json.loads((out / "clip_video.json").read_text())[RECORD_KEY])[
+        "settings"]["smoothing"] == 0.5
+    (out / "clip_video.json").write_text("{broken")
+    with caplog.at_level(logging.WARNING):
+        broken = predict(_cfg(compose, tmp_path, ckpt, *cfg, "smoothing=0.5"))
+    assert (broken["images"], broken["redone"]) == (4, 1)
+    assert "clip_video.json is not readable" in caplog.text
+
+
+def test_another_video_with_the_same_output_name_is_not_overwritten_without_frames(
+        compose, ckpt, tmp_path):
+    _video(tmp_path / "a" / "clip.mp4")
+    _video(tmp_path / "b" / "clip.mp4", frames=3)
+    out = tmp_path / "out"
+    first = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'a'}",
+                         f"output_dir={out}", "save_frames=false"))
+    assert first["images"] == 4
+    before = (out / "clip_overlay.mp4").read_bytes()
+    second = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'b'}",
+                          f"output_dir={out}", "save_frames=false"))
+    assert (second["images"], second["failed"]) == (0, 1)
+    assert (out / "clip_overlay.mp4").read_bytes() == before
+
+
+def test_video_outputs_from_before_the_record_are_kept_with_a_warning(
+        compose, ckpt, tmp_path, caplog):
+    _video(tmp_path / "in" / "clip.mp4")
+    out = tmp_path / "out"
+    cfg = (f"input={tmp_path / 'in'}", f"output_dir={out}", "save_frames=false")
+    assert predict(_cfg(compose, tmp_path, ckpt, *cfg))["images"] == 4
+    (out / "clip_video.json").unlink()  # as an older version left them
+    with caplog.at_level(logging.WARNING):
+        again = predict(_cfg(compose, tmp_path, ckpt, *cfg))
+    assert (again["images"], again["skipped"]) == (0, 1)
+    assert "written before videos recorded their source" in caplog.text

@@ -34,8 +34,8 @@ from PIL import Image
 
 from faceparse.data.io import PNG_SIGNATURE, SCHEME_TEXT_KEY, read_png_text
 
-__all__ = ["RECORD_KEY", "Verdict", "file_stamp", "judge", "left_behind",
-           "run_record", "source_record"]
+__all__ = ["RECORD_KEY", "Verdict", "file_stamp", "judge", "judge_text", "left_behind",
+           "read_record_file", "record_file_text", "run_record", "source_record"]
 
 RECORD_KEY = "faceparse:made_from"
 _SWAPPED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
@@ -159,6 +159,13 @@ def judge(mask: Path, photo: Path, expected: dict[str, Any], scheme: str) -> Ver
         return Verdict("redo", "it is not a PNG mask")
     if RECORD_KEY not in text:
         return _unrecorded(text, mask, photo, scheme)
+    return judge_text(text, photo, expected, scheme)
+
+
+def judge_text(text: dict[str, str], photo: Path, expected: dict[str, Any],
+               scheme: str) -> Verdict:
+    """:func:`judge` on text already read: ``text[RECORD_KEY]`` (JSON) and
+    ``text[SCHEME_TEXT_KEY]``, from a mask or a video's record file."""
     try:
         recorded = json.loads(text[RECORD_KEY])
     except ValueError:
@@ -176,6 +183,25 @@ def judge(mask: Path, photo: Path, expected: dict[str, Any], scheme: str) -> Ver
     if text.get(SCHEME_TEXT_KEY) != scheme:
         differs.insert(0, f"in labels {text.get(SCHEME_TEXT_KEY)!r}, not {scheme!r}")
     return Verdict("redo", "; ".join(differs)) if differs else Verdict("skip")
+
+
+def record_file_text(record: dict[str, Any], scheme: str) -> str:
+    """A video's record file (``<stem>_video.json``): what made its outputs, as a mask's
+    text chunks hold it, so it is judged the same way with or without frame masks."""
+    return json.dumps({RECORD_KEY: json.dumps(record, sort_keys=True),
+                       SCHEME_TEXT_KEY: scheme}, indent=1) + "\n"
+
+
+def read_record_file(path: Path) -> dict[str, str] | None:
+    """The text of a record file written by :func:`record_file_text`; ``None`` when it is
+    not one (unreadable, not JSON, keys missing)."""
+    try:
+        text = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(text, dict) or not isinstance(text.get(RECORD_KEY), str):
+        return None
+    return {key: value for key, value in text.items() if isinstance(value, str)}
 
 
 def left_behind(photo: Path, root: Path | None, stem: Path, out_dir: Path) -> Path | None:

@@ -30,14 +30,28 @@ from rich.progress import Progress
 
 from faceparse.data.io import BadSampleError, write_atomic
 from faceparse.inference.outputs import mask_text, overlay, png_bytes, writing_outputs_of
+from faceparse.inference.provenance import record_file_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HOLD_SECONDS", "NO_BOXES_FOR_VIDEO", "flicker", "frame_ranges", "predict_video"]
+__all__ = ["HOLD_SECONDS", "NO_BOXES_FOR_VIDEO", "check_smoothing", "flicker", "frame_ranges",
+           "predict_video"]
 
 HOLD_SECONDS = 0.5  # crop=faces: a face missed for up to this long keeps its last box
 NO_BOXES_FOR_VIDEO = ("crop=box gives boxes per photo, not per video frame: parse videos "
                       "with crop=faces or crop=none")
+
+
+def check_smoothing(smoothing: Any) -> float:
+    """``smoothing`` as a float in [0, 1), or a ValueError naming the option."""
+    try:
+        value = float(smoothing)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0 <= value < 1:  # NaN fails too
+        raise ValueError(f"smoothing={smoothing!r}: give a number in [0, 1) (0: no "
+                         f"smoothing; 0.6 keeps 60% of the previous frames' logits)")
+    return value
 
 
 def flicker(previous: torch.Tensor | None, current: torch.Tensor) -> float | None:
@@ -77,7 +91,9 @@ def frame_ranges(frames: list[int], most: int = 8) -> str:
 class _Outputs:
     """One video's files: ``<stem>_overlay.mp4`` and ``<stem>_mask.mp4``, written under
     hidden partial names and renamed when the video is done (the overlay, which a rerun
-    takes as the sign of a finished video, last), and ``<stem>_frames/<n>_mask.png``.
+    takes as the sign of a finished video, last), ``<stem>_frames/<n>_mask.png``, and,
+    given a ``record``, ``<stem>_video.json``: what made them (written before the videos
+    are renamed), which a rerun judges with or without frame masks.
 
     As a context manager: on leaving, the videos are kept if ``keep`` (else removed with
     the frames written); after an error the partial videos are removed and the frames
@@ -87,9 +103,13 @@ class _Outputs:
     """
 
     def __init__(self, source: Path, out_stem: Path, fps: float, save_frames: bool,
-                 alpha: float, record: dict[str, Any] | None = None) -> None:
+                 alpha: float, record: dict[str, Any] | None = None,
+                 scheme: str | None = None) -> None:
         self.source, self.fps, self.alpha, self.keep = source, fps, alpha, False
-        self.record = record  # what made the frame masks (see faceparse.inference.provenance)
+        self.record = record  # what made the outputs (see faceparse.inference.provenance)
+        self.scheme = scheme  # the label scheme the record file names
+        self.record_file = out_stem.with_name(f"{out_stem.name}_video.json")
+        self.size: list[int] = []  # (width, height) of the frames
         self.finals = {kind: out_stem.with_name(f"{out_stem.name}_{kind}.mp4")
                        for kind in ("mask", "overlay")}  # the overlay renamed last
         self.partials = {kind: path.with_name(f".{path.stem}.partial.mp4")
@@ -122,6 +142,7 @@ class _Outputs:
                              png_bytes(result.labels, mask_text(result, made_from)))
 
     def _open(self, width: int, height: int) -> None:
+        self.size = [width, height]
         fourcc = cv2.VideoWriter_fourcc(*"mp4v")
         for kind, partial in self.partials.items():
             self.writers[kind] = cv2.VideoWriter(str(partial), fourcc, self.fps, (width, height))
@@ -137,6 +158,10 @@ class _Outputs:
                 if self.keep and error is None:
                     for name, partial in self.partials.items():  # all, before any is renamed
                         _check_video(partial, self.written, self.finals[name])
+                    if self.record is not None and self.scheme is not None:
+                        made_from = {**self.record, "size": self.size}
+                        write_atomic(self.record_file,
+                                     record_file_text(made_from, self.scheme).encode())
                     for name, partial in self.partials.items():
                         os.replace(partial, self.finals[name])
             finally:  # what was not renamed: an unfinished video, or one that failed
@@ -189,7 +214,8 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
                   record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Parse every frame of ``path``; writes ``<stem>_overlay.mp4``, ``<stem>_mask.mp4``
     and (``save_frames``) ``<stem>_frames/<n>_mask.png``, which hold the scheme, class
-    names and ``record`` (what made them) as photo masks do. A video whose overlay exists
+    names and ``record`` (what made them) as photo masks do; given a ``record``,
+    ``<stem>_video.json`` holds it too (with or without frames). A video whose overlay exists
     is skipped unless ``overwrite`` (``skipped`` in the report). Returns frames, seconds, the
     flicker with and without smoothing and, with crop=faces, the numbers of the frames
     without a face (``frames_without_face``; all background) and how many frames kept a
@@ -201,8 +227,7 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     the video when a write fails or a finished video does not read back with every frame
     (the videos of an unfinished run are removed, so a rerun parses it again).
     """
-    if not 0 <= smoothing < 1:
-        raise ValueError(f"smoothing={smoothing}: must be in [0, 1)")
+    smoothing = check_smoothing(smoothing)
     if parser.crop == "box":
         raise ValueError(NO_BOXES_FOR_VIDEO)
     capture = _open(path)
@@ -215,7 +240,7 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
         return {"frames": 0, "seconds": 0.0, "model_seconds": 0.0, "flicker_raw": None,
                 "flicker_smoothed": None, "frames_without_face": [], "frames_face_held": 0,
                 "skipped": True}
-    outputs = _Outputs(path, out_stem, fps, save_frames, alpha, record)
+    outputs = _Outputs(path, out_stem, fps, save_frames, alpha, record, parser.scheme.name)
     state = box = raw_prev = smooth_prev = None
     raw_changes, smooth_changes = [], []
     count, start, model_seconds = 0, time.perf_counter(), 0.0
