@@ -144,6 +144,18 @@ def test_decoder_only_refuses_another_dinov3_file(trained: Path, tmp_path: Path)
         load_face_parser(tmp_path / "decoder.ckpt", vit_weights=tmp_path / "other.pth")
 
 
+def test_a_decoder_only_file_of_another_vit_is_refused_by_name(trained: Path,
+                                                              tmp_path: Path) -> None:
+    export_decoder_only(trained, tmp_path / "decoder.ckpt")
+    ckpt = torch.load(tmp_path / "decoder.ckpt", weights_only=True)
+    ckpt[META_KEY]["decoder_only"]["external"]["encoder.vit"]["keys"].append(
+        "encoder.vit.model.blocks.23.mlp.fc1.weight")  # as a ViT-L's export would list
+    torch.save(ckpt, tmp_path / "large.ckpt")
+    with pytest.raises(ValueError, match=r"large.ckpt was trained with a ViT that has "
+                                         r"encoder.vit.model.blocks.23.mlp.fc1.weight"):
+        load_face_parser(tmp_path / "large.ckpt", vit_weights=OFFICIAL)
+
+
 def test_starting_from_a_decoder_only_file_needs_its_dinov3_file(
     trained: Path, tmp_path: Path, compose, tiny
 ) -> None:
@@ -168,6 +180,32 @@ def test_starting_from_a_decoder_only_file_needs_its_dinov3_file(
     reference, _ = load_face_parser(trained)
     x = images()
     assert torch.equal(logits(started, x), logits(reference, x))
+
+
+def test_a_decoder_only_file_of_a_finetune_blocks_run_starts_a_run_with_its_tuned_blocks(
+    tmp_path: Path, compose, compose_tiny, tiny
+) -> None:
+    """The export leaves out only the frozen blocks; the tuned ones stay in the file and
+    must come from it (not from the DINOv3 file) when a run starts from it."""
+    shutil.copy(OFFICIAL, tmp_path / VIT_FILE)
+    tuned = ["vit.finetune_blocks=1", f"vit.weights={tmp_path / VIT_FILE}",
+             "vit.random_init=false"]
+    train(compose_tiny(tmp_path / "run", [*tuned, "test=false"]))
+    full = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    report = export_decoder_only(full, tmp_path / "decoder.ckpt")
+    kept = torch.load(tmp_path / "decoder.ckpt", weights_only=True)["state_dict"]
+    assert any(k.startswith("net.encoder.vit.model.blocks.3.") for k in kept)  # tuned: kept
+    assert not any(k.startswith("net.encoder.vit.model.blocks.0.") for k in kept)
+    assert report["removed_keys"] > 0
+    started = instantiate(compose([*tiny, *tuned]).model.net)
+    load_net_weights(started, tmp_path / "decoder.ckpt", get_scheme("ourface"))
+    reference, _ = load_face_parser(full)
+    x = images()
+    assert torch.equal(logits(started, x), logits(reference, x))
+    # as a user starts from it: a new run with ckpt_path= the decoder-only file
+    train(compose_tiny(tmp_path / "again", [*tuned, f"ckpt_path={tmp_path / 'decoder.ckpt'}",
+                                            "test=false"]))
+    assert (tmp_path / "again" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_export_refuses_a_vit_not_loaded_from_a_file(tmp_path: Path, compose_tiny) -> None:

@@ -138,15 +138,31 @@ def load_net_weights(
         state = {k.removeprefix(NET_PREFIX): v for k, v in ckpt.state_dict.items()}
     refuse_other_labels(ckpt.path, theirs, scheme)
     own = net.state_dict()
-    vits = vit_modules(net)
-    absent = [at for at in vits if not any(k.startswith(f"{at}.") for k in state)]
-    external = (ckpt.metadata or {}).get("decoder_only", {}).get("external", {})
-    for at in absent:
-        _check_kept_vit(ckpt, at, vits[at], own, external.get(at))
-    kept = {k: v for k, v in own.items() if k.startswith(tuple(f"{at}." for at in absent))}
+    kept = _kept_vit_weights(ckpt, net, state, own)
     if kept:
         log.info("%s has no ViT weights: keeping the %d the model loaded", ckpt.path, len(kept))
     load_strict(net, {**state, **kept}, f"checkpoint {ckpt.path}")
+
+
+def _kept_vit_weights(ckpt: CheckpointFile, net: nn.Module, state: dict[str, torch.Tensor],
+                      own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ViT weights the file lacks, from the net (which loaded them from
+    ``vit.weights``): the frozen ones a decoder-only export left out (the blocks a
+    ``vit.finetune_blocks`` run trained stay in the file and come from it), or all of a
+    ViT the file has no weight of (the original project's ``decoder.ckpt``)."""
+    external = (ckpt.metadata or {}).get("decoder_only", {}).get("external", {})
+    kept: dict[str, torch.Tensor] = {}
+    for at, vit in vit_modules(net).items():
+        spec = external.get(at)
+        if spec is not None:
+            keys = [k for k in spec["keys"] if k not in state]
+        elif not any(k.startswith(f"{at}.") for k in state):
+            keys = [k for k in own if k.startswith(f"{at}.")]
+        else:
+            continue
+        _check_kept_vit(ckpt, at, vit, own, spec)
+        kept.update({k: own[k] for k in keys if k in own})
+    return kept
 
 
 def refuse_other_labels(path: Path, theirs: LabelScheme, scheme: LabelScheme) -> None:
@@ -176,6 +192,13 @@ def _check_kept_vit(ckpt: CheckpointFile, at: str, vit: DinoVitEncoder,
 def _check_fingerprint(ckpt: CheckpointFile, file: str, own: dict[str, torch.Tensor],
                        spec: dict) -> None:
     """The frozen weights loaded from ``file`` are those the decoder-only export left out."""
+    missing = [k for k in spec["keys"] if k not in own]
+    if missing:
+        raise ValueError(
+            f"{ckpt.path} was trained with a ViT that has {missing[0]} (and {len(missing) - 1} "
+            f"more weights this model lacks): set the vit options (vit.size, vit.layers) "
+            f"it was trained with"
+        )
     if fingerprint({k: own[k] for k in spec["keys"]}) != spec["sha256"]:
         raise ValueError(
             f"{file} is not the DINOv3 file {ckpt.path.name} was trained with "
