@@ -7,6 +7,7 @@ so every file here is small; checkpoints are built from our own modules' random 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from faceparse.checkpoints import (
     load_face_parser,
     load_net_weights,
     read_checkpoint,
+    start_from,
 )
 from faceparse.checkpoints import original as original_project
 from faceparse.export_decoder import export_decoder
@@ -206,6 +208,24 @@ def test_a_decoder_only_file_of_a_finetune_blocks_run_starts_a_run_with_its_tune
     train(compose_tiny(tmp_path / "again", [*tuned, f"ckpt_path={tmp_path / 'decoder.ckpt'}",
                                             "test=false"]))
     assert (tmp_path / "again" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_starting_from_a_checkpoint_of_another_config_with_the_same_shapes_warns(
+    trained: Path, compose, tiny, caplog
+) -> None:
+    """``vit.layers=[2]`` keeps every shape of ``[-1]``: the weights load, the user is told;
+    another weights file (where the ViT came from) is no difference."""
+    def net(*overrides: str) -> torch.nn.Module:
+        return instantiate(compose([*tiny, f"vit.weights={OFFICIAL}", "vit.random_init=false",
+                                    *overrides]).model.net)
+
+    with caplog.at_level(logging.WARNING, logger="faceparse.checkpoints.resume"):
+        assert start_from(trained, net(), get_scheme("ourface")) == str(trained)
+    assert "configured otherwise" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="faceparse.checkpoints.resume"):
+        start_from(trained, net("vit.layers=[2]"), get_scheme("ourface"))
+    assert f"{trained} was saved from a net configured otherwise" in caplog.text
+    assert "encoder.vit.layers: [-1] -> [2]" in caplog.text
 
 
 def test_export_refuses_a_vit_not_loaded_from_a_file(tmp_path: Path, compose_tiny) -> None:

@@ -155,3 +155,26 @@ def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
         digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+# where the weights come from, not what the net computes: a checkpoint's own weights replace them
+_WEIGHT_SOURCES = frozenset({"weights", "pretrained", "random_init"})
+
+
+def _flat(node: Any, at: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping):
+        out: dict[str, Any] = {}
+        for key, child in node.items():
+            out.update(_flat(child, f"{at}.{key}" if at else str(key)))
+        return out
+    return {at: list(node) if isinstance(node, (list, tuple)) else node}
+
+
+def config_differences(saved: Mapping[str, Any], built: Mapping[str, Any]) -> list[str]:
+    """``key: saved -> built`` for each net option a checkpoint was saved with that differs
+    from the net it goes into (where the weights come from left out). Options that keep
+    every shape (``encoder.vit.layers``, a fusion's mode) load without a word otherwise."""
+    old, new = _flat(saved), _flat(built)
+    return [f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
+            for key in sorted(set(old) | set(new))
+            if key.rsplit(".", 1)[-1] not in _WEIGHT_SOURCES and old.get(key) != new.get(key)]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from faceparse.checkpoints.format import NET_PREFIX, scheme_from_metadata
+from faceparse.checkpoints.format import NET_PREFIX, config_differences, scheme_from_metadata
 from faceparse.checkpoints.load import load_net_weights, refuse_other_labels
 from faceparse.checkpoints.read import CheckpointFile, CheckpointKind, read_checkpoint
 from faceparse.labels import LabelScheme
@@ -40,6 +40,7 @@ def start_from(ckpt_path: str | Path, net: nn.Module, scheme: LabelScheme,
     Anything else is refused.
     """
     checkpoint = read_checkpoint(ckpt_path, trust_pickle)
+    _warn_other_config(checkpoint, net)
     if checkpoint.kind is CheckpointKind.RUN:
         _check_run(checkpoint, net, scheme)
         log.info("resuming the run saved in %s", checkpoint.path)
@@ -48,6 +49,19 @@ def start_from(ckpt_path: str | Path, net: nn.Module, scheme: LabelScheme,
              checkpoint.path)
     load_net_weights(net, checkpoint, scheme)
     return None
+
+
+def _warn_other_config(checkpoint: CheckpointFile, net: nn.Module) -> None:
+    """Options that keep every shape load silently: say which differ from the file's."""
+    saved = (checkpoint.metadata or {}).get("model")
+    built = getattr(net, "config", None)
+    if not isinstance(saved, Mapping) or not isinstance(built, Mapping):
+        return
+    differences = config_differences(saved, built)
+    if differences:
+        log.warning("%s was saved from a net configured otherwise (its weights fit, but were "
+                    "trained for its own options; set them back if that was not meant): %s",
+                    checkpoint.path, "; ".join(differences))
 
 
 def _check_run(checkpoint: CheckpointFile, net: nn.Module, scheme: LabelScheme) -> None:
