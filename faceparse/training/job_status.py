@@ -18,6 +18,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from omegaconf import DictConfig
 
 from faceparse.data.io import write_atomic
 from faceparse.training.distributed import is_rank_zero
+from faceparse.training.folder_claim import claim_run_folder
 
 __all__ = ["STATUS_FILE", "in_multirun", "record_job", "sweep_value"]
 
@@ -67,20 +69,30 @@ def record_job(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig,
 
     ``accept(cfg)``, when given, runs first and returns the config ``task`` runs with: it
     decides whether this job may write into its folder at all (``resume=`` checks the run
-    already there). What it refuses writes no status and leaves the folder's files as they
-    were: a single run raises, a multirun job logs the error (its log file gets the line)
-    and returns None.
+    already there). Both run while the job holds the folder
+    (:func:`~faceparse.training.folder_claim.claim_run_folder`). What is refused (the
+    folder in use by another job, or what ``accept`` refuses) writes no status and leaves
+    the folder's files as they were: a single run raises, a multirun job logs the error
+    (its log file gets the line) and returns None.
     """
     folder = Path(cfg.paths.output_dir)
-    if accept is not None:
+    with ExitStack() as held:  # the checks and the run, one job at a time in the folder
         try:
-            cfg = accept(cfg)
+            held.enter_context(claim_run_folder(folder))
+            if accept is not None:
+                cfg = accept(cfg)
         except Exception as error:
             if not in_multirun():
                 raise
             log.error("job refused, %s left as it was: %s: %s", folder,
                       type(error).__name__, error)
             return None
+        return _run(task, cfg, folder)
+
+
+def _run(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig, folder: Path
+         ) -> float | None:
+    """:func:`record_job` once the job holds its folder and was accepted."""
     started = time.time()
     _write(folder, status="running", started=started)
     try:
