@@ -150,16 +150,18 @@ def test_a_prepared_copy_made_with_other_settings_is_refused(folder: Path) -> No
     prepare_dataset(opener, folder / "p", 32, ["train"], workers=0)
     shutil.copytree(folder / "masks", folder / "masks_v2")
 
-    def datamodule(size: int, mask_dir: str = "masks") -> FaceDataModule:
+    def datamodule(size: int, mask_dir: str = "masks", exif: str = "auto") -> FaceDataModule:
         return FaceDataModule(lambda **kw: ImageMaskFolder(
-            **kw, scheme="facesynthetics", mask_dir=mask_dir, prepared_dir=folder / "p"),
-            labels="ourface", image_size=size, root=str(folder))
+            **kw, scheme="facesynthetics", mask_dir=mask_dir, prepared_dir=folder / "p",
+            exif_orientation=exif), labels="ourface", image_size=size, root=str(folder))
 
     assert datamodule(32).open_dataset("train").prepared is not None
     with pytest.raises(StalePreparedError, match="holds 32 px images, not the 64 px"):
         datamodule(64).open_dataset("train")
     with pytest.raises(StalePreparedError, match="'mask_dir': 'masks'.*'mask_dir': 'masks_v2'"):
         datamodule(32, "masks_v2").open_dataset("train")
+    with pytest.raises(StalePreparedError, match="'exif_orientation': 'ignore'"):
+        datamodule(32, exif="ignore").open_dataset("train")  # photos turned otherwise
 
 
 def test_a_mask_name_rule_with_another_field_is_one_clear_error(folder: Path) -> None:

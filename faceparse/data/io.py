@@ -21,6 +21,7 @@ from PIL import Image
 __all__ = [
     "BadSampleError",
     "DatasetNotFoundError",
+    "read_file",
     "read_image",
     "read_mask",
     "read_part_mask",
@@ -163,13 +164,23 @@ def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
     raise BadSampleError(f"unsupported pixel type {array.dtype} in {path}")
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_file(path: str | Path) -> bytes:
+    """A file's bytes, or :class:`BadSampleError` naming it."""
+    return _read_bytes(Path(path))
+
+
+def read_image(path: str | Path, upright: bool = True, data: bytes | None = None
+               ) -> np.ndarray:
     """RGB uint8 (H, W, 3): grayscale is replicated, alpha dropped, 16 bit scaled to 8.
 
-    ``IMREAD_ANYCOLOR | IMREAD_ANYDEPTH`` (not ``UNCHANGED``) keeps EXIF orientation.
+    ``upright``: turned as its EXIF orientation says (as viewers show it), else the stored
+    pixels. ``data``: the file's bytes, when read already.
     """
     path = Path(path)
-    image = _to_uint8(_decode(path, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH), path)
+    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH  # not UNCHANGED: EXIF is applied
+    if not upright:
+        flags |= cv2.IMREAD_IGNORE_ORIENTATION
+    image = _to_uint8(_decode(path, flags, data), path)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     code = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}.get(image.shape[2])

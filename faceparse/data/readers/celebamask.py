@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from faceparse.data.io import BadSampleError, DatasetNotFoundError, read_image, read_part_mask
+from faceparse.data.io import BadSampleError, DatasetNotFoundError, read_part_mask
+from faceparse.data.orientation import read_image_for_mask
 from faceparse.data.readers.files import FileDataset
 from faceparse.labels import CELEBAMASK
 
@@ -69,7 +70,6 @@ Eval/), unpack both into one folder and pass it as data.root=<folder>."""
                 self.part_path(sample_id, "*").parent]
 
     def load_raw(self, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
-        image = read_image(self.root / IMAGES / f"{sample_id}.jpg")
         mask: np.ndarray | None = None
         for label, part in enumerate(CELEBAMASK.class_names[1:], start=1):
             path = self.part_path(sample_id, part)
@@ -85,6 +85,8 @@ Eval/), unpack both into one folder and pass it as data.root=<folder>."""
         if mask is None:
             folder = self.part_path(sample_id, "*").parent
             raise BadSampleError(f"no part masks for image {sample_id} in {folder}")
+        image = read_image_for_mask(self.root / IMAGES / f"{sample_id}.jpg", mask.shape,
+                                    self.exif_orientation)
         return image, mask
 
 

@@ -22,6 +22,7 @@ from faceparse.data.io import (
     recorded_scheme,
     scheme_mismatch,
 )
+from faceparse.data.orientation import check_exif_choice, read_image_for_mask
 from faceparse.data.readers.base import SPLITS, FaceParsingDataset, Transform
 from faceparse.data.readers.prepared import (
     PreparedLayout,
@@ -47,6 +48,8 @@ class FileDataset(FaceParsingDataset):
         transform: albumentations pipeline (``None``: numpy arrays out).
         prepared_dir: where ``python -m faceparse.prepare`` writes; read when complete.
         strict: raise on a bad sample instead of skipping it.
+        exif_orientation: how a photo with an EXIF orientation meets its mask: ``auto``,
+            ``apply`` or ``ignore`` (:mod:`faceparse.data.orientation`).
     """
 
     title: str  # the dataset's name in messages
@@ -60,15 +63,19 @@ class FileDataset(FaceParsingDataset):
         transform: Transform | None = None,
         prepared_dir: str | Path | None = None,
         strict: bool = False,
+        exif_orientation: str = "auto",
     ) -> None:
         super().__init__(labels, transform, strict)
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
         self.split = split
         self.root = Path(root)
+        self.exif_orientation = check_exif_choice(exif_orientation)
+        settings = self.reader_settings()
+        if self.exif_orientation != "auto":  # copies made before the option record none
+            settings["exif_orientation"] = self.exif_orientation
         self.prepared: PreparedLayout | None = find_prepared(
-            prepared_dir, type(self).__name__, self.native_scheme.name, split,
-            self.reader_settings()
+            prepared_dir, type(self).__name__, self.native_scheme.name, split, settings
         )
         ids = self.prepared_ids(self.prepared) if self.prepared else self.list_raw(split)
         if not ids:
@@ -165,7 +172,8 @@ class PairedFileDataset(FileDataset):
 
     def load_raw(self, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[sample_id]
-        return read_image(image_path), read_mask(mask_path, self.native_scheme.name)
+        mask = read_mask(mask_path, self.native_scheme.name)
+        return read_image_for_mask(image_path, mask.shape[:2], self.exif_orientation), mask
 
     def raw_files(self, sample_id: str) -> list[Path]:
         return list(self.pairs[sample_id])

@@ -106,6 +106,7 @@ class ImageMaskFolder(PairedFileDataset):
         fractions: Mapping[str, float] | None = None,
         prepared_dir: str | Path | None = None,
         strict: bool = False,
+        exif_orientation: str = "auto",
     ) -> None:
         self.native_scheme = get_scheme(scheme)
         self.image_dir, self.mask_dir, self.mask_name = image_dir, mask_dir, check_mask_name(
@@ -116,7 +117,8 @@ class ImageMaskFolder(PairedFileDataset):
   [<split>/]{mask_dir}/{mask_name.format(stem='<name>')}   one channel, {scheme} ids, 255 ignore
 with <split> in train, val, test, or no split folders (then {self.fractions} held out
 by a hash of the name, one image at least). Point data.root=<folder> at your data."""
-        super().__init__(split, root, labels, transform, prepared_dir, strict)
+        super().__init__(split, root, labels, transform, prepared_dir, strict,
+                         exif_orientation)
 
     def reader_settings(self) -> dict[str, Any]:
         """Which files a sample id reads (``fractions`` only moves ids between splits, which

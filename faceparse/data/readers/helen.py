@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from faceparse.data.io import BadSampleError, read_image, read_mask
+from faceparse.data.io import BadSampleError, read_mask
+from faceparse.data.orientation import read_image_for_mask
 from faceparse.data.readers.files import PairedFileDataset
 from faceparse.labels import HELEN
 
@@ -72,7 +73,8 @@ Pass the folder holding either as data.root=<folder>."""
         maps = [read_mask(p) for p in self._soft_maps(sample_id)]
         if len({m.shape for m in maps}) != 1:
             raise BadSampleError(f"label maps of different sizes in {label_path}")
-        return read_image(image_path), np.argmax(np.stack(maps), axis=0).astype(np.uint8)
+        image = read_image_for_mask(image_path, maps[0].shape[:2], self.exif_orientation)
+        return image, np.argmax(np.stack(maps), axis=0).astype(np.uint8)
 
     def _soft_maps(self, sample_id: str) -> list[Path]:
         folder = self.pairs[sample_id][1]
