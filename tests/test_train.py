@@ -40,6 +40,7 @@ def test_train_writes_checkpoints_metrics_and_pictures(compose, tiny, tmp_path: 
     assert any(r.get("val/f1_mean") for r in rows) and any(r.get("train/loss") for r in rows)
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["scheme"] == "ourface" and len(scores["classes"]) == 11
+    assert scores["precision"] == str(compose(tiny).trainer.precision)  # the CPU's policy
     # the score files hold the logged test scores, class by class
     assert scores["f1_mean"] == pytest.approx(metrics["test/f1_mean"])
     for row in scores["classes"]:

@@ -120,10 +120,12 @@ class ScoreReport(L.Callback):
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        scores = {"scheme": self.scheme.name, **headline, "classes": rows}
+        # bf16 moves a few pixels' labels: faceparse.eval's report says what it ran in too
+        scores = {"scheme": self.scheme.name, "precision": str(trainer.precision), **headline,
+                  "classes": rows}
         # atomic: a sweep report may read it while the job is still running
         write_atomic(self.dirpath / "scores.json", json.dumps(scores, indent=2).encode())
-        table = Table(title=f"test scores ({self.scheme.name} labels)")
+        table = Table(title=f"test scores ({self.scheme.name} labels, {trainer.precision})")
         for col in ("class", "F1", "IoU"):
             table.add_column(col, justify="left" if col == "class" else "right")
         for row in rows:
