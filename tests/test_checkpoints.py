@@ -146,6 +146,35 @@ def test_decoder_only_refuses_another_dinov3_file(trained: Path, tmp_path: Path)
         load_face_parser(tmp_path / "decoder.ckpt", vit_weights=tmp_path / "other.pth")
 
 
+def test_the_decoder_only_export_of_a_bf16_run_loads_with_its_dinov3_file(
+    tmp_path: Path, compose, compose_tiny, tiny
+) -> None:
+    """bf16-mixed training stores the frozen ViT in bf16, so the checkpoint holds its
+    weights rounded: the export records that, and the DINOv3 file it was trained with gives
+    exactly the full checkpoint's outputs (it was refused as another file before)."""
+    shutil.copy(OFFICIAL, tmp_path / VIT_FILE)
+    vit = [f"vit.weights={tmp_path / VIT_FILE}", "vit.random_init=false"]
+    train(compose_tiny(tmp_path / "run", [*vit, "test=false", "trainer.precision=bf16-mixed",
+                                          "fast_path.frozen_vit_bf16=true"]))
+    full = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    export_decoder_only(full, tmp_path / "decoder.ckpt")
+    spec = torch.load(tmp_path / "decoder.ckpt", weights_only=True)[META_KEY][
+        "decoder_only"]["external"]["encoder.vit"]
+    assert spec["rounded_to"] == "bfloat16"
+    reference, _ = load_face_parser(full)
+    x = images()
+    loaded, _ = load_face_parser(tmp_path / "decoder.ckpt")  # the DINOv3 file beside it
+    assert torch.equal(logits(loaded, x), logits(reference, x))
+    started = instantiate(compose([*tiny, *vit]).model.net)  # a run started from it
+    load_net_weights(started, tmp_path / "decoder.ckpt", get_scheme("ourface"))
+    assert torch.equal(logits(started, x), logits(reference, x))
+    other = torch.load(OFFICIAL, weights_only=True)
+    other["norm.weight"] = other["norm.weight"] + 0.25  # still another file when rounded
+    torch.save(other, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not the DINOv3 file"):
+        load_face_parser(tmp_path / "decoder.ckpt", vit_weights=tmp_path / "other.pth")
+
+
 def test_a_decoder_only_file_of_another_vit_is_refused_by_name(trained: Path,
                                                               tmp_path: Path) -> None:
     export_decoder_only(trained, tmp_path / "decoder.ckpt")

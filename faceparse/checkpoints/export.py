@@ -33,6 +33,16 @@ def _config_at(config: Mapping[str, Any], at: str) -> Mapping[str, Any]:
     return config
 
 
+def _rounded_to_bf16(tensors: Mapping[str, torch.Tensor]) -> bool:
+    """Whether wider float weights all hold bf16 values: the frozen ViT of a run that stored
+    it in bf16 (``fast_path.frozen_vit_bf16``), saved in its old dtype. A file's own
+    weights are bf16-exact only by chance, never every tensor of a ViT."""
+    floats = [t for t in tensors.values() if t.is_floating_point()]
+    return bool(floats) and all(
+        t.dtype != torch.bfloat16 and torch.equal(t, t.to(torch.bfloat16).to(t.dtype))
+        for t in floats)
+
+
 def export_decoder_only(
     ckpt_path: str | Path, out_path: str | Path, trust_pickle: bool = False
 ) -> dict[str, Any]:
@@ -62,6 +72,8 @@ def export_decoder_only(
             )
         tensors = {k: state[NET_PREFIX + k] for k in keys}
         external[at] = {"file": Path(file).name, "keys": keys, "sha256": fingerprint(tensors)}
+        if _rounded_to_bf16(tensors):  # a bf16-mixed run kept its frozen ViT in bf16
+            external[at]["rounded_to"] = "bfloat16"
         removed.update(NET_PREFIX + k for k in keys)
     kept = {k: v for k, v in state.items() if k not in removed}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -91,8 +91,7 @@ def _load_ours(ckpt: CheckpointFile, vit_weights: str | Path | None
     state = {k.removeprefix(NET_PREFIX): v for k, v in ckpt.state_dict.items()}
     own = net.state_dict()
     for at, spec in external.items():
-        _check_fingerprint(ckpt, files[at], own, spec)
-        state.update({k: own[k] for k in spec["keys"]})
+        state.update(_check_fingerprint(ckpt, files[at], own, spec))
     load_strict(net, state, f"checkpoint {ckpt.path}")
     return net, scheme_from_metadata(meta)
 
@@ -160,8 +159,8 @@ def _kept_vit_weights(ckpt: CheckpointFile, net: nn.Module, state: dict[str, tor
             keys = [k for k in own if k.startswith(f"{at}.")]
         else:
             continue
-        _check_kept_vit(ckpt, at, vit, own, spec)
-        kept.update({k: own[k] for k in keys if k in own})
+        as_trained = _check_kept_vit(ckpt, at, vit, own, spec)
+        kept.update({k: as_trained.get(k, own.get(k)) for k in keys if k in own})
     return kept
 
 
@@ -176,8 +175,9 @@ def refuse_other_labels(path: Path, theirs: LabelScheme, scheme: LabelScheme) ->
 
 
 def _check_kept_vit(ckpt: CheckpointFile, at: str, vit: DinoVitEncoder,
-                    own: dict[str, torch.Tensor], spec: dict | None) -> None:
-    """A file without ViT weights needs the run's ViT to hold the ones it was trained with."""
+                    own: dict[str, torch.Tensor], spec: dict | None) -> dict[str, torch.Tensor]:
+    """A file without ViT weights needs the run's ViT to hold the ones it was trained with;
+    returns those the export left out, as the run trained with them."""
     if vit.weights_file is None:
         raise ValueError(
             f"{ckpt.path} holds no weights for {at}, and this run's ViT has none either "
@@ -185,13 +185,14 @@ def _check_kept_vit(ckpt: CheckpointFile, at: str, vit: DinoVitEncoder,
             f"{spec['file'] if spec else 'dinov3_vit*16_pretrain_lvd1689m-*.pth'}> "
             f"from {DINOV3_SOURCE}"
         )
-    if spec:
-        _check_fingerprint(ckpt, vit.weights_file, own, spec)
+    return _check_fingerprint(ckpt, vit.weights_file, own, spec) if spec else {}
 
 
 def _check_fingerprint(ckpt: CheckpointFile, file: str, own: dict[str, torch.Tensor],
-                       spec: dict) -> None:
-    """The frozen weights loaded from ``file`` are those the decoder-only export left out."""
+                       spec: dict) -> dict[str, torch.Tensor]:
+    """The frozen weights loaded from ``file`` are those the decoder-only export left out;
+    returns them as the run trained with them (rounded to bf16 when it stored its frozen ViT
+    so, ``rounded_to``), so the file gives exactly the full checkpoint's outputs."""
     missing = [k for k in spec["keys"] if k not in own]
     if missing:
         raise ValueError(
@@ -199,8 +200,13 @@ def _check_fingerprint(ckpt: CheckpointFile, file: str, own: dict[str, torch.Ten
             f"more weights this model lacks): set the vit options (vit.size, vit.layers) "
             f"it was trained with"
         )
-    if fingerprint({k: own[k] for k in spec["keys"]}) != spec["sha256"]:
+    weights = {k: own[k] for k in spec["keys"]}
+    if spec.get("rounded_to") == "bfloat16":
+        weights = {k: v.to(torch.bfloat16).to(v.dtype) if v.is_floating_point() else v
+                   for k, v in weights.items()}
+    if fingerprint(weights) != spec["sha256"]:
         raise ValueError(
             f"{file} is not the DINOv3 file {ckpt.path.name} was trained with "
             f"({spec['file']}): its frozen weights differ"
         )
+    return weights
