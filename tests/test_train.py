@@ -83,6 +83,7 @@ def test_testing_a_given_checkpoint_tests_those_weights(compose, tiny, tmp_path:
     ("data.labels=nope", "data.labels=nope: unknown label scheme 'nope'; choose one of"),
     ("data.batch_size=0", "data.batch_size=0: a batch holds a positive whole number"),
     ("data.eval_batch_size=-2", "data.eval_batch_size=-2: a batch holds a positive"),
+    ("data.batch_size=1", r"data.batch_size=1: training normalises .* at least 2 samples"),
 ])
 def test_bad_option_values_are_refused_by_name(compose, tiny, tmp_path: Path, override: str,
                                                message: str) -> None:
@@ -128,3 +129,12 @@ def test_the_default_model_without_dinov3_weights_is_refused_from_the_cli(tmp_pa
     assert result.returncode != 0
     assert "facebookresearch/dinov3" in result.stderr and "vit.weights=" in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_batch_of_one_trains_without_the_pooled_attention(compose, tiny, tmp_path: Path
+                                                            ) -> None:
+    """The refusal's advice holds: without attention refinement every BatchNorm normalises
+    a spatial map, which one sample fills."""
+    metrics = train(compose([*tiny, "data.batch_size=1", "decoder.attention_refinement=false",
+                             "test=false"], output_dir=tmp_path))
+    assert 0.0 <= metrics["val/f1_mean"] <= 1.0

@@ -29,11 +29,24 @@ def check_training_options(cfg: DictConfig) -> None:
     if not cfg.train:
         return
     check_length(cfg.trainer, scheduled=OmegaConf.select(cfg, "model.scheduler") is not None)
+    check_batch_for_norms(OmegaConf.select(cfg, "data.batch_size"),
+                          OmegaConf.select(cfg, "decoder.attention_refinement"))
     names = monitorable(scheme)
     check_monitor("optimized_metric", cfg.get("optimized_metric"), names)
     for name, callback in (cfg.get("callbacks") or {}).items():
         if callback and "monitor" in callback:
             check_monitor(f"callbacks.{name}.monitor", callback.monitor, names)
+
+
+def check_batch_for_norms(batch_size: Any, attention_refinement: Any) -> None:
+    """The decoder's attention refinement normalises a pooled 1x1 map over the batch
+    (BatchNorm): in training that needs two samples per batch and process, else PyTorch
+    stops the first step with "Expected more than 1 value per channel"."""
+    if attention_refinement and batch_size == 1:
+        raise ValueError(
+            "data.batch_size=1: training normalises the decoder's pooled attention over the "
+            "batch (BatchNorm), which needs at least 2 samples per batch (per process under "
+            "DDP); use data.batch_size=2 or more, or decoder.attention_refinement=false")
 
 
 def _whole(value: Any) -> bool:
