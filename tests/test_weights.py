@@ -101,6 +101,18 @@ def test_bias_free_timm_file_gets_zero_query_value_biases(tmp_path: Path, io) ->
     assert torch.equal(patch_tokens(model, io["input"]), patch_tokens(reference, io["input"]))
 
 
+def test_an_official_file_without_its_biases_is_refused_as_damaged(tmp_path: Path) -> None:
+    """Meta's files carry qkv.bias: one that lost them is cut or damaged (it loaded with
+    zero biases before), and the message does not blame vit.size when the sizes agree."""
+    official = torch.load(OFFICIAL, weights_only=True)
+    torch.save({k: v for k, v in official.items() if not k.endswith("attn.qkv.bias")},
+               tmp_path / "cut.pth")
+    with pytest.raises(ValueError, match=r"like this encoder, but not all of its weights "
+                                         r"\(damaged or cut\?.*missing keys") as refused:
+        load_dinov3_weights(tiny_timm_vit(), tmp_path / "cut.pth")
+    assert "set vit.size" not in str(refused.value)
+
+
 def test_filter_is_pure_and_maps_official_names() -> None:
     official = torch.load(OFFICIAL, weights_only=True)
     before = {k: v.clone() for k, v in official.items()}
@@ -176,6 +188,29 @@ def test_finetune_last_blocks(tiny_vit) -> None:
     assert encoder.model.blocks[0].mlp.fc1.weight.grad is None
     with pytest.raises(ValueError, match="finetune_blocks"):
         DinoVitEncoder("small", random_init=True, finetune_blocks=5)
+
+
+def test_tuned_blocks_train_from_the_start(tiny_vit) -> None:
+    """Lightning keeps the modes a module is built in: tuned blocks start in train mode,
+    the frozen ones in eval mode, before any ``.train()`` call."""
+    encoder = DinoVitEncoder("small", random_init=True, finetune_blocks=1)
+    assert encoder.model.blocks[3].training and encoder.model.norm.training
+    assert not encoder.model.blocks[2].training
+    assert not encoder.eval().model.blocks[3].training
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"layers": [1], "finetune_blocks": 2},
+     r"vit.layers=\[1\] stops the ViT at block 1: blocks 2-3 would never run or learn"),
+    ({"layers": [2], "finetune_blocks": 2},
+     r"stops the ViT at block 2: block 3 would never run"),
+    ({"frozen": False, "finetune_blocks": 1}, r"vit.frozen=false trains all of it"),
+])
+def test_tuned_blocks_that_would_train_nothing_are_refused(tiny_vit, options, message
+                                                           ) -> None:
+    with pytest.raises(ValueError, match=message):
+        DinoVitEncoder("small", random_init=True, **options)
+    DinoVitEncoder("small", random_init=True, layers=[1, -1], finetune_blocks=2)  # runs all
 
 
 def test_finetuned_vit_gets_a_lower_learning_rate(tiny_vit) -> None:

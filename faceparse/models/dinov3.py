@@ -159,6 +159,7 @@ class DinoVitEncoder(Encoder):
             raise ValueError(f"layers {list(layers)} name the same block twice")
         if not 0 <= finetune_blocks <= depth:
             raise ValueError(f"finetune_blocks must be in 0..{depth}, got {finetune_blocks}")
+        _refuse_untrainable_tail(finetune_blocks, frozen, self.layers, depth)
         self.frozen = frozen
         self.weights_file = str(weights) if weights is not None else None
         self.lr_scale = lr_scale
@@ -178,6 +179,7 @@ class DinoVitEncoder(Encoder):
                 self.tuned = (*self.model.blocks[depth - finetune_blocks :], self.model.norm)
                 for module in self.tuned:
                     module.requires_grad_(True)
+                    module.train(self.training)  # Lightning keeps the modes it is given
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Whatever part of the ViT trains learns at ``lr_scale`` times the learning rate."""
@@ -231,6 +233,26 @@ class DinoVitEncoder(Encoder):
         return [torch.cat(maps, dim=1) if len(maps) > 1 else maps[0]]
 
 
+def _refuse_untrainable_tail(finetune_blocks: int, frozen: bool, layers: tuple[int, ...],
+                             depth: int) -> None:
+    """``finetune_blocks`` trains the last blocks of a frozen ViT: refuse it where it would
+    train nothing without a word (the ViT runs only up to its deepest tapped layer) or
+    would not apply (an unfrozen ViT trains whole)."""
+    if not finetune_blocks:
+        return
+    if not frozen:
+        raise ValueError(f"vit.finetune_blocks={finetune_blocks} tunes the last blocks of a "
+                         f"frozen ViT, and vit.frozen=false trains all of it: set one of them")
+    if max(layers) < depth - 1:
+        idle = max(max(layers) + 1, depth - finetune_blocks)
+        blocks = f"block {idle}" if idle == depth - 1 else f"blocks {idle}-{depth - 1}"
+        raise ValueError(
+            f"vit.finetune_blocks={finetune_blocks} trains the last {finetune_blocks} blocks, "
+            f"but vit.layers={list(layers)} stops the ViT at block {max(layers)}: {blocks} "
+            f"would never run or learn; tap the last block too (vit.layers=[..., -1]) or "
+            f"set vit.finetune_blocks=0")
+
+
 def _restore_saved_dtype(module: nn.Module, state_dict: dict[str, Any], prefix: str,
                          local_metadata: dict[str, Any], *, names: tuple[str, ...],
                          dtype: torch.dtype) -> None:
@@ -278,7 +300,9 @@ def dinov3_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> S
     state = checkpoint_filter_fn(dict(state_dict), model)
     own = model.state_dict()
     missing = set(own) - set(state)
-    bias_free = not any(k.endswith(".q_bias") for k in state)
+    # Meta's files (storage_tokens) carry qkv.bias: one without it is damaged, not bias-free
+    timm_named = "storage_tokens" not in state_dict
+    bias_free = timm_named and not any(k.endswith(".q_bias") for k in state)
     if missing and bias_free and all(k.endswith((".q_bias", ".v_bias")) for k in missing):
         log.info("bias-free DINOv3 weights: setting %d query/value biases to 0", len(missing))
         state.update({k: torch.zeros_like(own[k]) for k in missing})
@@ -318,8 +342,12 @@ def load_dinov3_weights(model: nn.Module, path: str | Path) -> None:
     try:
         load_strict(model, dinov3_filter(state, model), f"DINOv3 weights {path}")
     except ValueError as error:
-        raise ValueError(
-            f"the file holds a {found}, this encoder is a {expected} (set vit.size to match "
-            f"the file, or use {pattern}). {error}"
-        ) from None
+        if found != expected:
+            raise ValueError(
+                f"the file holds a {found}, this encoder is a {expected} (set vit.size to "
+                f"match the file, or use {pattern}). {error}"
+            ) from None
+        raise ValueError(f"the file holds a {found} like this encoder, but not all of its "
+                         f"weights (damaged or cut? get {pattern} again from "
+                         f"{DINOV3_SOURCE}). {error}") from None
     log.info("loaded DINOv3 %s weights from %s", found, path)
