@@ -131,6 +131,17 @@ def _video_verdict(parser: Parser, video: Path, out_stem: Path, record: dict
     return judge(frame, video, record, parser.scheme.name) if frame.is_file() else None
 
 
+def _missing_video_outputs(out_stem: Path, save_frames: bool) -> str | None:
+    """What a finished video's outputs lack (the mask video deleted, or frame masks asked
+    for now but not written then); ``None`` if nothing."""
+    if not out_stem.with_name(f"{out_stem.name}_mask.mp4").is_file():
+        return f"its mask video {out_stem.name}_mask.mp4 is"
+    frames = out_stem.with_name(f"{out_stem.name}_frames")
+    if save_frames and not (frames / "000000_mask.png").is_file():
+        return f"its frame masks {frames.name}/ (save_frames=true) are"
+    return None
+
+
 def _video_overwrite(parser: Parser, cfg: DictConfig, video: Path, out_stem: Path,
                      record: dict | None, summary: Summary) -> bool | None:
     """Whether to redo ``video``'s outputs: ``cfg.overwrite``, or what made them (see
@@ -140,6 +151,9 @@ def _video_overwrite(parser: Parser, cfg: DictConfig, video: Path, out_stem: Pat
     if cfg.overwrite or record is None or not done.exists():
         return bool(cfg.overwrite)
     verdict = _video_verdict(parser, video, out_stem, record)
+    missing = _missing_video_outputs(out_stem, cfg.save_frames)
+    if missing and (verdict is None or verdict.action == "skip"):
+        verdict = Verdict("redo", f"{missing} missing")
     if verdict is None:
         log.warning("kept the outputs %s of %s: written before videos recorded their source "
                     "and checkpoint, nothing tells whether they are stale; overwrite=true "
@@ -259,7 +273,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     try:
         result = predict(cfg)
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, ImportError) as err:
         # a KeyError's str() is its repr; an OSError's first argument is its errno
         log.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
         discard_refused_run()

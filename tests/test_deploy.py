@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 
 from faceparse.deploy import (
     ParityError,
@@ -103,6 +106,28 @@ def test_missing_onnxruntime_names_the_extra(tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ImportError, match=r"pip install 'faceparse\[export\]'"):
         load_onnx_parser(tmp_path / "model.onnx")
+
+
+def test_predict_with_an_onnx_file_and_no_onnxruntime_is_one_error_line(
+        tiny_net, tmp_path: Path) -> None:
+    """As typed, where onnxruntime is not installed (a stand-in that fails to import)."""
+    export_net(tiny_net, tmp_path / "model.onnx", "onnx", get_scheme("ourface"), 32)
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "photo.png")
+    (tmp_path / "absent" / "onnxruntime").mkdir(parents=True)
+    (tmp_path / "absent" / "onnxruntime" / "__init__.py").write_text(
+        "raise ImportError('No module named onnxruntime')\n")
+    paths = [str(tmp_path / "absent"), str(Path(__file__).resolve().parents[1])]
+    done = subprocess.run(
+        [sys.executable, "-m", "faceparse.predict", f"ckpt={tmp_path / 'model.onnx'}",
+         f"input={tmp_path / 'photo.png'}", f"output_dir={tmp_path / 'out'}", "device=cpu",
+         f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(paths)})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "running ONNX models needs onnxruntime: pip install 'faceparse[export]'" in (
+        done.stdout + done.stderr)
+    assert not (tmp_path / "run").exists()  # a refused command leaves no run folder
+    assert not any((tmp_path / "out").glob("*"))  # and writes no output
 
 
 def test_bench_deploy_section_times_all_three_engines(compose, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from faceparse.inference.outputs import OutputWriteError
 from faceparse.inference.predictor import ParseResult
-from faceparse.inference.video import _Outputs
+from faceparse.inference.video_outputs import VideoOutputs
 from faceparse.labels import get_scheme
 
 FRAMES = 4
@@ -47,11 +47,11 @@ def short_writer(monkeypatch, keep: int, empty: bool = False, only: str = "") ->
 
 
 def write_video(tmp_path: Path, save_frames: bool = False) -> Path:
-    """Four frames through ``_Outputs`` as ``predict_video`` writes them; the output folder."""
+    """Four frames through ``VideoOutputs`` as ``predict_video`` writes them; the output folder."""
     rgb = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
     result = ParseResult(np.arange(32 * 48, dtype=np.uint8).reshape(32, 48) % 3,
                          get_scheme("ourface"))
-    with _Outputs(tmp_path / "clip.mp4", tmp_path / "out" / "clip", 10.0, save_frames,
+    with VideoOutputs(tmp_path / "clip.mp4", tmp_path / "out" / "clip", 10.0, save_frames,
                   0.5) as outputs:
         for n in range(FRAMES):
             outputs.write(n, rgb, result)

@@ -185,11 +185,13 @@ def judge_text(text: dict[str, str], photo: Path, expected: dict[str, Any],
     return Verdict("redo", "; ".join(differs)) if differs else Verdict("skip")
 
 
-def record_file_text(record: dict[str, Any], scheme: str) -> str:
+def record_file_text(record: dict[str, Any], scheme: str,
+                     details: dict[str, Any] | None = None) -> str:
     """A video's record file (``<stem>_video.json``): what made its outputs, as a mask's
-    text chunks hold it, so it is judged the same way with or without frame masks."""
+    text chunks hold it, so it is judged the same way with or without frame masks; beside
+    it ``details`` (frames, timing) for the user."""
     return json.dumps({RECORD_KEY: json.dumps(record, sort_keys=True),
-                       SCHEME_TEXT_KEY: scheme}, indent=1) + "\n"
+                       SCHEME_TEXT_KEY: scheme, **(details or {})}, indent=1) + "\n"
 
 
 def read_record_file(path: Path) -> dict[str, str] | None:

@@ -6,8 +6,14 @@ new``); with ``crop=faces`` the face boxes are averaged the same way. Flicker is
 of pixels whose label changes between consecutive frames, measured at model resolution
 with and without the smoothing on the same frames, so the report shows what it buys.
 
+The mask and overlay videos are written at a constant frame rate, the input's: a video
+with a variable frame rate (phones record one) gets a warning saying how far the outputs'
+timing drifts, and ``<stem>_video.json`` lists every frame's time in the input. A video
+that ends before the frames its header declares (a damaged frame stops the decoder, a cut
+file) gets a warning naming both counts, also recorded there. OpenCV writes no audio.
+
 With ``crop=faces`` every frame is still written, so the mask video keeps the input's
-frame count and timing and ``<stem>_frames/<n>_mask.png`` has no gaps. A face the detector
+frame count and ``<stem>_frames/<n>_mask.png`` has no gaps. A face the detector
 misses for up to :data:`HOLD_SECONDS` keeps its last box (the LBP cascade drops single
 frames of a face that is there); a frame with no face beyond that is not parsed: its mask
 is all background and its number is reported (``frames_without_face``), and the smoothing
@@ -18,7 +24,7 @@ one: nothing of it is kept. ``crop=box`` has no boxes for video frames and is re
 from __future__ import annotations
 
 import logging
-import os
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -28,16 +34,16 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from faceparse.data.io import BadSampleError, write_atomic
-from faceparse.inference.outputs import mask_text, overlay, png_bytes, writing_outputs_of
-from faceparse.inference.provenance import record_file_text
+from faceparse.data.io import BadSampleError
+from faceparse.inference.video_outputs import VideoOutputs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HOLD_SECONDS", "NO_BOXES_FOR_VIDEO", "check_smoothing", "flicker", "frame_ranges",
-           "predict_video"]
+__all__ = ["HOLD_SECONDS", "MIN_FPS", "NO_BOXES_FOR_VIDEO", "check_smoothing", "flicker",
+           "frame_ranges", "predict_video", "timing_details", "writer_fps"]
 
 HOLD_SECONDS = 0.5  # crop=faces: a face missed for up to this long keeps its last box
+MIN_FPS = 0.01  # OpenCV's mp4v writer refuses slower rates (0.001 fails to open)
 NO_BOXES_FOR_VIDEO = ("crop=box gives boxes per photo, not per video frame: parse videos "
                       "with crop=faces or crop=none")
 
@@ -88,127 +94,6 @@ def frame_ranges(frames: list[int], most: int = 8) -> str:
     return ", ".join(shown + (["..."] if len(runs) > most else []))
 
 
-class _Outputs:
-    """One video's files: ``<stem>_overlay.mp4`` and ``<stem>_mask.mp4``, written under
-    hidden partial names and renamed when the video is done (the overlay, which a rerun
-    takes as the sign of a finished video, last), ``<stem>_frames/<n>_mask.png``, and,
-    given a ``record``, ``<stem>_video.json``: what made them (written before the videos
-    are renamed), which a rerun judges with or without frame masks.
-
-    As a context manager: on leaving, the videos are kept if ``keep`` (else removed with
-    the frames written); after an error the partial videos are removed and the frames
-    kept. A failed write is an :class:`OutputWriteError` naming the file and the video;
-    so is a video that does not read back with every frame written, since OpenCV's
-    ``VideoWriter.write`` fails silently (disk full, a file system error mid-run).
-    """
-
-    def __init__(self, source: Path, out_stem: Path, fps: float, save_frames: bool,
-                 alpha: float, record: dict[str, Any] | None = None,
-                 scheme: str | None = None) -> None:
-        self.source, self.fps, self.alpha, self.keep = source, fps, alpha, False
-        self.record = record  # what made the outputs (see faceparse.inference.provenance)
-        self.scheme = scheme  # the label scheme the record file names
-        self.record_file = out_stem.with_name(f"{out_stem.name}_video.json")
-        self.size: list[int] = []  # (width, height) of the frames
-        self.finals = {kind: out_stem.with_name(f"{out_stem.name}_{kind}.mp4")
-                       for kind in ("mask", "overlay")}  # the overlay renamed last
-        self.partials = {kind: path.with_name(f".{path.stem}.partial.mp4")
-                         for kind, path in self.finals.items()}
-        self.frames_dir = out_stem.with_name(f"{out_stem.name}_frames") if save_frames else None
-        self.writers: dict[str, cv2.VideoWriter] = {}
-        self.frames: list[Path] = []
-        self.written = 0  # frames handed to each video writer
-        with writing_outputs_of(source):
-            (self.frames_dir or out_stem.parent).mkdir(parents=True, exist_ok=True)
-
-    def __enter__(self) -> _Outputs:
-        return self
-
-    def write(self, n: int, rgb: np.ndarray, result) -> None:
-        """Frame ``n``'s mask and overlay."""
-        color = result.color()
-        with writing_outputs_of(self.source):
-            if not self.writers:
-                self._open(rgb.shape[1], rgb.shape[0])
-            self.writers["overlay"].write(cv2.cvtColor(overlay(rgb, color, self.alpha),
-                                                       cv2.COLOR_RGB2BGR))
-            self.writers["mask"].write(cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
-            self.written += 1
-            if self.frames_dir is not None:
-                self.frames.append(self.frames_dir / f"{n:06d}_mask.png")
-                made_from = (None if self.record is None else
-                             {**self.record, "size": [rgb.shape[1], rgb.shape[0]]})
-                write_atomic(self.frames[-1],
-                             png_bytes(result.labels, mask_text(result, made_from)))
-
-    def _open(self, width: int, height: int) -> None:
-        self.size = [width, height]
-        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-        for kind, partial in self.partials.items():
-            self.writers[kind] = cv2.VideoWriter(str(partial), fourcc, self.fps, (width, height))
-            if not self.writers[kind].isOpened():  # OpenCV says no more than this
-                raise OSError(None, "OpenCV cannot open a video writer there (folder not "
-                              "writable, disk full or no mp4v encoder)", str(self.finals[kind]))
-
-    def __exit__(self, kind, error, traceback) -> None:
-        for writer in self.writers.values():
-            writer.release()
-        with writing_outputs_of(self.source):
-            try:
-                if self.keep and error is None:
-                    for name, partial in self.partials.items():  # all, before any is renamed
-                        _check_video(partial, self.written, self.finals[name])
-                    if self.record is not None and self.scheme is not None:
-                        made_from = {**self.record, "size": self.size}
-                        write_atomic(self.record_file,
-                                     record_file_text(made_from, self.scheme).encode())
-                    for name, partial in self.partials.items():
-                        os.replace(partial, self.finals[name])
-            finally:  # what was not renamed: an unfinished video, or one that failed
-                for partial in self.partials.values():
-                    partial.unlink(missing_ok=True)
-            if error is None and not self.keep:
-                for frame in self.frames:
-                    frame.unlink(missing_ok=True)
-            if self.frames_dir is not None and not any(self.frames_dir.iterdir()):
-                self.frames_dir.rmdir()  # no empty <stem>_frames for a video that gave nothing
-
-
-def _frame_count(path: Path, expected: int) -> int | None:
-    """The frames of the video at ``path``; ``None`` when OpenCV cannot open it.
-
-    The container's count (CAP_PROP_FRAME_COUNT, one open) is exact for the mp4v files
-    OpenCV writes (checked for 1-101 frames at 1-60 fps); only when it is not ``expected``
-    are the frames read and counted, so an approximate count never fails a good video.
-    """
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            return None
-        found = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        if found != expected:
-            found = 0
-            while capture.grab():
-                found += 1
-        return found
-    finally:
-        capture.release()
-
-
-def _check_video(partial: Path, frames: int, final: Path) -> None:
-    """An OSError naming ``final`` unless ``partial`` reads back with its ``frames``."""
-    if not partial.is_file() or partial.stat().st_size == 0:
-        problem = "the video is missing or empty once written"
-    else:
-        found = _frame_count(partial, frames)
-        if found == frames:
-            return
-        problem = ("OpenCV cannot read back the video it wrote" if found is None else
-                   f"the video holds {found} of the {frames} frames written")
-    raise OSError(None, f"{problem} (disk full or a file system error while writing?)",
-                  str(final))
-
-
 def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
                   save_frames: bool = True, alpha: float = 0.5, overwrite: bool = False,
                   record: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -231,7 +116,7 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     if parser.crop == "box":
         raise ValueError(NO_BOXES_FOR_VIDEO)
     capture = _open(path)
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    header_fps = capture.get(cv2.CAP_PROP_FPS)
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     over_path = out_stem.with_name(f"{out_stem.name}_overlay.mp4")
     if over_path.exists() and not overwrite:
@@ -240,9 +125,10 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
         return {"frames": 0, "seconds": 0.0, "model_seconds": 0.0, "flicker_raw": None,
                 "flicker_smoothed": None, "frames_without_face": [], "frames_face_held": 0,
                 "skipped": True}
-    outputs = _Outputs(path, out_stem, fps, save_frames, alpha, record, parser.scheme.name)
+    fps = writer_fps(header_fps, path)
+    outputs = VideoOutputs(path, out_stem, fps, save_frames, alpha, record, parser.scheme.name)
     state = box = raw_prev = smooth_prev = None
-    raw_changes, smooth_changes = [], []
+    raw_changes, smooth_changes, times = [], [], []
     count, start, model_seconds = 0, time.perf_counter(), 0.0
     hold, missed, held, faceless = max(1, round(fps * HOLD_SECONDS)), 0, 0, []
     with outputs, Progress(transient=True) as progress:
@@ -251,6 +137,7 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
             ok, bgr = capture.read()
             if not ok:
                 break
+            times.append(float(capture.get(cv2.CAP_PROP_POS_MSEC)))
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             height, width = rgb.shape[:2]
             region = rgb
@@ -292,6 +179,7 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
             count += 1
             progress.advance(task)
         outputs.keep = count > len(faceless)  # nothing of a video without any face is kept
+        outputs.details = timing_details(path, fps, times, total)
     capture.release()
     if count == 0:
         raise BadSampleError(f"{path}: the video has no readable frames (empty or "
@@ -300,8 +188,48 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
               "model_seconds": model_seconds,
               "flicker_raw": float(np.mean(raw_changes)) if raw_changes else None,
               "flicker_smoothed": float(np.mean(smooth_changes)) if smooth_changes else None,
-              "frames_without_face": faceless, "frames_face_held": held, "skipped": False}
+              "frames_without_face": faceless, "frames_face_held": held, "skipped": False,
+              **{k: v for k, v in outputs.details.items() if k != "frame_times_ms"}}
     held_note = f", {held} kept a missed face's last box" if held else ""
-    log.info("%s: %d frames%s, flicker %.4f raw, %.4f with smoothing=%s", path, count,
-             held_note, report["flicker_raw"] or 0, report["flicker_smoothed"] or 0, smoothing)
+    log.info("%s: %d frames%s, flicker %s raw, %s with smoothing=%s", path, count, held_note,
+             _share(report["flicker_raw"]), _share(report["flicker_smoothed"]), smoothing)
     return report
+
+
+def _share(value: float | None) -> str:
+    """A flicker for the log: undefined for a one-frame video."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def writer_fps(header_fps: float, path: Path) -> float:
+    """The frame rate to write at: the header's, when the writer can take it."""
+    if not math.isfinite(header_fps) or header_fps <= 0:
+        log.warning("%s: no frame rate in its header: its outputs are written at 25 fps",
+                    path)
+        return 25.0
+    if header_fps < MIN_FPS:
+        log.warning("%s: its header says %g fps, slower than the video writer takes: its "
+                    "outputs are written at %g fps", path, header_fps, MIN_FPS)
+        return MIN_FPS
+    return float(header_fps)
+
+
+def timing_details(path: Path, fps: float, times: list[float], declared: int | None
+                   ) -> dict[str, Any]:
+    """What ``<stem>_video.json`` records of the timing beside what made the outputs: the
+    frames and fps written; with a warning each, the frames the header declared but the
+    decoder never gave, and every frame's time in the input when its rate varies."""
+    details: dict[str, Any] = {"frames": len(times), "fps": fps}
+    if declared and len(times) < declared - 1:  # some containers' count is off by one
+        log.warning("%s: decoded %d of the %d frames its header declares (a damaged frame "
+                    "or a cut file?): its outputs hold those %d frames", path, len(times),
+                    declared, len(times))
+        details["declared_frames"] = declared
+    interval = 1000.0 / fps
+    drift = max((abs(t - times[0] - n * interval) for n, t in enumerate(times)), default=0.0)
+    if drift > interval / 2:
+        log.warning("%s: variable frame rate: its outputs are written at a constant %.3g fps, "
+                    "so their frames drift up to %.2f s from the input's times (listed in "
+                    "<stem>_video.json as frame_times_ms)", path, fps, drift / 1000)
+        details["frame_times_ms"] = [round(t, 3) for t in times]
+    return details

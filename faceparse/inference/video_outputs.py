@@ -1,0 +1,149 @@
+"""A video's output files: the mask and overlay videos, the frame masks and the record.
+
+OpenCV's ``VideoWriter.write`` fails silently (disk full, a file system error mid-run), so
+a finished video is renamed into place only once it reads back with every frame written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from faceparse.data.io import write_atomic
+from faceparse.inference.outputs import mask_text, overlay, png_bytes, writing_outputs_of
+from faceparse.inference.provenance import record_file_text
+
+__all__ = ["VideoOutputs"]
+
+log = logging.getLogger(__name__)
+
+
+class VideoOutputs:
+    """One video's files: ``<stem>_overlay.mp4`` and ``<stem>_mask.mp4``, written under
+    hidden partial names and renamed when the video is done (the overlay, which a rerun
+    takes as the sign of a finished video, last), ``<stem>_frames/<n>_mask.png``, and,
+    given a ``record``, ``<stem>_video.json``: what made them (written before the videos
+    are renamed), which a rerun judges with or without frame masks.
+
+    As a context manager: on leaving, the videos are kept if ``keep`` (else removed with
+    the frames written); after an error the partial videos are removed and the frames
+    kept. A failed write is an :class:`OutputWriteError` naming the file and the video;
+    so is a video that does not read back with every frame written, since OpenCV's
+    ``VideoWriter.write`` fails silently (disk full, a file system error mid-run).
+    """
+
+    def __init__(self, source: Path, out_stem: Path, fps: float, save_frames: bool,
+                 alpha: float, record: dict[str, Any] | None = None,
+                 scheme: str | None = None) -> None:
+        self.source, self.fps, self.alpha, self.keep = source, fps, alpha, False
+        self.record = record  # what made the outputs (see faceparse.inference.provenance)
+        self.scheme = scheme  # the label scheme the record file names
+        self.record_file = out_stem.with_name(f"{out_stem.name}_video.json")
+        self.size: list[int] = []  # (width, height) of the frames
+        self.details: dict[str, Any] = {}  # frames and timing, for the record file
+        self.finals = {kind: out_stem.with_name(f"{out_stem.name}_{kind}.mp4")
+                       for kind in ("mask", "overlay")}  # the overlay renamed last
+        self.partials = {kind: path.with_name(f".{path.stem}.partial.mp4")
+                         for kind, path in self.finals.items()}
+        self.frames_dir = out_stem.with_name(f"{out_stem.name}_frames") if save_frames else None
+        self.writers: dict[str, cv2.VideoWriter] = {}
+        self.frames: list[Path] = []
+        self.written = 0  # frames handed to each video writer
+        with writing_outputs_of(source):
+            (self.frames_dir or out_stem.parent).mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> VideoOutputs:
+        return self
+
+    def write(self, n: int, rgb: np.ndarray, result) -> None:
+        """Frame ``n``'s mask and overlay."""
+        color = result.color()
+        with writing_outputs_of(self.source):
+            if not self.writers:
+                self._open(rgb.shape[1], rgb.shape[0])
+            self.writers["overlay"].write(cv2.cvtColor(overlay(rgb, color, self.alpha),
+                                                       cv2.COLOR_RGB2BGR))
+            self.writers["mask"].write(cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
+            self.written += 1
+            if self.frames_dir is not None:
+                self.frames.append(self.frames_dir / f"{n:06d}_mask.png")
+                made_from = (None if self.record is None else
+                             {**self.record, "size": [rgb.shape[1], rgb.shape[0]]})
+                write_atomic(self.frames[-1],
+                             png_bytes(result.labels, mask_text(result, made_from)))
+
+    def _open(self, width: int, height: int) -> None:
+        self.size = [width, height]
+        if width % 2 or height % 2:
+            log.warning("%s: its frames are %dx%d px; the mp4v videos hold %dx%d (the codec "
+                        "takes even sizes), the frame masks the whole frame", self.source,
+                        width, height, width - width % 2, height - height % 2)
+        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+        for kind, partial in self.partials.items():
+            self.writers[kind] = cv2.VideoWriter(str(partial), fourcc, self.fps, (width, height))
+            if not self.writers[kind].isOpened():  # OpenCV says no more than this
+                raise OSError(None, "OpenCV cannot open a video writer there (folder not "
+                              "writable, disk full or no mp4v encoder)", str(self.finals[kind]))
+
+    def __exit__(self, kind, error, traceback) -> None:
+        for writer in self.writers.values():
+            writer.release()
+        with writing_outputs_of(self.source):
+            try:
+                if self.keep and error is None:
+                    for name, partial in self.partials.items():  # all, before any is renamed
+                        _check_video(partial, self.written, self.finals[name])
+                    if self.record is not None and self.scheme is not None:
+                        made_from = {**self.record, "size": self.size}
+                        write_atomic(self.record_file, record_file_text(
+                            made_from, self.scheme, self.details).encode())
+                    for name, partial in self.partials.items():
+                        os.replace(partial, self.finals[name])
+            finally:  # what was not renamed: an unfinished video, or one that failed
+                for partial in self.partials.values():
+                    partial.unlink(missing_ok=True)
+            if error is None and not self.keep:
+                for frame in self.frames:
+                    frame.unlink(missing_ok=True)
+            if self.frames_dir is not None and not any(self.frames_dir.iterdir()):
+                self.frames_dir.rmdir()  # no empty <stem>_frames for a video that gave nothing
+
+
+def _frame_count(path: Path, expected: int) -> int | None:
+    """The frames of the video at ``path``; ``None`` when OpenCV cannot open it.
+
+    The container's count (CAP_PROP_FRAME_COUNT, one open) is exact for the mp4v files
+    OpenCV writes (checked for 1-101 frames at 1-60 fps); only when it is not ``expected``
+    are the frames read and counted, so an approximate count never fails a good video.
+    """
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            return None
+        found = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        if found != expected:
+            found = 0
+            while capture.grab():
+                found += 1
+        return found
+    finally:
+        capture.release()
+
+
+def _check_video(partial: Path, frames: int, final: Path) -> None:
+    """An OSError naming ``final`` unless ``partial`` reads back with its ``frames``."""
+    if not partial.is_file() or partial.stat().st_size == 0:
+        problem = "the video is missing or empty once written"
+    else:
+        found = _frame_count(partial, frames)
+        if found == frames:
+            return
+        problem = ("OpenCV cannot read back the video it wrote" if found is None else
+                   f"the video holds {found} of the {frames} frames written")
+    raise OSError(None, f"{problem} (disk full or a file system error while writing?)",
+                  str(final))
