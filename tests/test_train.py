@@ -84,6 +84,13 @@ def test_testing_a_given_checkpoint_tests_those_weights(compose, tiny, tmp_path:
     ("data.batch_size=0", "data.batch_size=0: a batch holds a positive whole number"),
     ("data.eval_batch_size=-2", "data.eval_batch_size=-2: a batch holds a positive"),
     ("data.batch_size=1", r"data.batch_size=1: training normalises .* at least 2 samples"),
+    ("scheduler.min_lr_ratio=-1", r"^scheduler.min_lr_ratio=-1: use a number with 0 <= "
+                                  r"min_lr_ratio <= 1$"),
+    ("scheduler.min_lr_ratio=5", r"scheduler.min_lr_ratio=5: use a number"),
+    ("scheduler.warmup_fraction=1.0", r"scheduler.warmup_fraction=1.0: use a number with 0 "
+                                      r"<= warmup_fraction < 1"),
+    ("scheduler.warmup_fraction=-0.5", r"scheduler.warmup_fraction=-0.5"),
+    ("optimizer.lr=abc", r"optimizer.lr='abc': use a positive number"),
 ])
 def test_bad_option_values_are_refused_by_name(compose, tiny, tmp_path: Path, override: str,
                                                message: str) -> None:

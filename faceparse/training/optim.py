@@ -67,6 +67,9 @@ def param_groups(module: nn.Module) -> list[dict[str, Any]]:
 def build_optimizer(factory: Callable[..., torch.optim.Optimizer],
                     module: nn.Module) -> torch.optim.Optimizer:
     """Complete a ``_partial_`` optimizer with the parameter groups; scale their rates."""
+    lr = getattr(factory, "keywords", {}).get("lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))):
+        raise ValueError(f"optimizer.lr={lr!r}: use a positive number, e.g. optimizer.lr=3e-4")
     optimizer = factory(params=param_groups(module))
     for group in optimizer.param_groups:
         group["lr"] *= group["lr_scale"]

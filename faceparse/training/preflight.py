@@ -106,9 +106,11 @@ def check_optimizer(model: FaceParsingModule) -> None:
     try:
         optimizer = build_optimizer(model.optimizer_factory, model)
     except (ValueError, TypeError) as err:
-        raise ValueError(f"optimizer: {err}") from None
+        raise ValueError(str(err) if str(err).startswith("optimizer.")
+                         else f"optimizer: {err}") from None
     if model.scheduler_factory is not None:
         try:
             model.scheduler_factory(optimizer=optimizer, total_steps=1)
         except (ValueError, TypeError) as err:
-            raise ValueError(f"scheduler: {err}") from None
+            raise ValueError(str(err) if str(err).startswith("scheduler.")
+                             else f"scheduler: {err}") from None

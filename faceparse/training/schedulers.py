@@ -107,7 +107,17 @@ def cosine_with_warmup(
 ) -> CosineWithWarmup:
     """Linear warm-up over ``warmup_fraction`` of the steps, then cosine decay.
 
-    The factor ends at ``min_lr_ratio`` of the base learning rate.
+    The factor ends at ``min_lr_ratio`` of the base learning rate. Values outside
+    ``0 <= warmup_fraction < 1`` and ``0 <= min_lr_ratio <= 1`` are refused: they give a
+    schedule that never reaches the base rate, starts above it or turns negative (gradient
+    ascent), without a word.
     """
+    for name, value, top, closed in (("warmup_fraction", warmup_fraction, 1, False),
+                                     ("min_lr_ratio", min_lr_ratio, 1, True)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+                0 <= value <= top if closed else 0 <= value < top):
+            upper = f"<= {top}" if closed else f"< {top}"
+            raise ValueError(f"scheduler.{name}={value!r}: use a number with 0 <= {name} "
+                             f"{upper}")
     warmup = int(total_steps * warmup_fraction)
     return CosineWithWarmup(optimizer, Cosine(total_steps, warmup, min_lr_ratio))
