@@ -12,6 +12,7 @@ import contextlib
 import functools
 import io
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -74,6 +75,7 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
         @functools.wraps(task)
         def job(cfg: DictConfig) -> Any:
             register_resolvers()  # a launcher may run the job in a fresh process
+            refuse_missing_values(cfg, config_name, sys.modules[task.__module__].__doc__)
             return task(cfg)
 
         hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR),
@@ -89,6 +91,19 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
         return main
 
     return decorate
+
+
+def refuse_missing_values(cfg: DictConfig, config_name: str, doc: str | None) -> None:
+    """The options a command needs (``???`` in its config) as one ``error:`` line naming
+    them, with the usage line of the command's docstring, not OmegaConf's traceback."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if not missing:
+        return
+    usage = re.search(r"``(python -m faceparse\.[^`]+)``", doc or "")
+    hint = f"; usage: {usage.group(1)}" if usage else ""
+    report_error(ValueError(
+        f"{', '.join(f'{key}=' for key in missing)} {'is' if len(missing) == 1 else 'are'} "
+        f"required (conf/{config_name}.yaml says what each is){hint}"))
 
 
 def one_line_errors(*errors: type[BaseException]) -> Callable[[Task], Task]:

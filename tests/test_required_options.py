@@ -1,0 +1,34 @@
+"""A command run without an option it needs (``???`` in its config) is one ``error:`` line
+naming the options and how the command is called, and leaves no run folder (it was an
+OmegaConf traceback and a run folder for each of these)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("command", "given", "missing"), [
+    ("predict", [], "ckpt=, input= are required (conf/predict.yaml"),
+    ("eval", [], "ckpt= is required (conf/eval.yaml"),
+    ("export", ["ckpt=model.ckpt"], "out= is required (conf/export.yaml"),
+    ("export_decoder", [], "ckpt=, out= are required (conf/export_decoder.yaml"),
+])
+def test_a_missing_required_option_is_one_error_line(tmp_path: Path, command, given, missing
+                                                     ) -> None:
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", f"faceparse.{command}", *given, f"hydra.run.dir={run}"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {missing}"), done.stderr
+    assert f"usage: python -m faceparse.{command} " in lines[0]
+    assert not run.exists()
