@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -128,6 +129,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return fit(resumed(cfg))
 
 
+def refuse_other_input_size(net: torch.nn.Module, image_size: int) -> None:
+    """``data.image_size`` the encoders cannot take, refused before the run starts (the
+    model would refuse the first batch)."""
+    multiple = int(getattr(net, "size_multiple", 1))
+    if isinstance(image_size, int) and image_size % multiple:
+        up = -(-image_size // multiple) * multiple
+        raise ValueError(f"data.image_size={image_size}: not a multiple of {multiple} (the "
+                         f"coarsest stride of the encoders); use e.g. data.image_size={up}")
+
+
 def fit(cfg: DictConfig) -> dict[str, float]:
     """:func:`train` on a config :func:`resumed` has already turned into the run's own."""
     if not cfg.train and not cfg.get("ckpt_path"):
@@ -158,6 +169,9 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_all(cfg.get("logger"), "logger")
     trainer: L.Trainer = instantiate_option(cfg.trainer, "trainer", callbacks=callbacks,
                                             logger=loggers)
+    refuse_other_input_size(model.net, cfg.data.image_size)
+    stages = (("train", "val") if cfg.train else ()) + (("test",) if cfg.test else ())
+    datamodule.open_splits(stages, trainer.world_size)  # missing data: no run folder
     keep_run_folder()  # what fails from here on failed a run: its folder stays
     try:
         log_config(loggers, cfg)

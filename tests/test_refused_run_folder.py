@@ -74,13 +74,13 @@ def in_process_hydra(monkeypatch) -> Iterator[Callable[..., None]]:
     root.setLevel(level)
 
 
-@hydra_entry("predict")  # any command's config: only its run folder matters here
+@hydra_entry("stats")  # any command's config without required options: only its run folder matters
 @one_line_errors(ValueError)
 def refused(cfg: DictConfig) -> None:
     raise ValueError("refused")
 
 
-@hydra_entry("predict")
+@hydra_entry("stats")
 @one_line_errors(ValueError)
 def refused_with_a_result(cfg: DictConfig) -> None:
     (Path(cfg.paths.output_dir) / "masks").mkdir()
@@ -88,7 +88,7 @@ def refused_with_a_result(cfg: DictConfig) -> None:
     raise ValueError("refused")
 
 
-@hydra_entry("predict")
+@hydra_entry("stats")
 @one_line_errors(ValueError)
 def failed_at_work(cfg: DictConfig) -> None:
     keep_run_folder()

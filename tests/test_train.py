@@ -91,6 +91,8 @@ def test_testing_a_given_checkpoint_tests_those_weights(compose, tiny, tmp_path:
                                       r"<= warmup_fraction < 1"),
     ("scheduler.warmup_fraction=-0.5", r"scheduler.warmup_fraction=-0.5"),
     ("optimizer.lr=abc", r"optimizer.lr='abc': use a positive number"),
+    ("data.image_size=40", r"data.image_size=40: not a multiple of 16 .* data.image_size=48"),
+    ("data.augment.hflip=2", r"data.augment.hflip=2: a probability, from 0 to 1"),
 ])
 def test_bad_option_values_are_refused_by_name(compose, tiny, tmp_path: Path, override: str,
                                                message: str) -> None:
@@ -108,6 +110,19 @@ def test_a_refused_command_prints_one_error_line(tiny, tmp_path: Path) -> None:
                       "samples, e.g. data.batch_size=8"]
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["status"] == "failed" and "data.batch_size=0" in status["error"]
+
+
+def test_missing_data_is_refused_before_there_is_a_run(tiny, tmp_path: Path) -> None:
+    """A real dataset that is not on disk: one error line naming what is missing and where
+    to get it, and no run folder left behind (the folder is Hydra's, made for this run)."""
+    run = tmp_path / "run"
+    shrunk = [o for o in tiny if not o.startswith("data.dataset.sizes")]  # synthetic's own
+    result = run_cli([*shrunk, "data=lapa", f"data.root={tmp_path / 'LaPa'}"], run)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "\nerror: LaPa train split: missing under data.root=" in result.stderr
+    assert "github.com/jd-opensource/lapa-dataset" in result.stderr  # where to get it
+    assert not run.exists()
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +125,20 @@ class FaceDataModule(L.LightningDataModule):
         if "train" in wanted:
             self.refuse_empty_epoch()
 
-    def refuse_empty_epoch(self) -> None:
+    def open_splits(self, splits: Sequence[str], world_size: int = 1) -> None:
+        """Open ``splits`` before the run starts, so missing data, a bad augmentation value
+        or a train split that fills no batch is refused before there is a run; ``setup``
+        then takes them as they are."""
+        for split in splits:
+            if split not in self.datasets:
+                self.datasets[split] = self.make_dataset(split)
+        if "train" in splits:
+            self.refuse_empty_epoch(world_size)
+
+    def refuse_empty_epoch(self, world_size: int | None = None) -> None:
         """Refuse a train split that fills no batch: training drops the last partial batch,
         so the run would take no step and then test its initial weights."""
-        world = max(1, int(getattr(self.trainer, "world_size", 1) or 1))
+        world = max(1, int(world_size or getattr(self.trainer, "world_size", 1) or 1))
         samples = len(self.datasets["train"])
         if math.ceil(samples / world) < self.batch_size:
             where = f" over {world} processes" if world > 1 else ""

@@ -58,6 +58,10 @@ def train_transform(
     blur_noise: float = 0.2,
 ) -> A.Compose:
     """Resize, random scale/rotate/translate, flip with label swap, colour and blur/noise."""
+    for name, p in (("hflip", hflip), ("color_jitter", color_jitter),
+                    ("blur_noise", blur_noise)):
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"data.augment.{name}={p!r}: a probability, from 0 to 1")
     flip_lut = get_scheme(scheme).flip_lut()
     return A.Compose([
         A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR,
