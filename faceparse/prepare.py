@@ -27,11 +27,11 @@ def prepare(cfg: DictConfig) -> dict[str, SplitReport]:
         raise ValueError(f"data.dataset ({cfg.data.dataset._target_}) has no prepared_dir: "
                          f"nothing to prepare")
     datamodule = instantiate(cfg.data)
+    # every split opened (listed) first: missing data is refused before there is a run
+    opened = {split: datamodule.open_dataset(split, prepared_dir=None) for split in cfg.splits}
     keep_run_folder()  # what fails from here on failed a run: its log stays
-    reports = prepare_dataset(
-        lambda split: datamodule.open_dataset(split, prepared_dir=None),
-        prepared_dir, cfg.data.image_size, cfg.splits, cfg.workers,
-    )
+    reports = prepare_dataset(opened.__getitem__, prepared_dir, cfg.data.image_size,
+                              cfg.splits, cfg.workers)
     for split, report in reports.items():
         log.info("%s: %d written, %d already done, %d skipped", split, report.written,
                  report.reused, report.skipped)

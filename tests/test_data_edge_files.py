@@ -162,6 +162,14 @@ def test_a_prepared_copy_made_with_other_settings_is_refused(folder: Path) -> No
         datamodule(32, "masks_v2").open_dataset("train")
     with pytest.raises(StalePreparedError, match="'exif_orientation': 'ignore'"):
         datamodule(32, exif="ignore").open_dataset("train")  # photos turned otherwise
+    turned = lambda split: ImageMaskFolder(  # noqa: E731
+        split, folder, scheme="facesynthetics", exif_orientation="ignore")
+    prepare_dataset(turned, folder / "q", 32, ["train"], workers=0)
+    assert turned("train").recorded_settings()["exif_orientation"] == "ignore"
+    assert ImageMaskFolder("train", folder, scheme="facesynthetics", prepared_dir=folder / "q",
+                           exif_orientation="ignore").prepared is not None  # its own: used
+    with pytest.raises(StalePreparedError, match="'exif_orientation': 'ignore'"):
+        ImageMaskFolder("train", folder, scheme="facesynthetics", prepared_dir=folder / "q")
 
 
 def test_a_mask_name_rule_with_another_field_is_one_clear_error(folder: Path) -> None:

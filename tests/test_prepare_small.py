@@ -117,3 +117,11 @@ def test_prepare_command_refuses_too_few_images_in_one_line(tmp_path: Path) -> N
                  "data.dataset.fractions.test=0"):
         assert part in errors[0]
     assert not (root / "prepared_32").exists()  # nothing half-written
+    assert not (tmp_path / "run").exists()  # and no run folder: nothing was run
+
+
+def test_prepare_command_without_data_is_one_line_and_no_run_folder(tmp_path: Path) -> None:
+    result = prepare(tmp_path / "nowhere", tmp_path / "run")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: image/mask folder train split: missing under data.root=" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -126,7 +126,7 @@ def prepare_dataset(open_raw, prepared_dir: str | Path, size: int, splits: Seque
                   TimeRemainingColumn()) as progress:
         for split, dataset in datasets.items():
             meta = {"dataset": type(dataset).__name__, "scheme": dataset.native_scheme.name,
-                    "image_size": size, "reader": dataset.reader_settings()}
+                    "image_size": size, "reader": dataset.recorded_settings()}
             old = layout.read_meta()
             # a copy from before the "reader" record is resumed as it is
             wanted = {k: v for k, v in json_plain(meta).items() if old is None or k in old

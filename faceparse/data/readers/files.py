@@ -71,11 +71,9 @@ class FileDataset(FaceParsingDataset):
         self.split = split
         self.root = Path(root)
         self.exif_orientation = check_exif_choice(exif_orientation)
-        settings = self.reader_settings()
-        if self.exif_orientation != "auto":  # copies made before the option record none
-            settings["exif_orientation"] = self.exif_orientation
         self.prepared: PreparedLayout | None = find_prepared(
-            prepared_dir, type(self).__name__, self.native_scheme.name, split, settings
+            prepared_dir, type(self).__name__, self.native_scheme.name, split,
+            self.recorded_settings()
         )
         ids = self.prepared_ids(self.prepared) if self.prepared else self.list_raw(split)
         if not ids:
@@ -117,6 +115,14 @@ class FileDataset(FaceParsingDataset):
         """The options that change which files are read, or how (recorded with a prepared
         copy, which is refused when they change); none for a fixed distributed layout."""
         return {}
+
+    def recorded_settings(self) -> dict[str, Any]:
+        """What a prepared copy records of how it was read: :meth:`reader_settings` and a
+        photo orientation other than ``auto`` (copies made before that option record none)."""
+        settings = self.reader_settings()
+        if self.exif_orientation != "auto":
+            settings["exif_orientation"] = self.exif_orientation
+        return settings
 
     def list_raw(self, split: str) -> list[str]:
         """Sample ids of ``split`` in the raw layout, in a fixed order."""
