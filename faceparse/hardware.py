@@ -82,7 +82,11 @@ def _read_cpu() -> tuple[str, set[str]]:
             return _macos_cpu()
         return platform.processor() or platform.machine(), set()
     model, flags = "", set()
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:  # unreadable: no flags known, so fp32 and the probes decide
+        return platform.processor() or platform.machine(), set()
+    for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
         if key == "model name" and not model:
@@ -170,7 +174,8 @@ def cpu_policy() -> CpuPolicy:
     it, and logs the choice with its reason the first time.
     """
     policy = decided_cpu_policy()
-    log.info("CPU fast path on %s: %s", cpu_info().describe(), policy.reason)
+    log.info("CPU fast path on %s: %s (for the precision and fast_path.channels_last left "
+             "at auto)", cpu_info().describe(), policy.reason)
     return policy
 
 
@@ -190,7 +195,7 @@ def decided_cpu_policy() -> CpuPolicy:
     reasons = []
     bf16 = env_switch(FORCE_BF16)
     if bf16 is not None:
-        reasons.append(f"bf16 forced by {FORCE_BF16}")
+        reasons.append(f"{'bf16' if bf16 else 'fp32'} forced by {FORCE_BF16}")
     elif not info.native_bf16:
         bf16 = False
         reasons.append("fp32: no AVX-512-BF16/AMX/Arm BF16, bf16 would be emulated")
@@ -200,7 +205,8 @@ def decided_cpu_policy() -> CpuPolicy:
         reasons.append(f"{'bf16' if bf16 else 'fp32'}: bf16 matmul {speedup:.2f}x fp32")
     channels_last = env_switch(FORCE_CHANNELS_LAST)
     if channels_last is not None:
-        reasons.append(f"channels_last forced by {FORCE_CHANNELS_LAST}")
+        reasons.append(f"{'channels_last' if channels_last else 'NCHW'} forced by "
+                       f"{FORCE_CHANNELS_LAST}")
     else:
         speedup = probe_channels_last_speedup(torch.bfloat16 if bf16 else torch.float32)
         # NHWC unless clearly slower: one probe block reads 1.0-1.3x where whole nets gain

@@ -67,6 +67,25 @@ def test_cpu_info_reads_model_and_speed_flags(tmp_path: Path, monkeypatch: pytes
     assert "Test CPU 9000" in info.describe() and "avx512_bf16" in info.describe()
 
 
+def test_an_unreadable_cpuinfo_means_no_flags_not_a_failed_command(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cpuinfo").write_bytes(b"model name\t: Odd \xff CPU\nflags\t: avx2\n")
+    real_path = hardware.Path
+    monkeypatch.setattr(hardware, "Path", lambda p: real_path(tmp_path / "cpuinfo")
+                        if p == "/proc/cpuinfo" else real_path(p))
+    assert cpu_info().flags == ("avx2",)  # not UTF-8: read, the odd byte replaced
+    cpu_info.cache_clear()
+    real_read = real_path.read_text
+    def read_text(self, *args, **kwargs) -> str:  # as root, chmod 0 would still read
+        if self.name == "cpuinfo":
+            raise PermissionError(13, "Permission denied")
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(real_path, "read_text", read_text)
+    info = cpu_info()
+    assert info.flags == () and not info.native_bf16
+
+
 def test_arm_features_count_as_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "cpuinfo").write_text(ARM_CPUINFO)
     real_path = hardware.Path
@@ -132,7 +151,11 @@ def test_the_environment_forces_either_choice(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv(hardware.FORCE_CHANNELS_LAST, "off")
     policy = cpu_policy()
     assert policy.bf16 and not policy.channels_last and not ran
-    assert "forced by FACEPARSE_CPU_BF16" in policy.reason
+    assert "bf16 forced by FACEPARSE_CPU_BF16" in policy.reason
+    assert "NCHW forced by FACEPARSE_CPU_CHANNELS_LAST" in policy.reason
+    forget_policy()
+    monkeypatch.setenv(hardware.FORCE_BF16, "0")  # said as what it is, not "bf16 forced"
+    assert cpu_policy().reason.startswith("fp32 forced by FACEPARSE_CPU_BF16")
 
 
 def test_a_bad_forcing_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
