@@ -126,9 +126,11 @@ def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _legend(labels: np.ndarray, scheme: LabelScheme, height: int) -> np.ndarray:
-    """A white column naming each class present, in its colour."""
+    """A white column naming each class present, in its colour: ``height`` tall, or taller
+    when the classes need it (a short photo), so that no class goes unnamed."""
     counts = np.bincount(labels.ravel(), minlength=scheme.num_classes)
     present = np.flatnonzero(counts[:scheme.num_classes])
+    height = max(height, 14 * len(present))
     row = max(14, min(28, height // max(1, len(present))))
     scale = row / 30
     width = max(120, int(10 * row))
@@ -136,8 +138,6 @@ def _legend(labels: np.ndarray, scheme: LabelScheme, height: int) -> np.ndarray:
     palette = scheme.palette_array()
     for n, class_id in enumerate(present):
         y = n * row
-        if y + row > height:
-            break
         cv2.rectangle(panel, (4, y + 3), (4 + row - 6, y + row - 3),
                       tuple(int(c) for c in palette[class_id]), -1)
         cv2.putText(panel, scheme.class_names[class_id], (row + 2, y + row - 6),
@@ -145,13 +145,19 @@ def _legend(labels: np.ndarray, scheme: LabelScheme, height: int) -> np.ndarray:
     return panel
 
 
+def side_by_side(*panels: np.ndarray) -> np.ndarray:
+    """Panels left to right, the shorter ones padded with white at the bottom."""
+    height = max(panel.shape[0] for panel in panels)
+    return np.concatenate([np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)),
+                                  constant_values=255) for p in panels], axis=1)
+
+
 def visualization(rgb: np.ndarray, result: ParseResult, alpha: float,
                   blended: np.ndarray | None = None) -> np.ndarray:
     """Photo | overlay | legend, side by side; ``blended``: the overlay, when made already."""
     if blended is None:
         blended = overlay(rgb, result.color(), alpha)
-    return np.concatenate([rgb, blended, _legend(result.labels, result.scheme, rgb.shape[0])],
-                          axis=1)
+    return side_by_side(rgb, blended, _legend(result.labels, result.scheme, rgb.shape[0]))
 
 
 def mask_text(result: ParseResult, record: Mapping[str, Any] | None = None) -> dict[str, str]:
@@ -181,7 +187,7 @@ def write_outputs(out_dir: Path, stem: Path, rgb: np.ndarray, result: ParseResul
         write_atomic(rest.pop(0), _cv2_png(blended))
         legend = cv2.cvtColor(_legend(result.labels, result.scheme, rgb.shape[0]),
                               cv2.COLOR_RGB2BGR)
-        write_atomic(rest.pop(0), _cv2_png(np.concatenate([bgr, blended, legend], axis=1)))
+        write_atomic(rest.pop(0), _cv2_png(side_by_side(bgr, blended, legend)))
     if result.probs is not None:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, probs=result.probs,
