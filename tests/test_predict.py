@@ -217,9 +217,14 @@ def test_written_pngs_decode_to_the_reference_images(parser, tmp_path):
     write_outputs(tmp_path, Path("y"), rgb, result, True, 0.4, parser.model.scheme)
     color = result.scheme.palette_array()[result.labels]
     blended = cv2.addWeighted(color, 0.4, rgb, 0.6, 0)
+    legend = _legend(result.labels, result.scheme, 61)
+    assert legend.shape[0] == 14 * len(np.unique(result.labels)) > 61  # every class named
     expected = {"mask": result.labels, "color": color, "overlay": blended,
                 "visualization": np.concatenate(
-                    [rgb, blended, _legend(result.labels, result.scheme, 61)], axis=1)}
+                    [np.pad(rgb, ((0, legend.shape[0] - 61), (0, 0), (0, 0)),
+                            constant_values=255),
+                     np.pad(blended, ((0, legend.shape[0] - 61), (0, 0), (0, 0)),
+                            constant_values=255), legend], axis=1)}
     for kind, want in expected.items():
         with Image.open(tmp_path / f"y_{kind}.png") as image:
             assert image.mode == ("L" if kind == "mask" else "RGB")
