@@ -203,7 +203,9 @@ def main(cfg: DictConfig) -> float | None:
     # a failed sweep job is recorded and returns None; a refused resume= records nothing
     value = record_job(fit, cfg, accept=resumed)
     if value is not None:
-        log.info("%s (best checkpoint) = %.4f", cfg.optimized_metric, value)
+        kept = OmegaConf.select(cfg, "callbacks.model_checkpoint") is not None
+        log.info("%s (%s) = %.4f", cfg.optimized_metric,
+                 "best checkpoint" if kept else "last validation", value)
     return value
 
 

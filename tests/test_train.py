@@ -160,3 +160,11 @@ def test_a_batch_of_one_trains_without_the_pooled_attention(compose, tiny, tmp_p
     metrics = train(compose([*tiny, "data.batch_size=1", "decoder.attention_refinement=false",
                              "test=false"], output_dir=tmp_path))
     assert 0.0 <= metrics["val/f1_mean"] <= 1.0
+
+
+def test_callbacks_none_saves_no_checkpoint_anywhere(compose, tiny, tmp_path: Path) -> None:
+    """Lightning's own checkpoint went under the logger's folder, where resume= never
+    looks; callbacks=none now means no checkpoint."""
+    train(compose([*tiny, "test=false", "callbacks=none"], output_dir=tmp_path))
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+    assert list(tmp_path.rglob("*.ckpt")) == []
