@@ -42,6 +42,7 @@ from faceparse.training.run_folder import (
     keep_run_folder,
     run_folder,
 )
+from faceparse.training.run_naming import job_folder
 
 __all__ = ["CONF_DIR", "register_resolvers", "hydra_entry", "instantiate_option",
            "one_line_errors", "report_error", "refuse_missing_sweeps",
@@ -56,13 +57,15 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "fused_optimizer": fused_default,
     "run_folder": run_folder,
     "hydra_subdir": hydra_subdir,
+    "job_folder": job_folder,
 }
 
 
 def register_resolvers() -> None:
     """``${num_classes:<scheme>}``, ``${auto_precision:<accelerator>}`` and
     ``${fused_optimizer:<accelerator>,<precision>}``,
-    ``${run_folder:<resume>,<default>}``, ``${hydra_subdir:<resume>}``; idempotent."""
+    ``${run_folder:<resume>,<default>}``, ``${hydra_subdir:<resume>}``,
+    ``${job_folder:<number>,<overrides>}``; idempotent."""
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

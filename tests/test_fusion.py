@@ -134,7 +134,7 @@ def test_ablation_grid_expands_to_every_combination() -> None:
         f"fusion={f}" for f in FUSIONS}
     assert "encoder=vit" in jobs[20] and "fusion.vit_into=[16,8,4]" in jobs[-1]
     sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
-    assert sweep["subdir"] == "${hydra.job.num}_${hydra.job.override_dirname}"
+    assert sweep["subdir"] == "${job_folder:${hydra.job.num},${hydra.job.override_dirname}}"
     assert sweep["dir"].startswith("multirun/${sweep_name}/")
     assert "experiment" in cfg.hydra.job.config.override_dirname.exclude_keys
 
