@@ -270,6 +270,8 @@ def instantiate_option(node: DictConfig, option: str | None = None, **kwargs: An
         if isinstance(cause, MisconfigurationException) or (
                 option and isinstance(cause, (ValueError, TypeError))):
             raise ValueError(f"{option}: {cause}" if option else str(cause)) from None
-        if isinstance(cause, (ValueError, TypeError, FileNotFoundError)):
+        if isinstance(cause, TypeError):  # an option the class does not take (+vit.foo=1)
+            raise ValueError(str(cause)) from None
+        if isinstance(cause, (ValueError, FileNotFoundError)):
             raise cause from None
         raise

@@ -93,6 +93,8 @@ def test_testing_a_given_checkpoint_tests_those_weights(compose, tiny, tmp_path:
     ("optimizer.lr=abc", r"optimizer.lr='abc': use a positive number"),
     ("data.image_size=40", r"data.image_size=40: not a multiple of 16 .* data.image_size=48"),
     ("data.augment.hflip=2", r"data.augment.hflip=2: a probability, from 0 to 1"),
+    ("+vit.foo=1", r"DinoVitEncoder.__init__\(\) got an unexpected keyword argument 'foo'"),
+    ("data.dataset.sizes=5", r"data.dataset.sizes=5: give the faces of each split as whole"),
 ])
 def test_bad_option_values_are_refused_by_name(compose, tiny, tmp_path: Path, override: str,
                                                message: str) -> None:

@@ -34,10 +34,15 @@ class SyntheticFaces(FaceParsingDataset):
         cache: bool = True,
     ) -> None:
         super().__init__(labels, transform)
-        sizes = dict(sizes or {"train": 2000, "val": 200, "test": 200})
+        sizes = {"train": 2000, "val": 200, "test": 200} if sizes is None else sizes
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-        self.length = int(sizes[split])
+        count = sizes.get(split) if isinstance(sizes, Mapping) else None
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"data.dataset.sizes={sizes!r}: give the faces of each split as "
+                             f"whole numbers, e.g. data.dataset.sizes={{train: 8, val: 4, "
+                             f"test: 4}} ({split} has {count!r})")
+        self.length = count
         self.seed = seed * len(SPLITS) + SPLITS.index(split)
         self.render_size = render_size
         # Faces are deterministic, so epochs after the first reuse them (~12 KB each at 64 px).
