@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import io
 import os
 import re
@@ -159,6 +160,24 @@ def refuse_missing_sweeps(overrides: Sequence[str]) -> None:
         key, sep, value = override.partition("=")
         if sep and _selects_optuna(key.lstrip("+~"), value):
             _refuse_without_sweeps(override)
+        if sep and key.lstrip("+~") == "hydra/launcher":
+            _refuse_missing_launcher(override, value)
+
+
+# what each launcher option needs importable: Hydra's plugin and the library it drives
+LAUNCHER_MODULES = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+                    "submitit": ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+                    "slurm": ("hydra_plugins.hydra_submitit_launcher", "submitit")}
+
+
+def _refuse_missing_launcher(override: str, option: str) -> None:
+    """``hydra/launcher=joblib|slurm|submitit_*`` without the sweeps extra: one line saying
+    what to install, not Hydra's "Could not load" or a traceback from a started sweep."""
+    needed = next((mods for name, mods in LAUNCHER_MODULES.items() if name in option), ())
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        report_error(ImportError(f"{override} needs {' and '.join(missing)}, from the "
+                                 f"sweeps extra: pip install 'faceparse[sweeps]'"))
 
 
 def refuse_configured_sweeper(argv: Sequence[str], config_name: str,

@@ -32,3 +32,30 @@ def test_a_missing_required_option_is_one_error_line(tmp_path: Path, command, gi
     assert len(lines) == 1 and lines[0].startswith(f"error: {missing}"), done.stderr
     assert f"usage: python -m faceparse.{command} " in lines[0]
     assert not run.exists()
+
+
+@pytest.mark.parametrize(("launcher", "missing"), [
+    ("joblib", "hydra_plugins.hydra_joblib_launcher and joblib"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher and submitit"),
+    ("submitit_local", "hydra_plugins.hydra_submitit_launcher and submitit"),
+])
+def test_a_launcher_without_the_sweeps_extra_is_one_line(tmp_path: Path, launcher, missing
+                                                         ) -> None:
+    """As typed where the extra is not installed (stand-ins that fail to import)."""
+    fake = tmp_path / "absent"
+    fake.mkdir()
+    (fake / "sitecustomize.py").write_text(  # the installed ones hidden from find_spec
+        "import importlib.util\n"
+        "real = importlib.util.find_spec\n"
+        "hidden = ('joblib', 'submitit', 'hydra_plugins.hydra_joblib_launcher',\n"
+        "          'hydra_plugins.hydra_submitit_launcher')\n"
+        "importlib.util.find_spec = lambda name, *a: None if name in hidden else real(name, *a)\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "faceparse.train", "-m", f"hydra/launcher={launcher}",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"], capture_output=True, text=True,
+        timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(REPO_ROOT)])})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stderr.strip() == (f"error: hydra/launcher={launcher} needs {missing}, from the "
+                                   f"sweeps extra: pip install 'faceparse[sweeps]'")
+    assert not (tmp_path / "sweep").exists()
