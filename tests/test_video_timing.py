@@ -94,6 +94,15 @@ def test_a_variable_frame_rate_is_a_warning_with_every_frame_time_recorded(
     assert _record(tmp_path / "out")["fps"] == 10.0
 
 
+def test_a_backend_without_frame_times_is_no_variable_rate(compose, ckpt, tmp_path,
+                                                           monkeypatch, caplog):
+    _video(tmp_path / "in" / "clip.mp4", frames=4)
+    _header(monkeypatch, "clip.mp4", times=[0.0] * 4)  # no times at all
+    with caplog.at_level(logging.WARNING):
+        _run(compose, ckpt, tmp_path)
+    assert "variable frame rate" not in caplog.text
+
+
 def test_a_constant_rate_records_no_frame_times(compose, ckpt, tmp_path, caplog):
     _video(tmp_path / "in" / "clip.mp4", frames=4)
     with caplog.at_level(logging.WARNING):

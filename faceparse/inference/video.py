@@ -227,7 +227,9 @@ def timing_details(path: Path, fps: float, times: list[float], declared: int | N
         details["declared_frames"] = declared
     interval = 1000.0 / fps
     drift = max((abs(t - times[0] - n * interval) for n, t in enumerate(times)), default=0.0)
-    if drift > interval / 2:
+    # some backends give no times (all 0) or unordered ones: nothing to tell from them
+    timed = len(times) > 1 and all(b > a for a, b in zip(times, times[1:], strict=False))
+    if timed and drift > interval / 2:
         log.warning("%s: variable frame rate: its outputs are written at a constant %.3g fps, "
                     "so their frames drift up to %.2f s from the input's times (listed in "
                     "<stem>_video.json as frame_times_ms)", path, fps, drift / 1000)
