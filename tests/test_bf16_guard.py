@@ -23,7 +23,11 @@ from faceparse.train import train
 pytestmark = [pytest.mark.usefixtures("torch_single_thread"), pytest.mark.slow]
 LONGER = ["encoder=cnn", "loss=ce_dice", "optimizer.lr=3e-3", "data.image_size=64",
           "data.dataset.sizes={train: 48, val: 8, test: 8}",
-          "data.batch_size=8", "trainer.max_epochs=6", "callbacks=none", "logger=[]"]
+          "data.batch_size=8", "trainer.max_epochs=6", "logger=[]",
+          *(f"callbacks.{name}=null" for name in ("step_checkpoint", "on_exception",
+                                                  "lr_monitor", "progress_bar",
+                                                  "prediction_images", "score_report",
+                                                  "wandb_media", "run_stats"))]
 
 
 @pytest.fixture(scope="module")
