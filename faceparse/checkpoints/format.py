@@ -23,6 +23,7 @@ from torch import nn
 from faceparse.checkpoints.trust import check_net_config, model_class
 from faceparse.labels import LabelScheme, get_scheme
 from faceparse.models import DinoVitEncoder, FaceParser
+from faceparse.nested import flatten
 
 log = logging.getLogger(__name__)
 
@@ -161,20 +162,11 @@ def fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
 _WEIGHT_SOURCES = frozenset({"weights", "pretrained", "random_init"})
 
 
-def _flat(node: Any, at: str = "") -> dict[str, Any]:
-    if isinstance(node, Mapping):
-        out: dict[str, Any] = {}
-        for key, child in node.items():
-            out.update(_flat(child, f"{at}.{key}" if at else str(key)))
-        return out
-    return {at: list(node) if isinstance(node, (list, tuple)) else node}
-
-
 def config_differences(saved: Mapping[str, Any], built: Mapping[str, Any]) -> list[str]:
     """``key: saved -> built`` for each net option a checkpoint was saved with that differs
     from the net it goes into (where the weights come from left out). Options that keep
     every shape (``encoder.vit.layers``, a fusion's mode) load without a word otherwise."""
-    old, new = _flat(saved), _flat(built)
+    old, new = flatten(saved), flatten(built)
     return [f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
             for key in sorted(set(old) | set(new))
             if key.rsplit(".", 1)[-1] not in _WEIGHT_SOURCES and old.get(key) != new.get(key)]

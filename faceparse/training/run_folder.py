@@ -47,6 +47,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from faceparse.nested import flatten
 from faceparse.training.distributed import is_rank_zero
 from faceparse.training.job_status import STATUS_FILE
 
@@ -283,21 +284,12 @@ def _differences(saved: DictConfig, current: DictConfig, keys: Collection[str] |
                  ) -> list[str]:
     """Dotted keys under ``keys`` (None: every key) whose resolved values differ, ignoring
     :data:`RESUME_KEYS`, :data:`EXTEND_KEYS` and :data:`UNCHECKED`."""
-    flat_saved = _flatten(OmegaConf.to_container(saved, resolve=True))
-    flat_current = _flatten(OmegaConf.to_container(current, resolve=True))
+    flat_saved = flatten(OmegaConf.to_container(saved, resolve=True))
+    flat_current = flatten(OmegaConf.to_container(current, resolve=True))
     ignored = (*RESUME_KEYS, *EXTEND_KEYS, *UNCHECKED)
     return sorted(k for k in set(flat_saved) | set(flat_current)
                   if (keys is None or _covered(k, keys)) and not _covered(k, ignored)
                   and flat_saved.get(k) != flat_current.get(k))
-
-
-def _flatten(tree: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(tree, dict):
-        out: dict[str, object] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: tree}
 
 
 def resume_config(cfg: DictConfig, keys: Collection[str] | None = None) -> DictConfig:
