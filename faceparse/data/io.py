@@ -21,6 +21,7 @@ from PIL import Image
 __all__ = [
     "BadSampleError",
     "DatasetNotFoundError",
+    "png_size",
     "read_file",
     "read_image",
     "read_mask",
@@ -139,12 +140,21 @@ def refuse_too_many_pixels(data: bytes, path: Path) -> None:
                              f"{path}")
 
 
+def png_size(head: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG's first 24 bytes (its IHDR chunk); ``None`` if ``head``
+    does not start a PNG."""
+    if head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR":
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    return None
+
+
 def _declared_size(data: bytes) -> tuple[int, int] | None:
     """Width and height as the header declares them (nothing decoded); ``None`` for a
     format Pillow does not read (OpenCV then decides). A PNG's (every mask) are read
     straight from its IHDR chunk."""
-    if data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    png = png_size(data)
+    if png is not None:
+        return png
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -22,14 +22,15 @@ from PIL import Image
 
 from faceparse.data.io import BadSampleError, read_file, read_image
 
-__all__ = ["EXIF_CHOICES", "check_exif_choice", "exif_orientation", "read_image_for_mask"]
+__all__ = ["EXIF_CHOICES", "SWAPS_SIDES", "check_exif_choice", "exif_orientation",
+           "read_image_for_mask"]
 
 EXIF_CHOICES = ("auto", "apply", "ignore")
 _ORIENTATION_TAG = 0x0112
 _TURNED = {2: "mirrored", 3: "turned 180°", 4: "mirrored upside down",
            5: "mirrored and turned 90°", 6: "turned 90°", 7: "mirrored and turned 90°",
            8: "turned 90°"}
-_SWAPS_SIDES = {5, 6, 7, 8}
+SWAPS_SIDES = frozenset({5, 6, 7, 8})  # orientations that swap width and height
 _ASPECT_SLACK = 0.01  # as match_image_to_mask: a mask at another scale still fits
 
 
@@ -69,7 +70,7 @@ def read_image_for_mask(path: str | Path, mask_hw: tuple[int, int], exif: str = 
     if orientation == 1:
         return upright
     height, width = upright.shape[:2]
-    stored = (width, height) if orientation in _SWAPS_SIDES else (height, width)
+    stored = (width, height) if orientation in SWAPS_SIDES else (height, width)
     fits_upright, fits_stored = _fits(height, width, mask_hw), _fits(*stored, mask_hw)
     if fits_stored and not fits_upright:
         return read_image(path, upright=False, data=data)

@@ -32,13 +32,13 @@ from typing import Any
 
 from PIL import Image
 
-from faceparse.data.io import PNG_SIGNATURE, SCHEME_TEXT_KEY, read_png_text
+from faceparse.data.io import SCHEME_TEXT_KEY, png_size, read_png_text
+from faceparse.data.orientation import SWAPS_SIDES
 
 __all__ = ["RECORD_KEY", "Verdict", "file_stamp", "judge", "judge_text", "left_behind",
            "read_record_file", "record_file_text", "run_record", "source_record"]
 
 RECORD_KEY = "faceparse:made_from"
-_SWAPPED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,7 @@ def source_record(photo: Path, root: Path | None, size: tuple[int, int] | None,
 
 def _png_size(mask: Path) -> tuple[int, int] | None:
     with open(mask, "rb") as file:
-        head = file.read(24)
-    if head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        return png_size(file.read(24))
 
 
 def _photo_size(photo: Path) -> tuple[int, int] | None:
@@ -104,7 +101,7 @@ def _photo_size(photo: Path) -> tuple[int, int] | None:
             orientation = image.getexif().get(0x0112)
     except Exception:  # noqa: BLE001 - any unreadable header: the size is unknown
         return None
-    return (height, width) if orientation in _SWAPPED else (width, height)
+    return (height, width) if orientation in SWAPS_SIDES else (width, height)
 
 
 def _differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
