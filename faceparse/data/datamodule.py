@@ -119,16 +119,13 @@ class FaceDataModule(L.LightningDataModule):
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(
             stage or "", ("train", "val", "test")
         )
-        for split in wanted:
-            if split not in self.datasets:
-                self.datasets[split] = self.make_dataset(split)
-        if "train" in wanted:
-            self.refuse_empty_epoch()
+        self.open_splits(wanted)
 
-    def open_splits(self, splits: Sequence[str], world_size: int = 1) -> None:
-        """Open ``splits`` before the run starts, so missing data, a bad augmentation value
-        or a train split that fills no batch is refused before there is a run; ``setup``
-        then takes them as they are."""
+    def open_splits(self, splits: Sequence[str], world_size: int | None = None) -> None:
+        """Open ``splits`` (those not open yet); a train split that fills no batch over
+        ``world_size`` processes (default: the trainer's) is refused. ``train`` calls it
+        before the run starts, so missing data or a bad augmentation value is refused before
+        there is a run; ``setup`` then takes them as they are."""
         for split in splits:
             if split not in self.datasets:
                 self.datasets[split] = self.make_dataset(split)
