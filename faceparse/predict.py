@@ -47,6 +47,7 @@ from faceparse.inference.video import (
     frame_ranges,
     predict_video,
 )
+from faceparse.inference.video_outputs import video_paths
 from faceparse.labels import get_scheme
 from faceparse.writable import output_dir
 
@@ -121,8 +122,8 @@ def _video_verdict(parser: Parser, video: Path, out_stem: Path, record: dict
                    ) -> Verdict | None:
     """What ``video``'s existing outputs record, from ``<stem>_video.json`` or, for outputs
     written before that file, the first frame mask; ``None`` if neither is there."""
-    record_file = out_stem.with_name(f"{out_stem.name}_video.json")
-    frame = out_stem.with_name(f"{out_stem.name}_frames") / "000000_mask.png"
+    paths = video_paths(out_stem)
+    record_file, frame = paths["record"], paths["frames"] / "000000_mask.png"
     if record_file.is_file():
         text = read_record_file(record_file)
         if text is None:
@@ -134,11 +135,11 @@ def _video_verdict(parser: Parser, video: Path, out_stem: Path, record: dict
 def _missing_video_outputs(out_stem: Path, save_frames: bool) -> str | None:
     """What a finished video's outputs lack (the mask video deleted, or frame masks asked
     for now but not written then); ``None`` if nothing."""
-    if not out_stem.with_name(f"{out_stem.name}_mask.mp4").is_file():
-        return f"its mask video {out_stem.name}_mask.mp4 is"
-    frames = out_stem.with_name(f"{out_stem.name}_frames")
-    if save_frames and not (frames / "000000_mask.png").is_file():
-        return f"its frame masks {frames.name}/ (save_frames=true) are"
+    paths = video_paths(out_stem)
+    if not paths["mask"].is_file():
+        return f"its mask video {paths['mask'].name} is"
+    if save_frames and not (paths["frames"] / "000000_mask.png").is_file():
+        return f"its frame masks {paths['frames'].name}/ (save_frames=true) are"
     return None
 
 
@@ -147,7 +148,7 @@ def _video_overwrite(parser: Parser, cfg: DictConfig, video: Path, out_stem: Pat
     """Whether to redo ``video``'s outputs: ``cfg.overwrite``, or what made them (see
     :func:`_video_verdict`) is stale (a warning). ``None``: another video made them
     (refused, a failed count)."""
-    done = out_stem.with_name(f"{out_stem.name}_overlay.mp4")
+    done = video_paths(out_stem)["overlay"]
     if cfg.overwrite or record is None or not done.exists():
         return bool(cfg.overwrite)
     verdict = _video_verdict(parser, video, out_stem, record)

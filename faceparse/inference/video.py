@@ -35,7 +35,7 @@ import torch
 from rich.progress import Progress
 
 from faceparse.data.io import BadSampleError
-from faceparse.inference.video_outputs import VideoOutputs
+from faceparse.inference.video_outputs import VideoOutputs, video_paths
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     capture = _open(path)
     header_fps = capture.get(cv2.CAP_PROP_FPS)
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    over_path = out_stem.with_name(f"{out_stem.name}_overlay.mp4")
+    over_path = video_paths(out_stem)["overlay"]
     if over_path.exists() and not overwrite:
         capture.release()
         log.info("skipped %s: %s exists (overwrite=true to redo)", path, over_path)

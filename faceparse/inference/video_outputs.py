@@ -18,9 +18,19 @@ from faceparse.data.io import write_atomic
 from faceparse.inference.outputs import mask_text, overlay, png_bytes, writing_outputs_of
 from faceparse.inference.provenance import record_file_text
 
-__all__ = ["VideoOutputs"]
+__all__ = ["VideoOutputs", "video_paths"]
 
 log = logging.getLogger(__name__)
+
+
+def video_paths(out_stem: Path) -> dict[str, Path]:
+    """A video's output files by kind: ``mask`` and ``overlay`` (the videos), ``frames``
+    (the folder of frame masks), ``record`` (``<stem>_video.json``)."""
+    name = out_stem.name
+    return {"mask": out_stem.with_name(f"{name}_mask.mp4"),
+            "overlay": out_stem.with_name(f"{name}_overlay.mp4"),
+            "frames": out_stem.with_name(f"{name}_frames"),
+            "record": out_stem.with_name(f"{name}_video.json")}
 
 
 class VideoOutputs:
@@ -43,14 +53,14 @@ class VideoOutputs:
         self.source, self.fps, self.alpha, self.keep = source, fps, alpha, False
         self.record = record  # what made the outputs (see faceparse.inference.provenance)
         self.scheme = scheme  # the label scheme the record file names
-        self.record_file = out_stem.with_name(f"{out_stem.name}_video.json")
+        paths = video_paths(out_stem)
+        self.record_file = paths["record"]
         self.size: list[int] = []  # (width, height) of the frames
         self.details: dict[str, Any] = {}  # frames and timing, for the record file
-        self.finals = {kind: out_stem.with_name(f"{out_stem.name}_{kind}.mp4")
-                       for kind in ("mask", "overlay")}  # the overlay renamed last
+        self.finals = {kind: paths[kind] for kind in ("mask", "overlay")}  # overlay last
         self.partials = {kind: path.with_name(f".{path.stem}.partial.mp4")
                          for kind, path in self.finals.items()}
-        self.frames_dir = out_stem.with_name(f"{out_stem.name}_frames") if save_frames else None
+        self.frames_dir = paths["frames"] if save_frames else None
         self.writers: dict[str, cv2.VideoWriter] = {}
         self.frames: list[Path] = []
         self.written = 0  # frames handed to each video writer
