@@ -252,5 +252,23 @@ def test_vgg_pretrained_from_hub_cache(tmp_path: Path, monkeypatch: pytest.Monke
         assert torch.equal(value, reference.state_dict()[key]), key
 
 
+def test_vgg_file_saved_before_num_batches_tracked_loads(tmp_path: Path) -> None:
+    """torchvision's ImageNet VGG-BN files (2017, legacy format) have no
+    ``num_batches_tracked``; torchvision loads them, so must we, with every value kept."""
+    reference = torchvision.models.vgg11_bn(weights=None)
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(module.running_mean)
+    old = {k: v for k, v in reference.state_dict().items()
+           if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "vgg11_bn-6002323d.pth"
+    torch.save(old, path, _use_new_zipfile_serialization=False)
+    encoder = VggEncoder("vgg11_bn", weights=path)
+    for key, value in encoder.layers.state_dict().items():
+        expected = torch.zeros((), dtype=torch.long) if key.endswith("num_batches_tracked") \
+            else old[f"features.{key}"]
+        assert torch.equal(value, expected), key
+
+
 def test_vgg19_bn_hub_file_name() -> None:
     assert vgg_hub_file("vgg19_bn").name == "vgg19_bn-c79401a0.pth"

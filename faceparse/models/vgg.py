@@ -190,5 +190,13 @@ def load_vgg_weights(layers: nn.Module, path: str | Path) -> None:
     if beyond:
         log.info("%s: ignoring %d keys of layers beyond the last stage (%s..)",
                  path, len(beyond), beyond[0])
-    load_strict(layers, {k: v for k, v in state.items() if k in own}, f"VGG weights {path}")
+    state = {k: v for k, v in state.items() if k in own}
+    # torchvision's VGG-BN files (2017) predate BatchNorm's num_batches_tracked buffer; torch
+    # itself starts the count at zero for such files, and so do we.
+    untracked = [k for k in own if k.endswith(".num_batches_tracked") and k not in state]
+    if untracked:
+        log.info("%s: no num_batches_tracked in %d BatchNorm layers (a file saved before "
+                 "torch 0.4), counted from 0", path, len(untracked))
+        state.update({k: torch.zeros_like(own[k]) for k in untracked})
+    load_strict(layers, state, f"VGG weights {path}")
     log.info("loaded VGG weights from %s", path)
