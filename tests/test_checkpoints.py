@@ -257,6 +257,17 @@ def test_starting_from_a_checkpoint_of_another_config_with_the_same_shapes_warns
     assert "encoder.vit.layers: [-1] -> [2]" in caplog.text
 
 
+def test_config_comparison_never_resolves_a_files_interpolations(monkeypatch) -> None:
+    """A checkpoint's config is compared before its trust check: a ``${oc.env:...}`` in it
+    must stay text, not land resolved in the run's log."""
+    from faceparse.checkpoints.format import config_differences
+
+    monkeypatch.setenv("FACEPARSE_TEST_SECRET", "s3cret")
+    saved = OmegaConf.create({"decoder": {"width": "${oc.env:FACEPARSE_TEST_SECRET}"}})
+    assert config_differences(saved, {"decoder": {"width": 8}}) == [
+        "decoder.width: '${oc.env:FACEPARSE_TEST_SECRET}' -> 8"]
+
+
 def test_export_refuses_a_vit_not_loaded_from_a_file(tmp_path: Path, compose_tiny) -> None:
     train(compose_tiny(tmp_path, ["test=false", "callbacks.model_checkpoint.save_top_k=0"]))
     with pytest.raises(ValueError, match="not loaded from a file"):

@@ -274,8 +274,11 @@ def test_a_frozen_vit_without_weights_is_refused(compose) -> None:
         assert hint in message
     with pytest.raises(InstantiationException, match="dinov3_vits16"):
         instantiate(compose(["vit.size=small", "vit.finetune_blocks=2"]).model.net)
-    # a ViT that trains entirely may start from random weights
-    net = instantiate(compose(["vit.size=small", "vit.frozen=false", "encoder=vit"]).model.net)
+    # a ViT that trains entirely is no DINOv3 either without its weights, unless on purpose
+    with pytest.raises(InstantiationException, match="train a ViT from scratch"):
+        instantiate(compose(["vit.size=small", "vit.frozen=false", "encoder=vit"]).model.net)
+    net = instantiate(compose(["vit.size=small", "vit.frozen=false", "vit.random_init=true",
+                               "encoder=vit"]).model.net)
     assert all(p.requires_grad for p in net.encoder.vit.parameters())
 
 

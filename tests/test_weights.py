@@ -145,6 +145,22 @@ def test_file_of_another_size_names_both_and_the_shapes() -> None:
     assert "vit.size" in message
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_copy_of_the_official_file_loads(tmp_path: Path, dtype) -> None:
+    """A copy saved in fp16/bf16 (half the size) holds rounded RoPE periods: loaded, with
+    each weight as the copy holds it; another RoPE base is still refused at that precision."""
+    state = {k: v.to(dtype) if v.is_floating_point() else v
+             for k, v in torch.load(OFFICIAL, weights_only=True).items()}
+    torch.save(state, tmp_path / "half.pth")
+    model = tiny_timm_vit()
+    load_dinov3_weights(model, tmp_path / "half.pth")
+    assert torch.equal(model.cls_token, state["cls_token"].float())
+    state["rope_embed.periods"] = state["rope_embed.periods"] * 1.5
+    torch.save(state, tmp_path / "other_rope.pth")
+    with pytest.raises(ValueError, match="another RoPE base"):
+        load_dinov3_weights(tiny_timm_vit(), tmp_path / "other_rope.pth")
+
+
 def test_wrong_file_is_not_a_dinov3_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "vgg.pth"
     torch.save(torchvision.models.vgg.make_layers([8, "M"], True).state_dict(), path)

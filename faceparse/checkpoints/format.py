@@ -166,7 +166,7 @@ def config_differences(saved: Mapping[str, Any], built: Mapping[str, Any]) -> li
     """``key: saved -> built`` for each net option a checkpoint was saved with that differs
     from the net it goes into (where the weights come from left out). Options that keep
     every shape (``encoder.vit.layers``, a fusion's mode) load without a word otherwise."""
-    old, new = flatten(saved), flatten(built)
+    old, new = flatten(saved), flatten(built)  # a file's ${...} stays text, never resolved
     return [f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
             for key in sorted(set(old) | set(new))
             if key.rsplit(".", 1)[-1] not in _WEIGHT_SOURCES and old.get(key) != new.get(key)]

@@ -137,8 +137,8 @@ class DinoVitEncoder(Encoder):
         super().__init__()
         if size not in DINOV3_MODELS:
             raise ValueError(f"unknown DINOv3 size {size!r}; choose one of {list(DINOV3_MODELS)}")
-        if weights is None and frozen and not random_init:
-            raise FileNotFoundError(_no_weights_message(DINOV3_WIDTHS[size]))
+        if weights is None and not random_init:
+            raise FileNotFoundError(_no_weights_message(DINOV3_WIDTHS[size], frozen))
         self.size = size
         self.model = timm.create_model(
             DINOV3_MODELS[size], pretrained=False, dynamic_img_size=True
@@ -276,11 +276,13 @@ def frozen_vits_to_bf16(net: nn.Module) -> int:
     return changed
 
 
-def _no_weights_message(width: int) -> str:
+def _no_weights_message(width: int, frozen: bool = True) -> str:
     name, pattern = DINOV3_FILES.get(width, ("DINOv3", "dinov3_vit*16_pretrain_lvd1689m-*.pth"))
+    harm = ("its random features would feed the decoder noise" if frozen else
+            "with vit.frozen=false it would train a ViT from scratch, not fine-tune DINOv3")
     return (
-        f"the frozen DINOv3 {name} has no weights (vit.weights is null): trained on, its "
-        f"random features would feed the decoder noise. Download {pattern} from "
+        f"the {'frozen ' if frozen else ''}DINOv3 {name} has no weights (vit.weights is "
+        f"null): {harm}. Download {pattern} from "
         f"{DINOV3_SOURCE}, put it in {CHECKPOINT_DIR_HINT} and set "
         f"vit.weights=<that file>; or set vit.random_init=true to use random weights on "
         f"purpose (tests, the synthetic quickstart)."
@@ -327,7 +329,11 @@ def _check_dinov3(state: Mapping[str, torch.Tensor], model: nn.Module, path: Pat
             f"from {DINOV3_SOURCE} or timm's converted DINOv3 weights."
         )
     periods, ours = state.get("rope_embed.periods"), model.rope.periods
-    if periods is not None and periods.shape == ours.shape and not torch.allclose(periods, ours):
+    if periods is None or periods.shape != ours.shape or not periods.is_floating_point():
+        return
+    # A file converted to fp16/bf16 holds rounded periods: compare at the file's precision.
+    rounded = ours.to(periods.dtype).float()
+    if not torch.allclose(periods.float(), rounded, rtol=torch.finfo(periods.dtype).eps):
         raise ValueError(f"{path}: its RoPE periods differ from timm's DINOv3 (another RoPE base?)")
 
 
