@@ -286,5 +286,17 @@ def test_vgg_file_saved_before_num_batches_tracked_loads(tmp_path: Path) -> None
         assert torch.equal(value, expected), key
 
 
+def test_backbone_file_with_pickled_objects_names_the_way_out(tmp_path: Path) -> None:
+    """``trust_pickle`` is for checkpoints and never reaches a backbone's weights: the
+    refusal must not send the user there, but to a plain copy of the tensors."""
+    path = tmp_path / "vgg_module.pth"
+    torch.save(torchvision.models.vgg.make_layers([8, "M"], True), path)  # a pickled module
+    with pytest.raises(Exception, match="could run arbitrary code") as info:
+        VggEncoder("vgg11_bn", weights=path)
+    message = str(info.value)
+    assert "trust_pickle=true" not in message
+    assert "read data-only" in message and str(path.with_suffix(".plain.pth")) in message
+
+
 def test_vgg19_bn_hub_file_name() -> None:
     assert vgg_hub_file("vgg19_bn").name == "vgg19_bn-c79401a0.pth"

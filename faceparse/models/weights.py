@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from faceparse.safe_load import NotACheckpointError, safe_load
+from faceparse.safe_load import NotACheckpointError, UnsafeCheckpointError, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,27 @@ def load_state_dict_file(
         )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
-    state = safe_load(path, trust_pickle=trust_pickle)
+    try:
+        state = safe_load(path, trust_pickle=trust_pickle)
+    except UnsafeCheckpointError as error:
+        if trust_pickle:
+            raise
+        raise UnsafeCheckpointError(_resave_advice(str(error), path)) from error
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     return _state_dict(state, path)
+
+
+def _resave_advice(refusal: str, path: Path) -> str:
+    """safe_load's refusal with the way out for a backbone file: no ``trust_pickle`` reaches
+    ``cnn.weights``/``vit.weights``, so re-saving its tensors is the one way."""
+    why = refusal.split(" Only if you fully trust", 1)[0]
+    return (f"{why} Backbone weights are read data-only (trust_pickle is for checkpoints). "
+            f"If you fully trust the file, save its tensors as a plain state dict and point "
+            f"the config at the copy: python -c \"import torch; m = torch.load('{path}', "
+            f"weights_only=False); torch.save(m.state_dict() if hasattr(m, 'state_dict') "
+            f"else m, '{path.with_suffix('.plain.pth')}')\"")
 
 
 def _read_safetensors(path: Path) -> StateDict:
