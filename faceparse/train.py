@@ -32,7 +32,7 @@ from faceparse.cli import (
     one_line_errors,
 )
 from faceparse.labels import get_scheme
-from faceparse.models.vgg import refuse_untrained_frozen_norms
+from faceparse.models.vgg import refuse_untrained_frozen_norms, warn_random_cnn
 from faceparse.safe_load import safe_globals
 from faceparse.training.best_checkpoint import KeepBestCheckpoints
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
@@ -163,6 +163,8 @@ def fit(cfg: DictConfig) -> dict[str, float]:
         resume = start_from(cfg.ckpt_path, model.net, model.scheme, trust_pickle)
     if cfg.train and resume is None:  # a resumed run brings the statistics it froze
         refuse_untrained_frozen_norms(model.net)
+    if cfg.train and not cfg.get("ckpt_path"):
+        warn_random_cnn(model.net)
     callbacks = instantiate_all(cfg.get("callbacks"), "callbacks")
     if resume:  # in a new folder, Lightning would forget which checkpoint was the best
         callbacks.append(KeepBestCheckpoints())

@@ -298,5 +298,19 @@ def test_backbone_file_with_pickled_objects_names_the_way_out(tmp_path: Path) ->
     assert "read data-only" in message and str(path.with_suffix(".plain.pth")) in message
 
 
+def test_training_a_vgg_from_random_weights_is_said_unless_meant(caplog) -> None:
+    """Forgetting cnn.pretrained trains normally, only worse: the run log must say it."""
+    from faceparse.models.vgg import warn_random_cnn
+
+    with caplog.at_level("WARNING", logger="faceparse.models.vgg"):
+        warn_random_cnn(torch.nn.Sequential(VggEncoder("vgg11_bn", num_stages=1)))
+    assert "CNN (0) (vgg11_bn) starts from random weights" in caplog.text
+    assert "cnn.pretrained=true" in caplog.text and "cnn.random_init=true" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="faceparse.models.vgg"):
+        warn_random_cnn(VggEncoder("vgg11_bn", num_stages=1, random_init=True))
+    assert caplog.text == ""
+
+
 def test_vgg19_bn_hub_file_name() -> None:
     assert vgg_hub_file("vgg19_bn").name == "vgg19_bn-c79401a0.pth"

@@ -31,7 +31,8 @@ from faceparse.models.weights import StateDict, load_state_dict_file, load_stric
 log = logging.getLogger(__name__)
 
 __all__ = ["VggEncoder", "conv_with_frozen_norm", "load_vgg_weights",
-           "refuse_untrained_frozen_norms", "vgg_features_filter", "vgg_hub_file"]
+           "refuse_untrained_frozen_norms", "vgg_features_filter", "vgg_hub_file",
+           "warn_random_cnn"]
 
 VGG_SOURCE = "torchvision's vgg19_bn ImageNet weights (vgg19_bn-c79401a0.pth)"
 
@@ -43,7 +44,8 @@ class VggEncoder(Encoder):
     list then matches the original project's ``encoder.cnn.layers.<i>`` keys);
     ``num_stages=5`` adds block 5 at stride 16 for the CNN-only ablation. ImageNet weights
     come from ``weights`` (a torchvision file) or, with ``pretrained``, from the torch hub
-    cache; nothing is downloaded. ``freeze_norm`` keeps the BatchNorm layers' statistics,
+    cache; nothing is downloaded (``random_init`` says that none is meant, so training
+    does not warn about it). ``freeze_norm`` keeps the BatchNorm layers' statistics,
     scale and shift as loaded (pretrained or from a checkpoint): they stay in eval mode and
     out of the optimizer, and each runs inside the convolution before it.
     """
@@ -55,6 +57,7 @@ class VggEncoder(Encoder):
         weights: str | Path | None = None,
         pretrained: bool = False,
         freeze_norm: bool = False,
+        random_init: bool = False,
     ) -> None:
         super().__init__()
         if not 1 <= num_stages <= 5:
@@ -84,6 +87,9 @@ class VggEncoder(Encoder):
                 )
         if weights is not None:
             load_vgg_weights(self.layers, weights)
+        self.arch = arch
+        self.loaded_from = weights
+        self.random_init = random_init
         self.freeze_norm = freeze_norm
         if freeze_norm:
             for norm in self.norms():
@@ -136,6 +142,23 @@ def conv_with_frozen_norm(conv: nn.Conv2d, norm: _BatchNorm, x: torch.Tensor) ->
     if conv.bias is not None:
         shift = shift + conv.bias * scale
     return conv._conv_forward(x, conv.weight * scale.reshape(-1, 1, 1, 1), shift)
+
+
+def warn_random_cnn(net: nn.Module) -> None:
+    """Say so when training starts a VGG from random weights without being asked to.
+
+    The reference model starts from ImageNet's VGG; forgetting ``cnn.pretrained`` trains
+    and scores normally, only worse, so a run (and an ablation of it) would never show it.
+    """
+    for name, module in net.named_modules():
+        if isinstance(module, VggEncoder) and module.loaded_from is None \
+                and not module.random_init:
+            log.warning(
+                "the CNN%s (%s) starts from random weights: neither cnn.weights nor "
+                "cnn.pretrained=true is set. The reference model starts from ImageNet's "
+                "(torchvision's %s-*.pth in the torch hub cache with cnn.pretrained=true, or "
+                "cnn.weights=<file>); cnn.random_init=true says random weights are meant",
+                f" ({name})" if name else "", module.arch, module.arch)
 
 
 def refuse_untrained_frozen_norms(net: nn.Module) -> None:
