@@ -28,6 +28,7 @@ from hydra._internal.utils import (
     get_args_parser,
 )
 from hydra.core.config_search_path import SearchPathQuery
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException, MissingConfigException
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -38,6 +39,7 @@ from faceparse.fast_path import auto_precision
 from faceparse.labels import get_scheme
 from faceparse.training.optim import fused_default
 from faceparse.training.run_folder import (
+    command_keys,
     discard_refused_run,
     hydra_subdir,
     keep_run_folder,
@@ -45,8 +47,8 @@ from faceparse.training.run_folder import (
 )
 from faceparse.training.run_naming import job_folder
 
-__all__ = ["CONF_DIR", "register_resolvers", "hydra_entry", "instantiate_option",
-           "one_line_errors", "report_error", "refuse_missing_sweeps",
+__all__ = ["CONF_DIR", "command_line_keys", "register_resolvers", "hydra_entry",
+           "instantiate_option", "one_line_errors", "report_error", "refuse_missing_sweeps",
            "refuse_configured_sweeper", "keep_run_folder", "discard_refused_run"]
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -95,6 +97,14 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
         return main
 
     return decorate
+
+
+def command_line_keys() -> list[str] | None:
+    """The dotted keys this command's own overrides set (``data=lapa`` stands for all of
+    ``data``); None outside Hydra, where nothing tells them from the composed defaults."""
+    if not HydraConfig.initialized():
+        return None
+    return command_keys(HydraConfig.get().overrides.task, CONF_DIR)
 
 
 def refuse_missing_values(cfg: DictConfig, config_name: str, doc: str | None) -> None:

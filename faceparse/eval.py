@@ -8,16 +8,24 @@ resolution, and writes a report folder that states its protocol (``faceparse.eva
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
-from faceparse.cli import hydra_entry, instantiate_option, keep_run_folder, one_line_errors
+from faceparse.checkpoints.locate import LocatedCheckpoint
+from faceparse.cli import (
+    command_line_keys,
+    hydra_entry,
+    instantiate_option,
+    keep_run_folder,
+    one_line_errors,
+)
 from faceparse.data.loaders import single_thread_opencv
 from faceparse.evaluation import MultiPassTTA, Protocol, file_fingerprint, score_split
 from faceparse.evaluation.report import write_report
@@ -26,6 +34,7 @@ from faceparse.inference.batch import prepare_for_inference
 from faceparse.inference.model import resolve_device
 from faceparse.labels import LabelScheme, get_scheme, mapping_lut
 from faceparse.models.dinov3 import DinoVitEncoder
+from faceparse.training.run_folder import CONFIG_FILE
 from faceparse.writable import output_dir
 
 log = logging.getLogger(__name__)
@@ -45,19 +54,57 @@ def scoring_scheme(model: LabelScheme, data_labels: str, labels: str | None) -> 
     return data
 
 
-def raw_files_unless(cfg: DictConfig) -> dict[str, Any]:
+def raw_files_unless(cfg: DictConfig, data: DictConfig | None = None) -> dict[str, Any]:
     """Reader overrides that skip the prepared copy (resized JPEGs) unless it may be used.
 
     Scoring at the original resolution needs the original masks; at the model size the
     prepared copy is used only when ``use_prepared=true`` (its images are re-encoded).
     """
-    if "prepared_dir" not in cfg.data.dataset:
+    if "prepared_dir" not in (cfg.data if data is None else data).dataset:
         return {}
     if cfg.use_prepared and cfg.resolution == "original":
         log.warning("use_prepared=true is ignored at resolution=original: the prepared copy "
                     "holds resized masks")
     keep = bool(cfg.use_prepared) and cfg.resolution == "model"
     return {} if keep else {"prepared_dir": None}
+
+
+def run_folder_of(located: LocatedCheckpoint) -> Path | None:
+    """The training run a checkpoint belongs to: the folder given as ``ckpt=``, or the one
+    around ``<run>/checkpoints/<file>.ckpt``; None for a file on its own."""
+    run = located.run_dir or located.path.parent.parent
+    return run if located.path.parent.name == "checkpoints" and (run / CONFIG_FILE).is_file() \
+        else None
+
+
+def data_to_score(cfg: DictConfig, located: LocatedCheckpoint,
+                  command_keys: list[str] | None) -> tuple[DictConfig, str]:
+    """The data config to score, and where it came from.
+
+    A run is scored on its own data (its test split, rendered or listed with its options:
+    ``data.dataset.fractions``, a synthetic ``render_size``) unless the command line sets
+    ``data``; eval's default, synthetic faces at 256 px, would be another test set.
+    """
+    run = run_folder_of(located)
+    given = command_keys is None or any(k == "data" or k.startswith("data.")
+                                        for k in command_keys)
+    if run is None or given or not cfg.run_data:
+        return cfg.data, "the command line" if given else "eval's defaults"
+    saved = OmegaConf.load(run / CONFIG_FILE)
+    if "data" not in saved:
+        raise ValueError(f"{run / CONFIG_FILE} has no data config: set data= (and its "
+                         f"options) for the split to score")
+    log.info("scoring on the run's own data config (%s); data=... on the command line "
+             "scores another", run / CONFIG_FILE)
+    return saved.data, f"the run's {run / CONFIG_FILE}"
+
+
+def vit_file_of(net: nn.Module) -> tuple[str | None, str | None]:
+    """The DINOv3 file a net's ViT was read from (a checkpoint without ViT weights), and
+    its sha256: two such files of one shape give two scores from one checkpoint."""
+    files = [m.weights_file for m in net.modules()
+             if isinstance(m, DinoVitEncoder) and m.weights_file]
+    return (files[0], file_fingerprint(files[0])) if files else (None, None)
 
 
 def precision_of(net: nn.Module, device: torch.device) -> str:
@@ -71,34 +118,36 @@ def precision_of(net: nn.Module, device: torch.device) -> str:
     return "fp32, the frozen ViT in bf16" if vit_bf16 else "fp32"
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Score ``cfg.ckpt`` on ``cfg.split`` of ``cfg.data``; write and return the report."""
+def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str, Any]:
+    """Score ``cfg.ckpt`` on ``cfg.split`` of ``cfg.data`` (a run's own data when the
+    command line, whose keys ``command_keys`` are, sets none); write and return the report."""
     if cfg.resolution not in ("model", "original"):
         raise ValueError(f"resolution={cfg.resolution}: choose model or original")
-    out = output_dir(cfg.out or cfg.paths.output_dir, "out")
     located = locate_checkpoint(cfg.ckpt)
+    data, data_from = data_to_score(cfg, located, command_keys)
     ckpt = read_checkpoint(located.path, bool(cfg.trust_pickle))
     net, model_scheme = load_face_parser(ckpt, cfg.vit_weights)
-    scored = scoring_scheme(model_scheme, cfg.data.labels, cfg.labels)
+    out = output_dir(cfg.out or cfg.paths.output_dir, "out")
+    scored = scoring_scheme(model_scheme, data.labels, cfg.labels)
     to_scored = mapping_lut(model_scheme, scored)
     image_size = int(cfg.image_size or (ckpt.metadata or {}).get("image_size")
-                     or cfg.data.image_size)
+                     or data.image_size)
     if image_size % net.size_multiple:
         raise ValueError(f"image_size={image_size} is not a multiple of the model's "
                          f"{net.size_multiple}: set image_size= to a multiple of it")
     device = resolve_device(str(cfg.device))
     net = prepare_for_inference(net, device, instantiate_option(cfg.fast_path))
 
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(data)
     reader = datamodule.open_dataset(str(cfg.split), None, image_size, labels=scored.name,
-                                     **raw_files_unless(cfg))
+                                     **raw_files_unless(cfg, data))
     if len(reader) == 0:
         raise ValueError(f"split={cfg.split} of data={type(reader).__name__} has no samples")
     samples = EvalSamples(reader, image_size, cfg.resolution == "original")
-    workers = int(cfg.data.num_workers)
+    workers = int(data.num_workers)
     if workers:
         single_thread_opencv()
-    loader = DataLoader(samples, batch_size=int(cfg.data.eval_batch_size or cfg.data.batch_size),
+    loader = DataLoader(samples, batch_size=int(data.eval_batch_size or data.batch_size),
                         num_workers=workers, collate_fn=collate_samples,
                         pin_memory=device.type == "cuda")
     tta = MultiPassTTA.from_options(cfg.tta.flip, cfg.tta.scales, net.size_multiple)
@@ -110,6 +159,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                          f"were bad (the warnings above name them; e.g. "
                          f"{result.skipped[0] if result.skipped else 'none'})")
     present = result.scores["present"].tolist()
+    vit_file = vit_file_of(net)
     protocol = Protocol(
         checkpoint=str(located.path), checkpoint_sha256=file_fingerprint(located.path),
         model_labels=model_scheme.name, dataset=type(reader).__name__,
@@ -119,6 +169,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         left_out=list(getattr(reader, "left_out", [])),
         resolution=str(cfg.resolution), image_size=image_size, tta=tta.describe(),
         precision=precision_of(net, device),
+        data_from=data_from, data_root=None if data.get("root") is None else str(data.root),
+        data_options=OmegaConf.to_container(data.dataset, resolve=True),
+        vit_weights=vit_file[0], vit_weights_sha256=vit_file[1],
         background=[scored.class_names[0]],
         averaged=[n for i, n in enumerate(scored.class_names) if i and present[i]],
     )
@@ -131,7 +184,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 @hydra_entry("eval")
 @one_line_errors(ValueError, KeyError, FileNotFoundError, ImportError)
 def main(cfg: DictConfig) -> float | None:
-    return evaluate(cfg)["f1_mean"]
+    return evaluate(cfg, command_line_keys())["f1_mean"]
 
 
 if __name__ == "__main__":

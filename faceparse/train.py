@@ -20,12 +20,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from faceparse.checkpoints import start_from
 from faceparse.cli import (
     CONF_DIR,
+    command_line_keys,
     hydra_entry,
     instantiate_option,
     keep_run_folder,
@@ -41,7 +41,6 @@ from faceparse.training.loggers import finish_wandb, log_config
 from faceparse.training.preflight import check_optimizer, check_training_options
 from faceparse.training.run_folder import (
     CONFIG_FILE,
-    command_keys,
     refuse_existing_run,
     resume_config,
     write_hydra_files,
@@ -94,14 +93,6 @@ def check_labels(cfg: DictConfig) -> None:
         raise ValueError(f"data.labels={cfg.data.labels}: {err.args[0]}") from None
 
 
-def _command_keys() -> list[str] | None:
-    """What this command's own overrides set (``resume=`` checks only those against the
-    run); None outside Hydra, where every key is checked."""
-    if not HydraConfig.initialized():
-        return None
-    return command_keys(HydraConfig.get().overrides.task, CONF_DIR)
-
-
 def _best_score(trainer: L.Trainer) -> dict[str, float]:
     """``{"best/<monitor>": score}`` of the best checkpoint: what a sweep compares, not the
     last epoch's value."""
@@ -119,7 +110,7 @@ def resumed(cfg: DictConfig) -> DictConfig:
         refuse_existing_run(Path(cfg.paths.output_dir))
         write_hydra_files(cfg)
         return cfg
-    accepted = resume_config(cfg, _command_keys())
+    accepted = resume_config(cfg, command_line_keys())
     write_hydra_files(cfg)
     return accepted
 

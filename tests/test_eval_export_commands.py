@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from faceparse.checkpoints import checkpoint_metadata
 from faceparse.deploy import load_onnx_parser
@@ -51,6 +52,23 @@ def test_eval_writes_a_report_with_its_protocol(checkpoint: Path, tmp_path: Path
     for name in ("metrics.csv", "confusion.png", "worst_images.png", "protocol.txt"):
         assert (tmp_path / name).stat().st_size > 0
     assert "f1_mean" in result.stdout  # the terminal table
+
+
+def test_eval_of_a_run_folder_scores_the_runs_own_test_split(checkpoint: Path, compose,
+                                                             tmp_path: Path) -> None:
+    """``eval ckpt=<run>`` with no data= scores the test split the run made (its sizes and
+    render size), and the protocol says where the data options came from."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "epoch_003.ckpt").write_bytes(checkpoint.read_bytes())
+    data = compose(["data.image_size=32", "data.dataset.sizes={train: 1, val: 1, test: 2}"]).data
+    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml({"data": data}))
+    result = run("eval", f"ckpt={run_dir}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    protocol = json.loads((tmp_path / "eval" / "metrics.json").read_text())["protocol"]
+    assert protocol["samples"] == 2 and protocol["data_options"]["render_size"] == 32
+    assert protocol["data_from"] == f"the run's {run_dir / 'config_resolved.yaml'}"
+    assert "Data options from the run's" in protocol["text"]
 
 
 @pytest.mark.parametrize(("args", "message"), [

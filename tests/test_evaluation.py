@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
@@ -16,7 +17,8 @@ from torch.utils.data import DataLoader
 from faceparse.data.io import BadSampleError
 from faceparse.data.readers.base import FaceParsingDataset
 from faceparse.data.synthetic import SyntheticFaces
-from faceparse.eval import raw_files_unless, scoring_scheme
+from faceparse.checkpoints.locate import LocatedCheckpoint
+from faceparse.eval import data_to_score, raw_files_unless, scoring_scheme
 from faceparse.evaluation import MultiPassTTA, Protocol, score_split, write_report
 from faceparse.evaluation.samples import EvalSamples, collate_samples
 from faceparse.labels import LAPA, LabelScheme, get_scheme, mapping_lut
@@ -193,3 +195,28 @@ def test_multi_scale_tta_averages_passes_at_the_input_size() -> None:
 ])
 def test_scoring_reads_original_files_unless_told(compose, args, overrides) -> None:
     assert raw_files_unless(compose(["ckpt=x.ckpt", *args], config="eval")) == overrides
+
+
+def test_a_run_is_scored_on_its_own_data_unless_the_command_line_sets_data(
+        compose, tmp_path: Path) -> None:
+    """eval's default data (synthetic faces at 256 px) is another test set than a run's
+    (the quickstart renders at 64 px; a folder's fractions decide which images are test)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "epoch_000.ckpt").write_bytes(b"")
+    trained = compose(["data.image_size=64"]).data
+    (run / "config_resolved.yaml").write_text(OmegaConf.to_yaml({"data": trained}))
+    cfg = compose(["ckpt=x"], config="eval")
+    for located in (LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt", run),
+                    LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt")):
+        data, source = data_to_score(cfg, located, ["ckpt"])
+        assert data.dataset.render_size == 64 and source.endswith("config_resolved.yaml")
+    data, source = data_to_score(cfg, LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt"),
+                                 ["ckpt", "data.image_size"])
+    assert data.dataset.render_size == 256 and source == "the command line"
+    alone = tmp_path / "tiny.ckpt"
+    data, source = data_to_score(cfg, LocatedCheckpoint(alone), ["ckpt"])
+    assert data.dataset.render_size == 256 and source == "eval's defaults"
+    cfg.run_data = False
+    assert data_to_score(cfg, LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt", run),
+                         ["ckpt"])[1] == "eval's defaults"

@@ -46,6 +46,11 @@ class Protocol:
     background: list[str] = field(default_factory=list)
     averaged: list[str] = field(default_factory=list)
     ignore_index: int = 255
+    data_from: str = "the command line"  # or the run's own config file
+    data_root: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)  # data.dataset, resolved
+    vit_weights: str | None = None  # the DINOv3 file a checkpoint without ViT weights read
+    vit_weights_sha256: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "skipped_count": len(self.skipped),
@@ -73,5 +78,11 @@ class Protocol:
             f"({', '.join(self.averaged) or 'none'}; background: "
             f"{', '.join(self.background)}); mIoU averages every class present. "
             f"TTA: {self.tta}. Precision: {self.precision}. Checkpoint {self.checkpoint} (sha256 "
-            f"{self.checkpoint_sha256[:16]}...)."
+            f"{self.checkpoint_sha256[:16]}...){self._vit()}. Data options from "
+            f"{self.data_from}{f' (root {self.data_root})' if self.data_root else ''}."
         )
+
+    def _vit(self) -> str:
+        if not self.vit_weights:
+            return ""
+        return f" with the ViT of {self.vit_weights} (sha256 {self.vit_weights_sha256[:16]}...)"
