@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from faceparse.fast_path import auto_precision
 from faceparse.labels import get_scheme
+from faceparse.metrics import metric_mode
 from faceparse.training.optim import fused_default
 from faceparse.training.run_folder import (
     command_keys,
@@ -61,6 +62,7 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "run_folder": run_folder,
     "hydra_subdir": hydra_subdir,
     "job_folder": job_folder,
+    "metric_mode": metric_mode,
 }
 
 
@@ -68,7 +70,8 @@ def register_resolvers() -> None:
     """``${num_classes:<scheme>}``, ``${auto_precision:<accelerator>}`` and
     ``${fused_optimizer:<accelerator>,<precision>}``,
     ``${run_folder:<resume>,<default>}``, ``${hydra_subdir:<resume>}``,
-    ``${job_folder:<number>,<overrides>}``; idempotent."""
+    ``${job_folder:<number>,<overrides>}``, ``${metric_mode:<metric>[,optuna]}``;
+    idempotent."""
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

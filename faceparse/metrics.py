@@ -15,10 +15,20 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from faceparse.labels import IGNORE_INDEX
 
-__all__ = ["HEADLINE", "SegmentationMetrics", "scores_from_confusion"]
+__all__ = ["HEADLINE", "SegmentationMetrics", "metric_mode", "scores_from_confusion"]
 
 # The figures papers report: mean F1 over foreground classes present, mIoU, pixel accuracy.
 HEADLINE = ("f1_mean", "miou", "pixel_acc")
+
+
+def metric_mode(name: str, wording: str = "lightning") -> str:
+    """Which way ``name`` improves: ``min`` for a loss (``val/loss``), ``max`` for every
+    score; ``wording="optuna"`` says ``minimize``/``maximize``. The checkpoint callback,
+    the sweeper and the report all ask here, so a loss is never kept at its worst."""
+    lower = str(name).rsplit("/", 1)[-1] == "loss"
+    if wording == "optuna":
+        return "minimize" if lower else "maximize"
+    return "min" if lower else "max"
 
 
 def scores_from_confusion(

@@ -143,6 +143,18 @@ def test_callbacks_option_instantiates(compose, option: str) -> None:
     assert all(isinstance(cb, L.Callback) for cb in callbacks)
 
 
+@pytest.mark.parametrize(("metric", "mode"), [("val/f1_mean", "max"), ("val/loss", "min"),
+                                              ("train/loss", "min"), ("val/iou/hair", "max")])
+def test_the_best_checkpoint_is_the_lowest_loss_and_the_highest_score(compose, metric, mode
+                                                                      ) -> None:
+    """A loss kept in mode max would keep, test and report the worst epoch."""
+    from faceparse.train import instantiate_all
+
+    cfg = compose([f"optimized_metric={metric}"])
+    best = instantiate_all(cfg.callbacks)[0]
+    assert (best.monitor, best.mode) == (metric, mode)
+
+
 @pytest.mark.parametrize("option", ["cpu", "default"])
 def test_cpu_trainers_instantiate(compose, option: str) -> None:
     cfg = compose([f"trainer={option}", "trainer.accelerator=cpu"])

@@ -109,6 +109,9 @@ def test_optuna_search_space_and_study_file() -> None:
     assert sweeper.params.fusion == "choice(vit_only, concat, sum, gate, cross_attn)"
     # one fixed folder per study name: the same command finds its study again
     assert sweeper.storage == "sqlite:///multirun/train/optuna_search/optuna.db"
+    # a loss improves downwards: the study minimises it
+    loss = hydra_section(["hparams_search=optuna", "optimized_metric=val/loss"]).sweeper
+    assert loss.direction == "minimize"
 
 
 def test_slurm_launcher_extends_the_plugin_config() -> None:
