@@ -39,10 +39,10 @@ from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
 from faceparse.training.job_status import record_job
 from faceparse.training.loggers import finish_wandb, log_config
 from faceparse.training.preflight import check_optimizer, check_training_options
+from faceparse.training.resume_run import continue_requeued, resume_config
 from faceparse.training.run_folder import (
     CONFIG_FILE,
     refuse_existing_run,
-    resume_config,
     write_hydra_files,
 )
 
@@ -105,7 +105,9 @@ def resumed(cfg: DictConfig) -> DictConfig:
     """The config to train with: for ``resume=``, the run's own once :func:`resume_config`
     accepts this command (and then Hydra's ``.hydra/`` files, left to the job, are written
     into the run folder); else ``cfg``, once its folder holds no run yet
-    (:func:`refuse_existing_run`). Before it returns, nothing is written there."""
+    (:func:`refuse_existing_run`). Before it returns, nothing is written there. A job SLURM
+    requeued continues its own run (:func:`continue_requeued`)."""
+    cfg = continue_requeued(cfg)
     if not cfg.get("resume"):
         refuse_existing_run(Path(cfg.paths.output_dir))
         write_hydra_files(cfg)

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from faceparse.cli import CONF_DIR
 from faceparse.train import train
-from faceparse.training.run_folder import command_keys, newest_checkpoint, resume_config
+from faceparse.training.resume_run import newest_checkpoint, resume_config
+from faceparse.training.run_folder import command_keys
 
 # No LR schedule: its length follows max_epochs, and the stopped run is extended below.
 EXACT = ("scheduler=none", "test=false", "data.num_workers=0", "trainer.deterministic=true")
@@ -125,6 +126,71 @@ def test_a_moved_run_folder_is_refused(compose, tiny, tmp_path: Path) -> None:
     fake_run(tmp_path / "moved", compose(tiny, output_dir=tmp_path / "old"))
     with pytest.raises(ValueError, match="old \\(was the folder moved\\?\\)"):
         resumed(compose([f"resume={tmp_path / 'moved'}"], output_dir=tmp_path / "moved"))
+
+
+def test_resume_auto_never_writes_over_a_run_it_cannot_continue(compose, tiny, tmp_path: Path
+                                                                 ) -> None:
+    """A finished run without last.ckpt (callbacks=none, save_last=false) or one that kept
+    only its best checkpoint: a new run there would overwrite its status, config and scores."""
+    finished = tmp_path / "finished"
+    (finished / "csv").mkdir(parents=True)
+    (finished / "csv" / "metrics.csv").write_text("step,val/f1_mean\n0,0.5\n")
+    (finished / "status.json").write_text('{"status": "finished"}')
+    with pytest.raises(ValueError, match="holds a finished run but no last.ckpt"):
+        resumed(compose([*tiny, "resume=auto"], output_dir=finished))
+    best_only = tmp_path / "best_only"
+    (best_only / "checkpoints").mkdir(parents=True)
+    (best_only / "checkpoints" / "epoch_002.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds checkpoints/epoch_002.ckpt but no last.ckpt"):
+        resumed(compose([*tiny, "resume=auto"], output_dir=best_only))
+    # killed before its first checkpoint: started again, its metrics kept aside, not continued
+    killed = tmp_path / "killed"
+    (killed / "csv").mkdir(parents=True)
+    (killed / "csv" / "metrics.csv").write_text("step,train/loss\n0,2.0\n")
+    (killed / "status.json").write_text('{"status": "running"}')
+    cfg = resumed(compose([*tiny, "resume=auto"], output_dir=killed))
+    assert cfg.resume == "auto" and not (killed / "csv" / "metrics.csv").exists()
+    assert [p.read_text() for p in (killed / "csv").glob("metrics.before_*.csv")] == [
+        "step,train/loss\n0,2.0\n"]
+
+
+def test_resume_auto_with_ckpt_path_starts_from_it_once_then_continues(compose, tiny,
+                                                                      tmp_path: Path) -> None:
+    """The SLURM script's resume=auto with ckpt_path=<weights>: the first attempt starts
+    from the file, a requeued one continues its own run."""
+    run = tmp_path / "run"
+    start = f"ckpt_path={tmp_path / 'decoder.ckpt'}"
+    assert resumed(compose([*tiny, "resume=auto", start], output_dir=run)).ckpt_path == str(
+        tmp_path / "decoder.ckpt")
+    fake_run(run, compose([*tiny, start], output_dir=run))
+    cfg = resumed(compose([*tiny, "resume=auto", start], output_dir=run))
+    assert cfg.ckpt_path == str(run / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize("value", ["true", "1"])
+def test_resume_true_is_one_clear_refusal(compose, tiny, tmp_path: Path, value: str) -> None:
+    from faceparse.training.run_folder import run_folder
+
+    assert run_folder(True, "outputs/x") == "outputs/x"  # Hydra's folder resolves
+    with pytest.raises(ValueError, match=r"resume takes a run folder \(resume=<folder>\) or "
+                                         r"auto"):
+        resumed(compose([*tiny, f"resume={value}"], output_dir=tmp_path))
+
+
+def test_a_job_slurm_requeued_continues_its_run(compose, tiny, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """submitit requeues a sweep job with its first command, without resume=: it must not
+    start again at epoch 0 beside its own checkpoints."""
+    from faceparse.train import resumed as train_resumed
+
+    run = tmp_path / "run"
+    fake_run(run, compose(tiny, output_dir=run))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    cfg = train_resumed(compose(tiny, output_dir=run))
+    assert cfg.ckpt_path == str(run / "checkpoints" / "last.ckpt")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with pytest.raises(ValueError, match="already holds a run"):  # not requeued: refused
+        train_resumed(compose(tiny, output_dir=run))
 
 
 def test_command_keys_of_group_options() -> None:

@@ -11,11 +11,12 @@ sample is scored on one rank only: :func:`faceparse.data.loaders.eval_sampler`.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["is_rank_zero", "quiet_other_ranks"]
+__all__ = ["is_rank_zero", "quiet_other_ranks", "requeued"]
 
 
 def is_rank_zero() -> bool:
@@ -25,6 +26,12 @@ def is_rank_zero() -> bool:
     ``SLURM_PROCID``) at import, so this holds before the process group exists.
     """
     return rank_zero_only.rank == 0
+
+
+def requeued() -> bool:
+    """A SLURM job the cluster started again (pre-emption, a timeout): its folder holds its
+    own earlier attempt, to continue, not another run to refuse."""
+    return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
 
 
 def quiet_other_ranks() -> None:

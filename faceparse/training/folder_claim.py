@@ -24,16 +24,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from faceparse.training.distributed import is_rank_zero
+from faceparse.training.distributed import is_rank_zero, requeued
 
 __all__ = ["CLAIM_FILE", "claim_run_folder"]
 
 CLAIM_FILE = ".run_claim"
-
-
-def _requeued() -> bool:
-    """A SLURM job started again by the cluster: the claim is its earlier attempt's."""
-    return os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0")
 
 
 def _this_job() -> dict[str, Any]:
@@ -78,7 +73,7 @@ def _take(path: Path, claim: dict[str, Any]) -> None:
     if _create(path, claim):
         return
     held = _read(path)
-    if _requeued() or _gone(held):
+    if requeued() or _gone(held):
         path.unlink(missing_ok=True)  # a dead job's: the next line races a live one fairly
         if _create(path, claim):
             return

@@ -1,28 +1,18 @@
-"""Resume a run in its own folder: ``resume=auto`` or ``resume=<run folder>``.
+"""A run's folder: where a job writes, and what it may write over.
 
-A resumed run reads the folder's ``config_resolved.yaml`` (its own config, not a fresh
-composition), continues from the newest training checkpoint the folder holds, and writes
-into the same folder, so checkpoints, ``csv/metrics.csv`` and TensorBoard continue where
-they stopped. ``resume=<folder>`` makes that folder the Hydra run folder (the
-``run_folder`` resolver in ``conf/hydra/default.yaml``); ``resume=auto`` resumes whatever
-``hydra.run.dir`` names and starts afresh when it holds no run yet, which is what a
-requeued SLURM job needs.
-
-Until :func:`resume_config` accepts the command, nothing is written into the run's folder: a
-refused command leaves its ``status.json``, configs and ``.hydra/`` as they were (Hydra's
-``.hydra/`` files are the job's to write here, :func:`hydra_subdir`). A new run (no
-``resume=``) refuses a folder that already holds a run (:func:`refuse_existing_run`): it would
-write over the run's checkpoints and mix its metrics into the run's ``csv/metrics.csv``.
+``resume=<folder>`` makes that folder the Hydra run folder (the ``run_folder`` resolver in
+``conf/hydra/default.yaml``); what a resumed run trains with is
+:mod:`faceparse.training.resume_run`'s. Until the command is accepted, nothing is written
+into a run's folder: a refused command leaves its ``status.json``, configs and ``.hydra/``
+as they were (Hydra's ``.hydra/`` files are the job's to write here, :func:`hydra_subdir`).
+A new run (no ``resume=``) refuses a folder that already holds a run
+(:func:`refuse_existing_run`): it would write over the run's checkpoints and mix its metrics
+into the run's ``csv/metrics.csv``.
 
 A command refused before its real work (:func:`discard_refused_run`) leaves no new run
 folder behind: the folder goes only when this command's Hydra run created it
 (:class:`NoteNewRunFolder`) and it holds nothing but Hydra's files and the job's own
 bookkeeping; a folder that was there before, a resumed run's included, is never removed.
-
-Only what the resuming command itself sets (:func:`command_keys` of its overrides) is
-checked against the saved config: the keys of :data:`EXTEND_KEYS` may change, any other
-change is refused. Keys the command does not set, and ``paths.*`` (the folders of the
-machine and working directory the run started from), come from the saved config.
 """
 
 from __future__ import annotations
@@ -45,16 +35,15 @@ from hydra.experimental.callback import Callback
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from faceparse.nested import flatten
-from faceparse.training.distributed import is_rank_zero
+from faceparse.training.distributed import is_rank_zero, requeued
 from faceparse.training.job_status import STATUS_FILE
 
 __all__ = ["AUTO", "CONFIG_FILE", "HYDRA_SUBDIR", "ContinuingCSVLogger", "InterruptCheckpoint",
            "NoteNewRunFolder", "command_keys", "discard_refused_run", "hydra_subdir",
-           "keep_run_folder", "newest_checkpoint", "refuse_existing_run", "resume_config",
-           "run_evidence", "run_folder", "write_hydra_files"]
+           "keep_run_folder", "refuse_existing_run", "run_evidence", "run_folder",
+           "write_hydra_files"]
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +53,6 @@ HYDRA_SUBDIR = ".hydra"  # Hydra's output_subdir (conf/hydra/default.yaml)
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes there
 # what a job writes into its folder before its real work: its status and its config
 BOOKKEEPING = (STATUS_FILE, CONFIG_FILE)
-# Keys that may differ between the run and the command that resumes it: how it starts, and
-# how long it trains (extending a run continues the LR schedule from the rate it reached,
-# spreading the rest of its decay over the new end: faceparse.training.schedulers).
-RESUME_KEYS = ("resume", "ckpt_path")
-EXTEND_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
-# Never compared: where the run started (its folders stay the saved ones), and Hydra's own.
-UNCHECKED = ("paths", "hydra")
 _PACKAGE = re.compile(r"^#\s*@package\s+(\S+)", re.MULTILINE)
 
 
@@ -80,9 +62,9 @@ def run_folder(resume: str | None, default: str) -> str:
     A file is :func:`resume_config`'s to refuse: raised here, in Hydra's own setup, the
     refusal would print as a traceback rather than the command's one-line error.
     """
-    if not resume or resume == AUTO or Path(resume).is_file():
-        return default
-    return str(resume)
+    if not isinstance(resume, str) or not resume or resume == AUTO or Path(resume).is_file():
+        return default  # resume=true and the like: resume_config refuses them in one line
+    return resume
 
 
 def hydra_subdir(resume: str | None, folder: str | None = None) -> str | None:
@@ -217,8 +199,8 @@ def refuse_existing_run(folder: Path) -> None:
     write over the run's checkpoints, config, status and scores, and append its metrics to
     the run's ``csv/metrics.csv``. Nothing in the folder is touched. Checked by the rank that
     writes (the others share its folder); a SLURM job requeued by the launcher starts again
-    in its own folder, as before."""
-    if not is_rank_zero() or os.environ.get("SLURM_RESTART_COUNT", "0") not in ("", "0"):
+    in its own folder (:func:`~faceparse.training.resume_run.continue_requeued`)."""
+    if not is_rank_zero() or requeued():
         return
     evidence = run_evidence(folder)
     if evidence:
@@ -226,16 +208,6 @@ def refuse_existing_run(folder: Path) -> None:
                          f"it with resume={folder}, or start this run in another folder "
                          "(hydra.run.dir=<new folder>, or no hydra.run.dir for a new "
                          "outputs/<task>/<time> folder)")
-
-
-def newest_checkpoint(folder: Path) -> Path | None:
-    """The newest training state a run folder holds: ``last.ckpt`` (epoch ends and every N
-    steps), ``on_exception.ckpt`` (SIGTERM, Ctrl-C) or Lightning's ``hpc_ckpt_*.ckpt``
-    (SLURM pre-emption, SIGUSR1)."""
-    candidates = [*(folder / "checkpoints").glob("last*.ckpt"),
-                  *(folder / "checkpoints").glob("on_exception.ckpt"),
-                  *folder.glob("hpc_ckpt_*.ckpt")]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
 def command_keys(overrides: Sequence[str], conf_dir: Path) -> list[str]:
@@ -274,73 +246,6 @@ def _option_keys(conf_dir: Path, group: str, option: object, package: str | None
             for name in entry if isinstance(entry, dict) else []:  # {override /trainer: cpu}
                 keys.append(str(name).removeprefix("override").strip(" /").replace("/", "."))
     return keys
-
-
-def _covered(key: str, prefixes: Collection[str]) -> bool:
-    return any(key == p or key.startswith(f"{p}.") for p in prefixes)
-
-
-def _differences(saved: DictConfig, current: DictConfig, keys: Collection[str] | None,
-                 ) -> list[str]:
-    """Dotted keys under ``keys`` (None: every key) whose resolved values differ, ignoring
-    :data:`RESUME_KEYS`, :data:`EXTEND_KEYS` and :data:`UNCHECKED`."""
-    flat_saved = flatten(OmegaConf.to_container(saved, resolve=True))
-    flat_current = flatten(OmegaConf.to_container(current, resolve=True))
-    ignored = (*RESUME_KEYS, *EXTEND_KEYS, *UNCHECKED)
-    return sorted(k for k in set(flat_saved) | set(flat_current)
-                  if (keys is None or _covered(k, keys)) and not _covered(k, ignored)
-                  and flat_saved.get(k) != flat_current.get(k))
-
-
-def resume_config(cfg: DictConfig, keys: Collection[str] | None = None) -> DictConfig:
-    """The config a ``resume=`` run trains with: the run's own, with ``ckpt_path`` set to its
-    newest checkpoint; ``cfg`` itself when ``resume=auto`` finds no run to continue.
-
-    ``keys`` are what the resuming command sets (:func:`command_keys`; None: every key of
-    ``cfg``): those in :data:`EXTEND_KEYS` are taken from ``cfg``, any other that differs
-    from the run is refused (a silently different resumed run), as are a file, a folder
-    that is not where this run writes, a folder without a run, a moved run folder (its config
-    writes elsewhere), and ``ckpt_path``.
-    """
-    resume = str(cfg.resume)
-    folder = Path(cfg.paths.output_dir)
-    if Path(resume).is_file():
-        raise ValueError(f"resume={resume} is a file: resume takes a run folder (or auto); "
-                         "use ckpt_path=<file> to start from a checkpoint file")
-    if cfg.get("ckpt_path"):
-        raise ValueError("resume= continues a run folder and ckpt_path= starts from a file: "
-                         "give one of them")
-    if resume != AUTO and Path(resume).resolve() != folder.resolve():
-        raise ValueError(f"resume={resume} but this run writes to {folder}: drop "
-                         "hydra.run.dir (resume=<folder> picks the folder), or use resume=auto")
-    saved_file = folder / CONFIG_FILE
-    checkpoint = newest_checkpoint(folder)
-    if not saved_file.is_file() or checkpoint is None:
-        if resume == AUTO:
-            log.info("resume=auto: no checkpoint in %s yet, starting a new run there", folder)
-            return cfg
-        raise FileNotFoundError(f"resume={resume}: a run folder needs {CONFIG_FILE} and a "
-                                "checkpoints/last.ckpt; point it at a folder that "
-                                "python -m faceparse.train trained in")
-    saved = OmegaConf.load(saved_file)
-    wrote_to = OmegaConf.select(saved, "paths.output_dir")
-    if wrote_to and Path(wrote_to).resolve() != folder.resolve():
-        raise ValueError(f"resume={resume}: {saved_file} writes to {wrote_to} (was the folder "
-                         "moved?); move it back to resume in place, or start a new run with "
-                         f"ckpt_path={checkpoint}")
-    changed = _differences(saved, cfg, keys)
-    if changed:
-        raise ValueError(f"resume={resume}: the command changes the run's config ("
-                         f"{', '.join(changed[:8])}); only {', '.join(EXTEND_KEYS)} may "
-                         f"change: drop the other overrides (resume=<run> alone uses the "
-                         f"run's own config), or start a new run with ckpt_path={checkpoint}")
-    with open_dict(saved):
-        saved.ckpt_path = str(checkpoint)
-        for key in EXTEND_KEYS:
-            if (keys is None or _covered(key, keys)) and OmegaConf.select(cfg, key) is not None:
-                OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
-    log.info("resuming %s from %s", folder, checkpoint.name)
-    return saved
 
 
 class _AppendingWriter(ExperimentWriter):
