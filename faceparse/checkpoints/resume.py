@@ -81,7 +81,8 @@ def rng_states() -> dict[str, Any]:
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # this process's device only: a run saved on 8 GPUs resumes on fewer
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
     }
 
 
@@ -93,4 +94,6 @@ def set_rng_states(states: Mapping[str, Any]) -> None:
                          n["has_gauss"], n["gauss"]))
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        cuda = states["cuda"]  # older checkpoints hold one state per GPU the saver saw
+        device = torch.cuda.current_device()
+        torch.cuda.set_rng_state(cuda[device] if device < len(cuda) else cuda[0])
