@@ -46,7 +46,7 @@ from faceparse.training.run_folder import (
     keep_run_folder,
     run_folder,
 )
-from faceparse.training.run_naming import job_folder
+from faceparse.training.run_naming import job_folder, sweep_group
 
 __all__ = ["CONF_DIR", "command_line_keys", "register_resolvers", "hydra_entry",
            "instantiate_option", "one_line_errors", "report_error", "refuse_missing_sweeps",
@@ -63,6 +63,7 @@ RESOLVERS: dict[str, Callable[..., Any]] = {
     "hydra_subdir": hydra_subdir,
     "job_folder": job_folder,
     "metric_mode": metric_mode,
+    "sweep_group": sweep_group,
 }
 
 
@@ -70,8 +71,8 @@ def register_resolvers() -> None:
     """``${num_classes:<scheme>}``, ``${auto_precision:<accelerator>}`` and
     ``${fused_optimizer:<accelerator>,<precision>}``,
     ``${run_folder:<resume>,<default>}``, ``${hydra_subdir:<resume>}``,
-    ``${job_folder:<number>,<overrides>}``, ``${metric_mode:<metric>[,optuna]}``;
-    idempotent."""
+    ``${job_folder:<number>,<overrides>}``, ``${metric_mode:<metric>[,optuna]}``,
+    ``${sweep_group:<name>}``; idempotent."""
     for name, resolver in RESOLVERS.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

@@ -107,5 +107,6 @@ def test_default_run_folders_are_unique_to_the_microsecond() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         hydra = hydra_compose("train", return_hydra_config=True).hydra
     assert re.fullmatch(r"outputs/train/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{6}", hydra.run.dir)
-    # sweeps keep their names: one folder per sweep, numbered jobs in it
-    assert re.fullmatch(r"multirun/train/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", hydra.sweep.dir)
+    # one folder per sweep, numbered jobs in it; two sweeps started in one second: two
+    assert re.fullmatch(r"multirun/train/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d{6}",
+                        hydra.sweep.dir)

@@ -92,3 +92,29 @@ def test_finish_wandb_closes_the_job_run_so_the_next_job_starts_its_own(tmp_path
         assert wandb.run is None
     assert ids[0] != ids[1]
     assert ids == [wandb_run_id(tmp_path / job) for job in ("0", "1")]
+
+
+@pytest.mark.parametrize(("mode", "extra", "group"), [
+    ("RUN", [], "train"),
+    ("MULTIRUN", ["hydra.sweep.dir=multirun/train/2026-11-28_18-40-12_123456"],
+     "train/2026-11-28_18-40-12_123456"),
+    ("MULTIRUN", ["hparams_search=optuna"], "train/optuna_search"),
+    ("MULTIRUN", ["experiment=ablation_fusion", "hydra.sweep.dir=multirun/x/y"],
+     "ablation_fusion/y"),
+])
+def test_two_sweeps_never_share_a_wandb_group(mode: str, extra: list[str], group: str) -> None:
+    """Every grid and study of one task used to land in one group, ``train``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from faceparse.cli import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["logger=wandb", f"hydra.mode={mode}", *extra],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert cfg.logger.wandb.group == group
+    finally:
+        HydraConfig.instance().cfg = None
