@@ -173,3 +173,18 @@ def test_another_search_with_the_same_study_name_is_refused(tiny, tmp_path: Path
     assert "Traceback" not in result.stderr
     assert optuna.load_study(study_name="search", storage=storage).trials == []
     assert sorted(p.name for p in sweep.iterdir()) == ["optuna.db"]
+
+
+@pytest.mark.slow
+def test_a_study_whose_every_trial_failed_says_so_in_one_line(tiny, tmp_path: Path) -> None:
+    """The plugin asks the study for its best trial at the end: Optuna's answer without a
+    finished one was a bare ``Record does not exist.``"""
+    sweep = tmp_path / "optuna"
+    result = run("faceparse.train", "hparams_search=optuna", *tiny, *FAST,
+                 "data.image_size=40", f"hydra.sweep.dir={sweep}",
+                 "hydra.sweeper.params.fusion=''", "hydra.sweeper.n_trials=1")
+    assert result.returncode == 1
+    assert (f"error: study search: no trial finished (every one failed), so there is no best "
+            f"value; the status.json of each job under {sweep} says why") in result.stderr
+    assert "Record does not exist" not in result.stderr
+    assert json.loads((sweep / "0" / "status.json").read_text())["status"] == "failed"

@@ -101,6 +101,18 @@ def _claim_study(study: Any, record: dict, name: str, storage: str) -> None:
             "name>, or rerun that study's exact command to resume it")
 
 
+def _no_trial_completed(impl: Any, error: ValueError) -> bool:
+    """Whether ``error`` is Optuna's answer to asking a study without a finished trial for
+    its best one (``Record does not exist.``)."""
+    if impl.storage and impl.study_name:
+        try:
+            study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
+        except KeyError:
+            return False
+        return not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    return "Record does not exist" in str(error)
+
+
 class ResumableOptunaSweeper(OptunaSweeper):
     """:class:`OptunaSweeper` whose re-run of the same command finishes the same study."""
 
@@ -136,4 +148,15 @@ class ResumableOptunaSweeper(OptunaSweeper):
                          impl.study_name, len(done), impl.n_trials)
                 if impl.n_trials == 0:
                     return None
-        return super().sweep(arguments)
+        try:
+            return super().sweep(arguments)
+        except ValueError as err:  # the plugin asks for the best trial whatever happened
+            if not _no_trial_completed(impl, err):
+                raise
+            from faceparse.cli import report_error
+
+            where = getattr(getattr(impl, "config", None), "hydra", None)
+            folder = where.sweep.dir if where is not None else "the sweep folder"
+            report_error(ValueError(
+                f"study {impl.study_name}: no trial finished (every one failed), so there is "
+                f"no best value; the status.json of each job under {folder} says why"))
