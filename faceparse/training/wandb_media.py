@@ -116,7 +116,10 @@ class WandbMedia(L.Callback):
         if not self._due(trainer, stage) or metrics is None or stage not in metrics:
             return
         if hasattr(metrics[stage], "confmat"):  # a SegmentationMetrics
-            self._confusion[stage] = metrics[stage].confmat.detach().clone()
+            # every rank calls this: the matrix summed over ranks, as the scores are (each
+            # rank's own share otherwise); a no-op in one process
+            with metrics[stage].sync_context():
+                self._confusion[stage] = metrics[stage].confmat.detach().clone()
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._keep_confusion(trainer, pl_module, "val")
