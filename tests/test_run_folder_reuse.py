@@ -74,7 +74,7 @@ def test_what_counts_as_a_run(compose, tiny, tmp_path: Path) -> None:
     assert hydra_subdir(None, str(folder)) == ".hydra"
     (folder / STATUS_FILE).write_text(json.dumps({"status": "failed", "error": "refused"}))
     assert run_evidence(folder) is None  # a command refused before training wrote anything
-    for status in ("finished", "running"):  # "running": perhaps started at the same time
+    for status in ("finished", "running", "interrupted"):  # "running": perhaps started now
         (folder / STATUS_FILE).write_text(json.dumps({"status": status}))
         assert run_evidence(folder) == f"status.json: {status}"
     (folder / STATUS_FILE).unlink()

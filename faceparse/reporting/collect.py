@@ -4,6 +4,10 @@ Only files on disk are used (no W&B), so a running or partly failed sweep report
 a job without ``status.json`` or ``scores.json`` is still running (or was killed). A job
 file that cannot be read or parsed (a half-written one, a disk error) does not stop the
 report: that job is listed as ``unreadable`` with the file and the reason, and a warning.
+
+Each job's validation value is the best of its own ``optimized_metric`` (from
+``status.json``, else its ``.hydra/config.yaml``), the lowest for a loss: a sweep may mix
+metrics, and a running job's value must not be another metric than a finished one's.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from typing import Any, TypeVar
 
 import yaml
 
-from faceparse.metrics import HEADLINE
+from faceparse.metrics import HEADLINE, metric_mode
 from faceparse.training.job_status import STATUS_FILE
 
-__all__ = ["UNREADABLE", "Job", "collect_jobs", "swept_keys"]
+__all__ = ["DELETED", "UNREADABLE", "Job", "collect_jobs", "swept_keys"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 UNREADABLE = "unreadable"  # the status of a job with a file the report cannot read
+DELETED = "<deleted>"  # the value of a key a Hydra override ``~key`` deleted
+DEFAULT_METRIC = f"val/{HEADLINE[0]}"  # conf/train.yaml's optimized_metric
 # what reading or parsing a half-written or corrupt job file raises
 _READ_ERRORS = (OSError, ValueError, TypeError, KeyError, csv.Error, yaml.YAMLError)
 
@@ -37,9 +43,12 @@ class Job:
 
     folder: Path
     overrides: dict[str, str]
-    status: str                                   # finished | failed | running | unreadable
+    status: str              # finished | failed | interrupted | running | unreadable
     error: str = ""
-    val_best: float = math.nan                    # best validation optimized_metric
+    val_best: float = math.nan                    # best validation value of ``metric``
+    metric: str = DEFAULT_METRIC                  # the job's optimized_metric
+    scheme: str = ""                              # label scheme of the test scores
+    precision: str = ""                           # precision the test scores were run in
     test: dict[str, float] = field(default_factory=dict)       # headline test scores
     class_f1: dict[str, float] = field(default_factory=dict)   # test F1 of present classes
     stats: dict[str, Any] = field(default_factory=dict)        # run_stats.json
@@ -76,19 +85,41 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _override(line: str) -> tuple[str, str]:
+    """``key=value`` (``+``/``++`` prefixes dropped) as (key, value); a delete override
+    ``~key`` or ``~key=value`` as (key, :data:`DELETED`)."""
+    key, _, value = line.partition("=")
+    if key.startswith("~"):
+        return key[1:], DELETED
+    return key.lstrip("+"), value
+
+
 def _overrides(path: Path) -> dict[str, str]:
     lines = yaml.safe_load(path.read_text()) or []
-    pairs = (str(line).split("=", 1) for line in lines)
-    return {key.lstrip("+~"): value for key, value in pairs}
+    return dict(_override(str(line)) for line in lines)
+
+
+def _config_metric(path: Path) -> str | None:
+    """``optimized_metric`` of a job's ``.hydra/config.yaml``; None without one."""
+    if not path.is_file():
+        return None
+    config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"a YAML {type(config).__name__}, not a mapping")
+    metric = config.get("optimized_metric")
+    return str(metric) if metric else None
 
 
 def _best_logged(path: Path, metric: str) -> float:
-    """The best (max) value of ``metric`` in a ``csv/metrics.csv`` so far; NaN if none."""
+    """The best value of ``metric`` in a ``csv/metrics.csv`` so far (the lowest for a loss,
+    :func:`~faceparse.metrics.metric_mode`); NaN if none."""
     if not path.is_file():
         return math.nan
     with open(path, newline="") as f:
         values = [float(r[metric]) for r in csv.DictReader(f) if r.get(metric)]
-    return max(values, default=math.nan)
+    values = [v for v in values if not math.isnan(v)]
+    best = min if metric_mode(metric) == "min" else max
+    return best(values, default=math.nan)
 
 
 def _status_value(status: dict[str, Any]) -> float | None:
@@ -120,14 +151,18 @@ def _job(folder: Path) -> Job:
     scores = files.read("scores.json", _read_json, {})
     test, class_f1 = files.read("scores.json", lambda _: _scores(scores), ({}, {}))
     stats = files.read("run_stats.json", _stats, {})
+    metric = str(status.get("optimized_metric") or "")  # older status files lack it
+    if not metric:
+        metric = files.read(".hydra/config.yaml", _config_metric, None) or DEFAULT_METRIC
     val_best = files.read(STATUS_FILE, lambda _: _status_value(status), None)
     if val_best is None:
-        metric = str(status.get("optimized_metric") or f"val/{HEADLINE[0]}")
         val_best = files.read("csv/metrics.csv", lambda p: _best_logged(p, metric), math.nan)
     state = str(status.get("status") or ("finished" if scores else "running"))
     return Job(folder=folder, overrides=overrides, status=UNREADABLE if files else state,
                error="; ".join(files) or str(status.get("error", "")), val_best=val_best,
-               test=test, class_f1=class_f1, stats=stats)
+               metric=metric, scheme=str(scores.get("scheme") or ""),
+               precision=str(scores.get("precision") or ""), test=test, class_f1=class_f1,
+               stats=stats)
 
 
 def collect_jobs(sweep_dir: str | Path) -> list[Job]:

@@ -1,10 +1,16 @@
-"""Every training job leaves ``status.json`` in its run folder: running, finished or failed.
+"""Every training job leaves ``status.json`` in its run folder: running, finished, failed or
+interrupted.
 
 In a sweep one bad job (an exception, an out-of-memory, a refused combination) must not end
 the whole multirun: Hydra's basic sweeper re-raises a job's exception. So in multirun mode
 the failure is written down (type, message, traceback) and the job returns ``None``, which
 the Optuna sweeper records as a failed trial and the basic/launcher sweeps simply keep.
-A single run still raises, so its user sees the error.
+A single run still raises, so its user sees the error. A job ended from outside (SIGTERM,
+which Lightning raises as a ``SystemExit``; Ctrl-C, which Lightning turns into
+``sys.exit(1)``; submitit's ``sys.exit(-1)``) is written down as ``interrupted`` and the
+exit goes on: otherwise its status would read ``running`` forever. Every status names the
+job's ``optimized_metric``, so the report compares each job's validation value by its own
+metric, the right way up (a loss lowest).
 
 A job that continues a run (``resume=``) writes into that run's folder; until the resume is
 accepted it writes nothing there, so a refused command cannot mark a finished run failed.
@@ -29,10 +35,11 @@ from faceparse.data.io import write_atomic
 from faceparse.training.distributed import is_rank_zero
 from faceparse.training.folder_claim import claim_run_folder
 
-__all__ = ["STATUS_FILE", "in_multirun", "record_job", "sweep_value"]
+__all__ = ["INTERRUPTED", "STATUS_FILE", "in_multirun", "record_job", "sweep_value"]
 
 log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
+INTERRUPTED = "interrupted"  # ended by a signal or an exit, not by an error of its own
 
 
 def in_multirun() -> bool:
@@ -90,16 +97,30 @@ def record_job(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig,
         return _run(task, cfg, folder)
 
 
+def _ended_by(error: BaseException) -> str:
+    """What ended an interrupted job: ``SIGTERMException``, ``KeyboardInterrupt`` or
+    ``SystemExit (exit code -1)``; Lightning's ``sys.exit(1)`` on Ctrl-C names the
+    ``KeyboardInterrupt`` it replaced, since exit code 1 alone says nothing."""
+    name = type(error).__name__
+    if not isinstance(error, SystemExit):
+        return f"{name}: {error}" if str(error) else name
+    said = name if error.code is None else f"{name} (exit code {error.code})"
+    cause = error.__context__
+    return f"{said} after KeyboardInterrupt" if isinstance(cause, KeyboardInterrupt) else said
+
+
 def _run(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig, folder: Path
          ) -> float | None:
     """:func:`record_job` once the job holds its folder and was accepted."""
     started = time.time()
-    _write(folder, status="running", started=started)
+    metric = cfg.get("optimized_metric")
+    _write(folder, status="running", started=started, optimized_metric=metric)
     try:
         metrics = task(cfg)
     except Exception as error:
         _write(folder, status="failed", started=started, ended=time.time(),
-               error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+               optimized_metric=metric, error=f"{type(error).__name__}: {error}",
+               traceback=traceback.format_exc())
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # an out-of-memory job must not starve the next one
         if not in_multirun():
@@ -107,7 +128,15 @@ def _run(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig, folder
         log.error("job failed, recorded in %s: %s: %s", folder / STATUS_FILE,
                   type(error).__name__, error)
         return None
-    value = sweep_value(cfg.get("optimized_metric"), metrics)
+    except BaseException as error:  # SIGTERM, Ctrl-C, an exit: the job ends here
+        try:
+            _write(folder, status=INTERRUPTED, started=started, ended=time.time(),
+                   optimized_metric=metric, error=f"interrupted by {_ended_by(error)}")
+        except Exception as unwritten:  # the exit must go on: a full disk must not stop it
+            log.error("job interrupted (%s), its status not written: %s",
+                      _ended_by(error), unwritten)
+        raise
+    value = sweep_value(metric, metrics)
     _write(folder, status="finished", started=started, ended=time.time(),
-           optimized_metric=cfg.get("optimized_metric"), value=value, metrics=metrics)
+           optimized_metric=metric, value=value, metrics=metrics)
     return value

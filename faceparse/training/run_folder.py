@@ -174,8 +174,8 @@ def _holds_only(folder: Path, names: Collection[str]) -> bool:
 
 def run_evidence(folder: Path) -> str | None:
     """What shows that ``folder`` already holds a run, or None: checkpoints, a
-    ``csv/metrics.csv``, or a ``status.json`` of a run that finished or is running (perhaps
-    started at the same time). A failed status alone, with neither checkpoints nor metrics,
+    ``csv/metrics.csv``, or a ``status.json`` of a run that finished, was interrupted or is
+    running (perhaps started at the same time). A failed status alone, with neither checkpoints nor metrics,
     is a command that failed before training wrote anything (a refused option, say): its
     folder may take the corrected command."""
     checkpoints = sorted(p.name for p in (*(folder / "checkpoints").glob("*.ckpt"),
@@ -191,7 +191,8 @@ def run_evidence(folder: Path) -> str | None:
         status = json.loads(status_file.read_text()).get("status")
     except (OSError, ValueError, AttributeError):
         return f"{STATUS_FILE}, unreadable"
-    return f"{STATUS_FILE}: {status}" if status in ("finished", "running") else None
+    return (f"{STATUS_FILE}: {status}" if status in ("finished", "running", "interrupted")
+            else None)
 
 
 def refuse_existing_run(folder: Path) -> None:
