@@ -75,9 +75,10 @@ def command_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> s
     """How ``current`` differs from the ``stored`` record, or None when they are the same."""
     differences = []
     old, new = set(stored.get("overrides", [])), set(current["overrides"])
-    if old != new:
-        differences.append("overrides: " + ", ".join(
-            [*(f"-{o}" for o in sorted(old - new)), *(f"+{o}" for o in sorted(new - old))]))
+    if old - new:  # no +/- signs: they read as Hydra's append and delete overrides
+        differences.append(f"its command had {' '.join(sorted(old - new))}")
+    if new - old:
+        differences.append(f"this one adds {' '.join(sorted(new - old))}")
     old_space, new_space = dict(stored.get("search_space", {})), current["search_space"]
     changed = sorted(k for k in old_space.keys() | new_space.keys()
                      if old_space.get(k) != new_space.get(k))
