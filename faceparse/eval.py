@@ -28,6 +28,7 @@ from faceparse.cli import (
 )
 from faceparse.data.loaders import single_thread_opencv
 from faceparse.evaluation import MultiPassTTA, Protocol, file_fingerprint, score_split
+from faceparse.evaluation.options import check_report_folder, eval_options
 from faceparse.evaluation.report import write_report
 from faceparse.evaluation.samples import EvalSamples, collate_samples
 from faceparse.inference.batch import prepare_for_inference
@@ -121,16 +122,15 @@ def precision_of(net: nn.Module, device: torch.device) -> str:
 def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str, Any]:
     """Score ``cfg.ckpt`` on ``cfg.split`` of ``cfg.data`` (a run's own data when the
     command line, whose keys ``command_keys`` are, sets none); write and return the report."""
-    if cfg.resolution not in ("model", "original"):
-        raise ValueError(f"resolution={cfg.resolution}: choose model or original")
+    options = eval_options(cfg)  # every option checked before the checkpoint is read
+    out = check_report_folder(cfg.out or cfg.paths.output_dir)  # created only with the report
     located = locate_checkpoint(cfg.ckpt)
     data, data_from = data_to_score(cfg, located, command_keys)
-    ckpt = read_checkpoint(located.path, bool(cfg.trust_pickle))
+    ckpt = read_checkpoint(located.path, options.trust_pickle)
     net, model_scheme = load_face_parser(ckpt, cfg.vit_weights)
-    out = output_dir(cfg.out or cfg.paths.output_dir, "out")
     scored = scoring_scheme(model_scheme, data.labels, cfg.labels)
     to_scored = mapping_lut(model_scheme, scored)
-    image_size = int(cfg.image_size or (ckpt.metadata or {}).get("image_size")
+    image_size = int(options.image_size or (ckpt.metadata or {}).get("image_size")
                      or data.image_size)
     if image_size % net.size_multiple:
         raise ValueError(f"image_size={image_size} is not a multiple of the model's "
@@ -143,17 +143,17 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
                                      **raw_files_unless(cfg, data))
     if len(reader) == 0:
         raise ValueError(f"split={cfg.split} of data={type(reader).__name__} has no samples")
-    samples = EvalSamples(reader, image_size, cfg.resolution == "original")
+    samples = EvalSamples(reader, image_size, options.resolution == "original")
     workers = int(data.num_workers)
     if workers:
         single_thread_opencv()
     loader = DataLoader(samples, batch_size=int(data.eval_batch_size or data.batch_size),
                         num_workers=workers, collate_fn=collate_samples,
                         pin_memory=device.type == "cuda")
-    tta = MultiPassTTA.from_options(cfg.tta.flip, cfg.tta.scales, net.size_multiple)
+    tta = MultiPassTTA(options.flip, options.scales, net.size_multiple)
     keep_run_folder()  # what fails from here on failed a run: its log stays
     result = score_split(net, loader, model_scheme, to_scored, scored.num_classes, tta, device,
-                         int(cfg.worst))
+                         options.worst)
     if result.samples == 0:
         raise ValueError(f"no sample of split={cfg.split} could be scored: all {len(reader)} "
                          f"were bad (the warnings above name them; e.g. "
@@ -167,7 +167,7 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
         source="prepared copy" if getattr(reader, "prepared", None) else "original files",
         split=str(cfg.split), samples=result.samples, skipped=result.skipped,
         left_out=list(getattr(reader, "left_out", [])),
-        resolution=str(cfg.resolution), image_size=image_size, tta=tta.describe(),
+        resolution=options.resolution, image_size=image_size, tta=tta.describe(),
         precision=precision_of(net, device),
         data_from=data_from, data_root=None if data.get("root") is None else str(data.root),
         data_options=OmegaConf.to_container(data.dataset, resolve=True),
@@ -175,7 +175,7 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
         background=[scored.class_names[0]],
         averaged=[n for i, n in enumerate(scored.class_names) if i and present[i]],
     )
-    report = write_report(out, result, scored, protocol)
+    report = write_report(output_dir(out, "out"), result, scored, protocol)
     log.info("%s", protocol.describe())
     log.info("report written to %s", out)
     return report

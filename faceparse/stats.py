@@ -3,29 +3,78 @@
 [weight_power=0.5]``.
 
 Prints a table of pixel shares per class of the target scheme and a
-``loss.class_weights=[...]`` override to paste into a training command.
+``loss.class_weights=[...]`` override to paste into a training command. Options are checked
+before counting (a whole split can take minutes), and a split with nothing to count is
+refused rather than printed as all-zero weights, which would train with a 0/0 loss.
 """
 
 from __future__ import annotations
+
+import logging
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 
 from faceparse.cli import hydra_entry, one_line_errors
-from faceparse.data.stats import class_counts, class_weights, render_table, weights_override
+from faceparse.data.stats import (
+    class_counts,
+    render_table,
+    sample_indices,
+    training_weights,
+    unseen_footnote,
+    unseen_note,
+    weights_override,
+)
+from faceparse.evaluation.options import number, whole_number
+from faceparse.labels import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+
+def stats_options(cfg: DictConfig) -> tuple[int | None, float]:
+    """``max_samples`` (None: all) and ``weight_power``, refused by name if wrong."""
+    max_samples = cfg.max_samples
+    if max_samples is not None:
+        max_samples = whole_number("max_samples", max_samples, 1,
+                                   "the number of samples to count (null: all)")
+    power = number("weight_power", cfg.weight_power, 0,
+                   "the exponent of median-frequency balancing (1: Eigen & Fergus, 0.5: milder)")
+    return max_samples, power
 
 
 def stats(cfg: DictConfig) -> tuple[list[float], str]:
     """Count the split's classes, print the table; return the weights and their override."""
+    max_samples, power = stats_options(cfg)
     datamodule = instantiate(cfg.data)
     dataset = datamodule.open_dataset(cfg.split)
+    name = type(dataset).__name__
+    if len(dataset) == 0:
+        raise ValueError(f"split={cfg.split} of data={name} has no samples: there is nothing "
+                         f"to count class weights from; choose another split")
     scheme = datamodule.scheme
-    counts = class_counts(dataset, scheme.num_classes, cfg.max_samples, cfg.data.num_workers)
-    weights = class_weights(counts, cfg.weight_power)
+    counted = len(sample_indices(len(dataset), max_samples))
+    counts = class_counts(dataset, scheme.num_classes, max_samples, cfg.data.num_workers)
+    if not counts.any():
+        raise ValueError(f"split={cfg.split} of data={name}: the {counted} samples counted "
+                         f"have no labelled pixel (all {IGNORE_INDEX}, ignored), so there "
+                         f"are no class frequencies to weight by")
+    weights = training_weights(counts, power)
+    subsampled = counted < len(dataset)
     console = Console()
-    console.print(render_table(scheme, counts, weights,
-                               f"{type(dataset).__name__} {cfg.split}: {scheme.name} classes"))
+    table = render_table(scheme, counts, weights, f"{name} {cfg.split}: {scheme.name} classes")
+    if subsampled:
+        table.caption = f"{counted} of {len(dataset)} samples counted"
+    console.print(table)
+    note = unseen_note(counted, subsampled)
+    footnote = unseen_footnote(scheme, counts, weights, note)
+    if footnote:
+        console.print(footnote, soft_wrap=True, markup=False)
+        unseen = [n for n, c in zip(scheme.class_names, counts, strict=True) if not c]
+        log.warning("%s %s: weighted %.4g like the rarest counted class, not 0 (training "
+                    "would never learn them)%s", ", ".join(unseen), note, weights.max(),
+                    f"; max_samples=null counts all {len(dataset)} samples" if subsampled
+                    else "")
     override = weights_override(weights)
     console.print(override, soft_wrap=True)
     return weights.tolist(), override

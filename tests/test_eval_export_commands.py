@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -51,6 +52,10 @@ def test_eval_writes_a_report_with_its_protocol(checkpoint: Path, tmp_path: Path
     assert len(report["worst_images"]) == 3
     for name in ("metrics.csv", "confusion.png", "worst_images.png", "protocol.txt"):
         assert (tmp_path / name).stat().st_size > 0
+    with (tmp_path / "metrics.csv").open() as handle:
+        rows = {row["class"]: row for row in csv.DictReader(handle)}
+    assert float(rows["miou"]["iou"]) == pytest.approx(report["miou"], abs=1e-9)
+    assert float(rows["pixel_acc"]["pixel_acc"]) == pytest.approx(report["pixel_acc"], abs=1e-9)
     assert "f1_mean" in result.stdout  # the terminal table
 
 
@@ -75,12 +80,17 @@ def test_eval_of_a_run_folder_scores_the_runs_own_test_split(checkpoint: Path, c
     (("split=holdout",), "unknown split 'holdout'"),
     (("data.labels=celebamask",), "predicts 11 'ourface' classes but data.labels=celebamask"),
     (("fast_path.compile_mode=fastest",), "fast_path.compile_mode='fastest': use one of"),
+    (("tta.scales=[abc]",), "error: tta.scales=[abc]: the input scale factors are positive"),
+    (("tta.flip=no",), "error: tta.flip=no: use true or false"),
 ])
 def test_eval_bad_input_is_one_clear_line(checkpoint: Path, tmp_path: Path, args, message
                                           ) -> None:
-    result = run("eval", f"ckpt={checkpoint}", *SMALL_DATA, *args, f"hydra.run.dir={tmp_path}")
+    """One line naming the option; ``out=`` is made only for a report, never left empty."""
+    out = tmp_path / "report"
+    result = run("eval", f"ckpt={checkpoint}", *SMALL_DATA, *args, f"out={out}",
+                 f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0 and message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
 
 
 def test_export_writes_an_onnx_file_that_passed_parity(checkpoint: Path, tmp_path: Path

@@ -14,10 +14,10 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from faceparse.checkpoints.locate import LocatedCheckpoint
 from faceparse.data.io import BadSampleError
 from faceparse.data.readers.base import FaceParsingDataset
 from faceparse.data.synthetic import SyntheticFaces
-from faceparse.checkpoints.locate import LocatedCheckpoint
 from faceparse.eval import data_to_score, raw_files_unless, scoring_scheme
 from faceparse.evaluation import MultiPassTTA, Protocol, score_split, write_report
 from faceparse.evaluation.samples import EvalSamples, collate_samples
@@ -100,10 +100,17 @@ def test_the_report_states_its_protocol_and_names_skipped_samples(tmp_path: Path
     assert "original resolution" in protocol["text"] and "a, b, d" in protocol["text"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["f1_mean"] == pytest.approx(report["f1_mean"])
-    rows = list(csv.reader((tmp_path / "metrics.csv").open()))
-    assert rows[0] == ["class", "f1", "iou", "present", "gt_pixels"]
-    assert rows[1][0] == "background" and float(rows[1][1]) == pytest.approx(0.5)
-    assert rows[-1][0] == "pixel_acc" and float(rows[-1][1]) == pytest.approx(4 / 7)
+    with (tmp_path / "metrics.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0]) == ["class", "f1", "iou", "present", "gt_pixels", "pixel_acc"]
+    rows = {row["class"]: row for row in table}
+    assert float(rows["background"]["f1"]) == pytest.approx(0.5)
+    assert rows["background"]["pixel_acc"] == "" and rows["d"]["gt_pixels"] == "1"
+    # each headline score in the column of its kind, the others empty
+    assert float(rows["f1_mean"]["f1"]) == pytest.approx(report["f1_mean"])
+    assert float(rows["miou"]["iou"]) == pytest.approx(report["miou"])
+    assert float(rows["pixel_acc"]["pixel_acc"]) == pytest.approx(4 / 7)
+    assert rows["miou"]["f1"] == rows["pixel_acc"]["f1"] == rows["f1_mean"]["iou"] == ""
     assert Image.open(tmp_path / "confusion.png").size[0] > 200
     grid = np.asarray(Image.open(tmp_path / "worst_images.png"))
     # photo | truth | prediction at the 4 px input, enlarged 32x to 128 px
@@ -112,6 +119,21 @@ def test_the_report_states_its_protocol_and_names_skipped_samples(tmp_path: Path
     assert (truth_tile[:64, :64] == FIVE.palette[0]).all()  # TRUTH[0, :2] is background
     assert (truth_tile[64:, :64] == FIVE.palette[2]).all()  # TRUTH[1, :2] is class b
     assert (tmp_path / "protocol.txt").read_text().startswith("1 images of the TwoSamples")
+
+
+def test_a_report_without_worst_images_removes_an_earlier_grid(tmp_path: Path) -> None:
+    """``out=`` reused with ``worst=0``: the earlier grid showed another model's predictions."""
+    _score(tmp_path)
+    assert (tmp_path / "worst_images.png").is_file()
+    samples = EvalSamples(TwoSamples(FIVE), image_size=4, original=True)
+    loader = DataLoader(samples, batch_size=2, collate_fn=collate_samples)
+    result = score_split(FixedPrediction(PRED, 5), loader, FIVE, mapping_lut(FIVE, FIVE), 5,
+                         MultiPassTTA(), torch.device("cpu"), worst=0)
+    protocol = Protocol("m.ckpt", "ab" * 32, "five", "TwoSamples", "five", "five", "files",
+                        "test", result.samples, result.skipped, "original", 4)
+    write_report(tmp_path, result, FIVE, protocol)
+    assert not (tmp_path / "worst_images.png").exists()
+    assert (tmp_path / "metrics.json").is_file()
 
 
 def test_predictions_are_mapped_into_the_scoring_scheme(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The report folder: a terminal table, metrics.json/.csv, the confusion matrix, worst images.
 
 Every file states the protocol (``metrics.json`` in words and fields), so a number copied
-out of it can be compared with a paper's only when the protocols agree.
+out of it can be compared with a paper's only when the protocols agree. A reused ``out=``
+holds one evaluation's files: a grid this report does not make (``worst=0``) is removed.
 """
 
 from __future__ import annotations
@@ -47,14 +48,21 @@ def metrics_json(result: EvalResult, scheme: LabelScheme, protocol: Protocol) ->
     }
 
 
+CSV_COLUMNS = ("class", "f1", "iou", "present", "gt_pixels", "pixel_acc")
+# the column each headline score belongs in: f1_mean is a mean F1, miou a mean IoU
+HEADLINE_COLUMN = {"f1_mean": "f1", "miou": "iou", "pixel_acc": "pixel_acc"}
+
+
 def _write_csv(path: Path, report: dict[str, Any]) -> None:
+    """One row per class, then one per headline score named in ``class``, its value in the
+    column of its kind (``miou`` under ``iou``), so a reader of ``iou`` never gets an F1."""
     with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["class", "f1", "iou", "present", "gt_pixels"])
+        writer = csv.DictWriter(handle, CSV_COLUMNS, restval="")
+        writer.writeheader()
         for name, row in report["per_class"].items():
-            writer.writerow([name, row["f1"], row["iou"], row["present"], row["gt_pixels"]])
+            writer.writerow({"class": name, **row})
         for key in HEADLINE:
-            writer.writerow([key, report[key], "", "", ""])
+            writer.writerow({"class": key, HEADLINE_COLUMN[key]: report[key]})
 
 
 def confusion_figure(confusion: np.ndarray, scheme: LabelScheme, path: Path) -> None:
@@ -125,5 +133,7 @@ def write_report(out_dir: str | Path, result: EvalResult, scheme: LabelScheme,
     confusion_figure(result.confusion.double().numpy(), scheme, out / "confusion.png")
     if result.worst:
         Image.fromarray(worst_grid(result.worst, scheme)).save(out / "worst_images.png")
+    else:  # an earlier report's grid in a reused out= would show another model's images
+        (out / "worst_images.png").unlink(missing_ok=True)
     print_table(report)
     return report

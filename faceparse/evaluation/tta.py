@@ -8,7 +8,6 @@ are resized to the input size and averaged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,8 +70,3 @@ class MultiPassTTA:
                                            align_corners=False)
                 total = logits if total is None else total + logits
         return total / self.passes
-
-    @classmethod
-    def from_options(cls, flip: bool, scales: Sequence[float] | None, size_multiple: int
-                     ) -> MultiPassTTA:
-        return cls(bool(flip), tuple(float(s) for s in (scales or (1.0,))), size_multiple)

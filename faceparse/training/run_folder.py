@@ -175,9 +175,9 @@ def _holds_only(folder: Path, names: Collection[str]) -> bool:
 def run_evidence(folder: Path) -> str | None:
     """What shows that ``folder`` already holds a run, or None: checkpoints, a
     ``csv/metrics.csv``, or a ``status.json`` of a run that finished, was interrupted or is
-    running (perhaps started at the same time). A failed status alone, with neither checkpoints nor metrics,
-    is a command that failed before training wrote anything (a refused option, say): its
-    folder may take the corrected command."""
+    running (perhaps started at the same time). A failed status alone, with neither
+    checkpoints nor metrics, is a command that failed before training wrote anything (a
+    refused option, say): its folder may take the corrected command."""
     checkpoints = sorted(p.name for p in (*(folder / "checkpoints").glob("*.ckpt"),
                                           *folder.glob("hpc_ckpt_*.ckpt")))
     if checkpoints:

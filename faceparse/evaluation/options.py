@@ -1,0 +1,115 @@
+"""Eval's options checked before the checkpoint is read or the data opened.
+
+A wrong value used to surface late (``tta.scales`` after loading the model and opening the
+split), as a traceback naming no option (``'float' object is not iterable``, ``invalid
+literal for int()``), or not at all: Hydra reads ``tta.flip=no`` as the string ``"no"``,
+which ``bool()`` turns into True. Each check is one ``ValueError`` naming the option as
+typed and what would be right, like :mod:`faceparse.training.preflight`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig
+
+__all__ = ["EvalOptions", "eval_options", "boolean", "whole_number", "number",
+           "scale_factors", "check_report_folder"]
+
+
+def shown(value: Any) -> str:
+    """A value as it was typed on the command line: ``[abc]``, not ``['abc']``."""
+    if isinstance(value, (list, tuple, ListConfig)):
+        return "[" + ",".join(shown(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def boolean(option: str, value: Any) -> bool:
+    """A real boolean (Hydra parses true/false as one); ``no``, ``off`` or ``1`` are refused,
+    not read as True the way ``bool("no")`` is."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{option}={shown(value)}: use true or false")
+    return value
+
+
+def whole_number(option: str, value: Any, minimum: int, meaning: str) -> int:
+    """An int >= ``minimum``; ``meaning`` says what it counts, for the message."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{option}={shown(value)}: {meaning} is a whole number >= {minimum}")
+    return value
+
+
+def number(option: str, value: Any, minimum: float, meaning: str) -> float:
+    """A finite int or float >= ``minimum``."""
+    if not _is_number(value) or value < minimum:
+        raise ValueError(f"{option}={shown(value)}: {meaning} is a number >= {minimum:g}")
+    return float(value)
+
+
+def scale_factors(option: str, value: Any) -> tuple[float, ...]:
+    """Positive scale factors; a single number (``tta.scales=1.25``) is a list of one, and
+    null or ``[]`` is ``[1.0]`` (no rescaling)."""
+    values = list(value) if isinstance(value, (list, tuple, ListConfig)) else \
+        [1.0] if value is None else [value]
+    if not all(_is_number(v) and v > 0 for v in values):
+        raise ValueError(f"{option}={shown(value)}: the input scale factors are positive "
+                         f"numbers, e.g. {option}=[0.75,1.0,1.25] (one: {option}=1.25)")
+    return tuple(float(v) for v in values) or (1.0,)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Eval's options, checked and typed."""
+
+    resolution: str
+    flip: bool
+    scales: tuple[float, ...]
+    worst: int
+    image_size: int | None
+    use_prepared: bool
+    trust_pickle: bool
+    run_data: bool
+
+
+def eval_options(cfg: DictConfig) -> EvalOptions:
+    """Check the options ``evaluate`` reads; the first wrong one is a ``ValueError``."""
+    if cfg.resolution not in ("model", "original"):
+        raise ValueError(f"resolution={shown(cfg.resolution)}: choose model or original")
+    image_size = cfg.image_size
+    if image_size is not None:
+        image_size = whole_number("image_size", image_size, 1,
+                                  "the input side in pixels (null: the checkpoint's own)")
+    return EvalOptions(
+        resolution=str(cfg.resolution),
+        flip=boolean("tta.flip", cfg.tta.flip),
+        scales=scale_factors("tta.scales", cfg.tta.scales),
+        worst=whole_number("worst", cfg.worst, 0,
+                           "the number of images in the worst-images grid (0: none)"),
+        image_size=image_size,
+        use_prepared=boolean("use_prepared", cfg.use_prepared),
+        trust_pickle=boolean("trust_pickle", cfg.trust_pickle),
+        run_data=boolean("run_data", cfg.run_data),
+    )
+
+
+def check_report_folder(path: str | Path, option: str = "out") -> Path:
+    """Refuse a report folder that cannot be made, without making it: a refused command
+    (a wrong split, a class mismatch) must not leave a new empty folder behind. The folder
+    is created (:func:`faceparse.writable.output_dir`) once the report is ready."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option}={path} is a file: give a folder for the output files")
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise ValueError(f"{option}={path}: cannot create folder ({existing} is a file)")
+    return path
