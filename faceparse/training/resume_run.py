@@ -70,7 +70,6 @@ def newest_checkpoint(folder: Path) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
-
 def _covered(key: str, prefixes: Collection[str]) -> bool:
     return any(key == p or key.startswith(f"{p}.") for p in prefixes)
 
@@ -153,10 +152,11 @@ def _start_afresh(folder: Path) -> None:
     kept = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
     if kept or _finished(folder):
         what = f"checkpoints/{kept[0]}" if kept else "a finished run"
-        raise ValueError(f"resume=auto: {folder} holds {what} but no last.ckpt or "
-                         f"on_exception.ckpt to continue from; a new run would write over it. "
-                         f"Start one in another folder (ckpt_path=<a checkpoint> starts from "
-                         f"its weights)")
+        missing = (f"no {CONFIG_FILE}" if newest_checkpoint(folder) is not None
+                   else "no last.ckpt or on_exception.ckpt")
+        raise ValueError(f"resume=auto: {folder} holds {what} but {missing} to continue "
+                         f"from; a new run would write over it. Start one in another folder "
+                         f"(ckpt_path=<a checkpoint> starts from its weights)")
     log.info("resume=auto: no checkpoint in %s yet, starting a new run there", folder)
     metrics = folder / "csv" / "metrics.csv"
     if metrics.is_file() and is_rank_zero():
