@@ -83,21 +83,28 @@ def data_to_score(cfg: DictConfig, located: LocatedCheckpoint,
     """The data config to score, and where it came from.
 
     A run is scored on its own data (its test split, rendered or listed with its options:
-    ``data.dataset.fractions``, a synthetic ``render_size``) unless the command line sets
-    ``data``; eval's default, synthetic faces at 256 px, would be another test set.
+    ``data.dataset.fractions``, a synthetic ``render_size``) unless the command line picks
+    another (``data=<dataset>``); eval's default, synthetic faces at 256 px, would be another
+    test set. Single keys typed (``data.root=`` where the data lives on this machine) change
+    the run's data, not eval's default: ``data.root`` alone must not score synthetic faces.
     """
     run = run_folder_of(located)
-    given = command_keys is None or any(k == "data" or k.startswith("data.")
-                                        for k in command_keys)
-    if run is None or given or not cfg.run_data:
-        return cfg.data, "the command line" if given else "eval's defaults"
+    if command_keys is None or "data" in command_keys:
+        return cfg.data, "the command line"
+    typed = [k for k in command_keys if k.startswith("data.")]
+    if run is None or not cfg.run_data:
+        return cfg.data, "the command line" if typed else "eval's defaults"
     saved = OmegaConf.load(run / CONFIG_FILE)
     if "data" not in saved:
         raise ValueError(f"{run / CONFIG_FILE} has no data config: set data= (and its "
                          f"options) for the split to score")
-    log.info("scoring on the run's own data config (%s); data=... on the command line "
-             "scores another", run / CONFIG_FILE)
-    return saved.data, f"the run's {run / CONFIG_FILE}"
+    for key in typed:
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+    source = f"the run's {run / CONFIG_FILE}"
+    if typed:
+        source += f", with {', '.join(typed)} from the command line"
+    log.info("scoring on %s; data=<dataset> on the command line scores another", source)
+    return saved.data, source
 
 
 def vit_file_of(net: nn.Module) -> tuple[str | None, str | None]:

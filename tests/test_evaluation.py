@@ -222,7 +222,8 @@ def test_scoring_reads_original_files_unless_told(compose, args, overrides) -> N
 def test_a_run_is_scored_on_its_own_data_unless_the_command_line_sets_data(
         compose, tmp_path: Path) -> None:
     """eval's default data (synthetic faces at 256 px) is another test set than a run's
-    (the quickstart renders at 64 px; a folder's fractions decide which images are test)."""
+    (the quickstart renders at 64 px; a folder's fractions decide which images are test).
+    ``data.root=`` alone, to find the run's data on this machine, keeps the run's data."""
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "epoch_000.ckpt").write_bytes(b"")
@@ -233,8 +234,14 @@ def test_a_run_is_scored_on_its_own_data_unless_the_command_line_sets_data(
                     LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt")):
         data, source = data_to_score(cfg, located, ["ckpt"])
         assert data.dataset.render_size == 64 and source.endswith("config_resolved.yaml")
+    # a key typed changes the run's data (data.root where it lives here), not eval's default
+    cfg.data.root = "/data/here"
     data, source = data_to_score(cfg, LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt"),
-                                 ["ckpt", "data.image_size"])
+                                 ["ckpt", "data.root"])
+    assert data.dataset.render_size == 64 and data.root == "/data/here"
+    assert source.endswith("config_resolved.yaml, with data.root from the command line")
+    data, source = data_to_score(cfg, LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt"),
+                                 ["ckpt", "data"])  # data=<dataset>: another test set
     assert data.dataset.render_size == 256 and source == "the command line"
     alone = tmp_path / "tiny.ckpt"
     data, source = data_to_score(cfg, LocatedCheckpoint(alone), ["ckpt"])
