@@ -333,7 +333,9 @@ def _check_dinov3(state: Mapping[str, torch.Tensor], model: nn.Module, path: Pat
         return
     # A file converted to fp16/bf16 holds rounded periods: compare at the file's precision.
     rounded = ours.to(periods.dtype).float()
-    if not torch.allclose(periods.float(), rounded, rtol=torch.finfo(periods.dtype).eps):
+    # a few units in the last place of the file's dtype: fp32 files computed another way
+    tolerance = max(1e-5, 4 * torch.finfo(periods.dtype).eps)
+    if not torch.allclose(periods.float(), rounded, rtol=tolerance):
         raise ValueError(f"{path}: its RoPE periods differ from timm's DINOv3 (another RoPE base?)")
 
 
