@@ -26,8 +26,8 @@ from faceparse.data.stats import (
     unseen_note,
     weights_override,
 )
-from faceparse.evaluation.options import number, whole_number
 from faceparse.labels import IGNORE_INDEX
+from faceparse.option_values import number, whole_number
 
 log = logging.getLogger(__name__)
 

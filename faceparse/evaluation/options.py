@@ -9,51 +9,15 @@ typed and what would be right, like :mod:`faceparse.training.preflight`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
-__all__ = ["EvalOptions", "eval_options", "boolean", "whole_number", "number",
-           "scale_factors", "check_report_folder"]
+from faceparse.option_values import boolean, is_number, shown, whole_number
 
-
-def shown(value: Any) -> str:
-    """A value as it was typed on the command line: ``[abc]``, not ``['abc']``."""
-    if isinstance(value, (list, tuple, ListConfig)):
-        return "[" + ",".join(shown(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return "null" if value is None else str(value)
-
-
-def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def boolean(option: str, value: Any) -> bool:
-    """A real boolean (Hydra parses true/false as one); ``no``, ``off`` or ``1`` are refused,
-    not read as True the way ``bool("no")`` is."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{option}={shown(value)}: use true or false")
-    return value
-
-
-def whole_number(option: str, value: Any, minimum: int, meaning: str) -> int:
-    """An int >= ``minimum``; ``meaning`` says what it counts, for the message."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{option}={shown(value)}: {meaning} is a whole number >= {minimum}")
-    return value
-
-
-def number(option: str, value: Any, minimum: float, meaning: str) -> float:
-    """A finite int or float >= ``minimum``."""
-    if not _is_number(value) or value < minimum:
-        raise ValueError(f"{option}={shown(value)}: {meaning} is a number >= {minimum:g}")
-    return float(value)
+__all__ = ["EvalOptions", "eval_options", "scale_factors", "check_report_folder"]
 
 
 def scale_factors(option: str, value: Any) -> tuple[float, ...]:
@@ -61,7 +25,7 @@ def scale_factors(option: str, value: Any) -> tuple[float, ...]:
     null or ``[]`` is ``[1.0]`` (no rescaling)."""
     values = list(value) if isinstance(value, (list, tuple, ListConfig)) else \
         [1.0] if value is None else [value]
-    if not all(_is_number(v) and v > 0 for v in values):
+    if not all(is_number(v) and v > 0 for v in values):
         raise ValueError(f"{option}={shown(value)}: the input scale factors are positive "
                          f"numbers, e.g. {option}=[0.75,1.0,1.25] (one: {option}=1.25)")
     return tuple(float(v) for v in values) or (1.0,)

@@ -14,10 +14,11 @@ crop=none on aligned face photos.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
+
+from faceparse.option_values import is_number
 
 __all__ = ["Box", "FaceDetector", "expand_box", "read_boxes", "unusable_reason"]
 
@@ -88,12 +89,8 @@ def _boxes_of(path: Path, key: str, boxes: object) -> list[Box]:
         raise ValueError(f'boxes={path}: "{key}" needs a list of boxes [[x0, y0, x1, y1], '
                          f"...], got {json.dumps(boxes)}")
     for box in boxes:
-        if len(box) != 4 or not all(_is_number(v) for v in box):
+        if len(box) != 4 or not all(is_number(v) for v in box):
             raise ValueError(f'boxes={path}: "{key}" box {json.dumps(box)} needs 4 numbers '
                              f"[x0, y0, x1, y1]")
     return [tuple(round(v) for v in box) for box in boxes]
 
-
-def _is_number(value: object) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from faceparse.labels import get_scheme
+from faceparse.option_values import is_whole
 from faceparse.training.module import FaceParsingModule, monitorable
 from faceparse.training.optim import build_optimizer
 
@@ -49,19 +50,15 @@ def check_batch_for_norms(batch_size: Any, attention_refinement: Any) -> None:
             "DDP); use data.batch_size=2 or more, or decoder.attention_refinement=false")
 
 
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_length(trainer: DictConfig, scheduled: bool) -> None:
     """``trainer.max_epochs`` / ``max_steps``: whole numbers, -1 for no limit; with a
     learning-rate schedule (its decay spans the run) at least one of them a limit."""
     epochs, steps = trainer.get("max_epochs"), trainer.get("max_steps", NO_LIMIT)
-    if epochs is not None and not (_whole(epochs) and epochs >= NO_LIMIT):
+    if epochs is not None and not (is_whole(epochs) and epochs >= NO_LIMIT):
         raise ValueError(f"trainer.max_epochs={epochs}: the number of epochs is a whole number "
                          ">= 0, or -1 for no epoch limit (with trainer.max_steps or "
                          "trainer.max_time)")
-    if steps is not None and not (_whole(steps) and steps >= NO_LIMIT):
+    if steps is not None and not (is_whole(steps) and steps >= NO_LIMIT):
         raise ValueError(f"trainer.max_steps={steps}: the number of optimizer steps is a whole "
                          "number >= 0, or -1 for no step limit")
     unlimited = epochs == NO_LIMIT and steps in (None, NO_LIMIT)
