@@ -35,11 +35,13 @@ from faceparse.data.io import write_atomic
 from faceparse.training.distributed import is_rank_zero
 from faceparse.training.folder_claim import claim_run_folder
 
-__all__ = ["INTERRUPTED", "STATUS_FILE", "in_multirun", "record_job", "sweep_value"]
+__all__ = ["INTERRUPTED", "STATUS_FILE", "UNREADABLE_STATUS", "in_multirun", "read_status",
+           "record_job", "sweep_value"]
 
 log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
 INTERRUPTED = "interrupted"  # ended by a signal or an exit, not by an error of its own
+UNREADABLE_STATUS = "unreadable"  # a status.json that is not a JSON object (half-written)
 
 
 def in_multirun() -> bool:
@@ -60,6 +62,18 @@ def sweep_value(metric: str | None, metrics: Mapping[str, float]) -> float | Non
         return None
     value = metrics.get(f"best/{metric}", metrics.get(metric))
     return None if value is None or math.isnan(value) else float(value)
+
+
+def read_status(folder: Path) -> str | None:
+    """The status a job recorded in ``folder`` (``running``, ``finished``, ...); None without
+    a ``status.json``, :data:`UNREADABLE_STATUS` when it cannot be read or parsed."""
+    path = folder / STATUS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return UNREADABLE_STATUS
 
 
 def _write(folder: Path, **status: Any) -> None:

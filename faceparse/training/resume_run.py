@@ -17,7 +17,6 @@ come from the saved config.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Collection
@@ -27,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from faceparse.nested import flatten
 from faceparse.training.distributed import is_rank_zero, requeued
-from faceparse.training.job_status import STATUS_FILE
+from faceparse.training.job_status import read_status
 from faceparse.training.run_folder import AUTO, CONFIG_FILE
 
 __all__ = ["EXTEND_KEYS", "RESUME_KEYS", "continue_requeued", "newest_checkpoint",
@@ -150,7 +149,7 @@ def _start_afresh(folder: Path) -> None:
     a new run would write over. An attempt stopped before its first checkpoint is started
     again, its ``csv/metrics.csv`` moved aside rather than continued from step 0."""
     kept = sorted(p.name for p in (folder / "checkpoints").glob("*.ckpt"))
-    if kept or _finished(folder):
+    if kept or read_status(folder) == "finished":
         what = f"checkpoints/{kept[0]}" if kept else "a finished run"
         missing = (f"no {CONFIG_FILE}" if newest_checkpoint(folder) is not None
                    else "no last.ckpt or on_exception.ckpt")
@@ -165,9 +164,3 @@ def _start_afresh(folder: Path) -> None:
         log.warning("resume=auto: an earlier attempt in %s stopped before its first "
                     "checkpoint; its metrics are kept in %s", folder, aside)
 
-
-def _finished(folder: Path) -> bool:
-    try:
-        return json.loads((folder / STATUS_FILE).read_text()).get("status") == "finished"
-    except (OSError, ValueError, AttributeError):
-        return False

@@ -18,7 +18,6 @@ bookkeeping; a folder that was there before, a resumed run's included, is never 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import re
@@ -38,7 +37,12 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
 from faceparse.training.distributed import is_rank_zero, requeued
-from faceparse.training.job_status import STATUS_FILE
+from faceparse.training.job_status import (
+    INTERRUPTED,
+    STATUS_FILE,
+    UNREADABLE_STATUS,
+    read_status,
+)
 
 __all__ = ["AUTO", "CONFIG_FILE", "HYDRA_SUBDIR", "ContinuingCSVLogger", "InterruptCheckpoint",
            "NoteNewRunFolder", "command_keys", "discard_refused_run", "hydra_subdir",
@@ -184,14 +188,10 @@ def run_evidence(folder: Path) -> str | None:
         return f"checkpoints/{', '.join(checkpoints[:3])}"
     if (folder / "csv" / "metrics.csv").is_file():
         return "csv/metrics.csv"
-    status_file = folder / STATUS_FILE
-    if not status_file.is_file():
-        return None
-    try:
-        status = json.loads(status_file.read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
+    status = read_status(folder)
+    if status == UNREADABLE_STATUS:
         return f"{STATUS_FILE}, unreadable"
-    return (f"{STATUS_FILE}: {status}" if status in ("finished", "running", "interrupted")
+    return (f"{STATUS_FILE}: {status}" if status in ("finished", "running", INTERRUPTED)
             else None)
 
 
