@@ -40,11 +40,12 @@ def rows(name: str, profile: dict[str, Any]) -> Iterator[str]:
         ceiling = mfu_ceiling(part, profile[FLOPS_KEY[mode]] * 1e9, profile["batch_size"],
                               profile.get("peak_bf16_tflops"), MFU_TARGETS[mode])
         mfu, cap = part.get("mfu"), ceiling["ceiling_mfu"]
-        budget = ceiling["rest_budget_ms"]
+        budget, rest = ceiling["rest_budget_ms"], ceiling["rest_ms"]
         yield (f"| {name} | {mode} | {part['whole_ms']:.1f} | "
                f"{'-' if mfu is None else f'{mfu:.1%}'} | {ceiling['matrix_ms']:.1f} | "
                f"{'-' if cap is None else f'{cap:.1%}'} | {ceiling['target_mfu']:.0%} | "
-               f"{'-' if budget is None else f'{budget:.1f}'} | {ceiling['rest_ms']:.1f} |")
+               f"{'-' if budget is None else f'{budget:.1f}'} | "
+               f"{'-' if rest is None else f'{rest:.1f}'} |")
 
 
 def main() -> None:

@@ -134,8 +134,11 @@ def test_profile_times_every_stage_of_the_real_forward(compose_bench) -> None:
     assert not any("batch_norm" in k["kernel"] for k in infer["kernels"]["top"])
     for part in (train, infer):  # a CPU has no peak TFLOP/s: the times, but no ceiling
         ceiling = part["ceiling"]
-        assert 0 < ceiling["matrix_ms"] < part["whole_ms"]
-        assert ceiling["rest_ms"] == pytest.approx(part["whole_ms"] - ceiling["matrix_ms"])
+        # kernels from a profiled run, the whole step from an unprofiled one: on a CPU, all
+        # matrix work, the two can cross, and then the rest is unknown, never negative
+        rest = part["whole_ms"] - ceiling["matrix_ms"]
+        assert ceiling["matrix_ms"] > 0
+        assert ceiling["rest_ms"] == (pytest.approx(rest) if rest > 0 else None)
         assert ceiling["ceiling_mfu"] is None and ceiling["rest_budget_ms"] is None
     text = format_profile(profile)
     assert "| decoder level 2->1 |" in text and "### infer" in text

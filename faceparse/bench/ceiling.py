@@ -26,10 +26,15 @@ def mfu_ceiling(part: dict[str, Any], flops_per_image: float, batch_size: int,
     ``part`` is one mode of the profile section (``whole_ms`` and ``kernels``). Without a
     peak (a CPU) only the times are given: ``ceiling_mfu`` and ``rest_budget_ms`` are None.
     ``rest_ms`` is the whole step less the matrix kernels: other kernels *and* idle gaps.
+    The kernels are timed in a profiled run and the whole step in an unprofiled one; where
+    profiler overhead or noise makes the matrix kernels alone outlast the whole step (a
+    CPU, whose ops are mostly matrix work), the difference means nothing: ``rest_ms`` is
+    None then, never a negative time.
     """
     classes = part["kernels"]["classes"]
     matrix_ms = sum(classes[name]["ms"] for name in MATRIX_CLASSES if name in classes)
-    result: dict[str, Any] = {"matrix_ms": matrix_ms, "rest_ms": part["whole_ms"] - matrix_ms,
+    rest_ms = part["whole_ms"] - matrix_ms
+    result: dict[str, Any] = {"matrix_ms": matrix_ms, "rest_ms": rest_ms if rest_ms > 0 else None,
                               "target_mfu": target, "ceiling_mfu": None,
                               "rest_budget_ms": None}
     if peak_tflops and matrix_ms > 0:
@@ -41,8 +46,11 @@ def mfu_ceiling(part: dict[str, Any], flops_per_image: float, batch_size: int,
 
 def format_ceiling(ceiling: dict[str, Any]) -> str:
     """One sentence: the matrix kernels' time, the MFU it caps, the rest against its budget."""
+    rest = ceiling["rest_ms"]
     text = (f"matrix kernels (tensor-core matmul/conv, attention) {ceiling['matrix_ms']:.2f} ms, "
-            f"everything else (other kernels and idle gaps) {ceiling['rest_ms']:.2f} ms")
+            + (f"everything else (other kernels and idle gaps) {rest:.2f} ms" if rest is not None
+               else "everything else unknown (the profiled matrix kernels outlasted the "
+                    "unprofiled step: profiler overhead or noise)"))
     if ceiling["ceiling_mfu"] is None:
         return text + "; no peak TFLOP/s for this device, so no MFU ceiling"
     budget = ceiling["rest_budget_ms"]
