@@ -173,6 +173,7 @@ def test_a_training_step_as_a_gpu_runs_it(quickstart_net) -> None:
     assert set(summary["classes"]["matmul / conv"]) == {"forward", "backward"}
 
 
+@pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_the_census_command_writes_its_tables(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "faceparse.bench", *TINY, "bench.sections=[census]",

@@ -172,6 +172,7 @@ def test_resuming_checks_labels_shapes_and_values(ckpt, tiny_net, compose, tiny,
         start_from(diverged, tiny_net, ourface)
 
 
+@pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_train_refuses_a_run_in_another_class_order_in_one_line(ckpt, tiny, tmp_path) -> None:
     """``train=false ckpt_path=`` would otherwise score LaPa-order predictions as ourface."""
     run = copy_of(ckpt, tmp_path / "lapa_run.ckpt", lambda c: (as_run(c), other_labels(c)))

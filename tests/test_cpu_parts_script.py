@@ -46,6 +46,7 @@ def test_int8_swaps_every_vit_linear_and_keeps_its_arithmetic(cpu_parts) -> None
     assert error < 0.05, error
 
 
+@pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_script_times_each_part_as_a_user_runs_it() -> None:
     way = "faceparse-int8"  # the way with most steps: predict's fast path, then int8
     result = subprocess.run(

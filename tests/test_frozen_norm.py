@@ -122,6 +122,7 @@ def test_frozen_statistics_that_were_never_computed_are_refused(compose, tiny,
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_training_with_frozen_norm_from_the_cli_keeps_the_loaded_statistics(
         compose, tiny, tmp_path: Path) -> None:
     """``cnn.weights=<torchvision file> cnn.freeze_norm=true``: the convolutions learn, the

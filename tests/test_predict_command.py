@@ -91,6 +91,7 @@ def test_a_folder_run_writes_every_output_and_resumes(compose, ckpt, tmp_path):
     assert (again["images"], again["failed"], again["skipped"]) == (0, 2, 4)  # 3 photos, 1 video
 
 
+@pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_fast_path_options_reach_the_model_and_bad_ones_are_one_line(ckpt, tmp_path):
     _image(tmp_path / "in" / "a.png", (24, 20))
     done = run_predict(f"ckpt={ckpt}", f"input={tmp_path / 'in'}",
@@ -294,6 +295,7 @@ def test_a_bad_box_beside_a_good_one_is_a_warning_and_a_count_not_dropped_silent
     assert (mask[20:] == 0).all() and (mask[:, 20:] == 0).all()
 
 
+@pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_bad_videos_and_photos_over_the_decode_limit_are_counted_and_the_run_goes_on(
         ckpt, tmp_path):
     photos = tmp_path / "in"

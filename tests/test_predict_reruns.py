@@ -62,6 +62,7 @@ def test_a_photo_with_the_same_name_from_another_folder_does_not_take_the_first_
     assert _size(tmp_path / "one" / "a_mask.png") == (24, 20)
 
 
+@pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_a_rerun_redoes_outputs_of_another_checkpoint_scheme_or_setting_or_a_changed_photo(
         compose, ckpt, tmp_path, caplog):
     photos, out = tmp_path / "in", tmp_path / "out"

@@ -65,6 +65,7 @@ def command(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_refusals_met_while_building_are_one_line_and_leave_no_run_folder(
         tiny, tmp_path: Path) -> None:
     """As typed: the optimizer's own refusal (met once the model exists), and Lightning's

@@ -33,6 +33,7 @@ def metric_rows(folder: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_stopped_run_resumes_in_its_folder_to_the_same_weights(
     compose, tiny, tmp_path: Path
 ) -> None:

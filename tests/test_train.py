@@ -140,6 +140,7 @@ def test_every_experiment_runs_from_the_command_line(tiny, tmp_path: Path,
     assert json.loads((tmp_path / "scores.json").read_text())["scheme"] == "ourface"
 
 
+@pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_debug_fdr_runs_from_the_command_line(tiny, tmp_path: Path) -> None:
     """``debug=fdr`` (README): one batch of each stage; no best checkpoint is chosen."""
     result = run_cli(["debug=fdr", *tiny], tmp_path)
