@@ -29,13 +29,12 @@ from hydra._internal.utils import (
 )
 from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException, MissingConfigException
+from hydra.errors import MissingConfigException
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from faceparse.fast_path import auto_precision
+from faceparse.instantiation import instantiate_option
 from faceparse.labels import get_scheme
 from faceparse.metrics import metric_mode
 from faceparse.training.optim import fused_default
@@ -281,30 +280,3 @@ def _hydra_command(argv: Sequence[str], config_name: str, task: Callable[..., An
                             anchor=SearchPathQuery(provider="schema"))
     return (ConfigLoaderImpl(config_search_path=search_path), args.config_name or config_name,
             list(args.overrides))
-
-
-def instantiate_option(node: DictConfig, option: str | None = None, **kwargs: Any) -> Any:
-    """``instantiate(node, **kwargs)``, where a bad value is the target's own ValueError or
-    TypeError, and Lightning's ``MisconfigurationException`` (``trainer=gpu`` without a GPU,
-    ``callbacks.model_checkpoint.mode=maximum``) a ValueError.
-
-    Hydra wraps what a constructor raises in a multi-line ``InstantiationException``, once
-    per level of nesting (the model's net's encoder's ViT); a command's one-line error
-    handling (``fast_path.compile_mode=fastest: use one of ...``, the DINOv3 weights that
-    are missing) needs the innermost constructor's message itself. With ``option`` (the
-    config key of ``node``), the message starts with it: Lightning's do not name the option.
-    """
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        while isinstance(cause, InstantiationException):
-            cause = cause.__cause__
-        if isinstance(cause, MisconfigurationException) or (
-                option and isinstance(cause, (ValueError, TypeError))):
-            raise ValueError(f"{option}: {cause}" if option else str(cause)) from None
-        if isinstance(cause, TypeError):  # an option the class does not take (+vit.foo=1)
-            raise ValueError(str(cause)) from None
-        if isinstance(cause, (ValueError, FileNotFoundError)):
-            raise cause from None
-        raise

@@ -28,7 +28,7 @@ from faceparse.cli import (
 )
 from faceparse.data.loaders import single_thread_opencv
 from faceparse.evaluation import MultiPassTTA, Protocol, file_fingerprint, score_split
-from faceparse.evaluation.options import check_report_folder, eval_options
+from faceparse.evaluation.options import eval_options
 from faceparse.evaluation.report import write_report
 from faceparse.evaluation.samples import EvalSamples, collate_samples
 from faceparse.inference.batch import prepare_for_inference
@@ -36,7 +36,7 @@ from faceparse.inference.model import resolve_device
 from faceparse.labels import LabelScheme, get_scheme, mapping_lut
 from faceparse.models.dinov3 import DinoVitEncoder
 from faceparse.training.run_folder import CONFIG_FILE
-from faceparse.writable import output_dir
+from faceparse.writable import check_output_dir, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
     """Score ``cfg.ckpt`` on ``cfg.split`` of ``cfg.data`` (a run's own data when the
     command line, whose keys ``command_keys`` are, sets none); write and return the report."""
     options = eval_options(cfg)  # every option checked before the checkpoint is read
-    out = check_report_folder(cfg.out or cfg.paths.output_dir)  # created only with the report
+    out = check_output_dir(cfg.out or cfg.paths.output_dir, "out")  # created only with the report
     located = locate_checkpoint(cfg.ckpt)
     data, data_from = data_to_score(cfg, located, command_keys)
     ckpt = read_checkpoint(located.path, options.trust_pickle)

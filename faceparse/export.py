@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
 from faceparse.cli import hydra_entry, keep_run_folder, one_line_errors
 from faceparse.deploy import FORMATS, ParityError, check_parity, export_net, parity_inputs
+from faceparse.option_values import booleans, number, shown, whole_number
 from faceparse.writable import output_file, refuse_overwriting, replacing
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,22 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     fmt = str(cfg.format)
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt} is unknown: choose one of {', '.join(FORMATS)}")
+    booleans("", dynamic=cfg.dynamic, trust_pickle=cfg.trust_pickle)
+    if cfg.image_size is not None:
+        whole_number("image_size", cfg.image_size, 1, "the input side in pixels (null: the "
+                     "checkpoint's own)")
+    images = whole_number("parity.images", cfg.parity.images, 1,
+                          "the number of synthetic portraits compared")
+    atol = number("parity.atol", cfg.parity.atol, 0, "the largest logit difference allowed")
+    agreement = number("parity.min_agreement", cfg.parity.min_agreement, 0,
+                       "the share of pixels whose labels must agree")
+    if agreement > 1:
+        raise ValueError(f"parity.min_agreement={shown(cfg.parity.min_agreement)}: a share "
+                         f"of pixels, between 0 and 1")
     out = output_file(cfg.out, "out")
     located = locate_checkpoint(cfg.ckpt)
     refuse_overwriting(out, located.path)
-    ckpt = read_checkpoint(located.path, bool(cfg.trust_pickle))
+    ckpt = read_checkpoint(located.path, cfg.trust_pickle)
     net, scheme = load_face_parser(ckpt, cfg.vit_weights)
     image_size = cfg.image_size or (ckpt.metadata or {}).get("image_size")
     if not image_size:
@@ -42,13 +55,13 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     sizes = [image_size] + ([image_size + 2 * net.size_multiple] if cfg.dynamic else [])
     reports = []
     with replacing(out) as partial:  # out appears only once it passed parity
-        exported = export_net(net, partial, fmt, scheme, image_size, bool(cfg.dynamic))
+        exported = export_net(net, partial, fmt, scheme, image_size, cfg.dynamic)
         for size in sizes:
-            reports.append(check_parity(net, exported, parity_inputs(int(cfg.parity.images), size),
-                                        float(cfg.parity.atol), float(cfg.parity.min_agreement)))
+            reports.append(check_parity(net, exported, parity_inputs(images, size), atol,
+                                        agreement))
             log.info("%s", reports[-1].describe())
     result = {"checkpoint": str(located.path), "out": str(out), "format": fmt,
-              "labels": scheme.name, "image_size": image_size, "dynamic": bool(cfg.dynamic),
+              "labels": scheme.name, "image_size": image_size, "dynamic": cfg.dynamic,
               "parity": [r.to_json() for r in reports]}
     Path(f"{out}.parity.json").write_text(json.dumps(result, indent=2))
     log.info("wrote %s (%s, %.1f MiB)", out, fmt, out.stat().st_size / 2**20)

@@ -26,7 +26,7 @@ def _mb(n: int) -> str:
 
 def export_decoder(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt`` to ``cfg.out``, log the report and return it."""
-    report = export_decoder_only(cfg.ckpt, cfg.out, bool(cfg.trust_pickle))
+    report = export_decoder_only(cfg.ckpt, cfg.out, cfg.trust_pickle)
     log.info("wrote %s (%s, was %s)", cfg.out, _mb(report["size_after"]),
              _mb(report["size_before"]))
     log.info("removed %d keys, %d parameters: %s", report["removed_keys"],

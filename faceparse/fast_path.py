@@ -19,6 +19,7 @@ from torch import nn
 
 from faceparse.hardware import cpu_policy, decided_cpu_policy
 from faceparse.models.rope_attention import fuse_rope
+from faceparse.option_values import booleans, shown
 
 __all__ = ["COMPILE_MODES", "COMPILE_SCOPES", "FastPath", "auto_precision", "compile_regions",
            "inference_bf16", "on_gpu"]
@@ -114,11 +115,13 @@ class FastPath:
     fused_rope: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.fused_rope, bool):
-            raise ValueError(f"fast_path.fused_rope={self.fused_rope!r}: use true or false")
-        if self.fuse_conv_relu != "auto" and not isinstance(self.fuse_conv_relu, bool):
-            raise ValueError(f"fast_path.fuse_conv_relu={self.fuse_conv_relu!r}: use auto, "
-                             f"true or false")
+        booleans("fast_path.", cudnn_benchmark=self.cudnn_benchmark, compile=self.compile,
+                 fold_batchnorm=self.fold_batchnorm, fold_layer_scale=self.fold_layer_scale,
+                 reuse_cpu_memory=self.reuse_cpu_memory, fused_rope=self.fused_rope)
+        for key in ("channels_last", "fuse_conv_relu", "frozen_vit_bf16"):
+            value = getattr(self, key)
+            if value != "auto" and not isinstance(value, bool):
+                raise ValueError(f"fast_path.{key}={shown(value)}: use auto, true or false")
         # each choice's first value is torch.compile's own behaviour, the only one without it
         for key, choices in (("compile_mode", COMPILE_MODES), ("compile_scope", COMPILE_SCOPES)):
             value = getattr(self, key)
@@ -173,10 +176,7 @@ class FastPath:
         """Whether NHWC pays on ``device`` (or is forced)."""
         if self.channels_last == "auto":
             return device.type == "cuda" or (device.type == "cpu" and cpu_policy().channels_last)
-        if isinstance(self.channels_last, bool):
-            return self.channels_last
-        raise ValueError(f"fast_path.channels_last={self.channels_last!r}: use auto, true "
-                         f"or false")
+        return self.channels_last  # a bool: __post_init__ refused anything else
 
 
 def _block_stack(module: nn.Module) -> nn.Module | None:

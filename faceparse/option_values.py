@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import ListConfig
 
-__all__ = ["boolean", "is_number", "is_whole", "number", "shown", "whole_number"]
+__all__ = ["boolean", "booleans", "is_number", "is_whole", "number", "shown", "whole_number"]
 
 
 def shown(value: Any) -> str:
@@ -34,6 +34,12 @@ def boolean(option: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{option}={shown(value)}: use true or false")
     return value
+
+
+def booleans(prefix: str, **values: Any) -> None:
+    """:func:`boolean` for each keyword, named ``<prefix><keyword>`` (``cnn.freeze_norm``)."""
+    for name, value in values.items():
+        boolean(f"{prefix}{name}", value)
 
 
 def is_whole(value: Any) -> bool:

@@ -32,7 +32,8 @@ from faceparse.inference.faces import read_boxes
 from faceparse.inference.folder import Summary, WriteOptions, predict_files
 from faceparse.inference.listing import VIDEO_SUFFIXES, list_inputs, output_stems
 from faceparse.inference.model import resolve_device
-from faceparse.inference.predictor import Parser, check_batch_size
+from faceparse.inference.options import check_predict_options
+from faceparse.inference.predictor import Parser
 from faceparse.inference.provenance import (
     Verdict,
     judge,
@@ -49,7 +50,7 @@ from faceparse.inference.video import (
 )
 from faceparse.inference.video_outputs import video_paths
 from faceparse.labels import get_scheme
-from faceparse.writable import output_dir
+from faceparse.writable import check_output_dir, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +225,9 @@ def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Run the command's config; returns the summary (images, failed, seconds, ...)."""
+    check_predict_options(cfg)
     if cfg.labels:
         get_scheme(cfg.labels)  # an unknown scheme is refused before the model loads
-    check_batch_size(cfg.batch_size)
     check_smoothing(cfg.smoothing)
     resolve_device(cfg.device)
     out_dir = Path(cfg.output_dir)
@@ -243,13 +244,14 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if boxes is not None:  # only the images with boxes go to the model
         images = [f for f, b in zip(images, boxes, strict=True) if b]
         boxes = [b for b in boxes if b]
-    output_dir(out_dir, "output_dir")  # a bad one is refused before the model loads
+    check_output_dir(out_dir, "output_dir")  # refused before the model loads, made after
     parser = Parser.from_checkpoint(
         cfg.ckpt, cfg.vit_weights, cfg.device, cfg.trust_pickle, image_size=cfg.image_size,
         keep_aspect=cfg.keep_aspect, crop=cfg.crop, margin=cfg.margin, labels=cfg.labels,
         precision=cfg.precision, batch_size=cfg.batch_size,
         fast_path=instantiate_option(cfg.fast_path))
     keep_run_folder()  # what fails from here on failed a run: its log stays
+    output_dir(out_dir, "output_dir")
     if parser.unmapped:
         log.warning("labels=%s has no counterpart for %s: written as 255", cfg.labels,
                     ", ".join(parser.unmapped))

@@ -29,7 +29,10 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from omegaconf import DictConfig, ListConfig, base, nodes
 
-__all__ = ["NotACheckpointError", "UnsafeCheckpointError", "safe_globals", "safe_load"]
+from faceparse.option_values import boolean
+
+__all__ = ["NotACheckpointError", "UnsafeCheckpointError", "check_trust_pickle", "safe_globals",
+           "safe_load"]
 
 # Data-only classes: their unpickling sets attributes and calls no user code. The string
 # forms let checkpoints written with older package layouts load into today's classes.
@@ -57,8 +60,12 @@ SAFE_GLOBALS: list[Any] = [
 ]
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
-    """A file whose unpickling would construct or call something outside the allow-list."""
+class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+    """A file whose unpickling would construct or call something outside the allow-list.
+
+    Also a ``ValueError``: every command reports a refused file as the bad input it is, one
+    ``error:`` line, the way it reports a wrong option.
+    """
 
 
 class NotACheckpointError(ValueError):
@@ -92,6 +99,12 @@ def _refusal(path: str | Path, what: str) -> UnsafeCheckpointError:
     )
 
 
+def check_trust_pickle(value: Any) -> bool:
+    """The opt-in must be a real boolean: ``bool("no")`` is True, and a typed
+    ``trust_pickle=no`` must never unpickle."""
+    return boolean("trust_pickle", value)
+
+
 @contextmanager
 def safe_globals(path: str | Path = "checkpoint") -> Iterator[None]:
     """Allow-list the data-only classes for any ``torch.load(weights_only=True)`` inside.
@@ -120,6 +133,7 @@ def safe_load(path: str | Path, trust_pickle: bool = False) -> Any:
     Raises :class:`UnsafeCheckpointError` for pickled objects (the ``trust_pickle`` opt-in
     names them) and :class:`NotACheckpointError` for a file that is no ``torch.save`` output.
     """
+    check_trust_pickle(trust_pickle)
     path = Path(path).expanduser()
     mmap = zipfile.is_zipfile(path)
     if mmap and _is_torchscript(path):  # torch.load would run it through torch.jit.load

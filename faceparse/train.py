@@ -33,6 +33,7 @@ from faceparse.cli import (
 )
 from faceparse.labels import get_scheme
 from faceparse.models.vgg import refuse_untrained_frozen_norms, warn_random_cnn
+from faceparse.option_values import booleans
 from faceparse.safe_load import safe_globals
 from faceparse.training.best_checkpoint import KeepBestCheckpoints
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
@@ -134,6 +135,7 @@ def refuse_other_input_size(net: torch.nn.Module, image_size: int) -> None:
 
 def fit(cfg: DictConfig) -> dict[str, float]:
     """:func:`train` on a config :func:`resumed` has already turned into the run's own."""
+    booleans("", train=cfg.train, test=cfg.test, trust_pickle=cfg.trust_pickle)
     if not cfg.train and not cfg.get("ckpt_path"):
         raise ValueError("train=false tests a checkpoint, and none is given: set "
                          "ckpt_path=<run>/checkpoints/<file>.ckpt (or drop train=false)")
@@ -150,7 +152,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     model = instantiate_option(cfg.model)
     if cfg.train:
         check_optimizer(model)
-    trust_pickle = bool(cfg.trust_pickle)
+    trust_pickle = cfg.trust_pickle
     resume = None
     if cfg.get("ckpt_path"):
         resume = start_from(cfg.ckpt_path, model.net, model.scheme, trust_pickle)

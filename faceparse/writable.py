@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["output_dir", "output_file", "refuse_overwriting", "replacing"]
+__all__ = ["check_output_dir", "output_dir", "output_file", "refuse_overwriting", "replacing"]
 
 
 def _make_dir(path: Path, option: str) -> None:
@@ -32,6 +32,22 @@ def output_dir(path: str | Path, option: str) -> Path:
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option}={path} is a file: give a folder for the output files")
     _make_dir(path, option)
+    return path
+
+
+def check_output_dir(path: str | Path, option: str) -> Path:
+    """Refuse a folder that cannot be made, without making it: a refused command (a wrong
+    split, a checkpoint it will not read) must not leave a new empty folder behind. Create
+    it with :func:`output_dir` once there is something to write."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option}={path} is a file: give a folder for the output files")
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise ValueError(f"{option}={path}: cannot create folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option}={path}: cannot write there ({existing}: permission "
+                         f"denied)")
     return path
 
 

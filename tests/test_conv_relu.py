@@ -145,7 +145,7 @@ def test_fusion_on_cuda_is_asked_for_and_probed_apart_from_the_cpus() -> None:
     assert not forced.wants_conv_relu_fused(torch.device("meta"))
     off = FastPath(fuse_conv_relu=False)
     assert not off.wants_conv_relu_fused(cpu) and not off.wants_conv_relu_fused(cuda)
-    with pytest.raises(ValueError, match="fast_path.fuse_conv_relu='cuda': use auto, true"):
+    with pytest.raises(ValueError, match="fast_path.fuse_conv_relu=cuda: use auto, true"):
         FastPath(fuse_conv_relu="cuda")
     if not torch.cuda.is_available():
         dtypes, problems = fused_conv_relu_dtypes("cuda")

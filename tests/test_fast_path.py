@@ -97,8 +97,11 @@ def test_cpu_inference_runs_bf16_exactly_where_the_policy_says(
 
 
 def test_a_bad_channels_last_value_is_refused() -> None:
-    with pytest.raises(ValueError, match="fast_path.channels_last='sometimes'"):
-        FastPath(channels_last="sometimes").apply(Logits(), "cpu")
+    with pytest.raises(ValueError, match="fast_path.channels_last=sometimes: use auto, true"):
+        FastPath(channels_last="sometimes")
+    for option in ("compile", "fold_batchnorm", "cudnn_benchmark", "reuse_cpu_memory"):
+        with pytest.raises(ValueError, match=f"fast_path.{option}=no: use true or false"):
+            FastPath(**{option: "no"})  # bool("no") would switch it on
 
 
 def test_cuda_setup_turns_on_channels_last_and_cudnn_benchmark(

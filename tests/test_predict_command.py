@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_predict import header_only_png
 from test_video_outputs import short_writer
@@ -130,6 +131,21 @@ def test_exit_code_is_nonzero_only_when_every_input_failed(ckpt, tmp_path):
     (("input=@photo.png", "device=gpu"), ValueError, "device=gpu: not a device; use auto"),
     (("input=@photo.png", "smoothing=1.0"), ValueError, r"smoothing=1.0: give a number in \["),
     (("input=@photo.png", "smoothing=lots"), ValueError, "smoothing='lots': give a number"),
+    # Hydra passes no/off as text, and bool("no") is True: each is refused, never read as on
+    (("input=@photo.png", "trust_pickle=no"), ValueError, "trust_pickle=no: use true or false"),
+    (("input=@photo.png", "keep_aspect=no"), ValueError, "keep_aspect=no: use true or false"),
+    (("input=@photo.png", "overwrite=off"), ValueError, "overwrite=off: use true or false"),
+    (("input=@photo.png", "save_overlay=no"), ValueError, "save_overlay=no: use true or"),
+    (("input=@photo.png", "save_frames=0"), ValueError, "save_frames=0: use true or false"),
+    (("input=@photo.png", "image_size=abc"), ValueError, "image_size=abc: the model input"),
+    (("input=@photo.png", "margin=-0.6"), ValueError, "margin=-0.6: the share of a face box"),
+    (("input=@photo.png", "margin=abc"), ValueError, "margin=abc: the share of a face box"),
+    (("input=@photo.png", "alpha=abc"), ValueError, "alpha=abc: the colour weight"),
+    (("input=@photo.png", "alpha=1.5"), ValueError, "alpha=1.5: the colour weight .* between"),
+    (("input=@photo.png", "num_workers=-1"), ValueError, "num_workers=-1: the number of"),
+    (("input=@photo.png", "boxes=@b.json"), ValueError, "only read with crop=box .* whole "
+                                                         "photos"),
+    (("input=@photo.png", "boxes=@b.json", "crop=faces"), ValueError, "add crop=box"),
 ])
 def test_bad_arguments_are_one_clear_error(compose, ckpt, tmp_path, overrides, error, message):
     (tmp_path / "empty").mkdir()
@@ -150,7 +166,7 @@ def test_boxes_and_output_dir_are_checked_before_the_model_loads(compose, tmp_pa
         predict(_cfg(compose, tmp_path, absent, f"input={tmp_path}/photo.png", "crop=box",
                      f"boxes={tmp_path}/b.json", f"output_dir={tmp_path / 'out'}"))
     with pytest.raises(ValueError, match=fr"output_dir={tmp_path}/afile/sub: cannot create "
-                                         fr"folder \(Not a directory\)"):
+                                         fr"folder \({tmp_path}/afile is a file\)"):
         predict(_cfg(compose, tmp_path, absent, f"input={tmp_path}/photo.png",
                      f"output_dir={tmp_path}/afile/sub"))
 
@@ -386,3 +402,24 @@ def test_crop_box_reads_boxes_from_json(compose, ckpt, tmp_path):
     mask = np.asarray(Image.open(out / "p_mask.png"))
     assert (mask[20:] == 0).all() and (mask[:, 20:] == 0).all()
     assert not (out / "p_overlay.png").exists()
+
+
+def test_trust_pickle_typed_no_never_unpickles(tmp_path):
+    """As a user types it: ``trust_pickle=no`` is refused in one line (exit 2), the payload
+    of a pickled checkpoint never runs, and no run folder is left."""
+    from test_safe_load import Payload
+
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": Payload(marker)}, path)
+    _image(tmp_path / "photo.png", (20, 20))
+    for trust in ("trust_pickle=no", "trust_pickle=false"):
+        done = run_predict(f"ckpt={path}", f"input={tmp_path / 'photo.png'}", trust,
+                           f"output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}")
+        output = done.stdout + done.stderr
+        errors = [line for line in output.splitlines() if "[ERROR]" in line]
+        assert done.returncode == 2 and len(errors) == 1, output[-3000:]
+        assert ("trust_pickle=no: use true or false" if "no" in trust else
+                f"{path} was refused") in errors[0]
+        assert "Traceback" not in output and not (tmp_path / "run").exists()
+    assert not marker.exists() and not (tmp_path / "out").exists()

@@ -38,6 +38,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
     (["trainer.max_epochs=-1", "trainer.max_time=00:00:00:20"],
      r"trainer.max_epochs=-1 and trainer.max_steps=-1 \(the run stops on trainer.max_time\) "
      r"leave the learning-rate schedule no length.*scheduler=none"),
+    # Hydra passes no/off as text and bool("no") is True: refused, never read as on
+    (["train=no"], "train=no: use true or false"),
+    (["test=off"], "test=off: use true or false"),
+    (["trust_pickle=no"], "trust_pickle=no: use true or false"),
 ])
 def test_late_failing_options_are_refused_before_anything_is_written(
         compose, tiny, tmp_path: Path, overrides: list[str], message: str) -> None:
@@ -88,3 +92,13 @@ def test_refusals_met_while_building_are_one_line_and_leave_no_run_folder(
         assert len(errors) == 1 and errors[0].startswith(cases[case]), (case, stderr[-3000:])
         assert "Traceback" not in stderr and "Error in call to target" not in stderr, case
     assert list(tmp_path.iterdir()) == []  # no run folder, no on_exception.ckpt
+
+
+@pytest.mark.parametrize("override", ["cnn.freeze_norm=no", "cnn.pretrained=off",
+                                      "vit.frozen=no", "decoder.attention_refinement=no",
+                                      "data.pin_memory=no", "fast_path.compile=no"])
+def test_on_off_options_typed_as_words_are_refused(compose, tiny, tmp_path: Path,
+                                                   override: str) -> None:
+    """A model or data switch typed ``no`` would build the net with it on: refused, named."""
+    with pytest.raises(ValueError, match=f"{override}: use true or false"):
+        train(compose([*tiny, override], output_dir=tmp_path))

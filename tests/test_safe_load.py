@@ -47,8 +47,15 @@ def test_malicious_pickle_is_refused(tmp_path: Path) -> None:
         [sys.executable, "-m", "faceparse.export_decoder", f"ckpt={path}",
          f"out={tmp_path / 'out.ckpt'}", f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "UnsafeCheckpointError" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
+    assert f"{path} was refused" in errors[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before its work: no run folder
     assert not marker.exists() and not (tmp_path / "out.ckpt").exists()
+    for typed, shown in (("no", "no"), ("off", "off"), (1, "1"), (None, "null")):
+        with pytest.raises(ValueError, match=f"trust_pickle={shown}: use true or false"):
+            safe_load(path, trust_pickle=typed)  # bool("no") is True: only True unpickles
+    assert not marker.exists()
     safe_load(path, trust_pickle=True)  # the explicit opt-in really unpickles
     assert marker.read_text() == "code ran"
 

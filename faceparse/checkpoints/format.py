@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from faceparse.checkpoints.trust import check_net_config, model_class
+from faceparse.instantiation import instantiate_option
 from faceparse.labels import LabelScheme, get_scheme
 from faceparse.models import DinoVitEncoder, FaceParser
 from faceparse.nested import flatten
@@ -82,7 +82,7 @@ def _plain(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _instantiate(config: dict[str, Any]) -> FaceParser:
-    net = instantiate(OmegaConf.create(config))
+    net = instantiate_option(OmegaConf.create(config))  # a missing ViT file: its own error
     if not isinstance(net, FaceParser):
         raise TypeError(f"the net config builds a {type(net).__name__}, not a FaceParser")
     return net

@@ -20,6 +20,7 @@ from faceparse.data.loaders import (
 from faceparse.data.readers.prepared import refuse_other_size
 from faceparse.data.transforms import eval_transform, seed_transform, train_transform
 from faceparse.labels import get_scheme
+from faceparse.option_values import boolean
 
 __all__ = ["FaceDataModule"]
 
@@ -53,6 +54,7 @@ class FaceDataModule(L.LightningDataModule):
         prefetch_factor: int | None = None,
     ) -> None:
         super().__init__()
+        boolean("data.pin_memory", pin_memory)
         for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if size is not None and (not isinstance(size, int) or size <= 0):
                 raise ValueError(f"data.{name}={size}: a batch holds a positive whole number "

@@ -10,14 +10,13 @@ typed and what would be right, like :mod:`faceparse.training.preflight`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
 
 from faceparse.option_values import boolean, is_number, shown, whole_number
 
-__all__ = ["EvalOptions", "eval_options", "scale_factors", "check_report_folder"]
+__all__ = ["EvalOptions", "eval_options", "scale_factors"]
 
 
 def scale_factors(option: str, value: Any) -> tuple[float, ...]:
@@ -64,16 +63,3 @@ def eval_options(cfg: DictConfig) -> EvalOptions:
         trust_pickle=boolean("trust_pickle", cfg.trust_pickle),
         run_data=boolean("run_data", cfg.run_data),
     )
-
-
-def check_report_folder(path: str | Path, option: str = "out") -> Path:
-    """Refuse a report folder that cannot be made, without making it: a refused command
-    (a wrong split, a class mismatch) must not leave a new empty folder behind. The folder
-    is created (:func:`faceparse.writable.output_dir`) once the report is ready."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{option}={path} is a file: give a folder for the output files")
-    existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
-    if not existing.is_dir():
-        raise ValueError(f"{option}={path}: cannot create folder ({existing} is a file)")
-    return path

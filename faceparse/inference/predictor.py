@@ -26,6 +26,7 @@ from faceparse.inference.images import to_rgb
 from faceparse.inference.model import LoadedModel, load_model
 from faceparse.inference.resize import labels_at_size, logits_hwc, softmax_classes, strips
 from faceparse.labels import LabelScheme, colorize, get_scheme, mapping_lut
+from faceparse.option_values import boolean, number, whole_number
 
 __all__ = ["CROPS", "ParseResult", "Parser", "Placement", "UnusableBoxWarning",
            "check_batch_size"]
@@ -47,9 +48,11 @@ def check_batch_size(batch_size: int) -> None:
 @dataclass
 class ParseResult:
     """``labels`` (H, W) uint8 ids of ``scheme`` at the photo's size; ``probs`` (C, H, W)
-    float16 of the model's classes when asked; ``boxes`` the face crops used (crop=faces|box;
-    empty when no face was found or no given box lies in the photo: the labels are then all
-    background, and ``faceparse.predict`` writes nothing for that photo);
+    float16 when asked, one channel per class of the *model's* scheme, in the order of
+    ``prob_class_names`` (with ``labels=`` that differs from ``class_names``); ``boxes``
+    the face crops used (crop=faces|box; empty when no face was found or no given box lies
+    in the photo: the labels are then all background, and ``faceparse.predict`` writes
+    nothing for that photo);
     ``unusable_boxes`` the given boxes left out (crop=box: empty or outside the photo).
     """
 
@@ -58,6 +61,7 @@ class ParseResult:
     probs: np.ndarray | None = None
     boxes: list[Box] = field(default_factory=list)
     unusable_boxes: list[Box] = field(default_factory=list)
+    prob_class_names: tuple[str, ...] | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -99,6 +103,11 @@ class Parser:
                  labels: str | None = None, precision: str = "auto", batch_size: int = 8,
                  detector: FaceDetector | None = None) -> None:
         self.model = model
+        if image_size is not None:
+            whole_number("image_size", image_size, 1,
+                         "the model input side in pixels (null: the checkpoint's own)")
+        boolean("keep_aspect", keep_aspect)
+        number("margin", margin, 0, "the share of a face box added on each side of its crop")
         size = image_size or model.image_size
         if size is None:
             raise ValueError(f"{model.source} does not record the image size it was trained "
@@ -188,7 +197,8 @@ class Parser:
                 ) -> ParseResult:
         if self.lut is not None:
             labels = self.lut[labels]
-        return ParseResult(labels, self.out_scheme, probs, boxes)
+        return ParseResult(labels, self.out_scheme, probs, boxes, prob_class_names=None
+                           if probs is None else self.model.scheme.class_names)
 
     def _paste(self, rgb: np.ndarray, boxes: list[Box], probs: bool) -> ParseResult:
         """Parse each box and paste its logits back; background outside every box."""
@@ -261,6 +271,9 @@ class Parser:
         ``unusable_boxes`` itself (the folder command names the file and counts them).
         No images: an empty list.
         """
+        if boxes is not None and self.crop != "box":
+            raise ValueError(f"boxes need a parser made with crop='box'; this one has "
+                             f"crop='{self.crop}', which would ignore them")
         rgbs = [to_rgb(image) for image in images]
         if not rgbs:
             return []

@@ -20,6 +20,7 @@ from faceparse.models.blocks import (
     ConvBNReLU,
     FeatureFusion,
 )
+from faceparse.option_values import boolean
 
 __all__ = ["CoarseToFineDecoder", "DECODER_STRIDES"]
 
@@ -50,6 +51,7 @@ class CoarseToFineDecoder(nn.Module):
         encoder_name: str = "the encoder",
     ) -> None:
         super().__init__()
+        boolean("decoder.attention_refinement", attention_refinement)
         check_feature_maps(type(self).__name__, DECODER_STRIDES, encoder_name, in_channels,
                            in_strides)
         if decoder_channels % 16:

@@ -28,6 +28,7 @@ from faceparse.models.weights import (
     load_state_dict_file,
     load_strict,
 )
+from faceparse.option_values import booleans
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ DINOV3_MODELS = {
 DINOV3_WIDTHS = {"small": 384, "base": 768, "large": 1024}
 DINOV3_SOURCE = "https://github.com/facebookresearch/dinov3 (Meta licence, request access there)"
 # Official file names by width: S/16, B/16, L/16.
+# the options that name a DINOv3 file, for the message when it is missing
+VIT_WEIGHTS_OPTIONS = "vit.weights= (training) or vit_weights= (predict, eval, export)"
 DINOV3_FILES = {
     384: ("ViT-S/16", "dinov3_vits16_pretrain_lvd1689m-*.pth"),
     768: ("ViT-B/16", "dinov3_vitb16_pretrain_lvd1689m-*.pth"),
@@ -135,6 +138,7 @@ class DinoVitEncoder(Encoder):
         fused_attn: bool = True,
     ) -> None:
         super().__init__()
+        booleans("vit.", frozen=frozen, random_init=random_init, fused_attn=fused_attn)
         if size not in DINOV3_MODELS:
             raise ValueError(f"unknown DINOv3 size {size!r}; choose one of {list(DINOV3_MODELS)}")
         if weights is None and not random_init:
@@ -342,8 +346,9 @@ def _check_dinov3(state: Mapping[str, torch.Tensor], model: nn.Module, path: Pat
 def load_dinov3_weights(model: nn.Module, path: str | Path) -> None:
     """Load Meta's official DINOv3 checkpoint (or timm's ``.safetensors``) into a timm ViT."""
     path = Path(path).expanduser()
-    size, pattern = DINOV3_FILES.get(model.embed_dim, ("DINOv3", "dinov3_vit*16_*.pth"))
-    state = load_state_dict_file(path, f"DINOv3 {size}", f"{pattern} from {DINOV3_SOURCE}")
+    size, pattern = DINOV3_FILES.get(model.embed_dim, ("ViT", "dinov3_vit*16_*.pth"))
+    state = load_state_dict_file(path, f"DINOv3 {size}", f"{pattern} from {DINOV3_SOURCE}",
+                                 option=VIT_WEIGHTS_OPTIONS)
     _check_dinov3(state, model, path)
     found = describe_vit(state)
     expected = describe_vit({"cls_token": model.cls_token, **model.state_dict()})

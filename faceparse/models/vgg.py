@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from faceparse.models.base import Encoder
 from faceparse.models.weights import StateDict, load_state_dict_file, load_strict
+from faceparse.option_values import booleans
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class VggEncoder(Encoder):
         random_init: bool = False,
     ) -> None:
         super().__init__()
+        booleans("cnn.", pretrained=pretrained, freeze_norm=freeze_norm, random_init=random_init)
         if not 1 <= num_stages <= 5:
             raise ValueError(f"num_stages must be in 1..5, got {num_stages}")
         try:
@@ -207,7 +209,8 @@ def vgg_hub_file(arch: str) -> Path:
 
 def load_vgg_weights(layers: nn.Module, path: str | Path) -> None:
     """Load torchvision VGG ImageNet weights into the (possibly truncated) feature layers."""
-    state = vgg_features_filter(load_state_dict_file(path, "VGG", VGG_SOURCE))
+    state = vgg_features_filter(load_state_dict_file(path, "VGG", VGG_SOURCE,
+                                                     option="cnn.weights="))
     own = layers.state_dict()
     beyond = sorted(set(state) - set(own), key=lambda k: int(k.split(".")[0]))
     if beyond:

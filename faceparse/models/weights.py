@@ -30,14 +30,16 @@ CHECKPOINT_DIR_HINT = "checkpoints/ (paths.checkpoint_dir in conf/paths/default.
 
 
 def load_state_dict_file(
-    path: str | Path, what: str, source: str, trust_pickle: bool = False
+    path: str | Path, what: str, source: str, trust_pickle: bool = False,
+    option: str = "the config's weights path",
 ) -> StateDict:
-    """Read a weights file data-only; name the file and where to get it when it is missing."""
+    """Read a weights file data-only; name the file and where to get it when it is missing
+    (``option``: the options that point at it, e.g. ``cnn.weights=``)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"{what} weights not found at {path}. Download {source} and put the file there "
-            f"(by default in {CHECKPOINT_DIR_HINT}), or point the config at it."
+            f"(by default in {CHECKPOINT_DIR_HINT}), or give its path with {option}."
         )
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
