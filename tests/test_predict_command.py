@@ -423,3 +423,30 @@ def test_trust_pickle_typed_no_never_unpickles(tmp_path):
                 f"{path} was refused") in errors[0]
         assert "Traceback" not in output and not (tmp_path / "run").exists()
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_decoder_failure_on_one_photo_is_a_warning_not_the_end_of_the_run(
+        compose, ckpt, tmp_path, monkeypatch, caplog):
+    """Pillow raises more than OSError on real files (``struct.error``, ``TypeError`` from
+    odd EXIF): the photo counts as failed, named, and the photos after it are parsed."""
+    import struct
+
+    import faceparse.inference.folder as folder
+
+    for name in ("a.png", "b.png", "c.png"):
+        _image(tmp_path / "in" / name, (20, 16))
+    real = folder.read_photo
+
+    def fussy(path):
+        if Path(path).name == "b.png":
+            raise struct.error("required argument is not an integer")
+        return real(path)
+
+    monkeypatch.setattr(folder, "read_photo", fussy)
+    with caplog.at_level(logging.WARNING):
+        done = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                            f"output_dir={tmp_path / 'out'}", "batch_size=1"))
+    assert (done["images"], done["failed"]) == (2, 1)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.png")) == [
+        "a_mask.png", "c_mask.png"]
+    assert re.search(r"not a readable image \(error: required argument .*b\.png", caplog.text)

@@ -81,8 +81,33 @@ def test_32_bit_float_and_integer_tiffs_are_refused_not_parsed_black(tmp_path):
     for name, kind in (("f.tif", "floating-point"), ("i.tif", "integer")):
         with pytest.raises(BadSampleError, match=f"32-bit {kind} samples .*{name}"):
             read_photo(tmp_path / name)
+    # 32-bit samples whose values fit in 16 bits: the file's bit depth, not the values, says
+    Image.fromarray(np.full((8, 8), 200, np.uint32)).save(tmp_path / "u32.tif")
+    Image.fromarray(np.full((8, 8), 4095, np.int32)).save(tmp_path / "i12.tif")
+    for name in ("u32.tif", "i12.tif"):
+        with pytest.raises(BadSampleError, match=f"32-bit integer samples .*{name}"):
+            read_photo(tmp_path / name)
     Image.fromarray(np.full((3, 4), 60000, np.uint16)).save(tmp_path / "g16.tif")
     assert (read_photo(tmp_path / "g16.tif") == 60000 >> 8).all()  # 16 bits still scale
+
+
+def _malformed_exif_jpeg(path, height: int, width: int) -> None:
+    """A phone-like JPEG turned 90° by its EXIF orientation (6), one of whose tags is
+    malformed: WhitePoint, a RATIONAL tag, typed as text. Pillow opens it, but rewriting
+    the EXIF (``ImageOps.exif_transpose``) raises ``TypeError``."""
+    exif = Image.Exif()
+    exif[0x0112], exif[0x010F] = 6, "Cam"
+    raw = exif.tobytes().replace(b"\x01\x0f\x00\x02", b"\x01\x3e\x00\x02")
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[0, 0] = 255  # the stored top-left corner: top-right once turned upright
+    Image.fromarray(rgb).save(path, exif=raw, quality=100)
+
+
+def test_a_malformed_exif_photo_is_read_upright(tmp_path):
+    _malformed_exif_jpeg(tmp_path / "phone.jpg", 24, 32)
+    photo = read_photo(tmp_path / "phone.jpg")
+    assert photo.shape == (32, 24, 3)  # turned as orientation 6 says
+    assert photo[0, -1].min() > 200 and photo[-1, 0].max() < 50
 
 
 def test_an_empty_batch_is_an_empty_list(parser):

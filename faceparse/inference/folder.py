@@ -112,6 +112,8 @@ def _read(path: Path) -> np.ndarray | str:
         return read_photo(path)
     except BadSampleError as err:
         return str(err)
+    except Exception as err:  # noqa: BLE001 - a decoder's own failure must not end the run
+        return f"not a readable image ({type(err).__name__}: {err}): {path}"
 
 
 class _Photos(Dataset):

@@ -14,18 +14,38 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from faceparse.data.io import BadSampleError, read_image
 
 __all__ = ["read_photo", "to_rgb"]
 
 
-def _pil_to_rgb(image: Image.Image) -> np.ndarray:
+# EXIF orientation -> the transpose that makes the photo upright (what viewers show)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says. Unlike ``ImageOps.exif_transpose``
+    this never rewrites the EXIF block, which raises on malformed tags real phones write
+    (``TypeError``, ``struct.error``); an unreadable tag leaves the pixels as stored."""
+    try:
+        orientation = image.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - no readable tag: as stored
+        return image
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image if method is None else image.transpose(method)
+
+
+def _pil_to_rgb(image: Image.Image, bits: int | None = None) -> np.ndarray:
     """Any Pillow mode -> RGB uint8; 16-bit grey is scaled, not clipped. 32-bit float or
     integer samples have no agreed white (0-1? 0-65535? the file's range?), so they are
-    refused rather than guessed into a black or saturated photo."""
-    if image.mode == "F" or (image.mode == "I" and _beyond_16_bits(image)):
+    refused rather than guessed into a black or saturated photo. ``bits``: the file's
+    bits per sample (a transposed copy no longer carries the TIFF tags that say it)."""
+    if image.mode == "F" or (image.mode == "I" and _beyond_16_bits(image, bits)):
         kind = "floating-point" if image.mode == "F" else "integer"
         raise ValueError(f"32-bit {kind} samples (Pillow mode {image.mode}) have no agreed "
                          f"scale to 8-bit colour; export the photo as 8- or 16-bit")
@@ -38,11 +58,18 @@ def _pil_to_rgb(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
 
 
-def _beyond_16_bits(image: Image.Image) -> bool:
-    """Mode ``I`` from a file with 32-bit samples, or holding values outside 16 bits."""
+def _bits_per_sample(image: Image.Image) -> int | None:
+    """The widest sample a TIFF declares (tag 258); None for other files."""
     tags = getattr(image, "tag_v2", None)
-    bits = tags.get(258) if tags is not None else None  # TIFF BitsPerSample
-    if bits is not None and max(bits if isinstance(bits, tuple) else (bits,)) > 16:
+    bits = tags.get(258) if tags is not None else None
+    if bits is None:
+        return None
+    return max(bits) if isinstance(bits, tuple) and bits else int(bits)
+
+
+def _beyond_16_bits(image: Image.Image, bits: int | None) -> bool:
+    """Mode ``I`` from a file with 32-bit samples, or holding values outside 16 bits."""
+    if (bits if bits is not None else _bits_per_sample(image) or 0) > 16:
         return True
     low, high = image.getextrema()
     return low < 0 or high > 65535
@@ -61,7 +88,7 @@ def read_photo(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()  # raises on truncated data instead of filling grey
-            return _pil_to_rgb(ImageOps.exif_transpose(image))
+            return _pil_to_rgb(_upright(image), _bits_per_sample(image))
     except UnidentifiedImageError:
         return read_image(path)  # OpenCV reads a few formats Pillow does not
     except Image.DecompressionBombError as err:
@@ -89,7 +116,7 @@ def to_rgb(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> np.nd
     if isinstance(image, (str, Path)):
         return read_photo(image)
     if isinstance(image, Image.Image):
-        return _pil_to_rgb(ImageOps.exif_transpose(image))
+        return _pil_to_rgb(_upright(image), _bits_per_sample(image))
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] not in (1, 3):
             raise ValueError(f"a tensor image must be (3, H, W) or (1, H, W), got "
