@@ -211,10 +211,36 @@ def test_a_failed_write_stops_the_run_in_one_line_naming_the_output_and_its_phot
     cfg = _cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}", f"output_dir={out}",
                "batch_size=1")
     assert _refusal(cfg, caplog) == (
-        f"cannot write {out / 'b_mask.png'} (from {tmp_path / 'in' / 'b.png'}): "
+        f"cannot write {out / 'b_color.png'} (from {tmp_path / 'in' / 'b.png'}): "
         f"No space left on device; stopped, the outputs written so far are kept "
         f"(rerun to resume once fixed)")
     assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_mask.png"]  # no .tmp
+
+
+def test_a_redo_stopped_part_way_is_redone_by_the_rerun_not_kept_half_new(
+        compose, ckpt, tmp_path, monkeypatch, caplog):
+    """The mask (the record a rerun judges by) is written last: a redo whose colour picture
+    failed leaves the old mask, so the rerun redoes the set instead of keeping a new mask
+    beside the old checkpoint's colour picture."""
+    from faceparse.labels import colorize, get_scheme
+
+    _image(tmp_path / "in" / "a.png", (20, 20))
+    out = tmp_path / "out"
+    assert predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                        f"output_dir={out}"))["images"] == 1
+    other = tmp_path / "other" / "model.ckpt"  # another checkpoint: the outputs are stale
+    other.parent.mkdir()
+    os.link(ckpt, other)
+    with monkeypatch.context() as patch:
+        _disk_full_for(patch, "a_color")
+        _refusal(_cfg(compose, tmp_path, other, f"input={tmp_path / 'in'}",
+                      f"output_dir={out}"), caplog)
+    rerun = predict(_cfg(compose, tmp_path, other, f"input={tmp_path / 'in'}",
+                         f"output_dir={out}"))
+    assert (rerun["redone"], rerun["skipped"]) == (1, 0)
+    labels = np.asarray(Image.open(out / "a_mask.png"))
+    color = np.asarray(Image.open(out / "a_color.png").convert("RGB"))
+    np.testing.assert_array_equal(color, colorize(labels, get_scheme("ourface")))
 
 
 def test_a_failed_video_write_names_the_frame_and_the_video_and_keeps_no_partial_video(

@@ -174,10 +174,14 @@ def write_outputs(out_dir: Path, stem: Path, rgb: np.ndarray, result: ParseResul
                   save_overlay: bool, alpha: float, model_scheme: LabelScheme,
                   record: Mapping[str, Any] | None = None) -> list[Path]:
     """Write one input's files (atomically, so an interrupted run leaves no half file);
-    ``record``: what made them (:mod:`faceparse.inference.provenance`), in the mask."""
+    ``record``: what made them (:mod:`faceparse.inference.provenance`), in the mask.
+
+    The mask goes last: it is the record a rerun judges the set by, so a run stopped
+    part-way (a full disk, a kill) leaves the old mask, which says the set is stale, never
+    a new mask beside an old colour picture or overlay.
+    """
     mask, color, *rest = output_paths(out_dir, stem, save_overlay, result.probs is not None)
     mask.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(mask, png_bytes(result.labels, mask_text(result, record)))
     # in OpenCV's BGR order from the start: one channel swap (of the photo) per image
     colors = colorize(result.labels, result.scheme, bgr=True)
     write_atomic(color, _cv2_png(colors))
@@ -193,4 +197,5 @@ def write_outputs(out_dir: Path, stem: Path, rgb: np.ndarray, result: ParseResul
         np.savez_compressed(buffer, probs=result.probs,
                             class_names=np.asarray(model_scheme.class_names))
         write_atomic(rest.pop(0), buffer.getvalue())
+    write_atomic(mask, png_bytes(result.labels, mask_text(result, record)))
     return [mask, color]
