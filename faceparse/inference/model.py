@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
+from faceparse.checkpoints.format import vit_modules
 from faceparse.fast_path import FastPath
 from faceparse.inference.batch import prepare_for_inference
 from faceparse.labels import LabelScheme
@@ -28,7 +29,9 @@ class LoadedModel:
     """A net (normalised float NCHW -> logits NCHW) and what running it needs to know.
 
     ``image_size`` is the side the checkpoint was trained at (``None``: not recorded);
-    input sides must be multiples of ``size_multiple``.
+    input sides must be multiples of ``size_multiple``. ``vit_files``: the DINOv3 files
+    the ViT weights came from, for a checkpoint without them (the original project's
+    ``decoder.ckpt``, a decoder-only export): half the model, so outputs record them too.
     """
 
     net: Net
@@ -37,6 +40,7 @@ class LoadedModel:
     size_multiple: int
     device: torch.device
     source: Path
+    vit_files: tuple[Path, ...] = ()
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -70,11 +74,14 @@ def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
         return _load_onnx(located.path, device)
     file = read_checkpoint(located.path, trust_pickle)  # names the file if it is no checkpoint
     net, scheme = load_face_parser(file, vit_weights, trust_pickle)
+    # a checkpoint's own ViT weights leave weights_file unset (build_net): only files here
+    vit_files = tuple(Path(vit.weights_file) for vit in vit_modules(net).values()
+                      if vit.weights_file)
     target = resolve_device(device)
     net = prepare_for_inference(net, target, fast_path)
     image_size = (file.metadata or {}).get("image_size")
     return LoadedModel(net, scheme, int(image_size) if image_size else None,
-                       int(net.size_multiple), target, located.path)
+                       int(net.size_multiple), target, located.path, vit_files)
 
 
 def _load_onnx(path: Path, device: str | torch.device) -> LoadedModel:

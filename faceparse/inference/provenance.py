@@ -64,7 +64,11 @@ def run_record(parser: Any) -> dict[str, Any]:
                                 "keep_aspect": bool(parser.keep_aspect), "crop": parser.crop}
     if parser.crop != "none":
         settings["margin"] = float(parser.margin)
-    return {"model": file_stamp(Path(parser.model.source)), "settings": settings}
+    record = {"model": file_stamp(Path(parser.model.source)), "settings": settings}
+    vit_files = getattr(parser.model, "vit_files", ())
+    if vit_files:  # the checkpoint holds no ViT weights: the file they came from counts too
+        record["vit_weights"] = [file_stamp(path) for path in vit_files]
+    return record
 
 
 def relative_source(photo: Path, root: Path | None) -> str:
@@ -112,6 +116,11 @@ def _differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str
         out.append(f"made by checkpoint {old.get('path')} ({old.get('bytes')} bytes), not "
                    f"{new['path']} ({new['bytes']} bytes)" if old.get("path") != new["path"]
                    else f"made by an earlier version of checkpoint {new['path']}")
+    old, new = recorded.get("vit_weights") or [], expected.get("vit_weights") or []
+    if old != new:
+        named = ", ".join(f"{s.get('path')} ({s.get('bytes')} bytes)" for s in old) or "none"
+        out.append(f"made with DINOv3 weights {named}, not "
+                   f"{', '.join(str(s['path']) for s in new) or 'none'}")
     old, new = recorded.get("settings") or {}, expected["settings"]
     changed = [f"{k}={old.get(k)!r}, not {new.get(k)!r}" for k in sorted(set(old) | set(new))
                if old.get(k) != new.get(k)]
