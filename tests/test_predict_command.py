@@ -476,3 +476,30 @@ def test_a_decoder_failure_on_one_photo_is_a_warning_not_the_end_of_the_run(
     assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.png")) == [
         "a_mask.png", "c_mask.png"]
     assert re.search(r"not a readable image \(error: required argument .*b\.png", caplog.text)
+
+
+def test_a_video_of_two_people_parses_both_faces_as_a_photo_would(compose, ckpt, tmp_path):
+    """crop=faces on video: every face of a frame is parsed and pasted back, as for a photo
+    (it used to parse the largest face only, the other left background without a word)."""
+    from faceparse.inference import Parser
+
+    face = cv2.resize(pytest.importorskip("skimage.data").astronaut(), (256, 256),
+                      interpolation=cv2.INTER_AREA)
+    frame = cv2.cvtColor(np.concatenate([face, face[:, ::-1]], axis=1), cv2.COLOR_RGB2BGR)
+    (tmp_path / "in").mkdir()
+    writer = cv2.VideoWriter(str(tmp_path / "in" / "two.mp4"),
+                             cv2.VideoWriter_fourcc(*"mp4v"), 10, (512, 256))
+    for _ in range(3):
+        writer.write(frame)
+    writer.release()
+    capture = cv2.VideoCapture(str(tmp_path / "in" / "two.mp4"))
+    decoded = cv2.cvtColor(capture.read()[1], cv2.COLOR_BGR2RGB)  # what the video run sees
+    capture.release()
+    photo = Parser.from_checkpoint(ckpt, device="cpu", crop="faces")(decoded)
+    assert len(photo.boxes) >= 2 and {b[0] < 256 for b in photo.boxes} == {True, False}
+    out = tmp_path / "out"
+    done = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                        f"output_dir={out}", "crop=faces"))
+    assert done["videos"][str(tmp_path / "in" / "two.mp4")]["frames_without_face"] == []
+    first = np.asarray(Image.open(out / "two_frames" / "000000_mask.png"))
+    np.testing.assert_array_equal(first, photo.labels)  # smoothing=0: the photo's labels

@@ -2,7 +2,9 @@
 
 Frame-by-frame parsing flickers at class borders. ``smoothing`` keeps an exponential
 moving average of the model-resolution logits (``s = smoothing * s + (1 - smoothing) *
-new``); with ``crop=faces`` the face boxes are averaged the same way. Flicker is the share
+new``); with ``crop=faces`` every face found in a frame is parsed and pasted back, as in a
+photo, and each face's box and logits are averaged over its own frames
+(:mod:`faceparse.inference.face_tracks`). Flicker is the share
 of pixels whose label changes between consecutive frames, measured at model resolution
 with and without the smoothing on the same frames, so the report shows what it buys.
 
@@ -15,7 +17,7 @@ file) gets a warning naming both counts, also recorded there. OpenCV writes no a
 With ``crop=faces`` every frame is still written, so the mask video keeps the input's
 frame count and ``<stem>_frames/<n>_mask.png`` has no gaps. A face the detector
 misses for up to :data:`HOLD_SECONDS` keeps its last box (the LBP cascade drops single
-frames of a face that is there); a frame with no face beyond that is not parsed: its mask
+frames of a face that is there); a frame with no face, held or found, is not parsed: its mask
 is all background and its number is reported (``frames_without_face``), and the smoothing
 starts afresh at the next face. A video with no face in any frame is like a photo without
 one: nothing of it is kept. ``crop=box`` has no boxes for video frames and is refused.
@@ -35,6 +37,7 @@ import torch
 from rich.progress import Progress
 
 from faceparse.data.io import BadSampleError
+from faceparse.inference.face_tracks import FaceTrack, FaceTracks
 from faceparse.inference.video_outputs import VideoOutputs, video_paths
 
 log = logging.getLogger(__name__)
@@ -74,12 +77,6 @@ def _open(path: Path) -> cv2.VideoCapture:
                              f"a video or an unsupported codec); convert it to H.264 .mp4 or "
                              f"give its frames")
     return capture
-
-
-def _smooth_box(old: tuple | None, new: tuple, keep: float) -> tuple[int, int, int, int]:
-    if old is None:
-        return new
-    return tuple(round(keep * o + (1 - keep) * n) for o, n in zip(old, new, strict=True))
 
 
 def frame_ranges(frames: list[int], most: int = 8) -> str:
@@ -127,10 +124,11 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
                 "skipped": True}
     fps = writer_fps(header_fps, path)
     outputs = VideoOutputs(path, out_stem, fps, save_frames, alpha, record, parser.scheme.name)
-    state = box = raw_prev = smooth_prev = None
+    whole = FaceTrack((0, 0, 0, 0))  # crop=none: the frame is the one region
+    tracks = FaceTracks(smoothing, max(1, round(fps * HOLD_SECONDS)))
     raw_changes, smooth_changes, times = [], [], []
     count, start, model_seconds = 0, time.perf_counter(), 0.0
-    hold, missed, held, faceless = max(1, round(fps * HOLD_SECONDS)), 0, 0, []
+    held, faceless = 0, []
     with outputs, Progress(transient=True) as progress:
         task = progress.add_task(f"parsing {path.name}", total=total)
         while True:
@@ -140,41 +138,31 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
             times.append(float(capture.get(cv2.CAP_PROP_POS_MSEC)))
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             height, width = rgb.shape[:2]
-            region = rgb
+            regions = [whole]
             if parser.crop == "faces":
-                found = parser.boxes_for(rgb, None)
-                missed = 0 if found else missed + 1
-                if found:
-                    box = _smooth_box(box, found[0], smoothing)
-                elif box is not None and missed <= hold:
-                    held += 1  # a face missed for a moment keeps its last box
-                else:
-                    box = None
-                if box is None:  # no face: not parsed, all background, smoothing restarts
+                held += tracks.update(parser.boxes_for(rgb, None))
+                regions = tracks.tracks
+                if not regions:  # no face: not parsed, all background, smoothing restarts
                     faceless.append(count)
-                    state = raw_prev = smooth_prev = None
-                    region = None
-                else:
-                    region = rgb[box[1]:box[3], box[0]:box[2]]
-            if region is None:
-                result = parser.paste((height, width), [], [])
-            else:
-                model_start = time.perf_counter()
-                logits = parser.photo_logits([region])[0]
-                model_seconds += time.perf_counter() - model_start
-                state = logits if state is None or state.shape != logits.shape else (
-                    smoothing * state + (1 - smoothing) * logits)
-                raw, smooth = logits.argmax(0), state.argmax(0)
-                for changes, prev, now in ((raw_changes, raw_prev, raw),
-                                           (smooth_changes, smooth_prev, smooth)):
+            crops = [rgb if r is whole else rgb[r.box[1]:r.box[3], r.box[0]:r.box[2]]
+                     for r in regions]
+            model_start = time.perf_counter()
+            logits = parser.photo_logits(crops) if crops else []
+            model_seconds += time.perf_counter() - model_start
+            states = []
+            for region, region_logits in zip(regions, logits, strict=True):
+                states.append(region.smooth(region_logits, smoothing))
+                raw, smooth = region_logits.argmax(0), states[-1].argmax(0)
+                for changes, prev, now in ((raw_changes, region.raw_prev, raw),
+                                           (smooth_changes, region.smooth_prev, smooth)):
                     value = flicker(prev, now)
                     if value is not None:
                         changes.append(value)
-                raw_prev, smooth_prev = raw, smooth
-                if parser.crop == "faces":
-                    result = parser.paste((height, width), [box], [state])
-                else:
-                    result = parser.finish(state, (height, width), False)
+                region.raw_prev, region.smooth_prev = raw, smooth
+            if parser.crop == "faces":
+                result = parser.paste((height, width), [r.box for r in regions], states)
+            else:
+                result = parser.finish(states[0], (height, width), False)
             outputs.write(count, rgb, result)
             count += 1
             progress.advance(task)
