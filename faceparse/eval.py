@@ -172,7 +172,9 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
         model_labels=model_scheme.name, dataset=type(reader).__name__,
         dataset_labels=reader.native_scheme.name, scored_labels=scored.name,
         source="prepared copy" if getattr(reader, "prepared", None) else "original files",
-        split=str(cfg.split), samples=result.samples, skipped=result.skipped,
+        split=str(cfg.split), samples=result.samples,
+        skipped=[*result.skipped, *(f"{i} (skipped by prepare as unreadable)"
+                                    for i in getattr(reader, "prepare_skipped", []))],
         left_out=list(getattr(reader, "left_out", [])),
         resolution=options.resolution, image_size=image_size, tta=tta.describe(),
         precision=precision_of(net, device),

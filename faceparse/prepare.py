@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from faceparse.cli import hydra_entry, keep_run_folder, one_line_errors
 from faceparse.data.prepare import SplitReport, prepare_dataset
+from faceparse.writable import check_output_dir, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +27,18 @@ def prepare(cfg: DictConfig) -> dict[str, SplitReport]:
     if not prepared_dir:
         raise ValueError(f"data.dataset ({cfg.data.dataset._target_}) has no prepared_dir: "
                          f"nothing to prepare")
+    check_output_dir(prepared_dir, "data.dataset.prepared_dir")  # read-only data: refused
     datamodule = instantiate(cfg.data)
     # every split opened (listed) first: missing data is refused before there is a run
     opened = {split: datamodule.open_dataset(split, prepared_dir=None) for split in cfg.splits}
     keep_run_folder()  # what fails from here on failed a run: its log stays
+    output_dir(prepared_dir, "data.dataset.prepared_dir")
     reports = prepare_dataset(opened.__getitem__, prepared_dir, cfg.data.image_size,
                               cfg.splits, cfg.workers)
     for split, report in reports.items():
-        log.info("%s: %d written, %d already done, %d skipped", split, report.written,
-                 report.reused, report.skipped)
+        log.info("%s: %d written (%d of them again: their raw files changed), %d already "
+                 "done, %d skipped", split, report.written, report.redone, report.reused,
+                 report.skipped)
     log.info("prepared copy in %s", prepared_dir)
     return reports
 

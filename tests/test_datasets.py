@@ -3,6 +3,8 @@ mapped labels, flips through the real train path, and the configs that select th
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -87,7 +89,7 @@ def test_celebamask_merge_order_later_parts_win(dataset_copies, sample: str, und
     np.testing.assert_array_equal(mask, expected[sample])
 
 
-def test_other_splits_follow_their_rules(dataset_copies) -> None:
+def test_other_splits_follow_their_rules(dataset_copies, caplog) -> None:
     for split, sizes in LAPA_SIZES.items():
         assert len(open_reader(dataset_copies, "lapa", split)) == len(sizes)
     for split in ("train", "val", "test"):
@@ -95,10 +97,15 @@ def test_other_splits_follow_their_rules(dataset_copies) -> None:
         assert all(split_of(int(i)) == split for i in ds.ids)
         folder = open_reader(dataset_copies, "folder", split)
         assert all(hash_split(i, {"val": 0.2, "test": 0.2}) == split for i in folder.ids)
-    assert open_reader(dataset_copies, "helen", "val").ids == open_reader(
-        dataset_copies, "helen", "test").ids  # HELEN* has no validation set
+    with caplog.at_level(logging.WARNING, logger="faceparse.data.readers.helen"):
+        assert open_reader(dataset_copies, "helen", "val").ids == open_reader(
+            dataset_copies, "helen", "test").ids  # HELEN* has no validation set
+    said = [r.getMessage() for r in caplog.records if r.name.endswith("helen")]
+    assert len(said) == 1 and "val reads" in said[0] and "chosen on the test set" in said[0]
+    caplog.clear()
     assert [len(open_reader(dataset_copies, "helen_smith", s)) for s in ("train", "val", "test")
             ] == [3, 2, 2]
+    assert "chosen on the test set" not in caplog.text  # the Smith release has its own val
 
 
 def test_folder_name_rule_and_split_folders(tmp_path) -> None:

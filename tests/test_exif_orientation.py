@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from faceparse.data.io import BadSampleError
 from faceparse.data.orientation import exif_orientation, read_image_for_mask
@@ -83,3 +83,22 @@ def test_untagged_photos_and_bad_options(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"data.dataset.exif_orientation='sideways': use one "
                                          r"of auto, apply, ignore"):
         ImageMaskFolder("train", tmp_path / "d", exif_orientation="sideways")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_tagged_tiff_reads_as_stored_or_upright_like_a_jpeg(tmp_path: Path,
+                                                              orientation: int) -> None:
+    """OpenCV turns a TIFF by its orientation tag whatever the flags say: under
+    ``exif_orientation=ignore`` the stored pixels come back all the same, and upright reads
+    turn it as a JPEG with the same tag is turned."""
+    from faceparse.data.io import read_image
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    Image.fromarray(stored).save(tmp_path / "p.tif", tiffinfo={0x0112: orientation})
+    np.testing.assert_array_equal(read_image(tmp_path / "p.tif", upright=False), stored)
+    stored_mask = np.ones((6, 9), np.uint8)
+    np.testing.assert_array_equal(
+        read_image_for_mask(tmp_path / "p.tif", stored_mask.shape, "ignore"), stored)
+    upright = read_image(tmp_path / "p.tif")
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "p.tif")).convert("RGB"))
+    np.testing.assert_array_equal(upright, expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -55,7 +56,8 @@ def test_prepare_writes_resized_pairs_that_training_reads(celeba) -> None:
         for i, sample_id in enumerate(ready.ids):
             image, mask = ready.load_checked(i)
             assert image.shape == (32, 32, 3) and mask.shape == (32, 32)
-            want = cv2.resize(expected[sample_id], (32, 32), interpolation=cv2.INTER_NEAREST)
+            want = cv2.resize(expected[sample_id], (32, 32),
+                              interpolation=cv2.INTER_NEAREST_EXACT)  # centre-aligned
             np.testing.assert_array_equal(mask, want)
     # Labels stay native: the same copy serves the ourface target.
     ourface = CelebAMaskHQ("val", root, labels="ourface", prepared_dir=out)
@@ -113,7 +115,9 @@ def test_prepare_skips_bad_samples_or_stops_in_strict_mode(celeba, caplog) -> No
     with caplog.at_level(logging.INFO, logger="faceparse.data.readers.files"):
         ready = CelebAMaskHQ("train", root, labels="celebamask", prepared_dir=root / "p")
     assert ready.prepared is not None and len(ready) == 3
-    assert f"prepared copy {root / 'p' / 'train'} (3 samples; 1 skipped" in caplog.text
+    assert f"prepared copy {root / 'p' / 'train'} (3 samples)" in caplog.text
+    assert ready.prepare_skipped == ["1"]  # a bad sample of the split, never read here
+    assert "1 samples were skipped by prepare as unreadable, e.g. 1" in caplog.text
     with pytest.raises(BadSampleError, match="1.jpg"):
         prepare_dataset(opener(root, strict=True), root / "q", 32, ["train"], workers=0)
 
@@ -248,3 +252,37 @@ def test_stats_command_prints_an_override(dataset_copies, tmp_path: Path) -> Non
     override = re.search(r"loss\.class_weights=\[([^\]]*)\]", result.stdout)
     assert override and len(override.group(1).split(",")) == 11
     assert "never labelled" in result.stdout  # LaPa has no ears, beard or accessories
+
+
+def test_a_raw_file_changed_since_is_prepared_again(celeba) -> None:
+    """A re-annotated mask (or re-downloaded image) newer than its prepared copy is redone
+    by the next prepare; the others are kept."""
+    root, _ = celeba
+    out = root / "prepared_32"
+    prepare_dataset(opener(root), out, 32, ["val"], workers=0)
+    raw = CelebAMaskHQ("val", root, labels="celebamask")
+    changed = raw.ids[0]
+    part = raw.part_path(changed, "hair")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(part), np.full((64, 64), 255, np.uint8))  # all hair now
+    later = PreparedLayout(out).label_path("val", changed).stat().st_mtime_ns + 10**9
+    os.utime(part, ns=(later, later))
+    again = prepare_dataset(opener(root), out, 32, ["val"], workers=0)["val"]
+    assert (again.written, again.redone, again.reused) == (1, 1, len(raw) - 1)
+    ready = CelebAMaskHQ("val", root, labels="celebamask", prepared_dir=out)
+    hair = get_scheme("celebamask").index("hair")
+    assert (ready.load_checked(ready.ids.index(changed))[1] == hair).all()
+
+
+def test_a_copy_in_an_older_format_is_not_resumed_or_read(celeba, caplog) -> None:
+    root, _ = celeba
+    out = root / "prepared_32"
+    prepare_dataset(opener(root), out, 32, ["val"], workers=0)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "version": 1}))
+    with caplog.at_level(logging.WARNING):
+        assert CelebAMaskHQ("val", root, labels="celebamask", prepared_dir=out).prepared is None
+    assert "copy format 1, this one reads 2" in caplog.text
+    with pytest.raises(FileExistsError, match="prepared copy in format 1, this faceparse "
+                                              "writes 2"):
+        prepare_dataset(opener(root), out, 32, ["val"], workers=0)

@@ -79,11 +79,11 @@ def test_too_few_images_are_refused_before_anything_is_written(tmp_path: Path) -
     assert not (tmp_path / "p").exists()
 
 
-def prepare(root: Path, run: Path) -> subprocess.CompletedProcess:
+def prepare(root: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "faceparse.prepare", "data=folder", f"data.root={root}",
          "data.dataset.scheme=facesynthetics", "data.image_size=32", "workers=1",
-         f"hydra.run.dir={run}"],
+         f"hydra.run.dir={run}", *extra],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
@@ -124,4 +124,17 @@ def test_prepare_command_without_data_is_one_line_and_no_run_folder(tmp_path: Pa
     result = prepare(tmp_path / "nowhere", tmp_path / "run")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "error: image/mask folder train split: missing under data.root=" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_prepared_dir_that_cannot_be_made_is_one_line_before_any_work(tmp_path: Path
+                                                                        ) -> None:
+    """A read-only dataset mount, or a file in the way: named in one line, no traceback."""
+    root = tmp_path / "faces"
+    write_faces(root, 3)
+    (tmp_path / "afile").write_text("")
+    result = prepare(root, tmp_path / "run", f"data.dataset.prepared_dir={tmp_path}/afile/sub")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert (f"error: data.dataset.prepared_dir={tmp_path}/afile/sub: cannot create folder "
+            f"({tmp_path}/afile is a file)") in result.stderr
     assert not (tmp_path / "run").exists()

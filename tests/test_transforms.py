@@ -228,3 +228,33 @@ def test_denormalize_inverts_normalisation(rng: np.random.Generator) -> None:
     back = denormalize((floats - mean) / std)
     assert back.shape == (2, 16, 24, 3)
     assert np.abs(back.astype(int) - images.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"scale": 1.2}, r"data.augment.scale=1.2: the zoom range is two numbers"),
+    ({"scale": [1.0]}, r"data.augment.scale=\[1.0\]: the zoom range"),
+    ({"scale": [0, 0.0001]}, r"data.augment.scale=\[0,0.0001\]: .*0.25 <= low"),  # all padding
+    ({"scale": [1.2, 0.9]}, r"data.augment.scale=\[1.2,0.9\]: .*low <= high"),
+    ({"rotate": "abc"}, "data.augment.rotate=abc: the largest rotation in degrees"),
+    ({"rotate": -5}, "data.augment.rotate=-5: the largest rotation"),
+    ({"translate": "abc"}, "data.augment.translate=abc: the largest shift"),
+    ({"translate": 0.7}, "data.augment.translate=0.7: the largest shift is a share of the "
+                         "side below 0.5"),
+])
+def test_geometric_augmentation_values_are_refused_by_name(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        train_transform(64, "ourface", **options)
+
+
+def test_downscaled_masks_stay_centred_on_their_images() -> None:
+    """A label edge lands where the image's edge does: no drift toward the bottom right
+    (OpenCV's plain nearest-neighbour shifts a 4x downscale by 3/8 of an output pixel)."""
+    shifts = []
+    for edge in np.random.default_rng(0).integers(100, 1900, 60):
+        mask = np.zeros((2048, 2048), np.uint8)
+        mask[:, edge:] = 1
+        image = np.zeros((2048, 2048, 3), np.uint8)
+        out = eval_transform(512)(image=image, mask=mask)["mask"]
+        first = int(np.argmax(np.asarray(out)[0] == 1))
+        shifts.append(first - edge / 4)
+    assert abs(float(np.mean(shifts))) < 0.2, np.mean(shifts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from faceparse.data.loaders import (
     SkipReportingLoader,
     eval_sampler,
+    rank_seed,
     seed_worker_transform,
     single_thread_opencv,
 )
@@ -71,6 +73,11 @@ class FaceDataModule(L.LightningDataModule):
         self.prefetch_factor = prefetch_factor
         self.datasets: dict[str, Dataset] = {}
 
+    def _rank(self) -> int:
+        """This process's DDP rank (0 outside a trainer)."""
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.global_rank) if trainer is not None else 0
+
     def make_dataset(self, split: str) -> Dataset:
         transform = (
             train_transform(self.image_size, self.scheme, **self.augment)
@@ -78,7 +85,7 @@ class FaceDataModule(L.LightningDataModule):
             else eval_transform(self.image_size)
         )
         # Main-process loading (num_workers=0) draws augmentations from this seed.
-        seed_transform(transform, int(torch.randint(2**31, ()).item()))
+        seed_transform(transform, rank_seed(int(torch.randint(2**31, ()).item()), self._rank()))
         return self.open_dataset(split, transform)
 
     def open_dataset(self, split: str, transform: Callable[..., dict] | None = None,
@@ -161,7 +168,8 @@ class FaceDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=seed_worker_transform if self.num_workers > 0 else None,
+            worker_init_fn=(functools.partial(seed_worker_transform, rank=self._rank())
+                            if self.num_workers > 0 else None),
             prefetch_factor=self.prefetch_factor if self.num_workers > 0 else None,
         )
 

@@ -174,6 +174,25 @@ def _to_uint8(array: np.ndarray, path: Path) -> np.ndarray:
     raise BadSampleError(f"unsupported pixel type {array.dtype} in {path}")
 
 
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*")
+# OpenCV's TIFF decoder turns a TIFF by its orientation tag whatever the flags say: the
+# stored pixels back from the turned ones, per orientation (each turn undone)
+_UNTURN = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+           5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, 1),
+           7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, -1)}
+
+
+def _stored_tiff_pixels(image: np.ndarray, data: bytes) -> np.ndarray:
+    """A TIFF as stored, from what OpenCV decoded (turned by its orientation tag)."""
+    try:
+        with Image.open(io.BytesIO(data)) as tiff:
+            orientation = tiff.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - no readable tag: OpenCV turned nothing either
+        return image
+    unturn = _UNTURN.get(orientation) if isinstance(orientation, int) else None
+    return image if unturn is None else np.ascontiguousarray(unturn(image))
+
+
 def read_file(path: str | Path) -> bytes:
     """A file's bytes, or :class:`BadSampleError` naming it."""
     return _read_bytes(Path(path))
@@ -187,10 +206,13 @@ def read_image(path: str | Path, upright: bool = True, data: bytes | None = None
     pixels. ``data``: the file's bytes, when read already.
     """
     path = Path(path)
+    data = _read_bytes(path) if data is None else data
     flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH  # not UNCHANGED: EXIF is applied
     if not upright:
         flags |= cv2.IMREAD_IGNORE_ORIENTATION
     image = _to_uint8(_decode(path, flags, data), path)
+    if not upright and data[:4] in TIFF_MAGIC:
+        image = _stored_tiff_pixels(image, data)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     code = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}.get(image.shape[2])

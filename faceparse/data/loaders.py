@@ -13,22 +13,33 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from faceparse.data.transforms import seed_transform
 
-__all__ = ["SkipReportingLoader", "eval_sampler", "seed_worker_transform",
+__all__ = ["SkipReportingLoader", "eval_sampler", "rank_seed", "seed_worker_transform",
            "single_thread_opencv"]
 
 log = logging.getLogger(__name__)
 
 
-def seed_worker_transform(worker_id: int) -> None:
+# apart enough that no two (rank, worker) pairs share a seed
+RANK_SEED_STRIDE = 1_000_003
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """``seed`` made distinct per DDP rank (rank 0 keeps it): every rank seeds alike, and
+    without this sample k of every rank would get the same flip, angle and jitter."""
+    return (seed + rank * RANK_SEED_STRIDE) % 2**32
+
+
+def seed_worker_transform(worker_id: int, rank: int = 0) -> None:
     """Give each loader worker its own reproducible augmentation stream.
 
     Albumentations keeps a private RNG that global seeding does not reach; torch's
-    per-worker seed derives from the run's seed, so runs repeat and workers differ.
+    per-worker seed derives from the run's seed, so runs repeat and workers differ, and
+    ``rank`` (the DDP rank) makes the ranks differ too.
     """
     info = get_worker_info()
     transform = getattr(info.dataset, "transform", None)
     if transform is not None:
-        seed_transform(transform, info.seed % 2**32)
+        seed_transform(transform, rank_seed(info.seed, rank))
 
 
 def single_thread_opencv() -> None:

@@ -22,7 +22,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 
 from faceparse.data.io import BadSampleError, encode_image, write_atomic
 from faceparse.data.readers.files import FileDataset
-from faceparse.data.readers.prepared import IMAGE_EXT, LABEL_EXT, PreparedLayout, json_plain
+from faceparse.data.readers.prepared import (
+    IMAGE_EXT,
+    LABEL_EXT,
+    VERSION,
+    PreparedLayout,
+    json_plain,
+)
+from faceparse.data.transforms import MASK_RESIZE
 
 __all__ = ["prepare_split", "prepare_dataset", "SplitReport"]
 
@@ -36,6 +43,7 @@ class SplitReport:
     written: int = 0
     reused: int = 0
     skipped: int = 0
+    redone: int = 0  # of ``written``: prepared before, their raw files changed since
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,7 +53,7 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
         image = cv2.resize(image, (size, size),
                            interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
     if mask.shape != (size, size):
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+        mask = cv2.resize(mask, (size, size), interpolation=MASK_RESIZE)
     return image, mask
 
 
@@ -63,7 +71,8 @@ def _prepare_one(index: int) -> tuple[str, str | None]:
     dataset: FileDataset = _JOB["dataset"]
     layout: PreparedLayout = _JOB["layout"]
     sample_id = dataset.ids[index]
-    if layout.is_done(dataset.split, sample_id):
+    done = layout.is_done(dataset.split, sample_id)
+    if done and not _changed_since(dataset, layout, sample_id):
         return "reused", None
     try:
         image, mask = resize_pair(*dataset.load_checked(index), _JOB["size"])
@@ -75,7 +84,20 @@ def _prepare_one(index: int) -> tuple[str, str | None]:
         raise RuntimeError(f"failed to prepare {dataset.describe(index)}: {err!r}") from err
     write_atomic(layout.image_path(dataset.split, sample_id), encode_image(image, IMAGE_EXT))
     write_atomic(layout.label_path(dataset.split, sample_id), encode_image(mask, LABEL_EXT))
-    return "written", None
+    return "redone" if done else "written", None
+
+
+def _changed_since(dataset: FileDataset, layout: PreparedLayout, sample_id: str) -> bool:
+    """Whether a raw file of the sample is newer than its prepared label (written last): a
+    re-annotated mask or a re-downloaded image is prepared again, not kept stale."""
+    made = layout.label_path(dataset.split, sample_id).stat().st_mtime_ns
+    for path in dataset.source_files(sample_id):
+        try:
+            if path.stat().st_mtime_ns > made:
+                return True
+        except OSError:
+            return True  # gone or unreadable: reading it again says which
+    return False
 
 
 def _run(indices: Sequence[int], workers: int,
@@ -97,6 +119,9 @@ def prepare_split(dataset: FileDataset, layout: PreparedLayout, size: int, worke
     task = progress.add_task(dataset.split, total=len(dataset)) if progress else None
     results = _run(range(len(dataset)), workers, (dataset, layout, size))
     for sample_id, (status, reason) in zip(dataset.ids, results, strict=True):
+        if status == "redone":
+            report.redone += 1
+            status = "written"
         setattr(report, status, getattr(report, status) + 1)
         if status == "skipped":
             log.warning("skipped: %s", reason)
@@ -131,6 +156,11 @@ def prepare_dataset(open_raw, prepared_dir: str | Path, size: int, splits: Seque
             # a copy from before the "reader" record is resumed as it is
             wanted = {k: v for k, v in json_plain(meta).items() if old is None or k in old
                       or k != "reader"}
+            if old is not None and old.get("version") != VERSION:
+                raise FileExistsError(f"{layout.root} holds a prepared copy in format "
+                                      f"{old.get('version')}, this faceparse writes {VERSION}: "
+                                      f"choose another data.dataset.prepared_dir (or delete "
+                                      f"that copy)")
             if old is not None and {k: old.get(k) for k in wanted} != wanted:
                 raise FileExistsError(f"{layout.root} holds a prepared copy of {old}, not "
                                       f"{meta}; choose another data.dataset.prepared_dir")

@@ -15,8 +15,10 @@ import albumentations as A
 import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
+from omegaconf import ListConfig
 
 from faceparse.labels import IGNORE_INDEX, LabelScheme, get_scheme
+from faceparse.option_values import is_number, number, shown
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -43,6 +45,11 @@ class FlipWithLabelSwap(A.HorizontalFlip):
         return self.flip_lut[super().apply_to_mask(mask, **params)]
 
 
+# OpenCV's INTER_NEAREST samples corner-aligned, biased up to half an output pixel toward
+# the bottom right when downscaling; the _EXACT variant is centre-aligned like the image's
+MASK_RESIZE = cv2.INTER_NEAREST_EXACT
+
+
 def _finish() -> list[A.BasicTransform]:
     return [A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), ToTensorV2()]
 
@@ -62,11 +69,17 @@ def train_transform(
                     ("blur_noise", blur_noise)):
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
             raise ValueError(f"data.augment.{name}={p!r}: a probability, from 0 to 1")
+    scale = _scale_range(scale)
+    number("data.augment.rotate", rotate, 0, "the largest rotation in degrees")
+    if number("data.augment.translate", translate, 0, "the largest shift, a share of the "
+              "side,") >= 0.5:
+        raise ValueError(f"data.augment.translate={shown(translate)}: the largest shift is a "
+                         f"share of the side below 0.5 (0.08: up to 8%)")
     flip_lut = get_scheme(scheme).flip_lut()
     return A.Compose([
         A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR,
-                 mask_interpolation=cv2.INTER_NEAREST),
-        A.Affine(scale=tuple(scale), translate_percent=(-translate, translate),
+                 mask_interpolation=MASK_RESIZE),
+        A.Affine(scale=scale, translate_percent=(-translate, translate),
                  rotate=(-rotate, rotate), keep_ratio=True, interpolation=cv2.INTER_LINEAR,
                  mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_CONSTANT,
                  fill=0, fill_mask=IGNORE_INDEX, p=1.0),
@@ -78,11 +91,26 @@ def train_transform(
     ])
 
 
+# below this zoom-out the face shrinks to a few pixels and most of the mask is padding
+MIN_SCALE = 0.25
+
+
+def _scale_range(scale: Any) -> tuple[float, float]:
+    """``data.augment.scale`` as (low, high): two numbers, MIN_SCALE <= low <= high."""
+    values = list(scale) if isinstance(scale, (list, tuple, ListConfig)) else None
+    if (values is None or len(values) != 2 or not all(is_number(v) for v in values)
+            or not MIN_SCALE <= values[0] <= values[1]):
+        raise ValueError(f"data.augment.scale={shown(scale)}: the zoom range is two numbers "
+                         f"[low,high], {MIN_SCALE:g} <= low <= high, e.g. [0.85,1.15] "
+                         f"(1: no zoom)")
+    return float(values[0]), float(values[1])
+
+
 def eval_transform(image_size: int) -> A.Compose:
     """Resize to the evaluation size (nearest for masks) and normalise."""
     return A.Compose([
         A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR,
-                 mask_interpolation=cv2.INTER_NEAREST),
+                 mask_interpolation=MASK_RESIZE),
         *_finish(),
     ])
 

@@ -69,6 +69,10 @@ Eval/), unpack both into one folder and pass it as data.root=<folder>."""
         return [self.root / IMAGES / f"{sample_id}.jpg",
                 self.part_path(sample_id, "*").parent]
 
+    def source_files(self, sample_id: str) -> list[Path]:
+        parts = [self.part_path(sample_id, part) for part in CELEBAMASK.class_names[1:]]
+        return [self.root / IMAGES / f"{sample_id}.jpg", *(p for p in parts if p.is_file())]
+
     def load_raw(self, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
         mask: np.ndarray | None = None
         for label, part in enumerate(CELEBAMASK.class_names[1:], start=1):

@@ -71,6 +71,8 @@ class FileDataset(FaceParsingDataset):
         self.split = split
         self.root = Path(root)
         self.exif_orientation = check_exif_choice(exif_orientation)
+        # ids prepare skipped as unreadable: bad samples of the split, though never read here
+        self.prepare_skipped: list[str] = []
         self.prepared: PreparedLayout | None = find_prepared(
             prepared_dir, type(self).__name__, self.native_scheme.name, split,
             self.recorded_settings()
@@ -105,10 +107,15 @@ class FileDataset(FaceParsingDataset):
                 f"resumes, keeping the samples already prepared), or read the raw files with "
                 f"data.dataset.prepared_dir=null"
             )
-        skipped = len(prepared.read_listed(self.split) or ids) - len(ids)
-        log.info("%s %s: reading the prepared copy %s (%d samples%s)", self.title, self.split,
-                 where, len(ids), f"; {skipped} skipped by prepare as unreadable"
-                 if skipped else "")
+        kept = set(ids)
+        self.prepare_skipped = [i for i in prepared.read_listed(self.split) or []
+                                if i not in kept]
+        log.info("%s %s: reading the prepared copy %s (%d samples)", self.title, self.split,
+                 where, len(ids))
+        if self.prepare_skipped:
+            log.warning("%s %s: %d samples were skipped by prepare as unreadable, e.g. %s "
+                        "(its log named the files)", self.title, self.split,
+                        len(self.prepare_skipped), ", ".join(self.prepare_skipped[:3]))
         return ids
 
     def reader_settings(self) -> dict[str, Any]:
@@ -135,6 +142,11 @@ class FileDataset(FaceParsingDataset):
     def raw_files(self, sample_id: str) -> list[Path]:
         """The raw files of one sample (for messages)."""
         raise NotImplementedError
+
+    def source_files(self, sample_id: str) -> list[Path]:
+        """The files one sample is read from (prepare redoes it when one is newer than its
+        prepared copy); :meth:`raw_files` unless a folder stands for several files."""
+        return self.raw_files(sample_id)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         sample_id = self.ids[index]

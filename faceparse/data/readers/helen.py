@@ -15,6 +15,7 @@ The release is recognised from the files under ``data.root``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ from faceparse.data.readers.files import PairedFileDataset
 from faceparse.labels import HELEN
 
 __all__ = ["Helen"]
+
+log = logging.getLogger(__name__)
 
 STAR_FOLDERS = {"train": "train", "val": "test", "test": "test"}
 SMITH_LISTS = {"train": "exemplars.txt", "val": "tuning.txt", "test": "testing.txt"}
@@ -51,6 +54,11 @@ Pass the folder holding either as data.root=<folder>."""
             self.root = self.root / "helenstar_release"
         folder = STAR_FOLDERS[split]
         self.require(folder)
+        if split == "val":
+            log.warning("HELEN* has no validation set: split val reads %s, so the checkpoint "
+                        "kept by val/ scores (and a sweep's best) is chosen on the test set; "
+                        "the original Smith et al. release has one (tuning.txt)",
+                        self.root / folder)
         return self.pair_up(
             (p.name[: -len("_image.jpg")], p, p.with_name(p.name.replace("_image.jpg",
                                                                          "_label.png")))

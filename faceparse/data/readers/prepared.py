@@ -31,7 +31,8 @@ from faceparse.data.io import write_atomic
 __all__ = ["PreparedLayout", "StalePreparedError", "find_prepared", "refuse_other_size",
            "stale_reason", "json_plain", "VERSION"]
 
-VERSION = 1
+# 2: masks downscaled centre-aligned (INTER_NEAREST_EXACT), as the images are
+VERSION = 2
 IMAGE_EXT = ".jpg"
 LABEL_EXT = ".png"
 log = logging.getLogger(__name__)
@@ -116,10 +117,15 @@ def find_prepared(prepared_dir: str | Path | None, dataset: str, scheme: str,
     meta = layout.read_meta()
     if meta is None or not layout.index_path(split).is_file():
         return None
-    if (meta.get("dataset"), meta.get("scheme"), meta.get("version")) != (dataset, scheme,
-                                                                          VERSION):
-        log.warning("ignoring %s: prepared from %s/%s (version %s), not %s/%s", layout.root,
-                    meta.get("dataset"), meta.get("scheme"), meta.get("version"), dataset, scheme)
+    if (meta.get("dataset"), meta.get("scheme")) != (dataset, scheme):
+        log.warning("ignoring %s: prepared from %s/%s, not %s/%s", layout.root,
+                    meta.get("dataset"), meta.get("scheme"), dataset, scheme)
+        return None
+    if meta.get("version") != VERSION:
+        log.warning("ignoring %s, reading the raw files: it was made by another faceparse "
+                    "(copy format %s, this one reads %d; format 2 aligns downscaled masks "
+                    "with their images): prepare it again into another "
+                    "data.dataset.prepared_dir", layout.root, meta.get("version"), VERSION)
         return None
     made_with, today = meta.get("reader"), json_plain(reader or {})
     if made_with is not None and made_with != today:
