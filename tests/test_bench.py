@@ -19,7 +19,7 @@ from torch import nn
 
 from faceparse import cpu_memory
 from faceparse.bench import PeakMemory, count_flops, run, run_variants
-from faceparse.bench.kernels import INDUCTOR_FUSED, kernel_class
+from faceparse.bench.kernels import INDUCTOR_FUSED, kernel_breakdown, kernel_class
 from faceparse.bench.measure import rss_bytes
 from faceparse.bench.report import format_comparison, format_profile, format_table
 from faceparse.bench.variants import SECTIONS
@@ -216,6 +216,32 @@ def test_kernels_are_sorted_by_the_work_they_do() -> None:
     assert kernel_class("void at::native::vectorized_elementwise_kernel<8, at::native::"
                         "bfloat16_copy_kernel_cuda") == "copy / cast / layout"
     assert kernel_class("CatArrayBatchedCopy<OpaqueType<2u>") == "copy / cast / layout"
+    # cuDNN's layout and scale helpers move memory; Blackwell's cuBLAS kernels are matmuls
+    for helper in ("void cudnn::ops::nchwToNhwcKernel<__nv_bfloat16, __nv_bfloat16, float>",
+                   "void cudnn::ops::nhwcToNchwKernel<float, float, float, true>",
+                   "void cudnn::ops::scalePackedTensor_kernel<float, float>"):
+        assert kernel_class(helper) == "copy / cast / layout", helper
+    assert kernel_class("nvjet_sm100_tst_256x128_64x4_1x2_h_bz_coopA_bias_TNT") == (
+        "matmul / conv (tensor cores)")
+
+
+def test_the_cpu_profile_counts_predicts_fused_convolutions() -> None:
+    """Predict runs conv + ReLU as one ``mkldnn::`` op on a CPU: its time is convolution
+    work in the table, not lost to "everything else"."""
+    from faceparse.fast_path import FastPath
+    from faceparse.inference.batch import prepare_for_inference
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+    net = prepare_for_inference(net, "cpu", FastPath(fuse_conv_relu=True))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        table = kernel_breakdown(lambda: net(x), torch.device("cpu"), steps=2)
+    names = [row["kernel"] for row in table["top"]]
+    fused = [n for n in names if n.startswith("mkldnn::")]
+    assert fused, names
+    assert all(kernel_class(n) == "matmul / conv (tensor cores)" for n in fused)
 
 
 def test_compiled_kernels_are_sorted_by_what_inductor_made_them_do() -> None:

@@ -239,3 +239,16 @@ def test_frozen_vgg_batchnorm_leaves_no_batchnorm_pass_in_the_cnn(compose, quick
     assert convs[0] == convs[1]
     assert (sum(r["bytes"] for r in live) - sum(r["bytes"] for r in fixed)
             > 0.8 * sum(r["bytes"] for r in live_norms))  # 0.90 at this size
+
+
+def test_relus_backward_is_counted_not_taken_for_a_view() -> None:
+    """``threshold_backward`` (ReLU's backward) reads the gradient and the output and writes
+    a gradient: three maps. A prefix match of the view op ``t`` used to drop it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    loss = net(torch.randn(2, 3, 8, 8)).square().mean()
+    census = OpCensus()
+    with census:
+        _backward(loss.grad_fn, torch.ones(()), census, {})
+    bytes_by_op = {key[3]: row[0] for key, row in census.rows.items()}
+    assert bytes_by_op.get("threshold_backward") == 3 * 2 * 4 * 8 * 8 * 4

@@ -31,8 +31,10 @@ KERNEL_CLASSES: tuple[tuple[str, str], ...] = (
     ("attention (flash / SDPA)", r"flash|fmha|attention|sdpa"),
     ("resize (upsample)", r"upsample|interpolat|bilinear"),
     ("batch / layer norm", r"batch_norm|batchnorm|layer_norm|layernorm|welford|bn_"),
+    # cuDNN's layout and scaling helpers move memory: not tensor-core work
+    ("copy / cast / layout", r"nchwtonhwc|nhwctonchw|scalepackedtensor"),
     ("matmul / conv (tensor cores)",
-     r"gemm|cutlass|xmma|wgmma|sm\d\d_|cudnn|implicit|fprop|dgrad|wgrad|conv|cublas"
+     r"gemm|cutlass|xmma|wgmma|sm\d{2,3}_|nvjet|cudnn|implicit|fprop|dgrad|wgrad|conv|cublas"
      r"|addmm|::mm$|bmm|matmul|linear"),
     ("optimizer (AdamW)", r"adam|multi_tensor|foreach"),
     ("softmax / cross entropy", r"softmax|nll|cross_entropy|log_softmax"),
@@ -58,13 +60,18 @@ def _self_time_us(event: Any, device: torch.device) -> float:
     return float(event.self_cpu_time_total)
 
 
+# the CPU profiler events that do the work (their own time, without their children's)
+CPU_KERNEL_PREFIXES = ("aten::", "mkldnn::", "quantized::", "## Call CompiledFxGraph")
+
+
 def kernel_breakdown(work: Callable[[], Any], device: torch.device, steps: int,
                      top: int = 15) -> dict[str, Any]:
     """``torch.profiler`` over ``steps`` calls: time per kernel class and the top kernels.
 
-    On a GPU these are CUDA kernels; on a CPU (where there are none) the ``aten::`` ops'
-    own time stands in, and a compiled graph's own time for the C++ kernels it runs, so the
-    section runs everywhere.
+    On a GPU these are CUDA kernels; on a CPU (where there are none) the ops' own time
+    stands in (``aten::``, and ``mkldnn::`` for the fused convolution + ReLU predict runs),
+    and a compiled graph's own time for the C++ kernels it runs, so the section runs
+    everywhere.
     """
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
                                            else [])
@@ -78,7 +85,7 @@ def kernel_breakdown(work: Callable[[], Any], device: torch.device, steps: int,
     for event in prof.key_averages():
         is_kernel = (str(getattr(event, "device_type", "")).endswith("CUDA")
                      if device.type == "cuda"
-                     else event.key.startswith(("aten::", "## Call CompiledFxGraph")))
+                     else event.key.startswith(CPU_KERNEL_PREFIXES))
         us = _self_time_us(event, device)
         if is_kernel and us > 0:
             rows.append((event.key, us / steps / 1e3, event.count // steps))
