@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from faceparse.cli import register_resolvers
+from faceparse.fast_path import inference_bf16
 from faceparse.hardware import cpu_info
 from faceparse.inference import prepare_for_inference
 
@@ -90,6 +91,15 @@ def time_parts(net: nn.Module, run: Callable[[], object], warmup: int,
     return total, {name: spent[name] / repeats for name in parts}
 
 
+def run_batch(net: nn.Module, images: torch.Tensor, way: str) -> torch.Tensor:
+    """One batch as ``way`` runs it: the original's fp32 softmax, or predict's labels under
+    predict's autocast (bf16 on a CPU with fast bf16, as ``faceparse.predict`` runs it)."""
+    if way == "original":
+        return net(images).softmax(1)
+    with torch.autocast("cpu", torch.bfloat16, enabled=inference_bf16("cpu")):
+        return net(images).argmax(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--way", choices=WAYS, required=True)
@@ -104,13 +114,11 @@ def main() -> None:
     net = build_net(args.vit_size, args.size, args.way)
     images = torch.randn(args.batch, 3, args.size, args.size)
 
-    def run() -> torch.Tensor:
-        logits = net(images)
-        return logits.softmax(1) if args.way == "original" else logits.argmax(1)
-
-    total, parts = time_parts(net, run, args.warmup, args.repeats)
+    total, parts = time_parts(net, lambda: run_batch(net, images, args.way), args.warmup,
+                              args.repeats)
+    precision = "fp32" if args.way == "original" or not inference_bf16("cpu") else "bf16"
     print(f"cpu: {cpu_info().describe()}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; {args.way} runs in {precision}")
     print(f"{args.way}, ViT-{args.vit_size}, {args.size} px, batch {args.batch}: "
           f"{total:.3f} s per batch, {args.batch / total:.3f} images/s | "
           + " ".join(f"{name} {seconds:.3f} s" for name, seconds in parts.items()))

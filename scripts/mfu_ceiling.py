@@ -27,7 +27,8 @@ FLOPS_KEY = {"train": "train_gflops_per_image", "infer": "forward_gflops_per_ima
 def profiles(node: Any, where: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
     """Every profile section in a bench result, with the JSON path it sits at."""
     if isinstance(node, dict):
-        if "kernels" in node.get("train", {}) and "forward_gflops_per_image" in node:
+        train = node.get("train")  # a census's "train" is a flag, not a profile
+        if isinstance(train, dict) and "kernels" in train and "forward_gflops_per_image" in node:
             yield where or ".", node
             return
         for key, value in node.items():

@@ -62,3 +62,21 @@ def test_script_times_each_part_as_a_user_runs_it() -> None:
     total, *parts = map(float, line.groups())
     assert all(p > 0 for p in parts)
     assert sum(parts) <= total + 0.002  # each figure rounded to 3 decimals
+
+
+def test_faceparse_ways_run_in_predicts_precision(cpu_parts, monkeypatch) -> None:
+    """On a CPU with fast bf16, predict runs under bf16 autocast: so does the script's
+    faceparse way (it timed a mixed fp32/bf16 net predict never runs); the original's way
+    stays fp32."""
+    dtypes: list[torch.dtype] = []
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    for conv in (net[0], net[2]):
+        conv.register_forward_hook(lambda _m, _a, out: dtypes.append(out.dtype))
+    images = torch.randn(1, 3, 8, 8)
+    monkeypatch.setattr(cpu_parts, "inference_bf16", lambda device: True)
+    with torch.inference_mode():
+        labels = cpu_parts.run_batch(net, images, "faceparse")
+        assert dtypes == [torch.bfloat16] * 2 and labels.shape == (1, 6, 6)
+        dtypes.clear()
+        probs = cpu_parts.run_batch(net, images, "original")
+    assert dtypes == [torch.float32] * 2 and probs.dtype == torch.float32

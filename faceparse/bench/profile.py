@@ -3,7 +3,8 @@
 The reference net (VGG + DINOv3 ViT through the coarse-to-fine decoder) is cut into the
 stages its forward runs (VGG stages, ViT, fusion, decoder levels, heads, loss), and each
 stage is timed alone, forward and backward, on the tensors the real forward hands it, with
-the training precision and memory format. The stages replay ``forward_with_aux`` exactly
+the precision ``bench.bf16`` gives (for the training step too, not ``trainer.precision``:
+the result records it) and the fast path's memory format. The stages replay ``forward_with_aux`` exactly
 (checked on every run), so their times add up to the step's, less the optimizer and launch
 gaps. The ViT's blocks are timed in place, and ``torch.profiler`` sorts the GPU kernels of
 whole steps into matrix work (tensor cores) and the memory-bound rest. The inference batch
