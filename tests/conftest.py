@@ -21,9 +21,11 @@ DINOV3_FIXTURE = FIXTURES / "dinov3"
 
 # Tests compare predictions with fp32 NCHW references, and the CPU policy's probes time a
 # (possibly busy) machine: the test session and its subprocesses run fp32 NCHW on the CPU
-# whatever this CPU is. tests/test_hardware.py and test_fast_path.py cover the choice.
-os.environ.setdefault("FACEPARSE_CPU_BF16", "0")
-os.environ.setdefault("FACEPARSE_CPU_CHANNELS_LAST", "0")
+# whatever this CPU is, and whatever the shell exported (the README's switches).
+# tests/test_hardware.py and test_fast_path.py cover the choice.
+os.environ["FACEPARSE_CPU_BF16"] = "0"
+os.environ["FACEPARSE_CPU_CHANNELS_LAST"] = "0"
+os.environ.pop("FACEPARSE_CPU_REUSE_MEMORY", None)  # test_cpu_memory sets it where it tests it
 
 
 def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:

@@ -42,8 +42,11 @@ print(switched, min(windows))
 
 def page_faults(mode: str, **env: str) -> tuple[bool, int]:
     """Whether reuse was switched on, and the page faults of 8 rounds (the quietest window)."""
+    # the shell's own allocator settings would change what is measured: only ``env``'s count
+    own = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
     out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True,
-                         check=True, env={**os.environ, **env}).stdout.split()
+                         check=True, env={**own, **env}).stdout.split()
     return out[0] == "True", int(out[1])
 
 

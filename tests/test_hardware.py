@@ -169,9 +169,19 @@ def test_the_probes_time_real_kernels() -> None:
     assert hardware.probe_channels_last_speedup() > 0
 
 
-def test_interleaved_ratio_reads_the_ratio_of_two_timings() -> None:
-    import time
+def test_interleaved_ratio_is_the_median_of_per_pair_ratios(monkeypatch) -> None:
+    """On a fake clock the two callables advance (no real sleeps for a busy machine to
+    stretch): 2 s against 1 s per pair, one pair hit by a 50 s stall, read as 2 exactly."""
+    clock = [0.0]
+    calls = {"first": 0}
+    monkeypatch.setattr(hardware.time, "perf_counter", lambda: clock[0])
 
-    # 20 ms against 10: a busy CI machine's few ms of wake-up delay cannot cross the bounds
-    ratio = hardware._interleaved_ratio(lambda: time.sleep(0.02), lambda: time.sleep(0.01))
-    assert 1.5 < ratio < 2.5
+    def first() -> None:
+        calls["first"] += 1
+        clock[0] += 50.0 if calls["first"] == 3 else 2.0  # the stall: one pair, not the median
+
+    def second() -> None:
+        clock[0] += 1.0
+
+    assert hardware._interleaved_ratio(first, second) == 2.0
+    assert calls["first"] == 6  # a warm-up call, then five timed pairs

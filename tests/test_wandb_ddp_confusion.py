@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from types import SimpleNamespace
 
 import torch
@@ -14,15 +12,10 @@ from faceparse.metrics import SegmentationMetrics
 from faceparse.training.wandb_media import WandbMedia
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank(rank: int, port: int, out: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _rank(rank: int, rendezvous: str, out: dict) -> None:
+    # a file rendezvous: a free port found first could be taken before gloo binds it
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank,
+                            world_size=2)
     try:
         metrics = SegmentationMetrics(num_classes=3)
         truth = torch.full((1, 2, 2), rank)  # rank 0 sees class 0, rank 1 class 1
@@ -36,10 +29,10 @@ def _rank(rank: int, port: int, out: dict) -> None:
         dist.destroy_process_group()
 
 
-def test_each_rank_keeps_the_matrix_summed_over_ranks() -> None:
+def test_each_rank_keeps_the_matrix_summed_over_ranks(tmp_path) -> None:
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_rank, args=(_free_port(), out), nprocs=2)
+        mp.spawn(_rank, args=(str(tmp_path / "rendezvous"), out), nprocs=2)
         kept, local = dict(out), {r: out[r][1] for r in out}
     summed = [[4, 0, 0], [0, 4, 0], [0, 0, 0]]
     assert kept[0][0] == summed and kept[1][0] == summed
