@@ -92,6 +92,7 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
 
         @functools.wraps(task)
         def main() -> Any:
+            refuse_word_booleans(sys.argv[1:])
             refuse_missing_sweeps(sys.argv[1:])
             register_resolvers()  # Hydra resolves some values before the job runs
             refuse_configured_sweeper(sys.argv[1:], config_name, job)
@@ -100,6 +101,22 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
         return main
 
     return decorate
+
+
+# what YAML 1.1 read as booleans and Hydra (YAML 1.2) passes on as text: bool("no") is True
+WORD_BOOLEANS = frozenset({"yes", "no", "on", "off", "y", "n"})
+
+
+def refuse_word_booleans(overrides: Sequence[str]) -> None:
+    """Refuse ``key=no`` (``off``, ``yes``, ``on``) on any command line in one ``error:``
+    line: Hydra hands the option the text, which reads as on wherever a flag is tested
+    (``trust_pickle=no`` would unpickle). No faceparse option takes these words as text;
+    the commands' own checks name the same mistake, this one catches any option."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if sep and not key.startswith("-") and value.strip().lower() in WORD_BOOLEANS:
+            report_error(ValueError(f"{override}: use true or false (Hydra reads "
+                                    f"{value.strip()} as text, which would count as true)"))
 
 
 def command_line_keys() -> list[str] | None:

@@ -321,3 +321,32 @@ def test_importing_a_command_registers_nothing() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_compare_files_switch_every_fast_path_option_but_memory_reuse() -> None:
+    """What README and BENCHMARKS say the compare files measure: every option of the fast
+    path is switched by one of them. Memory reuse is process-wide (a variant in the same
+    process cannot switch it back off), so it is compared across two processes instead."""
+    import dataclasses
+    import re
+
+    switched = set()
+    for path in (CONF_DIR / "compare").glob("*.yaml"):
+        switched |= set(re.findall(r"fast_path\.(\w+)=", path.read_text()))
+    options = {f.name for f in dataclasses.fields(fast_path.FastPath)}
+    assert options - switched == {"reuse_cpu_memory"}
+
+
+def test_the_real_ablation_study_the_experiment_file_advises_is_the_reference_setup(
+        compose) -> None:
+    """The overrides the comment in ablation_fusion.yaml gives compose to the reference's
+    sizes, not the quickstart's 64 px CE + Dice (the experiment comes after data=)."""
+    import re
+
+    text = (CONF_DIR / "experiment" / "ablation_fusion.yaml").read_text()
+    block = re.search(r"e\.g\.\n((?:#   .*\n)+)", text).group(1)
+    line = " ".join(row.removeprefix("#   ") for row in block.splitlines())
+    overrides = line.replace("<dinov3 file>", "x.pth").split()
+    cfg = compose(["experiment=ablation_fusion", *overrides])
+    assert (cfg.data.image_size, cfg.loss.dice_weight, cfg.optimizer.lr) == (512, 0.0, 3e-4)
+    assert (cfg.trainer.max_epochs, cfg.cnn.arch, cfg.vit.size) == (30, "vgg19_bn", "large")

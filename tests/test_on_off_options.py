@@ -88,3 +88,25 @@ def test_probs_name_the_model_classes_when_labels_map_them(compose, tiny, tmp_pa
     np.testing.assert_array_equal(result.probs[result.prob_class_names.index("hair")],
                                   plain.probs[hair])
     assert mapped(rgb).prob_class_names is None  # no probs asked: nothing to name
+
+
+@pytest.mark.parametrize(("command", "args"), [
+    ("export", ["ckpt=absent.ckpt", "out=m.onnx", "dynamic=no"]),
+    ("train", ["experiment=quickstart", "cnn.freeze_norm=Off"]),
+])
+def test_any_command_refuses_a_word_for_true_or_false(tmp_path: Path, command: str,
+                                                      args: list[str]) -> None:
+    """As a user types it: one ``error:`` line before any work, for any option (the
+    commands' own checks name the options they know; this catches every one)."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", f"faceparse.{command}", *args,
+                           f"hydra.run.dir={run}"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr[-2000:]
+    assert errors[0].startswith(f"error: {args[-1]}: use true or false")
+    assert "Traceback" not in done.stderr and not run.exists()
+    assert not (tmp_path / "m.onnx").exists()

@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
      "callbacks.model_checkpoint.monitor=val/iou/noze: training logs no such metric"),
     (["loss.class_weights=[1.0,2.0,3.0]"],
      r"loss.class_weights \(3 weights\): data.labels=ourface has 11 classes \(background, "
-     r".*python -m faceparse.stats data.labels=ourface"),
+     r".*python -m faceparse.stats data=synthetic data.labels=ourface counts them on your"),
     (["trainer.max_epochs=abc"], "trainer.max_epochs=abc: the number of epochs is a whole"),
     (["trainer.max_epochs=1.5"], "trainer.max_epochs=1.5: the number of epochs is a whole"),
     (["trainer.max_epochs=-2"], "trainer.max_epochs=-2: the number of epochs is a whole"),
@@ -102,3 +102,12 @@ def test_on_off_options_typed_as_words_are_refused(compose, tiny, tmp_path: Path
     """A model or data switch typed ``no`` would build the net with it on: refused, named."""
     with pytest.raises(ValueError, match=f"{override}: use true or false"):
         train(compose([*tiny, override], output_dir=tmp_path))
+
+
+def test_the_class_weights_hint_counts_the_runs_own_data(compose) -> None:
+    """stats' default data is synthetic faces: the hint names the run's dataset and root."""
+    from faceparse.training.preflight import stats_hint
+
+    cfg = compose(["data=lapa", "data.root=/data/LaPa", "data.labels=lapa"])
+    assert stats_hint(cfg.data) == ("python -m faceparse.stats data=lapa data.root=/data/LaPa "
+                                    "data.labels=lapa")

@@ -4,13 +4,13 @@ The reference net (VGG + DINOv3 ViT through the coarse-to-fine decoder) is cut i
 stages its forward runs (VGG stages, ViT, fusion, decoder levels, heads, loss), and each
 stage is timed alone, forward and backward, on the tensors the real forward hands it, with
 the precision ``bench.bf16`` gives (for the training step too, not ``trainer.precision``:
-the result records it) and the fast path's memory format. The stages replay ``forward_with_aux`` exactly
-(checked on every run), so their times add up to the step's, less the optimizer and launch
-gaps. The ViT's blocks are timed in place, and ``torch.profiler`` sorts the GPU kernels of
-whole steps into matrix work (tensor cores) and the memory-bound rest. The inference batch
-runs on a copy of the net as predict prepares it, BatchNorm folded where the fast path
-folds it: timing the training net's BatchNorms there would charge inference for kernels
-predict never runs.
+the result records it) and the fast path's memory format. The stages replay
+``forward_with_aux`` exactly (checked on every run), so their times add up to the step's,
+less the optimizer and launch gaps. The ViT's blocks are timed in place, and
+``torch.profiler`` sorts the GPU kernels of whole steps into matrix work (tensor cores)
+and the memory-bound rest. The inference batch runs on a copy of the net as predict
+prepares it, BatchNorm folded where the fast path folds it: timing the training net's
+BatchNorms there would charge inference for kernels predict never runs.
 
 With ``fast_path.compile=true`` the whole steps run compiled as training and predict
 compile them, and each stage is compiled on its own: what is left after fusion, stage by

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from faceparse.labels import get_scheme
@@ -26,7 +27,8 @@ NO_LIMIT = -1  # Lightning's "no limit" for max_epochs and max_steps
 def check_training_options(cfg: DictConfig) -> None:
     """The options :func:`faceparse.train.fit` needs right before it builds anything."""
     scheme = get_scheme(cfg.data.labels)
-    check_class_weights(cfg.get("loss"), cfg.data.labels, scheme.class_names)
+    check_class_weights(cfg.get("loss"), cfg.data.labels, scheme.class_names,
+                        stats_hint(cfg.data))
     if not cfg.train:
         return
     check_length(cfg.trainer, scheduled=OmegaConf.select(cfg, "model.scheduler") is not None)
@@ -82,10 +84,22 @@ def check_monitor(option: str, metric: str | None, names: Sequence[str]) -> None
                      f"of the label scheme ({', '.join(classes)})")
 
 
+def stats_hint(data: DictConfig) -> str:
+    """The stats command that counts this run's own data (stats' default is synthetic
+    faces, whose weights would be wrong for a real dataset)."""
+    choice = None
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("data")
+    root = data.get("root")
+    return (f"python -m faceparse.stats data={choice or '<your dataset>'}"
+            f"{f' data.root={root}' if root else ''} data.labels={data.labels}")
+
+
 def check_class_weights(loss: DictConfig | None, labels: str,
-                        class_names: Sequence[str]) -> None:
+                        class_names: Sequence[str], hint: str | None = None) -> None:
     """One CE weight per class of the scheme, in its order: torch's own error comes at the
-    first step and names neither the option nor the class count."""
+    first step and names neither the option nor the class count. ``hint``: the stats
+    command for this run's data."""
     weights = None if loss is None else loss.get("class_weights")
     if weights is None:
         return
@@ -94,7 +108,8 @@ def check_class_weights(loss: DictConfig | None, labels: str,
         given = f"{len(weights)} weights" if isinstance(weights, (ListConfig, list)) else weights
         raise ValueError(f"loss.class_weights ({given}): data.labels={labels} has {count} "
                          f"classes ({', '.join(class_names)}), one weight each in that order; "
-                         f"python -m faceparse.stats data.labels={labels} prints them")
+                         f"{hint or f'python -m faceparse.stats data.labels={labels}'} "
+                         f"counts them on your data")
 
 
 def check_optimizer(model: FaceParsingModule) -> None:
