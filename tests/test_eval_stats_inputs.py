@@ -151,3 +151,30 @@ def test_stats_bad_option_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr[-2000:]
     assert re.search(r"^error: weight_power=abc: ", result.stderr, re.M)
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_samples_prepare_skipped_count_as_bad_in_the_protocol(compose, ckpt: Path,
+                                                              dataset_copies, tmp_path: Path
+                                                              ) -> None:
+    """A val image prepare could not read is not in the prepared copy: scored from the
+    copy, the protocol still counts it among the bad samples, as it does from the raw files
+    (it used to say "0 bad samples skipped")."""
+    import shutil
+
+    from faceparse.data.prepare import prepare_dataset
+    from faceparse.data.readers.lapa import LaPa
+
+    root = tmp_path / "LaPa"
+    shutil.copytree(dataset_copies["lapa"][0], root)
+    broken = root / "val" / "images" / "1003_val.jpg"
+    broken.write_bytes(broken.read_bytes()[:200])  # truncated: unreadable
+    prepare_dataset(lambda split: LaPa(split, root), root / "prepared_32", 32, ["val"],
+                    workers=0)
+    args = [f"ckpt={ckpt}", "data=lapa", f"data.root={root}", "data.image_size=32",
+            "data.num_workers=0", "split=val", "labels=ourface", "worst=0"]
+    protocols = [evaluate(compose([*args, f"use_prepared={used}", f"out={tmp_path / used}"],
+                                  config="eval"))["protocol"] for used in ("true", "false")]
+    assert [p["source"] for p in protocols] == ["prepared copy", "original files"]
+    for protocol in protocols:
+        assert (protocol["samples"], protocol["skipped_count"]) == (1, 1), protocol
+    assert protocols[0]["skipped"] == ["1003_val (skipped by prepare as unreadable)"]
