@@ -54,13 +54,15 @@ OP_CLASSES: tuple[tuple[str, str], ...] = (
     ("copy / layout", r"^(_to_copy|copy_|clone|cat|constant_pad_nd|_copy)"),
 )
 CAST = "cast (dtype change)"
-# ops that only make views, or allocate without writing: they move no bytes. Whole names
-# only: as a prefix, "t" would drop threshold_backward (ReLU's backward) and tanh, "select"
-# select_backward, "expand" expand_copy: ops that read and write whole maps
+# ops that only make views (in place too: as_strided_, t_), or allocate without writing:
+# they move no bytes. Whole names only: as a prefix, "t" would drop threshold_backward
+# (ReLU's backward) and tanh, "select" select_backward, "expand" expand_copy: ops that read
+# and write whole maps
 _NO_TRAFFIC = re.compile(
     r"^(view|_unsafe_view|t|transpose|permute|expand|slice|select|unsqueeze|squeeze|"
     r"as_strided|detach|alias|split|split_with_sizes|_reshape_alias|unbind|chunk|narrow|"
-    r"empty|empty_like|empty_strided|new_empty|new_empty_strided|lift_fresh|_local_scalar)$")
+    r"empty|empty_like|empty_strided|new_empty|new_empty_strided|lift_fresh|_local_scalar)"
+    r"_?$")
 
 
 def op_class(name: str, in_dtypes: set[torch.dtype], out_dtypes: set[torch.dtype]) -> str:
