@@ -104,7 +104,7 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
 
 
 # what YAML 1.1 read as booleans and Hydra (YAML 1.2) passes on as text: bool("no") is True
-WORD_BOOLEANS = frozenset({"yes", "no", "on", "off", "y", "n"})
+WORD_BOOLEANS = frozenset({"yes", "no", "on", "off"})
 
 
 def refuse_word_booleans(overrides: Sequence[str]) -> None:

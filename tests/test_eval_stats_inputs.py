@@ -153,6 +153,7 @@ def test_stats_bad_option_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # a whole command end to end (10-17 s): in CI's slow suite
 def test_samples_prepare_skipped_count_as_bad_in_the_protocol(compose, ckpt: Path,
                                                               dataset_copies, tmp_path: Path
                                                               ) -> None:

@@ -90,6 +90,7 @@ def test_probs_name_the_model_classes_when_labels_map_them(compose, tiny, tmp_pa
     assert mapped(rgb).prob_class_names is None  # no probs asked: nothing to name
 
 
+@pytest.mark.slow  # whole commands in subprocesses: CI's slow suite
 @pytest.mark.parametrize(("command", "args"), [
     ("export", ["ckpt=absent.ckpt", "out=m.onnx", "dynamic=no"]),
     ("train", ["experiment=quickstart", "cnn.freeze_norm=Off"]),

@@ -430,6 +430,7 @@ def test_crop_box_reads_boxes_from_json(compose, ckpt, tmp_path):
     assert not (out / "p_overlay.png").exists()
 
 
+@pytest.mark.slow  # a whole command end to end (10-17 s): in CI's slow suite
 def test_trust_pickle_typed_no_never_unpickles(tmp_path):
     """As a user types it: ``trust_pickle=no`` is refused in one line (exit 2), the payload
     of a pickled checkpoint never runs, and no run folder is left."""
@@ -479,6 +480,7 @@ def test_a_decoder_failure_on_one_photo_is_a_warning_not_the_end_of_the_run(
     assert re.search(r"not a readable image \(error: required argument .*b\.png", caplog.text)
 
 
+@pytest.mark.slow  # a whole command end to end (10-17 s): in CI's slow suite
 def test_a_video_of_two_people_parses_both_faces_as_a_photo_would(compose, ckpt, tmp_path):
     """crop=faces on video: every face of a frame is parsed and pasted back, as for a photo
     (it used to parse the largest face only, the other left background without a word)."""

@@ -23,6 +23,7 @@ from faceparse.predict import predict
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
+@pytest.mark.slow  # a whole command end to end (10-17 s): in CI's slow suite
 def test_a_rerun_with_another_dinov3_file_parses_again(compose, tmp_path: Path, caplog
                                                        ) -> None:
     decoder_ckpt = tmp_path / "decoder.ckpt"
