@@ -303,7 +303,11 @@ def test_cpu_peak_memory_keeps_the_highest_resident_set_seen() -> None:
     with PeakMemory(torch.device("cpu"), interval_s=0.001) as memory:
         block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
         during = rss_bytes()
-        time.sleep(0.02)  # torch ops release the GIL for the sampler; a test must yield it
+        # yield to the sampler until it has seen the block (a busy machine may delay it
+        # past any fixed sleep; a sampler that never samples fails after 10 s)
+        deadline = time.monotonic() + 10
+        while memory.peak < during and time.monotonic() < deadline:
+            time.sleep(0.005)
         del block
     assert memory.method == "cpu rss sampled" and memory.peak >= during
 
