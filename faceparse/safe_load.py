@@ -31,8 +31,7 @@ from omegaconf import DictConfig, ListConfig, base, nodes
 
 from faceparse.option_values import boolean
 
-__all__ = ["NotACheckpointError", "UnsafeCheckpointError", "check_trust_pickle", "safe_globals",
-           "safe_load"]
+__all__ = ["NotACheckpointError", "UnsafeCheckpointError", "safe_globals", "safe_load"]
 
 # Data-only classes: their unpickling sets attributes and calls no user code. The string
 # forms let checkpoints written with older package layouts load into today's classes.
@@ -99,12 +98,6 @@ def _refusal(path: str | Path, what: str) -> UnsafeCheckpointError:
     )
 
 
-def check_trust_pickle(value: Any) -> bool:
-    """The opt-in must be a real boolean: ``bool("no")`` is True, and a typed
-    ``trust_pickle=no`` must never unpickle."""
-    return boolean("trust_pickle", value)
-
-
 @contextmanager
 def safe_globals(path: str | Path = "checkpoint") -> Iterator[None]:
     """Allow-list the data-only classes for any ``torch.load(weights_only=True)`` inside.
@@ -133,7 +126,7 @@ def safe_load(path: str | Path, trust_pickle: bool = False) -> Any:
     Raises :class:`UnsafeCheckpointError` for pickled objects (the ``trust_pickle`` opt-in
     names them) and :class:`NotACheckpointError` for a file that is no ``torch.save`` output.
     """
-    check_trust_pickle(trust_pickle)
+    boolean("trust_pickle", trust_pickle)  # bool("no") is True: only True unpickles
     path = Path(path).expanduser()
     mmap = zipfile.is_zipfile(path)
     if mmap and _is_torchscript(path):  # torch.load would run it through torch.jit.load

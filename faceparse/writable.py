@@ -28,9 +28,7 @@ def _make_dir(path: Path, option: str) -> None:
 
 def output_dir(path: str | Path, option: str) -> Path:
     """The folder ``option`` names, created if missing; refused if a file is in the way."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{option}={path} is a file: give a folder for the output files")
+    path = check_output_dir(path, option)
     _make_dir(path, option)
     return path
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from faceparse.inference.predictor import CROPS, check_batch_size
+from faceparse.inference.predictor import CROPS, check_batch_size, check_parser_options
 from faceparse.option_values import booleans, number, shown, whole_number
 
 __all__ = ["check_predict_options"]
@@ -18,15 +18,12 @@ __all__ = ["check_predict_options"]
 
 def check_predict_options(cfg: DictConfig) -> None:
     """Refuse the first wrong option of ``faceparse.predict``'s config."""
-    booleans("", trust_pickle=cfg.trust_pickle, keep_aspect=cfg.keep_aspect,
-             overwrite=cfg.overwrite, save_overlay=cfg.save_overlay,
-             save_probs=cfg.save_probs, save_frames=cfg.save_frames)
+    booleans("", trust_pickle=cfg.trust_pickle, overwrite=cfg.overwrite,
+             save_overlay=cfg.save_overlay, save_probs=cfg.save_probs,
+             save_frames=cfg.save_frames)
+    check_parser_options(cfg.image_size, cfg.keep_aspect, cfg.margin)
     check_batch_size(cfg.batch_size)
     whole_number("num_workers", cfg.num_workers, 0, "the number of decoding processes")
-    if cfg.image_size is not None:
-        whole_number("image_size", cfg.image_size, 1,
-                     "the model input side in pixels (null: the checkpoint's own)")
-    number("margin", cfg.margin, 0, "the share of a face box added on each side of its crop")
     if number("alpha", cfg.alpha, 0, "the colour weight in the overlay") > 1:
         raise ValueError(f"alpha={shown(cfg.alpha)}: the colour weight in the overlay is "
                          f"between 0 and 1")

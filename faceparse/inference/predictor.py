@@ -29,7 +29,7 @@ from faceparse.labels import LabelScheme, colorize, get_scheme, mapping_lut
 from faceparse.option_values import boolean, number, whole_number
 
 __all__ = ["CROPS", "ParseResult", "Parser", "Placement", "UnusableBoxWarning",
-           "check_batch_size"]
+           "check_batch_size", "check_parser_options"]
 
 CROPS = ("none", "faces", "box")
 PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -37,6 +37,16 @@ PRECISIONS = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.f
 
 class UnusableBoxWarning(UserWarning):
     """A given box (crop=box) left out: empty or outside its photo, so no crop of it."""
+
+
+def check_parser_options(image_size: object, keep_aspect: object, margin: object) -> None:
+    """The options a parser takes as typed (``predict`` checks them before the model loads):
+    Hydra passes ``keep_aspect=no`` or ``margin=abc`` on as text."""
+    if image_size is not None:
+        whole_number("image_size", image_size, 1,
+                     "the model input side in pixels (null: the checkpoint's own)")
+    boolean("keep_aspect", keep_aspect)
+    number("margin", margin, 0, "the share of a face box added on each side of its crop")
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -103,11 +113,7 @@ class Parser:
                  labels: str | None = None, precision: str = "auto", batch_size: int = 8,
                  detector: FaceDetector | None = None) -> None:
         self.model = model
-        if image_size is not None:
-            whole_number("image_size", image_size, 1,
-                         "the model input side in pixels (null: the checkpoint's own)")
-        boolean("keep_aspect", keep_aspect)
-        number("margin", margin, 0, "the share of a face box added on each side of its crop")
+        check_parser_options(image_size, keep_aspect, margin)
         size = image_size or model.image_size
         if size is None:
             raise ValueError(f"{model.source} does not record the image size it was trained "
