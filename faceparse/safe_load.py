@@ -29,6 +29,7 @@ import torch
 from lightning.fabric.utilities.data import AttributeDict
 from omegaconf import DictConfig, ListConfig, base, nodes
 
+from faceparse.onnx_sniff import is_onnx_model
 from faceparse.option_values import boolean
 
 __all__ = ["NotACheckpointError", "UnsafeCheckpointError", "safe_globals", "safe_load"]
@@ -86,6 +87,11 @@ _TORCHSCRIPT = (
     "TorchScript exports are not loaded by predict, eval, export or train; pass the Lightning "
     "checkpoint (.ckpt) it was exported from, or, for predict, the ONNX export "
     "(faceparse.export format=onnx)"
+)
+_ONNX = (
+    "{path} is an ONNX model (what faceparse.export format=onnx writes), not a PyTorch "
+    "checkpoint: only faceparse.predict (and faceparse.deploy.load_onnx_parser) run ONNX "
+    "models; pass the Lightning checkpoint (.ckpt) it was exported from"
 )
 
 
@@ -155,6 +161,8 @@ def _explain(path: Path, error: Exception, trust_pickle: bool) -> Exception:
         return NotACheckpointError(f"{path} is a damaged PyTorch checkpoint ({_reason(error)})")
     if path.stat().st_size == 0:
         return NotACheckpointError(f"{path} is not a PyTorch checkpoint: the file is empty")
+    if is_onnx_model(path):
+        return NotACheckpointError(_ONNX.format(path=path))
     return NotACheckpointError(f"{path} is not a PyTorch checkpoint (corrupt, or another "
                                f"file type; reading it gave: {_reason(error)})")
 

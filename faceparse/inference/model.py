@@ -18,6 +18,7 @@ from faceparse.checkpoints.format import vit_modules
 from faceparse.fast_path import FastPath
 from faceparse.inference.batch import prepare_for_inference
 from faceparse.labels import LabelScheme
+from faceparse.onnx_sniff import is_onnx_model, is_torch_file
 
 __all__ = ["LoadedModel", "load_model", "resolve_device"]
 
@@ -60,13 +61,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
                device: str | torch.device = "auto", trust_pickle: bool = False,
                fast_path: FastPath | None = None) -> LoadedModel:
-    """Any checkpoint ``load_face_parser`` takes, a run folder, or an exported ``.onnx``.
+    """Any checkpoint ``load_face_parser`` takes, a run folder, or an exported ONNX model
+    (told apart by their bytes: a renamed file still goes to the reader that can read it).
 
     An ONNX file runs through onnxruntime (``pip install 'faceparse[export]'``): no
     training code, its scheme and sizes read from the file's metadata.
     """
     located = locate_checkpoint(ckpt)
-    if located.path.suffix.lower() == ".onnx":
+    if is_onnx_model(located.path) or (located.path.suffix.lower() == ".onnx"
+                                       and not is_torch_file(located.path)):
         if fast_path is not None and fast_path != FastPath():
             raise ValueError(f"ckpt={ckpt} is an ONNX model, run by onnxruntime: the fast_path "
                              f"options are PyTorch's; drop them, or pass the .ckpt it was "
