@@ -31,6 +31,8 @@ from faceparse.cli import (
     keep_run_folder,
     one_line_errors,
 )
+from faceparse.fast_path import on_gpu
+from faceparse.hardware import pin_cpu_policy
 from faceparse.labels import get_scheme
 from faceparse.models.vgg import refuse_untrained_frozen_norms, warn_random_cnn
 from faceparse.option_values import booleans
@@ -40,6 +42,7 @@ from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
 from faceparse.training.job_status import record_job
 from faceparse.training.loggers import finish_wandb, log_config
 from faceparse.training.preflight import check_optimizer, check_training_options
+from faceparse.training.rank_seeds import RankEpochSeeds
 from faceparse.training.resume_run import continue_requeued, resume_config
 from faceparse.training.run_folder import (
     CONFIG_FILE,
@@ -142,7 +145,9 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     check_labels(cfg)
     refuse_unused_fusion(cfg)
     check_training_options(cfg)
-    L.seed_everything(cfg.seed, workers=True)
+    seed = L.seed_everything(cfg.seed, workers=True)
+    if not on_gpu(str(cfg.trainer.get("accelerator", "auto"))):
+        pin_cpu_policy()  # DDP ranks and later jobs choose as this process did
     output_dir = Path(cfg.paths.output_dir)
     if is_rank_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +166,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     if cfg.train and not cfg.get("ckpt_path"):
         warn_random_cnn(model.net)
     callbacks = instantiate_all(cfg.get("callbacks"), "callbacks")
+    callbacks.append(RankEpochSeeds(seed))  # DDP ranks resume their own random streams
     if resume:  # in a new folder, Lightning would forget which checkpoint was the best
         callbacks.append(KeepBestCheckpoints())
     loggers = instantiate_all(cfg.get("logger"), "logger")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from faceparse import hardware
 from faceparse.hardware import CpuInfo, cpu_info, cpu_policy, decided_cpu_policy
@@ -30,8 +32,10 @@ CPU part\t: 0xd40
 @pytest.fixture(autouse=True)
 def fresh_policy(monkeypatch: pytest.MonkeyPatch):
     """Each test decides anew (the policy is cached per process) and forces nothing."""
-    for name in (hardware.FORCE_BF16, hardware.FORCE_CHANNELS_LAST):
-        monkeypatch.delenv(name, raising=False)
+    for name in (hardware.FORCE_BF16, hardware.FORCE_CHANNELS_LAST, hardware.PINNED_REASON,
+                 "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.setenv(name, "")  # recorded, so what a test (or pinning) sets is undone
+        monkeypatch.delenv(name)
     forget_policy()
     yield
     forget_policy()
@@ -156,6 +160,61 @@ def test_the_environment_forces_either_choice(monkeypatch: pytest.MonkeyPatch) -
     forget_policy()
     monkeypatch.setenv(hardware.FORCE_BF16, "0")  # said as what it is, not "bf16 forced"
     assert cpu_policy().reason.startswith("fp32 forced by FACEPARSE_CPU_BF16")
+
+
+@pytest.mark.parametrize("launcher", [{"WORLD_SIZE": "2"},
+                                      {"SLURM_PROCID": "1", "SLURM_NTASKS": "4"}])
+def test_launched_ranks_choose_from_the_flags_without_timing(
+        monkeypatch: pytest.MonkeyPatch, launcher: dict[str, str]) -> None:
+    """torchrun/srun ranks each decide for themselves: timed on one loaded machine, they
+    could choose apart (bf16 beside fp32; NHWC beside NCHW, which DDP refuses)."""
+    for name, value in launcher.items():
+        monkeypatch.setenv(name, value)
+    ran = fake_cpu(monkeypatch, ("avx512f", "avx512_bf16"), bf16_speedup=0.5, nhwc_speedup=0.5)
+    policy = cpu_policy()
+    assert (policy.bf16, policy.channels_last, ran) == (True, True, [])
+    assert "not timed (one of" in policy.reason
+    forget_policy()
+    fake_cpu(monkeypatch, ("avx2",), bf16_speedup=9.0, nhwc_speedup=0.5)
+    assert not cpu_policy().bf16  # emulated bf16 stays off, however many ranks
+
+
+def test_a_pinned_choice_is_what_started_processes_make(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's DDP ranks and a sweep's later jobs inherit the first process's choice."""
+    ran = fake_cpu(monkeypatch, ("avx512f", "avx512_bf16"), bf16_speedup=2.0, nhwc_speedup=0.5)
+    pinned = hardware.pin_cpu_policy()
+    assert (pinned.bf16, pinned.channels_last) == (True, False)
+    assert ran == ["bf16"] + [f"nhwc {torch.bfloat16}"] * hardware.PROBE_ROUNDS
+    assert os.environ[hardware.FORCE_BF16] == "1"
+    assert os.environ[hardware.FORCE_CHANNELS_LAST] == "0"
+    forget_policy()  # a started process: the same environment, nothing decided yet
+    fake_cpu(monkeypatch, ("avx512f", "avx512_bf16"), bf16_speedup=0.5, nhwc_speedup=9.0)
+    child = cpu_policy()
+    assert (child.bf16, child.channels_last) == (True, False)
+    assert child.reason == f"as the process that started this one chose ({pinned.reason})"
+
+
+@pytest.mark.parametrize(("readings", "bf16", "probes"), [
+    ([2.0], True, 1), ([0.6, 0.9, 2.0], True, 3), ([0.5, 1.6], True, 2),
+    ([0.5, 0.9, 1.1], False, 3)])
+def test_a_losing_probe_reading_is_taken_again(monkeypatch: pytest.MonkeyPatch,
+                                               readings: list[float], bf16: bool,
+                                               probes: int) -> None:
+    """Load slows whichever side it lands on: one low reading must not decide fp32."""
+    fake_cpu(monkeypatch, ("avx512f", "avx512_bf16"), bf16_speedup=0.0, nhwc_speedup=1.0)
+    left = list(readings)
+    monkeypatch.setattr(hardware, "probe_bf16_speedup", lambda: left.pop(0))
+    policy = cpu_policy()
+    assert policy.bf16 is bf16 and len(readings) - len(left) == probes
+    assert f"bf16 matmul {max(readings[:probes]):.2f}x fp32" in policy.reason
+
+
+def test_pinning_keeps_what_the_user_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cpu(monkeypatch, ("avx512f", "avx512_bf16"), bf16_speedup=2.0, nhwc_speedup=9.0)
+    monkeypatch.setenv(hardware.FORCE_BF16, "0")
+    assert not hardware.pin_cpu_policy().bf16
+    assert os.environ[hardware.FORCE_BF16] == "0"
+    assert os.environ[hardware.FORCE_CHANNELS_LAST] == "1"
 
 
 def test_a_bad_forcing_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
