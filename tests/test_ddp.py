@@ -79,3 +79,19 @@ def test_resumed_two_process_run_continues(ddp_run, tiny) -> None:
     with open(run_dir / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["epoch"] for r in rows if r.get("val/f1_mean")} == {"0", "1"}
+
+
+def test_a_run_resumed_from_an_epoch_end_repeats_every_rank(tiny, tmp_path: Path) -> None:
+    """Rank 1 draws its own augmentations; restarted from rank 0's saved state it would draw
+    others, and the averaged gradients of epoch 2 (so the weights) would differ."""
+    both = [*tiny, *ODD, "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1",
+            "test=false"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_two_processes(both, straight)
+    first = straight / "checkpoints" / "epoch_000.ckpt"
+    run_two_processes([*both, f"ckpt_path={first}"], resumed)
+    a = torch.load(straight / "checkpoints" / "epoch_001.ckpt", weights_only=False)
+    b = torch.load(resumed / "checkpoints" / "epoch_001.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 2
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key

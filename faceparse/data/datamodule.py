@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from faceparse.data.loaders import (
@@ -74,9 +75,11 @@ class FaceDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
 
     def _rank(self) -> int:
-        """This process's DDP rank (0 outside a trainer)."""
+        """This process's DDP rank: the trainer's, or before one is attached (``train``
+        opens the splits before ``fit``) the launcher's, which Lightning reads from the
+        environment; 0 in a one-process run."""
         trainer = getattr(self, "trainer", None)
-        return int(trainer.global_rank) if trainer is not None else 0
+        return int(trainer.global_rank) if trainer is not None else int(rank_zero_only.rank)
 
     def make_dataset(self, split: str) -> Dataset:
         transform = (
@@ -116,6 +119,13 @@ class FaceDataModule(L.LightningDataModule):
             for split, ds in self.datasets.items()
             if hasattr(getattr(ds, "transform", None), "random_generator")
         }
+
+    def seed_augmentation(self, split: str, seed: int) -> None:
+        """Restart ``split``'s augmentation stream (in this process; loader workers seed
+        their own) from ``seed``: under DDP every training epoch does, per rank."""
+        transform = getattr(self.datasets.get(split), "transform", None)
+        if transform is not None:
+            seed_transform(transform, seed)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for split, rng in state_dict.items():
