@@ -31,10 +31,11 @@ from faceparse.evaluation import MultiPassTTA, Protocol, file_fingerprint, score
 from faceparse.evaluation.options import eval_options
 from faceparse.evaluation.report import write_report
 from faceparse.evaluation.samples import EvalSamples, collate_samples
+from faceparse.evaluation.score import scores_in_bf16
 from faceparse.inference.batch import prepare_for_inference
 from faceparse.inference.model import resolve_device
 from faceparse.labels import LabelScheme, get_scheme, mapping_lut
-from faceparse.models.dinov3 import DinoVitEncoder
+from faceparse.models.dinov3 import DinoVitEncoder, has_bf16_frozen_vit
 from faceparse.training.run_folder import CONFIG_FILE
 from faceparse.writable import check_output_dir, output_dir
 
@@ -119,11 +120,9 @@ def precision_of(net: nn.Module, device: torch.device) -> str:
     """What the scores were computed in (bf16 moves a few pixels' labels): bf16 autocast
     on a GPU (:func:`score_split`), else fp32, noting a frozen ViT whose weights the fast
     path stored in bf16 (it then runs in bf16 whatever the rest does)."""
-    if device.type == "cuda":
+    if scores_in_bf16(device):
         return "bf16 autocast"
-    vit_bf16 = any(isinstance(m, DinoVitEncoder) and m.frozen and any(
-        p.dtype == torch.bfloat16 for p in m.parameters()) for m in net.modules())
-    return "fp32, the frozen ViT in bf16" if vit_bf16 else "fp32"
+    return "fp32, the frozen ViT in bf16" if has_bf16_frozen_vit(net) else "fp32"
 
 
 def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str, Any]:
@@ -143,7 +142,8 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
         raise ValueError(f"image_size={image_size} is not a multiple of the model's "
                          f"{net.size_multiple}: set image_size= to a multiple of it")
     device = resolve_device(str(cfg.device))
-    net = prepare_for_inference(net, device, instantiate_option(cfg.fast_path))
+    net = prepare_for_inference(net, device, instantiate_option(cfg.fast_path),
+                                bf16=scores_in_bf16(device))
 
     datamodule = instantiate(data)
     reader = datamodule.open_dataset(str(cfg.split), None, image_size, labels=scored.name,

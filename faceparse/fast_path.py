@@ -36,6 +36,12 @@ def on_gpu(accelerator: str) -> bool:
     return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
+def cuda_bf16() -> bool:
+    """Whether this GPU computes bf16 natively (Ampere and later). torch's default also
+    counts GPUs that can only emulate it (V100, T4), where bf16 is the slow path."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def auto_precision(accelerator: str = "auto") -> str:
     """Training precision: bf16 mixed where bf16 is the faster path, fp32 otherwise.
 
@@ -47,7 +53,7 @@ def auto_precision(accelerator: str = "auto") -> str:
     ``FACEPARSE_CPU_BF16=0`` or ``trainer.precision=32-true`` keeps fp32.
     """
     if on_gpu(accelerator):
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+        return "bf16-mixed" if cuda_bf16() else "32-true"
     if accelerator in ("auto", "cpu"):
         return "bf16-mixed" if decided_cpu_policy().bf16 else "32-true"
     return "32-true"
@@ -57,7 +63,7 @@ def inference_bf16(device: str | torch.device) -> bool:
     """Whether inference on ``device`` runs in bf16 autocast: where bf16 is the faster path."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return cuda_bf16()
     return device.type == "cpu" and cpu_policy().bf16
 
 
@@ -149,10 +155,13 @@ class FastPath:
                 keep_cuda_graph_outputs(net)
         return net
 
-    def wants_frozen_vit_bf16(self, device: torch.device) -> bool:
-        """Whether a frozen ViT is stored and run in bf16 for inference on ``device``."""
+    def wants_frozen_vit_bf16(self, device: torch.device, bf16: bool | None = None) -> bool:
+        """Whether a frozen ViT is stored and run in bf16 for inference on ``device``:
+        ``auto`` follows the inference's own precision, ``bf16`` (``None``: bf16 where it
+        is the faster path there), so an fp32 run keeps an fp32 ViT."""
         return self._frozen_vit_bf16_unless_auto() or (
-            self.frozen_vit_bf16 == "auto" and inference_bf16(device))
+            self.frozen_vit_bf16 == "auto"
+            and (inference_bf16(device) if bf16 is None else bool(bf16)))
 
     def wants_frozen_vit_bf16_in_training(self, precision: str) -> bool:
         """Whether a frozen ViT is stored and run in bf16 when training in ``precision``."""

@@ -30,7 +30,6 @@ from faceparse.data.prepare import prepare_dataset
 from faceparse.data.readers.folder import ImageMaskFolder, hash_split
 from faceparse.data.readers.lapa import LaPa
 from faceparse.data.readers.prepared import StalePreparedError
-from faceparse.fast_path import inference_bf16
 from faceparse.inference.outputs import png_bytes
 from faceparse.labels import IGNORE_INDEX
 
@@ -243,9 +242,8 @@ def test_eval_names_what_listing_left_out_and_refuses_when_nothing_scores(
     assert protocol["samples"] == len(test) and protocol["left_out_count"] == 1
     assert f"{orphan}.png (no mask" in protocol["left_out"][0]
     assert "1 images left out when listing" in protocol["text"]
-    # the tiny net's ViT is frozen: the fast path stores it in bf16 where bf16 is faster
-    assert protocol["precision"] == ("fp32, the frozen ViT in bf16" if inference_bf16("cpu")
-                                     else "fp32")
+    # eval on a CPU scores in fp32 whatever its bf16 probe reads, the frozen ViT included
+    assert protocol["precision"] == "fp32"
     for sample in test:
         (folder / "masks" / f"{sample}.png").write_bytes(b"broken")
     with pytest.raises(ValueError, match=r"no sample of split=test could be scored: all "

@@ -162,3 +162,26 @@ def test_a_bf16_vit_keeps_its_zero_key_bias_in_bf16() -> None:
     tuned.store_frozen_weights(torch.bfloat16)
     assert tuned.model.blocks[-1].attn.k_bias.dtype == torch.float32  # trains in fp32
     assert tuned.model.blocks[0].attn.k_bias.dtype == torch.bfloat16
+
+
+def test_an_fp32_parser_keeps_the_frozen_vit_in_fp32(ckpt, monkeypatch) -> None:
+    """``precision=32-true`` is fp32 all through, even where bf16 is the faster path: the
+    ViT would otherwise be stored and run in bf16 behind the user's back."""
+    from faceparse import hardware
+    from faceparse.inference import Parser, load_model
+    from faceparse.models.dinov3 import has_bf16_frozen_vit
+
+    monkeypatch.setenv(hardware.FORCE_BF16, "1")  # a CPU whose policy chose bf16
+    hardware.decided_cpu_policy.cache_clear()
+    hardware.cpu_policy.cache_clear()
+    try:
+        fp32 = Parser.from_checkpoint(ckpt, device="cpu", precision="32-true")
+        assert not has_bf16_frozen_vit(fp32.model.net) and fp32.autocast_dtype is None
+        auto = Parser.from_checkpoint(ckpt, device="cpu")
+        assert has_bf16_frozen_vit(auto.model.net)  # auto: bf16, its ViT stored in bf16
+        with pytest.raises(ValueError, match="precision=32-true, but the loaded model's "
+                                             "frozen ViT is stored in bf16"):
+            Parser(load_model(ckpt, device="cpu"), precision="32-true")
+    finally:
+        hardware.decided_cpu_policy.cache_clear()
+        hardware.cpu_policy.cache_clear()

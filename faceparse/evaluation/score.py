@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader
 
 from faceparse.data.transforms import denormalize
 from faceparse.evaluation.tta import MultiPassTTA
+from faceparse.fast_path import cuda_bf16
 from faceparse.labels import LabelScheme
 from faceparse.metrics import SegmentationMetrics, scores_from_confusion
 
-__all__ = ["EvalResult", "WorstImage", "score_split", "image_f1"]
+__all__ = ["EvalResult", "WorstImage", "image_f1", "score_split", "scores_in_bf16"]
 
 
 @dataclass(order=True)
@@ -59,6 +60,12 @@ def _resize_nearest(labels: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return out.numpy().astype(np.uint8)
 
 
+def scores_in_bf16(device: torch.device) -> bool:
+    """Eval runs in bf16 autocast on a GPU that computes bf16 natively, in fp32 elsewhere:
+    a CPU's choice rests on a timing probe, and scores must not change with its load."""
+    return device.type == "cuda" and cuda_bf16()
+
+
 def score_split(
     net: nn.Module,
     loader: DataLoader,
@@ -78,7 +85,7 @@ def score_split(
     heap: list[WorstImage] = []
     skipped: list[str] = []
     samples = 0
-    bf16 = device.type == "cuda"
+    bf16 = scores_in_bf16(device)
     with Progress(transient=True) as progress, torch.inference_mode(), \
             torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         task = progress.add_task("evaluating", total=len(loader.dataset))

@@ -32,13 +32,15 @@ class Prediction:
 
 
 def prepare_for_inference(
-    net: nn.Module, device: str | torch.device = "cpu", fast_path: FastPath | None = None
+    net: nn.Module, device: str | torch.device = "cpu", fast_path: FastPath | None = None,
+    bf16: bool | None = None,
 ) -> nn.Module:
     """Eval mode on ``device``, with the fast path's options where they pay there.
 
     Also the inference-only rewrites ``fold_batchnorm``, ``fold_layer_scale``,
     ``fuse_conv_relu`` (on a CPU unless told otherwise) and ``frozen_vit_bf16`` where
-    inference runs in bf16: the net returned is for prediction, not for training or saving.
+    inference runs in bf16 (``bf16``: whether it will; ``None``: where bf16 is the faster
+    path on ``device``): the net returned is for prediction, not for training or saving.
     On a CPU, freed memory is kept for reuse (``reuse_cpu_memory``): the predict pass
     gained 1.1-1.3x, a training run nothing measurable, so only inference does it.
     """
@@ -51,7 +53,7 @@ def prepare_for_inference(
         fold_layer_scale(net)
     if fast_path.wants_conv_relu_fused(device):  # after the fold: conv and ReLU adjacent
         fuse_conv_relu(net, device.type)
-    if fast_path.wants_frozen_vit_bf16(device):
+    if fast_path.wants_frozen_vit_bf16(device, bf16):
         frozen_vits_to_bf16(net)
     if device.type == "cpu" and fast_path.reuse_cpu_memory:
         reuse_freed_cpu_memory()

@@ -60,10 +60,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
                device: str | torch.device = "auto", trust_pickle: bool = False,
-               fast_path: FastPath | None = None) -> LoadedModel:
+               fast_path: FastPath | None = None, bf16: bool | None = None) -> LoadedModel:
     """Any checkpoint ``load_face_parser`` takes, a run folder, or an exported ONNX model
     (told apart by their bytes: a renamed file still goes to the reader that can read it).
 
+    ``bf16``: whether inference will run in bf16 autocast (``None``: where it is the faster
+    path), which decides where ``fast_path.frozen_vit_bf16=auto`` stores the ViT in bf16.
     An ONNX file runs through onnxruntime (``pip install 'faceparse[export]'``): no
     training code, its scheme and sizes read from the file's metadata.
     """
@@ -81,7 +83,7 @@ def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
     vit_files = tuple(Path(vit.weights_file) for vit in vit_modules(net).values()
                       if vit.weights_file)
     target = resolve_device(device)
-    net = prepare_for_inference(net, target, fast_path)
+    net = prepare_for_inference(net, target, fast_path, bf16)
     image_size = (file.metadata or {}).get("image_size")
     return LoadedModel(net, scheme, int(image_size) if image_size else None,
                        int(net.size_multiple), target, located.path, vit_files)

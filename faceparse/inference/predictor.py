@@ -26,6 +26,7 @@ from faceparse.inference.images import to_rgb
 from faceparse.inference.model import LoadedModel, load_model
 from faceparse.inference.resize import labels_at_size, logits_hwc, softmax_classes, strips
 from faceparse.labels import LabelScheme, colorize, get_scheme, mapping_lut
+from faceparse.models.dinov3 import has_bf16_frozen_vit
 from faceparse.option_values import boolean, number, whole_number
 
 __all__ = ["CROPS", "ParseResult", "Parser", "Placement", "UnusableBoxWarning",
@@ -129,6 +130,12 @@ class Parser:
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision}: choose auto or one of "
                              f"{', '.join(PRECISIONS)}")
+        if PRECISIONS[precision] is not torch.bfloat16 and has_bf16_frozen_vit(model.net):
+            raise ValueError(
+                f"precision={precision}, but the loaded model's frozen ViT is stored in bf16 "
+                f"(fast_path.frozen_vit_bf16), so it would run in bf16 anyway: load it with "
+                f"Parser.from_checkpoint(..., precision={precision!r}), or set "
+                f"fast_path.frozen_vit_bf16=false")
         self.image_size, self.keep_aspect, self.crop, self.margin = size, keep_aspect, crop, margin
         self.autocast_dtype = PRECISIONS[precision]
         self.batch_size = batch_size
@@ -148,8 +155,13 @@ class Parser:
         """A parser for a checkpoint file or a training run folder; ``options`` as above.
 
         ``fast_path``: the speed options (default: :class:`~faceparse.fast_path.FastPath`'s).
+        The model is prepared for the ``precision`` asked for: in fp32 its frozen ViT stays
+        fp32 (``fast_path.frozen_vit_bf16=auto`` stores it in bf16 only for bf16 runs).
         """
-        return cls(load_model(path, vit_weights, device, trust_pickle, fast_path), **options)
+        precision = options.get("precision", "auto")
+        bf16 = None if precision == "auto" else str(precision).startswith("bf16")
+        return cls(load_model(path, vit_weights, device, trust_pickle, fast_path, bf16),
+                   **options)
 
     @property
     def scheme(self) -> LabelScheme:

@@ -38,6 +38,7 @@ __all__ = [
     "DINOV3_FILES",
     "DINOV3_SOURCE",
     "dinov3_filter",
+    "has_bf16_frozen_vit",
     "describe_vit",
     "frozen_vits_to_bf16",
     "load_dinov3_weights",
@@ -278,6 +279,14 @@ def frozen_vits_to_bf16(net: nn.Module) -> int:
         if isinstance(module, DinoVitEncoder) and module.frozen:
             changed += module.store_frozen_weights(torch.bfloat16)
     return changed
+
+
+def has_bf16_frozen_vit(net: nn.Module) -> bool:
+    """Whether :func:`frozen_vits_to_bf16` stored a frozen ViT of ``net`` in bf16: it then
+    runs in bf16 whatever precision its caller asks for."""
+    return any(isinstance(m, DinoVitEncoder) and m.frozen
+               and any(p.dtype == torch.bfloat16 for p in m.parameters())
+               for m in net.modules())
 
 
 def _no_weights_message(width: int, frozen: bool = True) -> str:
