@@ -32,6 +32,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from faceparse.fast_path import auto_precision
 from faceparse.instantiation import instantiate_option
@@ -84,8 +85,16 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
         @functools.wraps(task)
         def job(cfg: DictConfig) -> Any:
             register_resolvers()  # a launcher may run the job in a fresh process
-            refuse_missing_values(cfg, config_name, sys.modules[task.__module__].__doc__)
-            return task(cfg)
+            try:
+                refuse_missing_values(cfg, config_name, sys.modules[task.__module__].__doc__)
+                return task(cfg)
+            except InterpolationResolutionError as err:
+                # a resolver's refusal (FACEPARSE_CPU_BF16=2 read by ${auto_precision:}) is
+                # bad input like any other: its own message, not OmegaConf's traceback
+                cause = resolver_refusal(err)
+                if cause is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                    report_error(cause)
+                raise
 
         hydra_main = hydra.main(version_base="1.3", config_path=str(CONF_DIR),
                                 config_name=config_name)(job)
@@ -125,6 +134,18 @@ def command_line_keys() -> list[str] | None:
     if not HydraConfig.initialized():
         return None
     return command_keys(HydraConfig.get().overrides.task, CONF_DIR)
+
+
+def resolver_refusal(err: InterpolationResolutionError) -> Exception | None:
+    """The bad-input error a config resolver raised, behind OmegaConf's wrapper (which
+    keeps it as the exception's context unless ``OC_CAUSE=1``); None for anything else."""
+    seen = err.__cause__ or err.__context__
+    while seen is not None:
+        if isinstance(seen, (ValueError, KeyError, FileNotFoundError)) and \
+                not isinstance(seen, OmegaConfBaseException):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def refuse_missing_values(cfg: DictConfig, config_name: str, doc: str | None) -> None:

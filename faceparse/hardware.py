@@ -168,7 +168,8 @@ def env_switch(name: str) -> bool | None:
         return True
     if value in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{name}={value!r}: use 1, 0 or auto")
+    raise ValueError(f"{name}={value!r}: use 1 (or true, yes, on), 0 (or false, no, off) or "
+                     f"auto")
 
 
 @functools.cache

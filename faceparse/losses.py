@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from faceparse.labels import IGNORE_INDEX
+from faceparse.option_values import number, shown
 
 __all__ = ["DeepSupervisionLoss", "soft_dice_loss"]
 
@@ -86,8 +87,15 @@ class DeepSupervisionLoss(nn.Module):
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
         super().__init__()
-        self.aux_weight = aux_weight
-        self.dice_weight = dice_weight
+        self.aux_weight = number("loss.aux_weight", aux_weight, 0, "the auxiliary loss' weight")
+        self.dice_weight = number("loss.dice_weight", dice_weight, 0, "the Dice term's weight")
+        if class_weights is not None:
+            weights = list(class_weights)
+            for value in weights:
+                number("loss.class_weights", value, 0, "each class weight")
+            if not sum(weights) > 0:
+                raise ValueError(f"loss.class_weights={shown(weights)}: all zero, the loss "
+                                 f"would be 0/0 (NaN); give the classes positive weights")
         self.ignore_index = ignore_index
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
         self.register_buffer("class_weights", weight, persistent=False)

@@ -20,7 +20,7 @@ from faceparse.models.blocks import (
     ConvBNReLU,
     FeatureFusion,
 )
-from faceparse.option_values import boolean
+from faceparse.option_values import boolean, is_number, is_whole, shown
 
 __all__ = ["CoarseToFineDecoder", "DECODER_STRIDES"]
 
@@ -54,8 +54,11 @@ class CoarseToFineDecoder(nn.Module):
         boolean("decoder.attention_refinement", attention_refinement)
         check_feature_maps(type(self).__name__, DECODER_STRIDES, encoder_name, in_channels,
                            in_strides)
-        if decoder_channels % 16:
-            raise ValueError(f"decoder_channels must be a multiple of 16, got {decoder_channels}")
+        if not is_whole(decoder_channels) or decoder_channels < 16 or decoder_channels % 16:
+            raise ValueError(f"decoder.decoder_channels={shown(decoder_channels)}: the decoder's "
+                             f"width is a positive multiple of 16, e.g. 256")
+        if not is_number(dropout) or not 0 <= dropout < 1:
+            raise ValueError(f"decoder.dropout={shown(dropout)}: a drop probability in [0, 1)")
         c = decoder_channels
         widths = (c // 4, c // 2, c, c, 2 * c)
         self.in_channels = tuple(in_channels)

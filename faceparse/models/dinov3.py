@@ -28,7 +28,7 @@ from faceparse.models.weights import (
     load_state_dict_file,
     load_strict,
 )
-from faceparse.option_values import booleans
+from faceparse.option_values import booleans, is_number, is_whole, shown, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,15 @@ class DinoVitEncoder(Encoder):
     ) -> None:
         super().__init__()
         booleans("vit.", frozen=frozen, random_init=random_init, fused_attn=fused_attn)
+        if (isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers
+                or not all(is_whole(i) for i in layers)):
+            raise ValueError(f"vit.layers={shown(layers)}: a non-empty list of block indices "
+                             f"(whole numbers; -1 is the last block), e.g. vit.layers=[-1]")
+        whole_number("vit.finetune_blocks", finetune_blocks, 0, "the number of tuned blocks")
+        if not is_number(lr_scale) or lr_scale <= 0:
+            raise ValueError(f"vit.lr_scale={shown(lr_scale)}: the ViT's learning rate is "
+                             f"lr times this, a number > 0 (0 or less would not train it, or "
+                             f"climb the loss); freeze it with vit.frozen=true instead of 0")
         if size not in DINOV3_MODELS:
             raise ValueError(f"unknown DINOv3 size {size!r}; choose one of {list(DINOV3_MODELS)}")
         if weights is None and not random_init:
@@ -155,15 +164,16 @@ class DinoVitEncoder(Encoder):
         outside = [i for i in layers if not -depth <= i < depth]
         if outside:
             raise ValueError(
-                f"layers {outside} are outside the {depth}-block ViT-{size}; "
-                f"use 0..{depth - 1} or -{depth}..-1"
+                f"vit.layers={shown(list(layers))}: {shown(outside)} outside the {depth}-block "
+                f"ViT-{size}; use 0..{depth - 1} or -{depth}..-1"
             )
         # timm returns blocks once each, in depth order: name each block once.
         self.layers = tuple(sorted({i % depth for i in layers}))
         if len(self.layers) != len(layers):
-            raise ValueError(f"layers {list(layers)} name the same block twice")
-        if not 0 <= finetune_blocks <= depth:
-            raise ValueError(f"finetune_blocks must be in 0..{depth}, got {finetune_blocks}")
+            raise ValueError(f"vit.layers={shown(list(layers))} names the same block twice")
+        if finetune_blocks > depth:
+            raise ValueError(f"vit.finetune_blocks={finetune_blocks}: the ViT-{size} has "
+                             f"{depth} blocks; use 0..{depth}")
         _refuse_untrainable_tail(finetune_blocks, frozen, self.layers, depth)
         self.frozen = frozen
         self.weights_file = str(weights) if weights is not None else None
@@ -231,8 +241,8 @@ class DinoVitEncoder(Encoder):
                      if self.compute_dtype is not None else contextlib.nullcontext())
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains), precision:
             maps = self.model.forward_intermediates(
-                x, indices=list(self.layers), norm=True, output_fmt="NCHW", intermediates_only=True
-            )
+                x, indices=list(self.layers), norm=True, stop_early=True, output_fmt="NCHW",
+                intermediates_only=True)  # the blocks after the deepest tap never run
         if self.compute_dtype is not None:
             maps = [m.to(x.dtype) for m in maps]
         return [torch.cat(maps, dim=1) if len(maps) > 1 else maps[0]]
@@ -240,9 +250,16 @@ class DinoVitEncoder(Encoder):
 
 def _refuse_untrainable_tail(finetune_blocks: int, frozen: bool, layers: tuple[int, ...],
                              depth: int) -> None:
-    """``finetune_blocks`` trains the last blocks of a frozen ViT: refuse it where it would
-    train nothing without a word (the ViT runs only up to its deepest tapped layer) or
-    would not apply (an unfrozen ViT trains whole)."""
+    """Refuse ViT blocks that would be trained but never run (the ViT stops at its deepest
+    tapped layer): they would not learn, and DDP stops on unused parameters. Also refuse
+    ``finetune_blocks`` where it would not apply (an unfrozen ViT trains whole)."""
+    if not frozen and max(layers) < depth - 1:
+        idle = f"block {depth - 1}" if max(layers) == depth - 2 else \
+            f"blocks {max(layers) + 1}-{depth - 1}"
+        raise ValueError(
+            f"vit.frozen=false trains the whole ViT, but vit.layers={list(layers)} stops it at "
+            f"block {max(layers)}: {idle} would never run or learn; tap the last block too "
+            f"(vit.layers=[..., -1]) or keep vit.frozen=true")
     if not finetune_blocks:
         return
     if not frozen:

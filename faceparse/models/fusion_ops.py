@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from faceparse.models.blocks import ConvBNReLU, upsample_bilinear
+from faceparse.option_values import whole_number
 
 __all__ = [
     "CrossAttentionFusion",
@@ -54,13 +55,22 @@ class VitOnlyFusion(StrideFusion):
         return vit
 
 
+def fused_width(out_channels: int | None, vit_channels: int) -> int:
+    """``fusion.op.out_channels``, or the ViT's width when it is null (0 is refused, not
+    taken as null)."""
+    if out_channels is None:
+        return vit_channels
+    return whole_number("fusion.op.out_channels", out_channels, 1,
+                        "the fused map's width (null: the ViT's)")
+
+
 class ConcatFusion(StrideFusion):
     """Concatenate VGG block 5 with the ViT map, then project with a 1x1 Conv-BN-ReLU."""
 
     def __init__(self, cnn_channels: int, vit_channels: int, out_channels: int | None = None
                  ) -> None:
         super().__init__()
-        self.out_channels = out_channels or vit_channels
+        self.out_channels = fused_width(out_channels, vit_channels)
         self.project = ConvBNReLU(cnn_channels + vit_channels, self.out_channels, 1)
 
     def forward(self, cnn16: torch.Tensor | None, vit: torch.Tensor) -> torch.Tensor:
@@ -73,7 +83,7 @@ class SumFusion(StrideFusion):
     def __init__(self, cnn_channels: int, vit_channels: int, out_channels: int | None = None
                  ) -> None:
         super().__init__()
-        self.out_channels = out_channels or vit_channels
+        self.out_channels = fused_width(out_channels, vit_channels)
         self.cnn_proj = ConvBNReLU(cnn_channels, self.out_channels, 1)
         self.vit_proj = ConvBNReLU(vit_channels, self.out_channels, 1)
 
@@ -110,7 +120,8 @@ class CrossAttentionFusion(StrideFusion):
     def __init__(self, cnn_channels: int, vit_channels: int, out_channels: int | None = None,
                  num_heads: int = 8) -> None:
         super().__init__()
-        self.out_channels = out_channels or vit_channels
+        self.out_channels = fused_width(out_channels, vit_channels)
+        whole_number("fusion.op.num_heads", num_heads, 1, "the number of attention heads")
         if self.out_channels % num_heads:
             raise ValueError(f"cross_attn: num_heads={num_heads} must divide the fused width "
                              f"{self.out_channels} (fusion.op.num_heads / fusion.op.out_channels)")

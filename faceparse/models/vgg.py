@@ -27,7 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from faceparse.models.base import Encoder
 from faceparse.models.weights import StateDict, load_state_dict_file, load_strict
-from faceparse.option_values import booleans
+from faceparse.option_values import booleans, is_whole, shown
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ __all__ = ["VggEncoder", "conv_with_frozen_norm", "load_vgg_weights",
            "refuse_untrained_frozen_norms", "vgg_features_filter", "vgg_hub_file",
            "warn_random_cnn"]
 
+# torchvision's VGGs: the BN ones are the encoder; the plain ones for comparison
+VGG_ARCHS = tuple(f"vgg{depth}{bn}" for bn in ("_bn", "") for depth in (11, 13, 16, 19))
 VGG_SOURCE = "torchvision's vgg19_bn ImageNet weights (vgg19_bn-c79401a0.pth)"
 
 
@@ -62,12 +64,12 @@ class VggEncoder(Encoder):
     ) -> None:
         super().__init__()
         booleans("cnn.", pretrained=pretrained, freeze_norm=freeze_norm, random_init=random_init)
-        if not 1 <= num_stages <= 5:
-            raise ValueError(f"num_stages must be in 1..5, got {num_stages}")
-        try:
-            features = getattr(torchvision.models, arch)(weights=None).features
-        except AttributeError:
-            raise ValueError(f"unknown torchvision VGG architecture {arch!r}") from None
+        if not is_whole(num_stages) or not 1 <= num_stages <= 5:
+            raise ValueError(f"cnn.num_stages={shown(num_stages)}: a whole number in 1..5")
+        if arch not in VGG_ARCHS:
+            raise ValueError(f"cnn.arch={shown(arch)}: not a torchvision VGG; choose one of "
+                             f"{', '.join(VGG_ARCHS)}")
+        features = getattr(torchvision.models, arch)(weights=None).features
         pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
         # Keep everything up to the pool that ends the last stage (excluded).
         self.layers = nn.Sequential(*features[: pools[num_stages - 1]])
