@@ -282,6 +282,8 @@ def test_an_interrupted_job_is_recorded_and_still_ends(tmp_path: Path, monkeypat
         record_job(task, _cfg(tmp_path))
 
     assert isinstance(raised.value, SystemExit | KeyboardInterrupt)  # re-raised as it was
+    if isinstance(raised.value, SystemExit):  # never status 0: a stopped run did not finish
+        assert raised.value.code not in (None, 0)
     status = _status(tmp_path)
     assert status["status"] == "interrupted" and status["error"] == said
     assert status["ended"] >= status["started"] and status["optimized_metric"] == "val/miou"

@@ -57,11 +57,12 @@ def in_multirun() -> bool:
 
 def sweep_value(metric: str | None, metrics: Mapping[str, float]) -> float | None:
     """The value a sweeper optimises: the best checkpoint's ``metric`` when training kept one
-    (``best/<metric>``), else the last logged value; None when missing or NaN."""
+    (``best/<metric>``), else the last logged value; None when missing, NaN or infinite (a
+    per-class score of a class no validation epoch had: Lightning ranks NaN as -inf)."""
     if not metric:
         return None
     value = metrics.get(f"best/{metric}", metrics.get(metric))
-    return None if value is None or math.isnan(value) else float(value)
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def read_status(folder: Path) -> str | None:
@@ -123,6 +124,10 @@ def _ended_by(error: BaseException) -> str:
     return f"{said} after KeyboardInterrupt" if isinstance(cause, KeyboardInterrupt) else said
 
 
+# the shell's status for a process ended by SIGTERM (128 + 15)
+SIGTERM_EXIT = 143
+
+
 def _run(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig, folder: Path
          ) -> float | None:
     """:func:`record_job` once the job holds its folder and was accepted."""
@@ -149,6 +154,10 @@ def _run(task: Callable[[DictConfig], dict[str, float]], cfg: DictConfig, folder
         except Exception as unwritten:  # the exit must go on: a full disk must not stop it
             log.error("job interrupted (%s), its status not written: %s",
                       _ended_by(error), unwritten)
+        if isinstance(error, SystemExit) and not error.code:
+            # Lightning's SIGTERMException is an exit without a code (status 0): a script or
+            # scheduler reading the exit status would take the stopped run for a finished one
+            raise SystemExit(SIGTERM_EXIT) from error
         raise
     value = sweep_value(metric, metrics)
     _write(folder, status="finished", started=started, ended=time.time(),

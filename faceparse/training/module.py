@@ -106,6 +106,14 @@ class FaceParsingModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, batch_size=target.shape[0], sync_dist=True)
         self.metrics[stage].update(logits.argmax(1), target)
 
+    def _monitored_classes(self, stage: str) -> set[str]:
+        """The per-class keys of ``stage`` a callback (checkpoint, early stopping) watches."""
+        if self._trainer is None:
+            return set()
+        monitors = {getattr(c, "monitor", None) for c in self.trainer.callbacks}
+        return {m for m in monitors if isinstance(m, str)
+                and m.startswith((f"{stage}/f1/", f"{stage}/iou/"))}
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step("val", batch)
 
@@ -113,7 +121,9 @@ class FaceParsingModule(L.LightningModule):
         self._eval_step("test", batch)
 
     def _log_epoch(self, stage: str) -> None:
-        """Headline scores, and per-class F1/IoU of the classes the ground truth has."""
+        """Headline scores, and per-class F1/IoU of the classes the ground truth has; a
+        monitored class it lacks this epoch is NaN, which checkpointing ranks last (Lightning
+        would otherwise stop the run: "could not find the monitored key")."""
         scores = self.metrics[stage].compute()
         self.metrics[stage].reset()
         values = {f"{stage}/{k}": scores[k].float() for k in HEADLINE}
@@ -121,6 +131,8 @@ class FaceParsingModule(L.LightningModule):
             if scores["present"][i]:
                 values[f"{stage}/f1/{name}"] = scores["f1"][i].float()
                 values[f"{stage}/iou/{name}"] = scores["iou"][i].float()
+        for key in self._monitored_classes(stage) - values.keys():
+            values[key] = torch.tensor(float("nan"), device=self.device)
         self.log(f"{stage}/f1_mean", values.pop(f"{stage}/f1_mean"), prog_bar=True)
         self.log_dict(values)
 

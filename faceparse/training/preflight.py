@@ -39,6 +39,21 @@ def check_training_options(cfg: DictConfig) -> None:
     for name, callback in (cfg.get("callbacks") or {}).items():
         if callback and "monitor" in callback:
             check_monitor(f"callbacks.{name}.monitor", callback.monitor, names)
+    check_best_is_optimized(cfg)
+
+
+def check_best_is_optimized(cfg: DictConfig) -> None:
+    """The best checkpoint is the one tested and whose score a job returns to its sweep, as
+    that of ``optimized_metric``: a ``model_checkpoint`` chosen on another metric would
+    test one checkpoint and report another's score."""
+    checkpoint = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    monitor = checkpoint.get("monitor") if checkpoint else None
+    if monitor is not None and monitor != cfg.get("optimized_metric"):
+        raise ValueError(
+            f"callbacks.model_checkpoint.monitor={monitor} differs from "
+            f"optimized_metric={cfg.get('optimized_metric')}: the best checkpoint is tested and "
+            f"its score returned as optimized_metric's; set optimized_metric={monitor} instead "
+            f"(the checkpoint's monitor and mode follow it)")
 
 
 def check_batch_for_norms(batch_size: Any, attention_refinement: Any) -> None:

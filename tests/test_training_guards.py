@@ -1,0 +1,59 @@
+"""Training options that used to pick the wrong checkpoint, crash after an epoch, or hide
+that a run was stopped."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from faceparse.cli import CONF_DIR
+from faceparse.labels import get_scheme
+from faceparse.train import train
+from faceparse.training.job_status import sweep_value
+from faceparse.training.preflight import check_training_options
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def test_the_best_checkpoint_is_chosen_in_its_own_metrics_direction(compose, tiny) -> None:
+    assert compose([*tiny]).callbacks.model_checkpoint.mode == "max"
+    assert compose([*tiny, "optimized_metric=val/loss"]).callbacks.model_checkpoint.mode == "min"
+
+
+def test_a_checkpoint_monitor_other_than_the_optimized_metric_is_refused(compose, tiny) -> None:
+    """It would keep (and test) one checkpoint and return another metric's score."""
+    cfg = compose([*tiny, "callbacks.model_checkpoint.monitor=val/loss"])
+    with pytest.raises(ValueError, match="callbacks.model_checkpoint.monitor=val/loss differs "
+                                         "from optimized_metric=val/f1_mean"):
+        check_training_options(cfg)
+
+
+def test_an_optuna_search_keeps_the_experiments_optimized_metric() -> None:
+    search = OmegaConf.load(CONF_DIR / "hparams_search" / "optuna.yaml")
+    assert "optimized_metric" not in search  # it would override an experiment's own
+
+
+def test_sweep_values_are_finite_or_none() -> None:
+    assert sweep_value("val/f1/beard", {"best/val/f1/beard": -math.inf}) is None
+    assert sweep_value("val/f1/beard", {"best/val/f1/beard": math.nan}) is None
+    assert sweep_value("val/miou", {"best/val/miou": 0.5}) == 0.5
+
+
+def test_a_per_class_metric_the_validation_lacks_does_not_stop_the_run(compose, tiny,
+                                                                      tmp_path) -> None:
+    """Lightning stopped the run after its first epoch ("could not find the monitored
+    key") when the monitored class was missing from the validation ground truth."""
+    overrides = [*tiny, "data.dataset.sizes={train: 8, val: 1, test: 1}", "test=false"]
+    data = instantiate(compose(overrides).data)
+    data.open_splits(["val"])
+    present = np.unique(data.datasets["val"][0]["mask"].numpy())
+    scheme = get_scheme("ourface")
+    absent = next(n for i, n in enumerate(scheme.class_names) if i not in present)
+    metrics = train(compose([*overrides, f"optimized_metric=val/f1/{absent}"],
+                            output_dir=tmp_path))
+    assert math.isnan(metrics[f"val/f1/{absent}"])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
