@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from faceparse.checkpoints import start_from
+from faceparse.checkpoints import read_checkpoint, start_from
 from faceparse.cli import (
     CONF_DIR,
     command_line_keys,
@@ -41,7 +41,11 @@ from faceparse.training.best_checkpoint import KeepBestCheckpoints
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
 from faceparse.training.job_status import record_job
 from faceparse.training.loggers import finish_wandb, log_config
-from faceparse.training.preflight import check_optimizer, check_training_options
+from faceparse.training.preflight import (
+    check_optimizer,
+    check_resumed_optimizer,
+    check_training_options,
+)
 from faceparse.training.rank_seeds import RankEpochSeeds
 from faceparse.training.resume_run import continue_requeued, resume_config
 from faceparse.training.run_folder import (
@@ -161,6 +165,9 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     resume = None
     if cfg.get("ckpt_path"):
         resume = start_from(cfg.ckpt_path, model.net, model.scheme, trust_pickle)
+    if cfg.train and resume:  # Lightning restores the saved optimizer: it must be this one
+        check_resumed_optimizer(model, read_checkpoint(resume, trust_pickle).contents,
+                                cfg.ckpt_path)
     if cfg.train and resume is None:  # a resumed run brings the statistics it froze
         refuse_untrained_frozen_norms(model.net)
     if cfg.train and not cfg.get("ckpt_path"):

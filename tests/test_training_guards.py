@@ -57,3 +57,30 @@ def test_a_per_class_metric_the_validation_lacks_does_not_stop_the_run(compose, 
                             output_dir=tmp_path))
     assert math.isnan(metrics[f"val/f1/{absent}"])
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(compose, tiny, tmp_path_factory) -> tuple[list[str], str]:
+    """A finished tiny run's overrides and its last.ckpt."""
+    overrides = [*tiny, "test=false", "trainer.max_epochs=2"]
+    out = tmp_path_factory.mktemp("run")
+    train(compose([*overrides, "trainer.max_epochs=1"], output_dir=out))
+    return overrides, str(out / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optimizer=sgd", r"continues its own optimizer state \(1 parameter group"),
+    ("vit.finetune_blocks=1", r"this command's optimizer has 2 of"),
+    ("optimizer.lr=0.01", r"continues its own optimizer state, and optimizer.lr differ"),
+    ("optimizer.weight_decay=0.5", r"and optimizer.weight_decay differ"),
+    ("scheduler.min_lr_ratio=0.5", r"and scheduler.min_lr_ratio differ"),
+])
+def test_ckpt_path_refuses_an_optimizer_it_would_not_use(compose, one_epoch_run, tmp_path,
+                                                        override: str, message: str) -> None:
+    """Lightning restores the saved optimizer: another one failed after the run folder was
+    kept (``error: momentum``), or was silently replaced while the config recorded it."""
+    overrides, last = one_epoch_run
+    cfg = compose([*overrides, override, f"ckpt_path={last}"], output_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -19,7 +19,15 @@ from faceparse.option_values import is_whole
 from faceparse.training.module import FaceParsingModule, monitorable
 from faceparse.training.optim import build_optimizer
 
-__all__ = ["check_training_options", "check_optimizer"]
+__all__ = ["check_training_options", "check_optimizer", "check_resumed_optimizer"]
+
+# what an optimizer's state says about its setup, not its progress (which changes per step)
+_PROGRESS_KEYS = {"params", "lr", "initial_lr", "lr_scale", "fused", "foreach", "capturable",
+                  "differentiable"}
+# the saved setup values a command may set, with the option that sets them
+_SETUP_OPTIONS = {"initial_lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay",
+                  "betas": "optimizer.betas", "momentum": "optimizer.momentum",
+                  "eps": "optimizer.eps", "nesterov": "optimizer.nesterov"}
 
 NO_LIMIT = -1  # Lightning's "no limit" for max_epochs and max_steps
 
@@ -125,6 +133,54 @@ def check_class_weights(loss: DictConfig | None, labels: str,
                          f"classes ({', '.join(class_names)}), one weight each in that order; "
                          f"{hint or f'python -m faceparse.stats data.labels={labels}'} "
                          f"counts them on your data")
+
+
+def check_resumed_optimizer(model: FaceParsingModule, saved: dict[str, Any], path: str) -> None:
+    """``ckpt_path=`` continues the checkpoint's optimizer and schedule as saved: refuse a
+    command whose optimizer differs (another class, other parameter groups, another rate or
+    decay) before the run starts. Lightning would fail with a torch message naming no option
+    (``error: momentum``), or silently keep the saved values while the run's config records
+    the command's (a sweep over ``optimizer.lr`` trained identical jobs)."""
+    states = saved.get("optimizer_states") or []
+    if not states:
+        return
+    built = build_optimizer(model.optimizer_factory, model).param_groups
+    groups = states[0].get("param_groups", [])
+    counts = ([len(g["params"]) for g in groups], [len(g["params"]) for g in built])
+    setups = ([sorted(set(g) - _PROGRESS_KEYS) for g in groups],
+              [sorted(set(g) - _PROGRESS_KEYS) for g in built])
+    fresh = (f"to start from its weights with another optimizer, train from its decoder-only "
+             f"export instead (python -m faceparse.export_decoder ckpt={path} out=<file>)")
+    if counts[0] != counts[1] or setups[0] != setups[1]:
+        raise ValueError(
+            f"ckpt_path={path} continues its own optimizer state ({len(groups)} parameter "
+            f"group(s) of {counts[0]} tensors, settings {setups[0][0] if setups[0] else []}), "
+            f"and this command's optimizer has {len(built)} of {counts[1]} (settings "
+            f"{setups[1][0] if setups[1] else []}): keep the run's optimizer= and vit.* "
+            f"options; {fresh}")
+    differing = sorted({_SETUP_OPTIONS[key] for old, new in zip(groups, built, strict=True)
+                        for key in _SETUP_OPTIONS
+                        if key in old and _differs(old[key], new.get(key, new.get("lr")))})
+    schedules = saved.get("lr_schedulers") or [{}]
+    saved_floor = next(iter(schedules[0].get("lr_lambdas") or [{}]), {}).get("min_lr_ratio")
+    floor = getattr(model.scheduler_factory, "keywords", {}).get("min_lr_ratio")
+    if saved_floor is not None and floor is not None and _differs(saved_floor, floor):
+        differing.append("scheduler.min_lr_ratio")
+    if differing:
+        raise ValueError(
+            f"ckpt_path={path} continues its own optimizer state, and {', '.join(differing)} "
+            f"differ from the values it was trained with: drop them from the command (or set "
+            f"them as the run had them); {fresh}")
+
+
+def _differs(saved: Any, configured: Any) -> bool:
+    """Saved and configured optimizer values compared as numbers (tuples item by item)."""
+    if isinstance(saved, (list, tuple)) and isinstance(configured, (list, tuple)):
+        return len(saved) != len(configured) or any(
+            _differs(a, b) for a, b in zip(saved, configured, strict=True))
+    if isinstance(saved, (int, float)) and isinstance(configured, (int, float)):
+        return abs(float(saved) - float(configured)) > 1e-12 * max(1.0, abs(float(saved)))
+    return saved != configured
 
 
 def check_optimizer(model: FaceParsingModule) -> None:
