@@ -84,3 +84,14 @@ def test_ckpt_path_refuses_an_optimizer_it_would_not_use(compose, one_epoch_run,
     with pytest.raises(ValueError, match=message):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_finished_run_resumed_elsewhere_still_carries_its_best(compose, one_epoch_run,
+                                                                 tmp_path) -> None:
+    """No epoch is left to train (a run whose test stage failed, run again to test): its
+    best checkpoint is still copied in, and its score returned."""
+    overrides, last = one_epoch_run
+    metrics = train(compose([*overrides, "trainer.max_epochs=1", f"ckpt_path={last}"],
+                            output_dir=tmp_path))
+    assert (tmp_path / "checkpoints" / "epoch_000.ckpt").is_file()
+    assert math.isfinite(metrics["best/val/f1_mean"])

@@ -43,7 +43,9 @@ class KeepBestCheckpoints(L.Callback):
         # Lightning's notice that it drops the record: not so here
         warnings.filterwarnings("ignore", message="The dirpath has changed from")
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # not on_train_start: a run resumed with no epoch left never starts training, and
+        # its best checkpoint must still be carried, tested and returned
         for callback in trainer.checkpoint_callbacks:
             state = self.saved.get(callback.state_key)
             if (isinstance(callback, ModelCheckpoint) and callback.monitor and state
