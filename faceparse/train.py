@@ -20,7 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from faceparse.checkpoints import read_checkpoint, start_from
 from faceparse.cli import (
@@ -35,7 +35,7 @@ from faceparse.fast_path import on_gpu
 from faceparse.hardware import pin_cpu_policy
 from faceparse.labels import get_scheme
 from faceparse.models.vgg import refuse_untrained_frozen_norms, warn_random_cnn
-from faceparse.option_values import booleans
+from faceparse.option_values import booleans, shown
 from faceparse.safe_load import safe_globals
 from faceparse.training.best_checkpoint import KeepBestCheckpoints
 from faceparse.training.distributed import is_rank_zero, quiet_other_ranks
@@ -90,6 +90,27 @@ def refuse_unused_fusion(cfg: DictConfig) -> None:
             f"combines the CNN and ViT branches, but encoder {cfg.encoder._target_} has one "
             f"branch: use encoder=dual, or the reference fusion=vit_only fusion.vit_into=[16]"
         )
+
+
+# ViT options that only shape a ViT's output: set without one, they would be ignored
+VIT_ONLY_OPTIONS = ("layers", "finetune_blocks")
+
+
+def refuse_unused_vit(cfg: DictConfig) -> None:
+    """An encoder without a ViT (``encoder=cnn``) ignores ``vit.layers`` and
+    ``vit.finetune_blocks``: set otherwise than the default, a sweep over them would train
+    identical jobs under different names. Refused, as :func:`refuse_unused_fusion` does."""
+    if "vit" not in cfg or "vit" in cfg.encoder:
+        return
+    default = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "vit" / "dinov3.yaml"))
+    for option in VIT_ONLY_OPTIONS:
+        value = OmegaConf.select(cfg, f"vit.{option}")
+        plain = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        if plain != default[option]:
+            raise ValueError(
+                f"vit.{option}={shown(value)} shapes the ViT's output, but encoder "
+                f"{cfg.encoder._target_} has no ViT: use encoder=vit or encoder=dual, or "
+                f"leave vit.{option} at its default ({shown(default[option])})")
 
 
 def check_labels(cfg: DictConfig) -> None:
@@ -148,6 +169,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
                          "ckpt_path=<run>/checkpoints/<file>.ckpt (or drop train=false)")
     check_labels(cfg)
     refuse_unused_fusion(cfg)
+    refuse_unused_vit(cfg)
     check_training_options(cfg)
     seed = L.seed_everything(cfg.seed, workers=True)
     if not on_gpu(str(cfg.trainer.get("accelerator", "auto"))):

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from faceparse.cli import CONF_DIR
 from faceparse.labels import get_scheme
-from faceparse.train import train
+from faceparse.train import refuse_unused_vit, train
 from faceparse.training.job_status import sweep_value
 from faceparse.training.preflight import check_training_options
 
@@ -95,3 +95,17 @@ def test_a_finished_run_resumed_elsewhere_still_carries_its_best(compose, one_ep
                             output_dir=tmp_path))
     assert (tmp_path / "checkpoints" / "epoch_000.ckpt").is_file()
     assert math.isfinite(metrics["best/val/f1_mean"])
+
+
+@pytest.mark.parametrize("override", ["vit.layers=[-9,-5,-1]", "vit.finetune_blocks=2"])
+def test_vit_options_without_a_vit_are_refused(compose, tiny, tmp_path, override: str) -> None:
+    """``encoder=cnn`` ignores them: the fusion grid trained two identical jobs."""
+    option = override.split("=")[0]
+    cfg = compose([*tiny, "encoder=cnn", override], output_dir=tmp_path)
+    with pytest.raises(ValueError, match=f"{option}=.* has no ViT: use encoder=vit or "):
+        train(cfg)
+    refuse_unused_vit(compose([*tiny, "encoder=dual", override]))  # read there
+
+
+def test_the_default_vit_options_go_with_a_cnn(compose, tiny) -> None:
+    refuse_unused_vit(compose([*tiny, "encoder=cnn"]))
