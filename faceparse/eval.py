@@ -1,18 +1,19 @@
 """Evaluate a checkpoint like the papers: ``python -m faceparse.eval ckpt=... data=... split=test``.
 
 Loads any supported checkpoint (file or run folder), scores one split of any dataset in
-one confusion matrix, optionally with flip/multi-scale TTA and at each image's original
-resolution, and writes a report folder that states its protocol (``faceparse.evaluation``).
+one confusion matrix, optionally with flip/multi-scale TTA and at each mask's own
+resolution (the image resized to its mask), and writes a report folder that states its
+protocol (``faceparse.evaluation``).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
@@ -28,6 +29,7 @@ from faceparse.cli import (
 )
 from faceparse.data.loaders import single_thread_opencv
 from faceparse.evaluation import MultiPassTTA, Protocol, file_fingerprint, score_split
+from faceparse.evaluation.data_module import load_run_data, open_data_module, worker_count
 from faceparse.evaluation.options import eval_options
 from faceparse.evaluation.report import write_report
 from faceparse.evaluation.samples import EvalSamples, collate_samples
@@ -95,17 +97,55 @@ def data_to_score(cfg: DictConfig, located: LocatedCheckpoint,
     typed = [k for k in command_keys if k.startswith("data.")]
     if run is None or not cfg.run_data:
         return cfg.data, "the command line" if typed else "eval's defaults"
-    saved = OmegaConf.load(run / CONFIG_FILE)
-    if "data" not in saved:
-        raise ValueError(f"{run / CONFIG_FILE} has no data config: set data= (and its "
-                         f"options) for the split to score")
+    saved = load_run_data(run / CONFIG_FILE)
     for key in typed:
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     source = f"the run's {run / CONFIG_FILE}"
     if typed:
         source += f", with {', '.join(typed)} from the command line"
-    log.info("scoring on %s; data=<dataset> on the command line scores another", source)
     return saved.data, source
+
+
+def without_typed(source: str, key: str) -> str:
+    """``source`` (:func:`data_to_score`'s) no longer naming ``key`` as typed: a key the
+    checkpoint overrode did not set the data scored."""
+    match = re.fullmatch(r"(.*), with (.*) from the command line", source)
+    if not match:
+        return source
+    keys = [k for k in match[2].split(", ") if k != key]
+    return f"{match[1]}, with {', '.join(keys)} from the command line" if keys else match[1]
+
+
+def input_size(options_size: int | None, ckpt_size: Any, data: DictConfig,
+               command_keys: list[str] | None) -> tuple[int, bool]:
+    """The input side: ``image_size=``, else the checkpoint's training size, else
+    ``data.image_size``; and whether a typed ``data.image_size`` was overridden by the
+    checkpoint's size (it is then not the size scored at: a warning says so)."""
+    size = int(options_size or ckpt_size or data.image_size)
+    typed = command_keys is not None and "data.image_size" in command_keys
+    overridden = typed and options_size is None and bool(ckpt_size)
+    if overridden and int(data.image_size) != size:
+        log.warning("data.image_size=%s is not the input size: the checkpoint's training size "
+                    "%d px is (the README's default); image_size=%s scores at %s px",
+                    data.image_size, size, data.image_size, data.image_size)
+    return size, overridden
+
+
+def check_vit_weights(vit_weights: Any) -> str | None:
+    """A ``vit_weights=`` path that does not exist is refused before the checkpoint is read."""
+    if vit_weights is None:
+        return None
+    if not Path(str(vit_weights)).is_file():
+        raise FileNotFoundError(f"vit_weights={vit_weights}: no such file; give the DINOv3 "
+                                f"file a checkpoint without ViT weights needs, or leave it out")
+    return str(vit_weights)
+
+
+def warn_unused_vit_weights(vit_weights: str | None, vit_file: str | None, ckpt: Path) -> None:
+    """A ``vit_weights=`` the checkpoint did not need (it holds its ViT) is not used."""
+    if vit_weights is not None and vit_file is None:
+        log.warning("vit_weights=%s is not used: %s holds its own ViT weights, which are "
+                    "scored", vit_weights, ckpt)
 
 
 def vit_file_of(net: nn.Module) -> tuple[str | None, str | None]:
@@ -131,13 +171,22 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
     options = eval_options(cfg)  # every option checked before the checkpoint is read
     out = check_output_dir(cfg.out or cfg.paths.output_dir, "out")  # created only with the report
     located = locate_checkpoint(cfg.ckpt)
+    vit_weights = check_vit_weights(cfg.vit_weights)
     data, data_from = data_to_score(cfg, located, command_keys)
+    datamodule = open_data_module(data)  # its options refused before the checkpoint is read
+    workers = worker_count(data)
     ckpt = read_checkpoint(located.path, options.trust_pickle)
-    net, model_scheme = load_face_parser(ckpt, cfg.vit_weights)
+    net, model_scheme = load_face_parser(ckpt, vit_weights)
+    warn_unused_vit_weights(vit_weights, vit_file_of(net)[0], located.path)
     scored = scoring_scheme(model_scheme, data.labels, cfg.labels)
     to_scored = mapping_lut(model_scheme, scored)
-    image_size = int(options.image_size or (ckpt.metadata or {}).get("image_size")
-                     or data.image_size)
+    image_size, overridden = input_size(options.image_size,
+                                        (ckpt.metadata or {}).get("image_size"), data,
+                                        command_keys)
+    if overridden:
+        data_from = without_typed(data_from, "data.image_size")
+    if data_from.startswith("the run's"):
+        log.info("scoring on %s; data=<dataset> on the command line scores another", data_from)
     if image_size % net.size_multiple:
         raise ValueError(f"image_size={image_size} is not a multiple of the model's "
                          f"{net.size_multiple}: set image_size= to a multiple of it")
@@ -145,13 +194,11 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
     net = prepare_for_inference(net, device, instantiate_option(cfg.fast_path),
                                 bf16=scores_in_bf16(device))
 
-    datamodule = instantiate(data)
     reader = datamodule.open_dataset(str(cfg.split), None, image_size, labels=scored.name,
                                      **raw_files_unless(cfg, data))
     if len(reader) == 0:
         raise ValueError(f"split={cfg.split} of data={type(reader).__name__} has no samples")
     samples = EvalSamples(reader, image_size, options.resolution == "original")
-    workers = int(data.num_workers)
     if workers:
         single_thread_opencv()
     loader = DataLoader(samples, batch_size=int(data.eval_batch_size or data.batch_size),

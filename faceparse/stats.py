@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import logging
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from rich.console import Console
 
 from faceparse.cli import hydra_entry, one_line_errors
 from faceparse.data.stats import (
-    class_counts,
+    count_classes,
     render_table,
     sample_indices,
     training_weights,
@@ -26,6 +25,7 @@ from faceparse.data.stats import (
     unseen_note,
     weights_override,
 )
+from faceparse.evaluation.data_module import open_data_module, worker_count
 from faceparse.labels import IGNORE_INDEX
 from faceparse.option_values import number, whole_number
 
@@ -43,10 +43,19 @@ def stats_options(cfg: DictConfig) -> tuple[int | None, float]:
     return max_samples, power
 
 
+def caption(counted: int, total: int, skipped: int) -> str | None:
+    """The table's caption: a subsample, and the bad samples left out of the counts."""
+    parts = [f"{counted} of {total} samples counted"] if counted < total else []
+    if skipped:
+        parts.append(f"{skipped} bad sample{'s' if skipped > 1 else ''} skipped, not counted")
+    return "; ".join(parts) or None
+
+
 def stats(cfg: DictConfig) -> tuple[list[float], str]:
     """Count the split's classes, print the table; return the weights and their override."""
     max_samples, power = stats_options(cfg)
-    datamodule = instantiate(cfg.data)
+    datamodule = open_data_module(cfg.data)
+    workers = worker_count(cfg.data)
     dataset = datamodule.open_dataset(cfg.split)
     name = type(dataset).__name__
     if len(dataset) == 0:
@@ -54,7 +63,8 @@ def stats(cfg: DictConfig) -> tuple[list[float], str]:
                          f"to count class weights from; choose another split")
     scheme = datamodule.scheme
     counted = len(sample_indices(len(dataset), max_samples))
-    counts = class_counts(dataset, scheme.num_classes, max_samples, cfg.data.num_workers)
+    counted_classes = count_classes(dataset, scheme.num_classes, max_samples, workers)
+    counts, skipped = counted_classes.counts, counted_classes.skipped
     if not counts.any():
         raise ValueError(f"split={cfg.split} of data={name}: the {counted} samples counted "
                          f"have no labelled pixel (all {IGNORE_INDEX}, ignored), so there "
@@ -63,8 +73,10 @@ def stats(cfg: DictConfig) -> tuple[list[float], str]:
     subsampled = counted < len(dataset)
     console = Console()
     table = render_table(scheme, counts, weights, f"{name} {cfg.split}: {scheme.name} classes")
-    if subsampled:
-        table.caption = f"{counted} of {len(dataset)} samples counted"
+    table.caption = caption(counted, len(dataset), skipped)
+    if skipped:
+        log.warning("%d of the %d samples were bad and not counted (the warnings above name "
+                    "them)", skipped, counted)
     console.print(table)
     note = unseen_note(counted, subsampled)
     footnote = unseen_footnote(scheme, counts, weights, note)

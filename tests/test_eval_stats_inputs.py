@@ -99,8 +99,8 @@ def test_unseen_classes_get_the_largest_seen_weight() -> None:
 ])
 def test_stats_options_are_refused_by_name_before_counting(
         compose, monkeypatch, override: str, message: str) -> None:
-    monkeypatch.setattr(stats_mod, "instantiate", _no_work)
-    monkeypatch.setattr(stats_mod, "class_counts", _no_work)
+    monkeypatch.setattr(stats_mod, "open_data_module", _no_work)
+    monkeypatch.setattr(stats_mod, "count_classes", _no_work)
     with pytest.raises(ValueError, match=message):
         stats(compose([override], config="stats"))
 
@@ -138,7 +138,7 @@ class _Split:
 ])
 def test_stats_with_nothing_to_count_is_refused(compose, monkeypatch, masks, message) -> None:
     """All-zero weights would train with a 0/0 loss."""
-    monkeypatch.setattr(stats_mod, "instantiate", lambda _cfg: _Split(masks))
+    monkeypatch.setattr(stats_mod, "open_data_module", lambda _cfg: _Split(masks))
     with pytest.raises(ValueError, match=message):
         stats(compose(["split=val", "data.num_workers=0"], config="stats"))
 

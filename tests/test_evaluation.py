@@ -97,7 +97,7 @@ def test_the_report_states_its_protocol_and_names_skipped_samples(tmp_path: Path
     protocol = report["protocol"]
     assert protocol["samples"] == 1 and protocol["skipped"] == ["sample1.png"]
     assert "1 images" in protocol["text"] and "1 bad samples skipped" in protocol["text"]
-    assert "original resolution" in protocol["text"] and "a, b, d" in protocol["text"]
+    assert "each mask's own resolution" in protocol["text"] and "a, b, d" in protocol["text"]
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["f1_mean"] == pytest.approx(report["f1_mean"])
     with (tmp_path / "metrics.csv").open() as handle:

@@ -10,19 +10,34 @@ for training (:func:`training_weights`) it gets the largest weight of a counted 
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 import torch
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
+from faceparse.data.io import BadSampleError
 from faceparse.labels import IGNORE_INDEX, LabelScheme
 
-__all__ = ["sample_indices", "class_counts", "class_weights", "training_weights",
+__all__ = ["Counted", "sample_indices", "class_counts", "count_classes", "class_weights",
+           "training_weights",
            "weights_override", "unseen_note", "render_table", "unseen_footnote"]
 
 
+log = logging.getLogger(__name__)
+
+
 class _MaskHistograms(Dataset):
-    """Per-sample label histograms, so loader workers do the counting too."""
+    """Per-sample label histograms, so loader workers do the counting too.
+
+    Each sample is read once (``load_checked``): a bad one counts for nothing, where the
+    training ``__getitem__`` would count its next good neighbour twice. Under ``strict`` its
+    error is returned and raised in the main process (:func:`count_classes`): a loader
+    worker's would arrive wrapped in the worker's traceback.
+    """
 
     def __init__(self, dataset: Dataset, indices: np.ndarray) -> None:
         self.dataset, self.indices = dataset, indices
@@ -30,9 +45,31 @@ class _MaskHistograms(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        mask = np.asarray(self.dataset[int(self.indices[i])]["mask"])
-        return torch.from_numpy(np.bincount(mask.ravel(), minlength=256).astype(np.int64))
+    def _mask(self, index: int) -> np.ndarray:
+        if not hasattr(self.dataset, "load_checked"):  # a plain dataset: its items' masks
+            return np.asarray(self.dataset[index]["mask"])
+        _, native = self.dataset.load_checked(index)
+        return self.dataset.lut[native]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = int(self.indices[i])
+        try:
+            mask = self._mask(index)
+        except BadSampleError as err:
+            if getattr(self.dataset, "strict", False):
+                return {"counts": torch.zeros(256, dtype=torch.int64), "error": str(err)}
+            log.warning("skipping a bad sample (data.dataset.strict=true stops): %s", err)
+            return {"counts": torch.zeros(256, dtype=torch.int64), "skipped": 1}
+        counts = np.bincount(mask.ravel(), minlength=256).astype(np.int64)
+        return {"counts": torch.from_numpy(counts), "skipped": 0}
+
+
+@dataclass(frozen=True)
+class Counted:
+    """Labelled pixels per class, and how many samples were skipped as bad (not counted)."""
+
+    counts: np.ndarray
+    skipped: int
 
 
 def sample_indices(n: int, max_samples: int | None = None) -> np.ndarray:
@@ -41,14 +78,27 @@ def sample_indices(n: int, max_samples: int | None = None) -> np.ndarray:
         np.linspace(0, n - 1, max_samples).round().astype(int))
 
 
-def class_counts(dataset: Dataset, num_classes: int, max_samples: int | None = None,
-                 workers: int = 0) -> np.ndarray:
-    """Labelled pixels per class (ignore excluded) over the split, or an even subsample."""
+def count_classes(dataset: Dataset, num_classes: int, max_samples: int | None = None,
+                  workers: int = 0) -> Counted:
+    """Labelled pixels per class (ignore excluded) over the split, or an even subsample,
+    each readable sample counted once; a bad one is skipped (``strict``: its error)."""
     indices = sample_indices(len(dataset), max_samples)
     loader = DataLoader(_MaskHistograms(dataset, indices), batch_size=None, num_workers=workers)
-    total = sum(loader, torch.zeros(256, dtype=torch.int64)).numpy()
-    assert total[num_classes:IGNORE_INDEX].sum() == 0, "label ids outside the scheme"
-    return total[:num_classes]
+    total, skipped = torch.zeros(256, dtype=torch.int64), 0
+    for item in loader:
+        if "error" in item:
+            raise BadSampleError(item["error"])
+        total += item["counts"]
+        skipped += int(item["skipped"])
+    counts = total.numpy()
+    assert counts[num_classes:IGNORE_INDEX].sum() == 0, "label ids outside the scheme"
+    return Counted(counts[:num_classes], skipped)
+
+
+def class_counts(dataset: Dataset, num_classes: int, max_samples: int | None = None,
+                 workers: int = 0) -> np.ndarray:
+    """:func:`count_classes`' pixel counts alone."""
+    return count_classes(dataset, num_classes, max_samples, workers).counts
 
 
 def class_weights(counts: np.ndarray, power: float = 0.5) -> np.ndarray:

@@ -65,8 +65,8 @@ class Protocol:
     def describe(self) -> str:
         where = (f"at the model input size {self.image_size}x{self.image_size} (masks resized "
                  f"nearest-neighbour)" if self.resolution == "model" else
-                 f"at each image's original resolution (logits from {self.image_size} px "
-                 f"resized bilinearly)")
+                 f"at each mask's own resolution (the image resized to its mask; logits "
+                 f"from {self.image_size} px resized bilinearly)")
         return (
             f"{self.samples} images of the {self.dataset} '{self.split}' split "
             f"({len(self.skipped)} bad samples skipped{self._left_out()}) from its "

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from faceparse.data.transforms import denormalize
+from faceparse.evaluation.samples import raise_strict_error
 from faceparse.evaluation.tta import MultiPassTTA
 from faceparse.fast_path import cuda_bf16
 from faceparse.labels import LabelScheme
@@ -90,6 +91,7 @@ def score_split(
             torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         task = progress.add_task("evaluating", total=len(loader.dataset))
         for batch in loader:
+            raise_strict_error(batch)
             skipped += batch["bad"]
             if batch["image"] is not None:
                 images = batch["image"].to(device, non_blocking=True)

@@ -52,6 +52,17 @@ def plot_params(rows: list[dict[str, Any]], swept: list[str], folder: Path) -> l
     return paths
 
 
+def _job_bars(ax: Any, xs: list[float], heights: list[float], width: float,
+               label: str) -> None:
+    """One job's bars; a missing F1 (NaN: the class is not in its test truth) is left out
+    and marked "n/a", not drawn as a bar of 0, which would read as a class never found."""
+    ax.bar(xs, heights, width, label=label)  # matplotlib draws no bar for a NaN height
+    for x, height in zip(xs, heights, strict=True):
+        if math.isnan(height):
+            ax.text(x, 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=7,
+                    color="gray")
+
+
 def plot_classes(rows: list[dict[str, Any]], folder: Path, best: int = 3) -> Path | None:
     """Grouped bars of the per-class test F1 of the ``best`` top jobs; None without scores."""
     top = [r for r in rows if not math.isnan(r[SORT_KEY])][:best]
@@ -61,9 +72,9 @@ def plot_classes(rows: list[dict[str, Any]], folder: Path, best: int = 3) -> Pat
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(classes)), 3.5))
     width = 0.8 / len(top)
     for i, row in enumerate(top):
-        heights = [0.0 if math.isnan(row[f"f1/{c}"]) else row[f"f1/{c}"] for c in classes]
-        ax.bar([x + i * width for x in range(len(classes))], heights, width,
-               label=f"job {row['job']} ({row[SORT_KEY]:.3f})")
+        _job_bars(ax, [x + i * width for x in range(len(classes))],
+                  [float(row[f"f1/{c}"]) for c in classes], width,
+                  f"job {row['job']} ({row[SORT_KEY]:.3f})")
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(classes))], classes,
                   rotation=40, ha="right")
     ax.set_ylabel("test F1")

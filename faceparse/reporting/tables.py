@@ -7,7 +7,6 @@ precisions) get a column saying which, and a warning, rather than a silent ranki
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 import os
@@ -123,9 +122,9 @@ def job_rows(jobs: list[Job], swept: list[str]) -> list[dict[str, Any]]:
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, str) and "." in value:  # a swept number: 4 significant digits
-        with contextlib.suppress(ValueError):
-            value = float(value)
+    """A markdown cell: measured numbers (floats) to 4 significant digits; strings, such as
+    swept values (the jobs' override strings), as typed: ``optimizer.lr=0.00012345`` must
+    not read as a value no job used."""
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.4g}"
     return str(value).replace("|", "\\|").replace("\n", " ")
