@@ -130,7 +130,9 @@ class Parser:
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision}: choose auto or one of "
                              f"{', '.join(PRECISIONS)}")
-        if PRECISIONS[precision] is not torch.bfloat16 and has_bf16_frozen_vit(model.net):
+        torch_net = isinstance(model.net, torch.nn.Module)  # not an onnxruntime model
+        if (PRECISIONS[precision] is not torch.bfloat16 and torch_net
+                and has_bf16_frozen_vit(model.net)):
             raise ValueError(
                 f"precision={precision}, but the loaded model's frozen ViT is stored in bf16 "
                 f"(fast_path.frozen_vit_bf16), so it would run in bf16 anyway: load it with "
