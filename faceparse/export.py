@@ -16,7 +16,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
+from faceparse.checkpoints import (
+    CheckpointFile,
+    load_face_parser,
+    locate_checkpoint,
+    read_checkpoint,
+)
+from faceparse.checkpoints.load import weight_files_read
 from faceparse.cli import hydra_entry, keep_run_folder, one_line_errors
 from faceparse.deploy import FORMATS, ParityError, check_parity, export_net, parity_inputs
 from faceparse.option_values import booleans, number, shown, whole_number
@@ -46,6 +52,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     located = locate_checkpoint(cfg.ckpt)
     refuse_overwriting(out, located.path)
     ckpt = read_checkpoint(located.path, cfg.trust_pickle)
+    refuse_overwriting_weights(out, ckpt, cfg.vit_weights)
     net, scheme = load_face_parser(ckpt, cfg.vit_weights)
     image_size = cfg.image_size or (ckpt.metadata or {}).get("image_size")
     if not image_size:
@@ -66,6 +73,14 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     Path(f"{out}.parity.json").write_text(json.dumps(result, indent=2))
     log.info("wrote %s (%s, %.1f MiB)", out, fmt, out.stat().st_size / 2**20)
     return result
+
+
+def refuse_overwriting_weights(out: Path, ckpt: CheckpointFile, vit_weights: Any) -> None:
+    """``out`` must not replace a DINOv3 file the export reads (``vit_weights=``, or the
+    one beside a decoder-only checkpoint): it is half the model, licensed, 1.2 GB."""
+    files = weight_files_read(ckpt, vit_weights)
+    for file in [*files, *([vit_weights] if vit_weights else [])]:
+        refuse_overwriting(out, file, what="the DINOv3 weight file the export reads")
 
 
 @hydra_entry("export")

@@ -32,7 +32,8 @@ from omegaconf import DictConfig, ListConfig, base, nodes
 from faceparse.onnx_sniff import is_onnx_model
 from faceparse.option_values import boolean
 
-__all__ = ["NotACheckpointError", "UnsafeCheckpointError", "safe_globals", "safe_load"]
+__all__ = ["NotACheckpointError", "UnsafeCheckpointError", "check_zip_records", "safe_globals",
+           "safe_load"]
 
 # Data-only classes: their unpickling sets attributes and calls no user code. The string
 # forms let checkpoints written with older package layouts load into today's classes.
@@ -137,6 +138,8 @@ def safe_load(path: str | Path, trust_pickle: bool = False) -> Any:
     mmap = zipfile.is_zipfile(path)
     if mmap and _is_torchscript(path):  # torch.load would run it through torch.jit.load
         raise NotACheckpointError(_TORCHSCRIPT.format(path=path))
+    if mmap:
+        check_zip_records(path)
     try:
         if trust_pickle:
             return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
@@ -144,8 +147,39 @@ def safe_load(path: str | Path, trust_pickle: bool = False) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except (UnsafeCheckpointError, PermissionError, IsADirectoryError):
         raise  # already says what is wrong with the file
+    except (ImportError, AttributeError) as error:  # only the full unpickler imports
+        if not trust_pickle:
+            raise
+        raise _not_importable(path, error) from None
     except _READ_ERRORS as error:
         raise _explain(path, error, trust_pickle) from error
+
+
+def check_zip_records(path: Path) -> None:
+    """Refuse a zip whose records fail their CRC-32: torch's reader never checks them, and
+    a download that kept its size and central directory (zeroed or flipped bytes) would
+    load wrong weights without a word. Costs about a second per GB."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise NotACheckpointError(f"{path} is damaged: its records cannot be read "
+                                  f"({_reason(error)}); get the file again") from None
+    if bad is not None:
+        raise NotACheckpointError(f"{path} is damaged: record {bad} fails its CRC check "
+                                  f"(an incomplete download or a bad disk?); get the file "
+                                  f"again")
+
+
+def _not_importable(path: Path, error: Exception) -> NotACheckpointError:
+    """A trusted pickle naming a module or class this environment lacks: say which, and
+    that the file came from code not installed here (the project that wrote it?)."""
+    missing = getattr(error, "name", None) if isinstance(error, ImportError) else None
+    what = f"module `{missing}`" if missing else f"a class ({_reason(error)})"
+    return NotACheckpointError(
+        f"{path} pickles objects of {what}, which is not importable here (saved by another "
+        f"project?): install that code, or re-save the file's state_dict and faceparse "
+        f"entries as plain data where it is installed")
 
 
 def _explain(path: Path, error: Exception, trust_pickle: bool) -> Exception:

@@ -49,26 +49,32 @@ def check_output_dir(path: str | Path, option: str) -> Path:
     return path
 
 
-def output_file(path: str | Path, option: str) -> Path:
-    """The file ``option`` names, its folder created if missing; refused if it is a folder."""
+def output_file(path: str | Path, option: str, example: str = "model.onnx") -> Path:
+    """The file ``option`` names, its folder created (and writable); refused if it is a
+    folder (``example``: a file name to suggest inside it)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{option}={path} is a folder: give a file name inside it, "
-                         f"e.g. {option}={path / 'model.onnx'}")
-    _make_dir(path.parent, option)
+                         f"e.g. {option}={path / example}")
+    folder = path.parent
+    _make_dir(folder, option)
+    if not os.access(folder, os.W_OK | os.X_OK):  # made, but another user's or read-only
+        raise ValueError(f"{option}={path}: cannot write there ({folder}: permission denied)")
     return path
 
 
-def refuse_overwriting(out: str | Path, source: str | Path, option: str = "out") -> None:
-    """Refuse ``out`` when it is the file ``source`` (a link or another spelling of it too)."""
+def refuse_overwriting(out: str | Path, source: str | Path, option: str = "out",
+                       what: str = "the checkpoint being read") -> None:
+    """Refuse ``out`` when it is the file ``source`` (a link or another spelling of it too);
+    ``what`` says what ``source`` is to the command."""
     out, source = Path(out).expanduser(), Path(source).expanduser()
     try:
         same = os.path.samefile(out, source)
     except OSError:  # out does not exist yet (or source is gone): compare the names
         same = out.resolve() == source.resolve()
     if same:
-        raise ValueError(f"{option}={out} is the checkpoint being read ({source}): writing it "
-                         f"would destroy it; give another file name")
+        raise ValueError(f"{option}={out} is {what} ({source}): writing it would destroy "
+                         f"it; give another file name")
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from faceparse.models.weights import load_strict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_face_parser", "load_net_weights", "refuse_other_labels"]
+__all__ = ["load_face_parser", "load_net_weights", "refuse_other_labels", "weight_files_read"]
 
 Checkpoint = str | Path | CheckpointFile
 
@@ -50,13 +50,31 @@ def _find_vit_file(ckpt_path: Path, name: str | None, width: int, given: str | P
     if given is not None:
         return Path(given)
     pattern = name or DINOV3_FILES.get(width, ("", "dinov3_vit*16_*.pth"))[1]
-    found = sorted(ckpt_path.parent.glob(pattern))
+    if name:  # a recorded file name (checked to be a plain name), not a pattern
+        found = [f for f in (ckpt_path.parent / Path(name).name,) if f.is_file()]
+    else:
+        found = sorted(ckpt_path.parent.glob(pattern))
     if len(found) == 1:
         return found[0]
     raise FileNotFoundError(
         f"{ckpt_path} holds no DINOv3 weights; it needs {pattern} from {DINOV3_SOURCE} "
         f"beside it in {ckpt_path.parent} ({len(found)} found there), or pass vit_weights="
     )
+
+
+def weight_files_read(checkpoint: CheckpointFile, vit_weights: str | Path | None = None
+                      ) -> list[Path]:
+    """The DINOv3 files :func:`load_face_parser` reads for ``checkpoint``, found without
+    building anything: a command writing a file checks it is none of them first."""
+    if checkpoint.original:
+        state = checkpoint.state_dict
+        if any(k.startswith("encoder.dinov3.") for k in state):
+            return []
+        width = state["decoder.adapt_scale16.conv.weight"].shape[1]
+        return [_find_vit_file(checkpoint.path, None, width, vit_weights)]
+    external = (checkpoint.metadata or {}).get("decoder_only", {}).get("external", {})
+    return [_find_vit_file(checkpoint.path, spec["file"], 0, vit_weights)
+            for spec in external.values()]
 
 
 def load_face_parser(

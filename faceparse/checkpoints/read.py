@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from faceparse.checkpoints.contents import checked_metadata, checked_state_dict
 from faceparse.checkpoints.format import META_KEY, NET_PREFIX
 from faceparse.checkpoints.original import check_original_keys, is_original_checkpoint
 from faceparse.safe_load import safe_load
@@ -52,12 +53,17 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> CheckpointF
     naming it, pickled objects an ``UnsafeCheckpointError`` (see :mod:`faceparse.safe_load`).
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a checkpoint file: give the .ckpt file "
+                         f"(or, where the command takes one, a training run folder)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     contents = safe_load(path, trust_pickle=trust_pickle)
     if not isinstance(contents, dict) or not isinstance(contents.get("state_dict"), Mapping):
         raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    state = dict(contents["state_dict"])
+    state = checked_state_dict(contents["state_dict"], path)
+    if META_KEY in contents:
+        contents = {**contents, META_KEY: checked_metadata(contents[META_KEY], path, META_KEY)}
     original = is_original_checkpoint(state)
     if original:
         check_original_keys(state, path)

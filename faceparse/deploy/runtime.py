@@ -9,7 +9,9 @@ label scheme, class names, input size and size multiple travel in the ONNX file'
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from faceparse.labels import LabelScheme, get_scheme
 
 __all__ = ["OnnxFaceParser", "load_onnx_parser", "require_onnxruntime", "META_PREFIX"]
 
+T = TypeVar("T")
 META_PREFIX = "faceparse."  # metadata_props keys: faceparse.labels, faceparse.class_names, ...
 
 
@@ -31,13 +34,53 @@ def require_onnxruntime():
     return onnxruntime
 
 
-def _scheme(meta: dict[str, str]) -> LabelScheme:
-    names = tuple(json.loads(meta["class_names"]))
+def _scheme(meta: dict[str, str], path: Path) -> LabelScheme:
+    names = _metadata_value(meta, "class_names", path, _class_names)
+    labels = _metadata_value(meta, "labels", path, str)
     try:
-        scheme = get_scheme(meta["labels"])
+        scheme = get_scheme(labels)
     except KeyError:
-        return LabelScheme(meta["labels"], names)
-    return scheme if scheme.class_names == names else LabelScheme(meta["labels"], names)
+        return LabelScheme(labels, names)
+    return scheme if scheme.class_names == names else LabelScheme(labels, names)
+
+
+def _class_names(text: str) -> tuple[str, ...]:
+    names = json.loads(text)
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError("not a JSON list of class names")
+    return tuple(names)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("not a positive whole number")
+    return value
+
+
+def _metadata_value(meta: dict[str, str], key: str, path: Path, parse: Callable[[str], T]
+                    ) -> T:
+    """``parse(meta[key])``, or one ValueError naming the file and the key: a damaged or
+    hand-edited export must not fail later as a bare ``KeyError`` or a modulo by zero."""
+    if key not in meta:
+        raise ValueError(f"{path}: its faceparse metadata is damaged ({META_PREFIX}{key} is "
+                         f"missing); re-export it with python -m faceparse.export")
+    try:
+        return parse(meta[key])
+    except ValueError as err:  # json.JSONDecodeError is one
+        raise ValueError(f"{path}: its faceparse metadata is damaged ({META_PREFIX}{key}="
+                         f"{meta[key]!r:.80}: {err}); re-export it with python -m "
+                         f"faceparse.export") from None
+
+
+def _check_class_count(path: Path, scheme: LabelScheme, output_shape: list) -> None:
+    """The recorded class names must be one per output channel (when the graph fixes it):
+    otherwise every mask written says the wrong thing about its labels."""
+    channels = output_shape[1] if len(output_shape) > 1 else None
+    if isinstance(channels, int) and channels != scheme.num_classes:
+        raise ValueError(f"{path} records {scheme.num_classes} class names "
+                         f"({META_PREFIX}class_names) for a model with {channels} output "
+                         f"channels: the names would label its masks wrongly; re-export it")
 
 
 def _session(ort, path: Path, options, providers: list[str]):
@@ -84,10 +127,11 @@ class OnnxFaceParser:
             raise ValueError(f"{self.path} was not exported by faceparse (no "
                              f"{META_PREFIX}class_names metadata): export it with "
                              f"python -m faceparse.export")
-        self.scheme = _scheme(meta)
+        self.scheme = _scheme(meta, self.path)
+        _check_class_count(self.path, self.scheme, self.session.get_outputs()[0].shape)
         self.num_classes = self.scheme.num_classes
-        self.image_size = int(meta["image_size"])
-        self.size_multiple = int(meta["size_multiple"])
+        self.image_size = _metadata_value(meta, "image_size", self.path, _positive_int)
+        self.size_multiple = _metadata_value(meta, "size_multiple", self.path, _positive_int)
         self.dynamic = meta.get("dynamic") == "true"
         self.input_name = self.session.get_inputs()[0].name
 

@@ -24,6 +24,7 @@ from faceparse.models.base import Encoder
 from faceparse.models.blocks import keep_dtype
 from faceparse.models.weights import (
     CHECKPOINT_DIR_HINT,
+    BadWeightValuesError,
     StateDict,
     load_state_dict_file,
     load_strict,
@@ -358,6 +359,7 @@ def _check_dinov3(state: Mapping[str, torch.Tensor], model: nn.Module, path: Pat
             f"its first keys are {sample}). Use an official {DINOV3_FILES[1024][1]}-style file "
             f"from {DINOV3_SOURCE} or timm's converted DINOv3 weights."
         )
+    _check_patch_size(state, model, path)
     periods, ours = state.get("rope_embed.periods"), model.rope.periods
     if periods is None or periods.shape != ours.shape or not periods.is_floating_point():
         return
@@ -367,6 +369,15 @@ def _check_dinov3(state: Mapping[str, torch.Tensor], model: nn.Module, path: Pat
     tolerance = max(1e-5, 4 * torch.finfo(periods.dtype).eps)
     if not torch.allclose(periods.float(), rounded, rtol=tolerance):
         raise ValueError(f"{path}: its RoPE periods differ from timm's DINOv3 (another RoPE base?)")
+
+
+def _check_patch_size(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    """Refuse another patch size before timm's filter resamples it to ours (then it fits)."""
+    found = tuple(getattr(state.get("patch_embed.proj.weight"), "shape", ())[-2:])
+    ours = tuple(model.patch_embed.proj.weight.shape[-2:])
+    if len(found) == 2 and found != ours:
+        raise ValueError(f"{path} is a ViT with {found[0]}x{found[1]} patches, this encoder's "
+                         f"patch size is {ours[0]}x{ours[1]}: use a DINOv3 /16 file")
 
 
 def load_dinov3_weights(model: nn.Module, path: str | Path) -> None:
@@ -380,6 +391,8 @@ def load_dinov3_weights(model: nn.Module, path: str | Path) -> None:
     expected = describe_vit({"cls_token": model.cls_token, **model.state_dict()})
     try:
         load_strict(model, dinov3_filter(state, model), f"DINOv3 weights {path}")
+    except BadWeightValuesError:
+        raise  # the architecture fits: the error already says what is wrong
     except ValueError as error:
         if found != expected:
             raise ValueError(

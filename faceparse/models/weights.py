@@ -22,8 +22,8 @@ from faceparse.safe_load import NotACheckpointError, UnsafeCheckpointError, safe
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StateDict", "CHECKPOINT_DIR_HINT", "check_state", "load_state_dict_file",
-           "load_strict"]
+__all__ = ["StateDict", "CHECKPOINT_DIR_HINT", "BadWeightValuesError", "check_state",
+           "load_state_dict_file", "load_strict", "tensor_state_dict"]
 
 StateDict = dict[str, torch.Tensor]
 CHECKPOINT_DIR_HINT = "checkpoints/ (paths.checkpoint_dir in conf/paths/default.yaml)"
@@ -52,7 +52,7 @@ def load_state_dict_file(
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    return _state_dict(state, path)
+    return tensor_state_dict(state, path)
 
 
 def _resave_advice(refusal: str, path: Path) -> str:
@@ -79,7 +79,7 @@ def _read_safetensors(path: Path) -> StateDict:
                                   f"incompletely downloaded? {err})") from None
 
 
-def _state_dict(state: object, path: Path) -> StateDict:
+def tensor_state_dict(state: object, path: Path) -> StateDict:
     """``state`` when it maps names to tensors; otherwise say what the file holds instead."""
     if not isinstance(state, Mapping):
         raise NotACheckpointError(f"{path} holds a {type(state).__name__}, not a state dict "
@@ -92,16 +92,54 @@ def _state_dict(state: object, path: Path) -> StateDict:
     return dict(state)
 
 
+# Float types a weight may be stored in: what training writes, and the usual conversions.
+# Others (fp8, ...) are quantised copies whose values the model's floats do not mean.
+WEIGHT_FLOATS = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+
+
+class BadWeightValuesError(ValueError):
+    """A file whose tensors fit the model's keys and shapes but not its values: another
+    dtype kind (a quantised copy) or NaN/inf. Not a question of architecture."""
+
+
+def _wrong_dtypes(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]
+                  ) -> list[str]:
+    """``key: dtype, expected dtype`` where a float weight comes from a non-float tensor (or
+    fp8), or an integer buffer (``num_batches_tracked``) from a float one: ``copy_`` would
+    cast the raw numbers without a word."""
+    wrong = []
+    for key, value in state.items():
+        expected = own.get(key)
+        if expected is None or expected.is_complex():
+            continue
+        if expected.is_floating_point():
+            bad = value.dtype not in WEIGHT_FLOATS
+        else:
+            bad = value.is_floating_point() or value.is_complex()
+        if bad:
+            wrong.append(f"{key} stored in {str(value.dtype).removeprefix('torch.')}, "
+                         f"expected {str(expected.dtype).removeprefix('torch.')}")
+    return wrong
+
+
 def _non_finite(state: Mapping[str, torch.Tensor]) -> list[str]:
     """Keys of floating-point tensors holding NaN or inf (one reduction per tensor)."""
     return [k for k, v in state.items()
             if (v.is_floating_point() or v.is_complex()) and not v.is_meta
-            and not bool(torch.isfinite(v).all())]
+            and not bool(torch.isfinite(_checkable(v)).all())]
+
+
+def _checkable(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, upcast when torch has no ``isfinite`` for its dtype (fp8)."""
+    if tensor.is_floating_point() and tensor.dtype not in WEIGHT_FLOATS:
+        return tensor.float()
+    return tensor
 
 
 def check_state(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
                 source: str) -> None:
-    """Refuse ``state`` unless it has exactly ``own``'s keys and shapes and finite values.
+    """Refuse ``state`` unless it has exactly ``own``'s keys, shapes, dtype kinds and finite
+    values.
 
     Raises one ValueError naming ``source`` and a few of the keys; every missing or
     unexpected key is logged. Nothing is loaded: a caller that leaves the load to another
@@ -123,9 +161,15 @@ def check_state(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tenso
             f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
             f"{unexpected[:5]}"
         )
+    dtypes = _wrong_dtypes(own, state)
+    if dtypes:
+        raise BadWeightValuesError(
+            f"{source} holds {len(dtypes)} tensors of the wrong type ({'; '.join(dtypes[:3])}"
+            f"{'; ...' if len(dtypes) > 3 else ''}): a quantised or converted copy? use the "
+            f"original file (float16, bfloat16 or float32 weights)")
     bad = _non_finite(state)
     if bad:
-        raise ValueError(f"{source} holds NaN/inf values in {len(bad)} tensors "
+        raise BadWeightValuesError(f"{source} holds NaN/inf values in {len(bad)} tensors "
                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the run "
                          f"that saved it diverged, or the file is damaged")
 
