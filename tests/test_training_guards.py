@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -14,7 +15,7 @@ from faceparse.cli import CONF_DIR
 from faceparse.labels import get_scheme
 from faceparse.train import refuse_unused_vit, train
 from faceparse.training.job_status import sweep_value
-from faceparse.training.preflight import check_training_options
+from faceparse.training.preflight import check_resumed_optimizer, check_training_options
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -109,3 +110,13 @@ def test_vit_options_without_a_vit_are_refused(compose, tiny, tmp_path, override
 
 def test_the_default_vit_options_go_with_a_cnn(compose, tiny) -> None:
     refuse_unused_vit(compose([*tiny, "encoder=cnn"]))
+
+
+def test_a_checkpoint_from_another_torch_version_is_not_refused(compose, one_epoch_run) -> None:
+    """Flags torch adds to a parameter group between versions do not make another optimizer."""
+    overrides, last = one_epoch_run
+    saved = torch.load(last, weights_only=False)
+    for group in saved["optimizer_states"][0]["param_groups"]:
+        for newer in ("decoupled_weight_decay", "maximize", "differentiable"):
+            group.pop(newer, None)
+    check_resumed_optimizer(instantiate(compose(overrides).model), saved, last)

@@ -21,9 +21,10 @@ from faceparse.training.optim import build_optimizer
 
 __all__ = ["check_training_options", "check_optimizer", "check_resumed_optimizer"]
 
-# what an optimizer's state says about its setup, not its progress (which changes per step)
-_PROGRESS_KEYS = {"params", "lr", "initial_lr", "lr_scale", "fused", "foreach", "capturable",
-                  "differentiable"}
+# the keys of a parameter group that tell optimizer classes apart (AdamW's betas, SGD's
+# momentum, ...): flags torch adds between versions must not refuse an older checkpoint
+_CLASS_KEYS = {"betas", "momentum", "nesterov", "dampening", "alpha", "centered", "rho",
+               "lr_decay", "amsgrad"}
 # the saved setup values a command may set, with the option that sets them
 _SETUP_OPTIONS = {"initial_lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay",
                   "betas": "optimizer.betas", "momentum": "optimizer.momentum",
@@ -147,8 +148,8 @@ def check_resumed_optimizer(model: FaceParsingModule, saved: dict[str, Any], pat
     built = build_optimizer(model.optimizer_factory, model).param_groups
     groups = states[0].get("param_groups", [])
     counts = ([len(g["params"]) for g in groups], [len(g["params"]) for g in built])
-    setups = ([sorted(set(g) - _PROGRESS_KEYS) for g in groups],
-              [sorted(set(g) - _PROGRESS_KEYS) for g in built])
+    setups = ([sorted(set(g) & _CLASS_KEYS) for g in groups],
+              [sorted(set(g) & _CLASS_KEYS) for g in built])
     fresh = (f"to start from its weights with another optimizer, train from its decoder-only "
              f"export instead (python -m faceparse.export_decoder ckpt={path} out=<file>)")
     if counts[0] != counts[1] or setups[0] != setups[1]:
