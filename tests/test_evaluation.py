@@ -79,12 +79,14 @@ def test_scores_match_a_hand_computation(tmp_path: Path) -> None:
     report = _score(tmp_path)
     per_class = report["per_class"]
     assert [per_class[n]["gt_pixels"] for n in FIVE.class_names] == [2, 2, 2, 0, 1]
-    # F1 = 2 tp / (truth + predicted): 2/4, 4/6, 2/3, 0 (nothing either side), 0/1
-    assert [per_class[n]["f1"] for n in FIVE.class_names] == pytest.approx(
-        [0.5, 2 / 3, 2 / 3, 0.0, 0.0])
-    # IoU = tp / (truth + predicted - tp): 1/3, 2/4, 1/2, 0, 0/1
-    assert [per_class[n]["iou"] for n in FIVE.class_names] == pytest.approx(
-        [1 / 3, 0.5, 0.5, 0.0, 0.0])
+    # F1 = 2 tp / (truth + predicted): 2/4, 4/6, 2/3, none (nothing either side), 0/1
+    scored = [n for n in FIVE.class_names if n != "c"]
+    assert [per_class[n]["f1"] for n in scored] == pytest.approx([0.5, 2 / 3, 2 / 3, 0.0])
+    # IoU = tp / (truth + predicted - tp): 1/3, 2/4, 1/2, none, 0/1
+    assert [per_class[n]["iou"] for n in scored] == pytest.approx([1 / 3, 0.5, 0.5, 0.0])
+    assert per_class["c"]["f1"] is None and per_class["c"]["iou"] is None
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert next(r for r in rows if r.startswith("c,")) == "c,,,False,0,"
     assert [per_class[n]["present"] for n in FIVE.class_names] == [True] * 3 + [False, True]
     assert report["f1_mean"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)  # a, b, d; not c
     assert report["miou"] == pytest.approx((1 / 3 + 0.5 + 0.5 + 0) / 4)  # all present

@@ -32,14 +32,19 @@ def _num(value: Any) -> float | None:
 
 
 def metrics_json(result: EvalResult, scheme: LabelScheme, protocol: Protocol) -> dict[str, Any]:
-    """Headline and per-class scores, the raw confusion matrix and the protocol."""
+    """Headline and per-class scores, the raw confusion matrix and the protocol.
+
+    A class neither in the truth nor predicted has no F1 or IoU (``null``; an empty CSV
+    cell, ``-`` in the table): a 0 there would read as a class the model got all wrong,
+    and pull down any mean taken over the column."""
     s = result.scores
-    gt = result.confusion.sum(1)
+    gt, pred = result.confusion.sum(1), result.confusion.sum(0)
     return {
         "protocol": protocol.to_json(),
         **{key: _num(s[key]) for key in HEADLINE},
         "per_class": {
-            name: {"f1": _num(s["f1"][i]), "iou": _num(s["iou"][i]),
+            name: {"f1": _num(s["f1"][i]) if gt[i] + pred[i] else None,
+                   "iou": _num(s["iou"][i]) if gt[i] + pred[i] else None,
                    "present": bool(s["present"][i]), "gt_pixels": int(gt[i])}
             for i, name in enumerate(scheme.class_names)
         },
