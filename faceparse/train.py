@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from faceparse.checkpoints import read_checkpoint, start_from
+from faceparse.checkpoints import start_from
 from faceparse.cli import (
     CONF_DIR,
     command_line_keys,
@@ -184,12 +184,12 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     if cfg.train:
         check_optimizer(model)
     trust_pickle = cfg.trust_pickle
-    resume = None
+    point = None
     if cfg.get("ckpt_path"):
-        resume = start_from(cfg.ckpt_path, model.net, model.scheme, trust_pickle)
-    if cfg.train and resume:  # Lightning restores the saved optimizer: it must be this one
-        check_resumed_optimizer(model, read_checkpoint(resume, trust_pickle).contents,
-                                cfg.ckpt_path)
+        point = start_from(cfg.ckpt_path, model.net, model.scheme, trust_pickle)
+    resume = point.path if point else None
+    if cfg.train and point:  # Lightning restores the saved optimizer: it must be this one
+        check_resumed_optimizer(model, point.optimizer_setup, cfg.ckpt_path)
     if cfg.train and resume is None:  # a resumed run brings the statistics it froze
         refuse_untrained_frozen_norms(model.net)
     if cfg.train and not cfg.get("ckpt_path"):

@@ -157,7 +157,7 @@ def test_resuming_checks_labels_shapes_and_values(ckpt, tiny_net, compose, tiny,
                                                   ) -> None:
     ourface = get_scheme("ourface")
     run = copy_of(ckpt, tmp_path / "run.ckpt", as_run)
-    assert start_from(run, tiny_net, ourface) == str(run)  # a matching run resumes
+    assert start_from(run, tiny_net, ourface).path == str(run)  # a matching run resumes
 
     with pytest.raises(ValueError, match="predicts the 'ourface' classes .* set "
                                          "data.labels=ourface"):
@@ -170,6 +170,23 @@ def test_resuming_checks_labels_shapes_and_values(ckpt, tiny_net, compose, tiny,
     with pytest.raises(ValueError, match="NaN/inf values in 2 tensors "
                                          r"\(decoder.final_conv.2.weight"):
         start_from(diverged, tiny_net, ourface)
+
+
+def test_a_resumed_run_hands_back_its_optimizer_setup_without_tensors(ckpt, tiny_net, tmp_path
+                                                                      ) -> None:
+    """``train`` checks the command's optimizer against it without reading the file again."""
+    groups = [{"lr": 0.01, "weight_decay": 0.0, "params": [0, 1]}]
+    schedules = [{"lr_lambdas": [{"min_lr_ratio": 0.1}]}]
+
+    def with_optimizer(contents: dict) -> None:
+        as_run(contents)
+        contents.update(optimizer_states=[{"state": {0: {"exp_avg": torch.ones(3)}},
+                                           "param_groups": groups}], lr_schedulers=schedules)
+
+    run = copy_of(ckpt, tmp_path / "run.ckpt", with_optimizer)
+    point = start_from(run, tiny_net, get_scheme("ourface"))
+    assert point.optimizer_setup == {"optimizer_states": [{"param_groups": groups}],
+                                     "lr_schedulers": schedules}
 
 
 @pytest.mark.slow  # a whole command, end to end: in CI's slow suite

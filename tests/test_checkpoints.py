@@ -249,7 +249,7 @@ def test_starting_from_a_checkpoint_of_another_config_with_the_same_shapes_warns
                                     *overrides]).model.net)
 
     with caplog.at_level(logging.WARNING, logger="faceparse.checkpoints.resume"):
-        assert start_from(trained, net(), get_scheme("ourface")) == str(trained)
+        assert start_from(trained, net(), get_scheme("ourface")).path == str(trained)
     assert "configured otherwise" not in caplog.text
     with caplog.at_level(logging.WARNING, logger="faceparse.checkpoints.resume"):
         start_from(trained, net("vit.layers=[2]"), get_scheme("ourface"))

@@ -11,7 +11,7 @@ from faceparse.checkpoints.format import (
 from faceparse.checkpoints.load import load_face_parser, load_net_weights
 from faceparse.checkpoints.locate import LocatedCheckpoint, locate_checkpoint
 from faceparse.checkpoints.read import CheckpointFile, CheckpointKind, read_checkpoint
-from faceparse.checkpoints.resume import rng_states, set_rng_states, start_from
+from faceparse.checkpoints.resume import ResumePoint, rng_states, set_rng_states, start_from
 
 __all__ = [
     "META_KEY",
@@ -28,5 +28,6 @@ __all__ = [
     "read_checkpoint",
     "rng_states",
     "set_rng_states",
+    "ResumePoint",
     "start_from",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,21 @@ from faceparse.models.weights import check_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["start_from", "rng_states", "set_rng_states"]
+__all__ = ["ResumePoint", "start_from", "rng_states", "set_rng_states"]
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A run checkpoint for Lightning to resume, and what the command's options are checked
+    against before it does: the saved optimizer's parameter groups and the schedules, without
+    their tensors (a ViT-L checkpoint is not read, or held, a second time for them)."""
+
+    path: str
+    optimizer_setup: dict[str, Any]
 
 
 def start_from(ckpt_path: str | Path, net: nn.Module, scheme: LabelScheme,
-               trust_pickle: bool = False) -> str | None:
+               trust_pickle: bool = False) -> ResumePoint | None:
     """Read ``ckpt_path`` once and act on what it is.
 
     Our full checkpoint is returned for Lightning to resume (optimizer, loops, RNG), once
@@ -44,11 +55,19 @@ def start_from(ckpt_path: str | Path, net: nn.Module, scheme: LabelScheme,
     if checkpoint.kind is CheckpointKind.RUN:
         _check_run(checkpoint, net, scheme)
         log.info("resuming the run saved in %s", checkpoint.path)
-        return str(checkpoint.path)
+        return ResumePoint(str(checkpoint.path), _optimizer_setup(checkpoint.contents))
     log.info("%s holds weights without a training state: initialising the net from it",
              checkpoint.path)
     load_net_weights(net, checkpoint, scheme)
     return None
+
+
+def _optimizer_setup(contents: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved optimizers' parameter groups and the schedules, without the moment tensors."""
+    states = contents.get("optimizer_states") or []
+    return {"optimizer_states": [{"param_groups": state.get("param_groups", [])}
+                                 for state in states if isinstance(state, Mapping)],
+            "lr_schedulers": contents.get("lr_schedulers") or []}
 
 
 def _warn_other_config(checkpoint: CheckpointFile, net: nn.Module) -> None:
