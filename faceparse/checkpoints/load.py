@@ -21,6 +21,7 @@ from faceparse.checkpoints.format import (
     vit_modules,
 )
 from faceparse.checkpoints.original import (
+    VIT_PREFIX,
     original_net_config,
     original_scheme,
     original_to_faceparse,
@@ -66,15 +67,24 @@ def weight_files_read(checkpoint: CheckpointFile, vit_weights: str | Path | None
                       ) -> list[Path]:
     """The DINOv3 files :func:`load_face_parser` reads for ``checkpoint``, found without
     building anything: a command writing a file checks it is none of them first."""
-    if checkpoint.original:
-        state = checkpoint.state_dict
-        if any(k.startswith("encoder.dinov3.") for k in state):
-            return []
+    return list(_vit_files(checkpoint, vit_weights).values())
+
+
+def _vit_files(ckpt: CheckpointFile, vit_weights: str | Path | None) -> dict[str, Path]:
+    """The DINOv3 file each ViT the checkpoint does not carry loads from, by module path.
+
+    The original project's file without ``encoder.dinov3.*`` weights (its ``decoder.ckpt``)
+    names no file: the ViT is the one whose width its decoder takes. Our decoder-only exports
+    name theirs."""
+    if ckpt.original:
+        state = ckpt.state_dict
+        if any(k.startswith(VIT_PREFIX) for k in state):
+            return {}
         width = state["decoder.adapt_scale16.conv.weight"].shape[1]
-        return [_find_vit_file(checkpoint.path, None, width, vit_weights)]
-    external = (checkpoint.metadata or {}).get("decoder_only", {}).get("external", {})
-    return [_find_vit_file(checkpoint.path, spec["file"], 0, vit_weights)
-            for spec in external.values()]
+        return {"encoder.vit": _find_vit_file(ckpt.path, None, width, vit_weights)}
+    external = (ckpt.metadata or {}).get("decoder_only", {}).get("external", {})
+    return {at: _find_vit_file(ckpt.path, spec["file"], 0, vit_weights)
+            for at, spec in external.items()}
 
 
 def load_face_parser(
@@ -101,10 +111,7 @@ def _load_ours(ckpt: CheckpointFile, vit_weights: str | Path | None
         raise ValueError(f"{ckpt.path} has no model config (its net was not built from a "
                          f"config, e.g. by faceparse.train), so it cannot be rebuilt")
     external = meta.get("decoder_only", {}).get("external", {})
-    files = {
-        at: str(_find_vit_file(ckpt.path, spec["file"], 0, vit_weights))
-        for at, spec in external.items()
-    }
+    files = {at: str(path) for at, path in _vit_files(ckpt, vit_weights).items()}
     net = build_net(meta["model"], files, str(ckpt.path))
     state = {k.removeprefix(NET_PREFIX): v for k, v in ckpt.state_dict.items()}
     own = net.state_dict()
@@ -118,13 +125,10 @@ def _load_original(ckpt: CheckpointFile, vit_weights: str | Path | None
                    ) -> tuple[FaceParser, LabelScheme]:
     state = ckpt.state_dict
     config = original_net_config(state)
-    has_vit = any(k.startswith("encoder.dinov3.") for k in state)
-    width = state["decoder.adapt_scale16.conv.weight"].shape[1]
-    files = ({} if has_vit else
-             {"encoder.vit": str(_find_vit_file(ckpt.path, None, width, vit_weights))})
+    files = {at: str(path) for at, path in _vit_files(ckpt, vit_weights).items()}
     net = build_net(config, files, str(ckpt.path))
     mapped = original_to_faceparse(state, net.encoder.vit.model)
-    if not has_vit:
+    if files:  # the file has no ViT weight: the net's, loaded from the DINOv3 file
         mapped.update({k: v for k, v in net.state_dict().items() if k.startswith("encoder.vit.")})
     load_strict(net, mapped, f"original FaceParsing checkpoint {ckpt.path}")
     log.info("loaded the original project's %d-class checkpoint %s", config["num_classes"],
