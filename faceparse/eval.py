@@ -9,7 +9,7 @@ protocol (``faceparse.evaluation``).
 from __future__ import annotations
 
 import logging
-import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,27 @@ def run_folder_of(located: LocatedCheckpoint) -> Path | None:
         else None
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Where the data scored was configured: the protocol says so, since a run's own test
+    set and eval's default synthetic faces give other scores."""
+
+    origin: str  # "the command line", "eval's defaults" or "the run's <config file>"
+    typed: tuple[str, ...] = ()  # data.* keys the command line set over the run's config
+    from_run: bool = False
+
+    def without(self, key: str) -> DataSource:
+        """This source no longer naming ``key`` as typed: a key the checkpoint overrode did
+        not set the data scored."""
+        return replace(self, typed=tuple(k for k in self.typed if k != key))
+
+    def describe(self) -> str:
+        typed = f", with {', '.join(self.typed)} from the command line" if self.typed else ""
+        return self.origin + typed
+
+
 def data_to_score(cfg: DictConfig, located: LocatedCheckpoint,
-                  command_keys: list[str] | None) -> tuple[DictConfig, str]:
+                  command_keys: list[str] | None) -> tuple[DictConfig, DataSource]:
     """The data config to score, and where it came from.
 
     A run is scored on its own data (its test split, rendered or listed with its options:
@@ -93,27 +112,14 @@ def data_to_score(cfg: DictConfig, located: LocatedCheckpoint,
     """
     run = run_folder_of(located)
     if command_keys is None or "data" in command_keys:
-        return cfg.data, "the command line"
+        return cfg.data, DataSource("the command line")
     typed = [k for k in command_keys if k.startswith("data.")]
     if run is None or not cfg.run_data:
-        return cfg.data, "the command line" if typed else "eval's defaults"
+        return cfg.data, DataSource("the command line" if typed else "eval's defaults")
     saved = load_run_data(run / CONFIG_FILE)
     for key in typed:
         OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
-    source = f"the run's {run / CONFIG_FILE}"
-    if typed:
-        source += f", with {', '.join(typed)} from the command line"
-    return saved.data, source
-
-
-def without_typed(source: str, key: str) -> str:
-    """``source`` (:func:`data_to_score`'s) no longer naming ``key`` as typed: a key the
-    checkpoint overrode did not set the data scored."""
-    match = re.fullmatch(r"(.*), with (.*) from the command line", source)
-    if not match:
-        return source
-    keys = [k for k in match[2].split(", ") if k != key]
-    return f"{match[1]}, with {', '.join(keys)} from the command line" if keys else match[1]
+    return saved.data, DataSource(f"the run's {run / CONFIG_FILE}", tuple(typed), from_run=True)
 
 
 def input_size(options_size: int | None, ckpt_size: Any, data: DictConfig,
@@ -184,9 +190,10 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
                                         (ckpt.metadata or {}).get("image_size"), data,
                                         command_keys)
     if overridden:
-        data_from = without_typed(data_from, "data.image_size")
-    if data_from.startswith("the run's"):
-        log.info("scoring on %s; data=<dataset> on the command line scores another", data_from)
+        data_from = data_from.without("data.image_size")
+    if data_from.from_run:
+        log.info("scoring on %s; data=<dataset> on the command line scores another",
+                 data_from.describe())
     if image_size % net.size_multiple:
         raise ValueError(f"image_size={image_size} is not a multiple of the model's "
                          f"{net.size_multiple}: set image_size= to a multiple of it")
@@ -225,7 +232,8 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
         left_out=list(getattr(reader, "left_out", [])),
         resolution=options.resolution, image_size=image_size, tta=tta.describe(),
         precision=precision_of(net, device),
-        data_from=data_from, data_root=None if data.get("root") is None else str(data.root),
+        data_from=data_from.describe(),
+        data_root=None if data.get("root") is None else str(data.root),
         data_options=OmegaConf.to_container(data.dataset, resolve=True),
         vit_weights=vit_file[0], vit_weights_sha256=vit_file[1],
         background=[scored.class_names[0]],

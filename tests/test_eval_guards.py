@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 import faceparse.eval as eval_mod
 from faceparse.data.io import BadSampleError
-from faceparse.eval import evaluate, without_typed
+from faceparse.eval import DataSource, evaluate
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -122,14 +122,15 @@ def test_a_typed_data_image_size_the_checkpoint_overrides_is_said_and_not_claime
     assert "image_size=64 scores at 64 px" in caplog.text
 
 
-def test_without_typed_drops_only_that_key() -> None:
-    source = ("the run's r/config_resolved.yaml, with data.root, data.image_size from the "
-              "command line")
-    assert without_typed(source, "data.image_size") == \
+def test_a_data_source_without_a_key_drops_only_that_key() -> None:
+    source = DataSource("the run's r/config_resolved.yaml", ("data.root", "data.image_size"),
+                        from_run=True)
+    assert source.without("data.image_size").describe() == \
         "the run's r/config_resolved.yaml, with data.root from the command line"
-    assert without_typed("the run's r/c.yaml, with data.image_size from the command line",
-                         "data.image_size") == "the run's r/c.yaml"
-    assert without_typed("the command line", "data.image_size") == "the command line"
+    assert DataSource("the run's r/c.yaml", ("data.image_size",)).without(
+        "data.image_size").describe() == "the run's r/c.yaml"
+    assert DataSource("the command line").without("data.image_size").describe() == \
+        "the command line"
 
 
 def test_original_resolution_scores_at_each_masks_size(compose, ckpt: Path,

@@ -235,19 +235,20 @@ def test_a_run_is_scored_on_its_own_data_unless_the_command_line_sets_data(
     for located in (LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt", run),
                     LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt")):
         data, source = data_to_score(cfg, located, ["ckpt"])
-        assert data.dataset.render_size == 64 and source.endswith("config_resolved.yaml")
+        assert data.dataset.render_size == 64 and source.describe().endswith("config_resolved.yaml")
     # a key typed changes the run's data (data.root where it lives here), not eval's default
     cfg.data.root = "/data/here"
     data, source = data_to_score(cfg, LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt"),
                                  ["ckpt", "data.root"])
     assert data.dataset.render_size == 64 and data.root == "/data/here"
-    assert source.endswith("config_resolved.yaml, with data.root from the command line")
+    assert source.describe().endswith(
+        "config_resolved.yaml, with data.root from the command line")
     data, source = data_to_score(cfg, LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt"),
                                  ["ckpt", "data"])  # data=<dataset>: another test set
-    assert data.dataset.render_size == 256 and source == "the command line"
+    assert data.dataset.render_size == 256 and source.describe() == "the command line"
     alone = tmp_path / "tiny.ckpt"
     data, source = data_to_score(cfg, LocatedCheckpoint(alone), ["ckpt"])
-    assert data.dataset.render_size == 256 and source == "eval's defaults"
+    assert data.dataset.render_size == 256 and source.describe() == "eval's defaults"
     cfg.run_data = False
     assert data_to_score(cfg, LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt", run),
-                         ["ckpt"])[1] == "eval's defaults"
+                         ["ckpt"])[1].describe() == "eval's defaults"
