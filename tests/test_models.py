@@ -22,7 +22,7 @@ from faceparse.models import (
     VitPyramidEncoder,
 )
 from faceparse.models import dinov3 as dinov3_module
-from faceparse.models.dinov3 import load_dinov3_weights
+from faceparse.models.dinov3_weights import load_dinov3_weights
 from faceparse.models.vgg import load_vgg_weights
 
 H, W = 32, 48  # non-square, a multiple of 16

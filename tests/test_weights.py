@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from faceparse.models import DinoVitEncoder, VggEncoder
 from faceparse.models import dinov3 as dinov3_module
-from faceparse.models.dinov3 import describe_vit, dinov3_filter, load_dinov3_weights
+from faceparse.models.dinov3_weights import describe_vit, dinov3_filter, load_dinov3_weights
 from faceparse.models.vgg import vgg_features_filter, vgg_hub_file
 from faceparse.training.optim import build_optimizer
 

@@ -29,7 +29,7 @@ from faceparse.checkpoints.original import (
 from faceparse.checkpoints.read import CheckpointFile, read_checkpoint
 from faceparse.labels import LabelScheme
 from faceparse.models import DinoVitEncoder, FaceParser
-from faceparse.models.dinov3 import DINOV3_FILES, DINOV3_SOURCE
+from faceparse.models.dinov3_weights import DINOV3_FILES, DINOV3_SOURCE
 from faceparse.models.weights import load_strict
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from faceparse.labels import LabelScheme, get_scheme
-from faceparse.models.dinov3 import dinov3_filter
+from faceparse.models.dinov3_weights import dinov3_filter
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The ViT branch: a timm DINOv3 ViT whose final-normed patch tokens form a stride-16 map.
 
 Weights are Meta's official checkpoints (``dinov3_vit*16_pretrain_lvd1689m-*.pth``, which
-users download under Meta's licence) or timm's converted ``.safetensors``; timm's
-``eva.checkpoint_filter_fn`` renames the official keys. A frozen ViT without weights is
-refused: its random features would feed the decoder noise while training looked normal.
+users download under Meta's licence) or timm's converted ``.safetensors``, read by
+:mod:`faceparse.models.dinov3_weights`. A frozen ViT without weights is refused: its
+random features would feed the decoder noise while training looked normal.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,7 @@ from torch import nn
 
 from faceparse.models.base import Encoder
 from faceparse.models.blocks import keep_dtype
-from faceparse.models.weights import (
-    CHECKPOINT_DIR_HINT,
-    BadWeightValuesError,
-    StateDict,
-    load_state_dict_file,
-    load_strict,
-)
+from faceparse.models.dinov3_weights import load_dinov3_weights, no_weights_message
 from faceparse.option_values import booleans, is_number, is_whole, shown, whole_number
 
 log = logging.getLogger(__name__)
@@ -36,13 +29,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DinoVitEncoder",
     "LayerNormInInputDtype",
-    "DINOV3_FILES",
-    "DINOV3_SOURCE",
-    "dinov3_filter",
     "has_bf16_frozen_vit",
-    "describe_vit",
     "frozen_vits_to_bf16",
-    "load_dinov3_weights",
 ]
 
 # DINOv3 ViTs in timm with query/value biases (exact for every official checkpoint).
@@ -52,15 +40,6 @@ DINOV3_MODELS = {
     "large": "vit_large_patch16_dinov3_qkvb",
 }
 DINOV3_WIDTHS = {"small": 384, "base": 768, "large": 1024}
-DINOV3_SOURCE = "https://github.com/facebookresearch/dinov3 (Meta licence, request access there)"
-# Official file names by width: S/16, B/16, L/16.
-# the options that name a DINOv3 file, for the message when it is missing
-VIT_WEIGHTS_OPTIONS = "vit.weights= (training) or vit_weights= (predict, eval, export)"
-DINOV3_FILES = {
-    384: ("ViT-S/16", "dinov3_vits16_pretrain_lvd1689m-*.pth"),
-    768: ("ViT-B/16", "dinov3_vitb16_pretrain_lvd1689m-*.pth"),
-    1024: ("ViT-L/16", "dinov3_vitl16_pretrain_lvd1689m-*.pth"),
-}
 
 
 class LayerNormInInputDtype(nn.LayerNorm):
@@ -153,7 +132,7 @@ class DinoVitEncoder(Encoder):
         if size not in DINOV3_MODELS:
             raise ValueError(f"unknown DINOv3 size {size!r}; choose one of {list(DINOV3_MODELS)}")
         if weights is None and not random_init:
-            raise FileNotFoundError(_no_weights_message(DINOV3_WIDTHS[size], frozen))
+            raise FileNotFoundError(no_weights_message(DINOV3_WIDTHS[size], frozen))
         self.size = size
         self.model = timm.create_model(
             DINOV3_MODELS[size], pretrained=False, dynamic_img_size=True
@@ -305,101 +284,3 @@ def has_bf16_frozen_vit(net: nn.Module) -> bool:
     return any(isinstance(m, DinoVitEncoder) and m.frozen
                and any(p.dtype == torch.bfloat16 for p in m.parameters())
                for m in net.modules())
-
-
-def _no_weights_message(width: int, frozen: bool = True) -> str:
-    name, pattern = DINOV3_FILES.get(width, ("DINOv3", "dinov3_vit*16_pretrain_lvd1689m-*.pth"))
-    harm = ("its random features would feed the decoder noise" if frozen else
-            "with vit.frozen=false it would train a ViT from scratch, not fine-tune DINOv3")
-    return (
-        f"the {'frozen ' if frozen else ''}DINOv3 {name} has no weights (vit.weights is "
-        f"null): {harm}. Download {pattern} from "
-        f"{DINOV3_SOURCE}, put it in {CHECKPOINT_DIR_HINT} and set "
-        f"vit.weights=<that file>; or set vit.random_init=true to use random weights on "
-        f"purpose (tests, the synthetic quickstart)."
-    )
-
-
-def dinov3_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> StateDict:
-    """Meta's official or timm's DINOv3 keys -> the timm ViT's keys.
-
-    timm's ``eva.checkpoint_filter_fn`` does the renaming (``ls1.gamma`` -> ``gamma_1``,
-    storage -> register tokens, ``qkv.bias`` -> query/value biases; the key bias is dropped
-    because softmax cancels it). timm's own bias-free conversion has no query/value biases:
-    they are zero by construction, so zeros are filled in.
-    """
-    from timm.models.eva import checkpoint_filter_fn
-
-    state = checkpoint_filter_fn(dict(state_dict), model)
-    own = model.state_dict()
-    missing = set(own) - set(state)
-    # Meta's files (storage_tokens) carry qkv.bias: one without it is damaged, not bias-free
-    timm_named = "storage_tokens" not in state_dict
-    bias_free = timm_named and not any(k.endswith(".q_bias") for k in state)
-    if missing and bias_free and all(k.endswith((".q_bias", ".v_bias")) for k in missing):
-        log.info("bias-free DINOv3 weights: setting %d query/value biases to 0", len(missing))
-        state.update({k: torch.zeros_like(own[k]) for k in missing})
-    return state
-
-
-def describe_vit(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """``ViT-B/16 (width 768, 12 blocks)`` for a DINOv3 state dict, in any key naming."""
-    width = state_dict["cls_token"].shape[-1]
-    blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
-    name = DINOV3_FILES.get(width, (f"{width}-wide ViT",))[0]
-    return f"{name} (width {width}, {len(blocks)} blocks)"
-
-
-def _check_dinov3(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path) -> None:
-    """Refuse files that are no DINOv3 ViT, or use another RoPE, before renaming keys."""
-    if "cls_token" not in state or not ({"storage_tokens", "reg_token"} & set(state)):
-        sample = ", ".join(list(state)[:4])
-        raise ValueError(
-            f"{path} is not a DINOv3 ViT checkpoint (no cls_token and storage/register tokens; "
-            f"its first keys are {sample}). Use an official {DINOV3_FILES[1024][1]}-style file "
-            f"from {DINOV3_SOURCE} or timm's converted DINOv3 weights."
-        )
-    _check_patch_size(state, model, path)
-    periods, ours = state.get("rope_embed.periods"), model.rope.periods
-    if periods is None or periods.shape != ours.shape or not periods.is_floating_point():
-        return
-    # A file converted to fp16/bf16 holds rounded periods: compare at the file's precision.
-    rounded = ours.to(periods.dtype).float()
-    # a few units in the last place of the file's dtype: fp32 files computed another way
-    tolerance = max(1e-5, 4 * torch.finfo(periods.dtype).eps)
-    if not torch.allclose(periods.float(), rounded, rtol=tolerance):
-        raise ValueError(f"{path}: its RoPE periods differ from timm's DINOv3 (another RoPE base?)")
-
-
-def _check_patch_size(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path) -> None:
-    """Refuse another patch size before timm's filter resamples it to ours (then it fits)."""
-    found = tuple(getattr(state.get("patch_embed.proj.weight"), "shape", ())[-2:])
-    ours = tuple(model.patch_embed.proj.weight.shape[-2:])
-    if len(found) == 2 and found != ours:
-        raise ValueError(f"{path} is a ViT with {found[0]}x{found[1]} patches, this encoder's "
-                         f"patch size is {ours[0]}x{ours[1]}: use a DINOv3 /16 file")
-
-
-def load_dinov3_weights(model: nn.Module, path: str | Path) -> None:
-    """Load Meta's official DINOv3 checkpoint (or timm's ``.safetensors``) into a timm ViT."""
-    path = Path(path).expanduser()
-    size, pattern = DINOV3_FILES.get(model.embed_dim, ("ViT", "dinov3_vit*16_*.pth"))
-    state = load_state_dict_file(path, f"DINOv3 {size}", f"{pattern} from {DINOV3_SOURCE}",
-                                 option=VIT_WEIGHTS_OPTIONS)
-    _check_dinov3(state, model, path)
-    found = describe_vit(state)
-    expected = describe_vit({"cls_token": model.cls_token, **model.state_dict()})
-    try:
-        load_strict(model, dinov3_filter(state, model), f"DINOv3 weights {path}")
-    except BadWeightValuesError:
-        raise  # the architecture fits: the error already says what is wrong
-    except ValueError as error:
-        if found != expected:
-            raise ValueError(
-                f"the file holds a {found}, this encoder is a {expected} (set vit.size to "
-                f"match the file, or use {pattern}). {error}"
-            ) from None
-        raise ValueError(f"the file holds a {found} like this encoder, but not all of its "
-                         f"weights (damaged or cut? get {pattern} again from "
-                         f"{DINOV3_SOURCE}). {error}") from None
-    log.info("loaded DINOv3 %s weights from %s", found, path)
