@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from predict_helpers import predict_config, run_predict, write_image, write_video
 from test_predict import header_only_png
-from test_video_outputs import short_writer
 
-import faceparse.data.io
 import faceparse.predict as predict_command
-from faceparse.inference.outputs import OutputWriteError, read_mask_scheme
+from faceparse.inference.outputs import read_mask_scheme
 from faceparse.predict import predict
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -29,44 +24,15 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 ONCE = pytest.mark.filterwarnings("error::faceparse.inference.predictor.UnusableBoxWarning")
 
 
-def _image(path: Path, size: tuple[int, int], seed: int = 0) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgb = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
-    Image.fromarray(rgb).save(path)
-
-
-def _video(path: Path, frames: int = 4) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (48, 32))
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    for _ in range(frames):  # a still scene with sensor noise: what smoothing is for
-        noise = rng.integers(-20, 21, base.shape)
-        writer.write(np.clip(base.astype(int) + noise, 0, 255).astype(np.uint8))
-    writer.release()
-
-
-def run_predict(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run([sys.executable, "-m", "faceparse.predict", "device=cpu",
-                           "num_workers=1", *args], capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
-def _cfg(compose, tmp_path: Path, ckpt: Path, *overrides: str):
-    return compose([f"ckpt={ckpt}", "device=cpu", "num_workers=0", *overrides],
-                   config="predict", output_dir=tmp_path / "run")
-
-
 @pytest.mark.slow
 def test_a_folder_run_writes_every_output_and_resumes(compose, ckpt, tmp_path):
     photos = tmp_path / "photos"
-    _image(photos / "a.jpg", (40, 60))
-    _image(photos / "a.png", (30, 50), 1)
-    _image(photos / "sub" / "a.jpg", (20, 30), 2)
+    write_image(photos / "a.jpg", (40, 60))
+    write_image(photos / "a.png", (30, 50), 1)
+    write_image(photos / "sub" / "a.jpg", (20, 30), 2)
     (photos / "bad.jpg").write_text("not an image")
     os.symlink(photos / "gone.jpg", photos / "broken.jpg")
-    _video(photos / "clip.mp4")
+    write_video(photos / "clip.mp4")
     out = photos / "masks"  # inside the input folder: must not be read back
     done = run_predict(f"ckpt={ckpt}", f"input={photos}", f"output_dir={out}",
                        "labels=ourface", "save_probs=true", "save_overlay=true", "smoothing=0.7",
@@ -86,14 +52,14 @@ def test_a_folder_run_writes_every_output_and_resumes(compose, ckpt, tmp_path):
     assert len(list((out / "clip_frames").glob("*_mask.png"))) == 4
     assert "flicker" in log
     assert "CPU memory:" in log  # the allocator choice is logged with its reason
-    again = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}", f"output_dir={out}",
-                         "labels=ourface", "save_probs=true", "smoothing=0.7"))
+    again = predict(predict_config(compose, tmp_path, ckpt, f"input={photos}", f"output_dir={out}",
+                                   "labels=ourface", "save_probs=true", "smoothing=0.7"))
     assert (again["images"], again["failed"], again["skipped"]) == (0, 2, 4)  # 3 photos, 1 video
 
 
 @pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_fast_path_options_reach_the_model_and_bad_ones_are_one_line(ckpt, tmp_path):
-    _image(tmp_path / "in" / "a.png", (24, 20))
+    write_image(tmp_path / "in" / "a.png", (24, 20))
     done = run_predict(f"ckpt={ckpt}", f"input={tmp_path / 'in'}",
                        f"output_dir={tmp_path / 'out'}", "fast_path.reuse_cpu_memory=false",
                        "fast_path.fold_batchnorm=false", f"hydra.run.dir={tmp_path / 'run'}")
@@ -148,111 +114,27 @@ def test_exit_code_is_nonzero_only_when_every_input_failed(ckpt, tmp_path):
 ])
 def test_bad_arguments_are_one_clear_error(compose, ckpt, tmp_path, overrides, error, message):
     (tmp_path / "empty").mkdir()
-    _image(tmp_path / "photo.png", (20, 20))
+    write_image(tmp_path / "photo.png", (20, 20))
     (tmp_path / "video.mp4").write_bytes(b"not a video")
     overrides = [o.replace("@", f"{tmp_path}/") for o in overrides]
     with pytest.raises(error, match=message):
-        predict(_cfg(compose, tmp_path, ckpt, *overrides, f"output_dir={tmp_path / 'out'}"))
+        predict(predict_config(compose, tmp_path, ckpt, *overrides,
+                               f"output_dir={tmp_path / 'out'}"))
 
 
 def test_boxes_and_output_dir_are_checked_before_the_model_loads(compose, tmp_path):
-    _image(tmp_path / "photo.png", (20, 20))
+    write_image(tmp_path / "photo.png", (20, 20))
     (tmp_path / "b.json").write_text('{"photo.png": [[10, 10]]}')
     (tmp_path / "afile").write_text("")
     absent = tmp_path / "absent.ckpt"  # loading it would fail: these errors come first
     with pytest.raises(ValueError, match=fr'boxes={tmp_path}/b.json: "photo.png" box '
                                          fr'\[10, 10\] needs 4 numbers'):
-        predict(_cfg(compose, tmp_path, absent, f"input={tmp_path}/photo.png", "crop=box",
-                     f"boxes={tmp_path}/b.json", f"output_dir={tmp_path / 'out'}"))
+        predict(predict_config(compose, tmp_path, absent, f"input={tmp_path}/photo.png", "crop=box",
+                               f"boxes={tmp_path}/b.json", f"output_dir={tmp_path / 'out'}"))
     with pytest.raises(ValueError, match=fr"output_dir={tmp_path}/afile/sub: cannot create "
                                          fr"folder \({tmp_path}/afile is a file\)"):
-        predict(_cfg(compose, tmp_path, absent, f"input={tmp_path}/photo.png",
-                     f"output_dir={tmp_path}/afile/sub"))
-
-
-def test_an_os_error_is_logged_by_its_message_not_its_errno(compose, tmp_path, monkeypatch,
-                                                            caplog):
-    def full_disk(cfg):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "a_mask.png"))
-
-    monkeypatch.setattr(predict_command, "predict", full_disk)
-    error = _refusal(_cfg(compose, tmp_path, tmp_path / "x.ckpt"), caplog)
-    assert f"No space left on device: '{tmp_path / 'a_mask.png'}'" in error
-
-
-def _refusal(cfg, caplog) -> str:
-    """The command's one error line, after it stopped with exit code 2."""
-    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_:
-        predict_command.main.__wrapped__(cfg)
-    assert exit_.value.code == 2
-    error, = (r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
-    return error
-
-
-def _disk_full_for(monkeypatch, written: str) -> None:
-    """Writes of files named ``written*`` fail as on a full disk (ENOSPC on the temporary
-    file ``write_atomic`` fills); every other write goes through."""
-    def replace(src, dst):
-        if Path(dst).name.startswith(written):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
-        os.replace(src, dst)
-
-    monkeypatch.setattr(faceparse.data.io, "os", SimpleNamespace(getpid=os.getpid,
-                                                                 replace=replace))
-
-
-def test_a_failed_write_stops_the_run_in_one_line_naming_the_output_and_its_photo(
-        compose, ckpt, tmp_path, monkeypatch, caplog):
-    for n, name in enumerate("abc"):
-        _image(tmp_path / "in" / f"{name}.png", (20, 20), n)
-    out = tmp_path / "out"
-    _disk_full_for(monkeypatch, "b_")
-    cfg = _cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}", f"output_dir={out}",
-               "batch_size=1")
-    assert _refusal(cfg, caplog) == (
-        f"cannot write {out / 'b_color.png'} (from {tmp_path / 'in' / 'b.png'}): "
-        f"No space left on device; stopped, the outputs written so far are kept "
-        f"(rerun to resume once fixed)")
-    assert sorted(p.name for p in out.iterdir()) == ["a_color.png", "a_mask.png"]  # no .tmp
-
-
-def test_a_failed_video_write_names_the_frame_and_the_video_and_keeps_no_partial_video(
-        compose, ckpt, tmp_path, monkeypatch):
-    _video(tmp_path / "clip.mp4")
-    out = tmp_path / "out"
-    _disk_full_for(monkeypatch, "000002_")
-    cfg = _cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'clip.mp4'}", f"output_dir={out}")
-    with pytest.raises(OutputWriteError, match=re.escape(
-            f"cannot write {out / 'clip_frames' / '000002_mask.png'} (from "
-            f"{tmp_path / 'clip.mp4'}): No space left on device; stopped")):
-        predict(cfg)
-    assert [p.name for p in out.iterdir()] == ["clip_frames"]  # a rerun parses it again
-    assert sorted(p.name for p in (out / "clip_frames").iterdir()) == [
-        "000000_mask.png", "000001_mask.png"]
-    monkeypatch.undo()
-    assert predict(cfg)["images"] == 4 and (out / "clip_overlay.mp4").stat().st_size > 0
-
-
-def test_a_video_opencv_wrote_short_stops_the_run_naming_it_and_keeps_no_video(
-        compose, ckpt, tmp_path, monkeypatch, caplog):
-    _video(tmp_path / "clip.mp4")
-    out = tmp_path / "out"
-    short_writer(monkeypatch, keep=2)  # no frame PNGs either: the videos are all there is
-    cfg = _cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'clip.mp4'}", f"output_dir={out}",
-               "save_frames=false")
-    assert _refusal(cfg, caplog) == (
-        f"cannot write {out / 'clip_mask.mp4'} (from {tmp_path / 'clip.mp4'}): "
-        f"the video holds 2 of the 4 frames written (disk full or a file system "
-        f"error while writing?); stopped, the outputs written so far are kept "
-        f"(rerun to resume once fixed)")
-    assert list(out.iterdir()) == []  # no final video, no partial: a rerun parses it again
-    monkeypatch.undo()
-    assert predict(cfg)["images"] == 4
-    assert sorted(p.name for p in out.iterdir()) == ["clip_mask.mp4", "clip_overlay.mp4",
-                                                     "clip_video.json"]
-    capture = cv2.VideoCapture(str(out / "clip_overlay.mp4"))
-    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 4
-    capture.release()
+        predict(predict_config(compose, tmp_path, absent, f"input={tmp_path}/photo.png",
+                               f"output_dir={tmp_path}/afile/sub"))
 
 
 @ONCE
@@ -260,14 +142,15 @@ def test_photos_without_a_face_or_a_usable_box_get_no_files_and_a_count(compose,
                                                                         tmp_path, caplog):
     photos = tmp_path / "in"
     for name in ("ok", "inverted", "outside", "missing", "empty"):
-        _image(photos / f"{name}.png", (40, 40))
+        write_image(photos / f"{name}.png", (40, 40))
     (tmp_path / "b.json").write_text('{"ok.png": [[0, 0, 20, 20]], "inverted.png": '
                                      '[[30, 30, 10, 10]], "outside.png": [[50, 0, 90, 40]], '
                                      '"empty.png": []}')
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
-        boxed = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}", f"output_dir={out}",
-                             "crop=box", f"boxes={tmp_path}/b.json", "margin=0"))
+        boxed = predict(predict_config(compose, tmp_path, ckpt, f"input={photos}",
+                                       f"output_dir={out}", "crop=box",
+                                       f"boxes={tmp_path}/b.json", "margin=0"))
     assert (boxed["images"], boxed["failed"], boxed["without_face"]) == (1, 0, 4)
     assert sorted(p.name for p in out.glob("*_mask.png")) == ["ok_mask.png"]
     assert f'missing.png: no box for it in boxes={tmp_path}/b.json (key "missing.png")' \
@@ -278,13 +161,14 @@ def test_photos_without_a_face_or_a_usable_box_get_no_files_and_a_count(compose,
     assert "1 images, 0 failed, 4 without a face/box, 0 skipped" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):  # random noise: the detector finds no face
-        faces = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}/ok.png",
-                             f"output_dir={tmp_path / 'faces'}", "crop=faces"))
+        faces = predict(predict_config(compose, tmp_path, ckpt, f"input={photos}/ok.png",
+                                       f"output_dir={tmp_path / 'faces'}", "crop=faces"))
     assert (faces["images"], faces["without_face"]) == (0, 1)
     assert "ok.png: no face detected" in caplog.text
     assert not (tmp_path / "faces" / "ok_mask.png").exists()
-    nothing = _cfg(compose, tmp_path, ckpt, f"input={photos}/missing.png",
-                   f"output_dir={tmp_path / 'o2'}", "crop=box", f"boxes={tmp_path}/b.json")
+    nothing = predict_config(compose, tmp_path, ckpt, f"input={photos}/missing.png",
+                             f"output_dir={tmp_path / 'o2'}", "crop=box",
+                             f"boxes={tmp_path}/b.json")
     with pytest.raises(SystemExit) as exit_:  # nothing parsed: the exit code says so
         predict_command.main.__wrapped__(nothing)
     assert exit_.value.code == 1
@@ -293,14 +177,14 @@ def test_photos_without_a_face_or_a_usable_box_get_no_files_and_a_count(compose,
 @ONCE
 def test_a_bad_box_beside_a_good_one_is_a_warning_and_a_count_not_dropped_silently(
         compose, ckpt, tmp_path, caplog):
-    _image(tmp_path / "in" / "two.png", (40, 40))
+    write_image(tmp_path / "in" / "two.png", (40, 40))
     (tmp_path / "b.json").write_text('{"two.png": [[0, 0, 20, 20], [50, 0, 90, 40], '
                                      '[30, 10, 30, 30]]}')
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
-        result = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
-                              f"output_dir={out}", "crop=box", f"boxes={tmp_path}/b.json",
-                              "margin=0"))
+        result = predict(predict_config(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                                        f"output_dir={out}", "crop=box", f"boxes={tmp_path}/b.json",
+                                        "margin=0"))
     assert (result["images"], result["without_face"], result["unusable_boxes"]) == (1, 0, 2)
     for box in ("[50, 0, 90, 40]", "[30, 10, 30, 30]"):  # outside; no width
         assert (f"box left out: {tmp_path / 'in' / 'two.png'}: box {box} is empty or "
@@ -314,11 +198,11 @@ def test_a_bad_box_beside_a_good_one_is_a_warning_and_a_count_not_dropped_silent
 def test_bad_videos_and_photos_over_the_decode_limit_are_counted_and_the_run_goes_on(
         ckpt, tmp_path):
     photos = tmp_path / "in"
-    _image(photos / "a.png", (40, 40))
-    _image(photos / "b.png", (40, 40), 1)
+    write_image(photos / "a.png", (40, 40))
+    write_image(photos / "b.png", (40, 40), 1)
     header_only_png(photos / "bomb.png", 14000, 14000)
     (photos / "a_empty.mp4").write_bytes(b"")
-    _video(photos / "z_clip.mp4")
+    write_video(photos / "z_clip.mp4")
     clip = (photos / "z_clip.mp4").read_bytes()
     (photos / "m_cut.mp4").write_bytes(clip[:len(clip) // 2])  # a half-written video
     out = tmp_path / "out"
@@ -357,8 +241,8 @@ def test_video_frames_without_a_face_are_background_counted_and_never_parsed_who
     _face_video(tmp_path / "in" / "wall.mp4", "...")
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
-        result = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
-                              f"output_dir={out}", "crop=faces"))
+        result = predict(predict_config(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                                        f"output_dir={out}", "crop=faces"))
     talk = result["videos"][str(tmp_path / "in" / "talk.mp4")]
     assert (talk["frames_without_face"], talk["frames_face_held"]) == ([0, 1, 5], 1)
     assert (result["images"], result["without_face"], result["faceless_frames"]) == (3, 1, 3)
@@ -376,27 +260,29 @@ def test_video_frames_without_a_face_are_background_counted_and_never_parsed_who
     assert sorted(p.name for p in out.iterdir()) == ["talk_frames", "talk_mask.mp4",
                                                       "talk_overlay.mp4", "talk_video.json"]
     (tmp_path / "b.json").write_text('{"talk.mp4": [[0, 0, 80, 80]]}')
-    boxed = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}/talk.mp4",
-                         f"output_dir={tmp_path / 'boxed'}", "crop=box",
-                         f"boxes={tmp_path}/b.json"))
+    boxed = predict(predict_config(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}/talk.mp4",
+                                   f"output_dir={tmp_path / 'boxed'}", "crop=box",
+                                   f"boxes={tmp_path}/b.json"))
     assert (boxed["images"], boxed["without_face"]) == (0, 1)  # not parsed whole
     assert "talk.mp4: crop=box gives boxes per photo, not per video frame" in caplog.text
 
 
 def test_a_wrong_checkpoint_is_refused_by_name(compose, tmp_path):
-    _image(tmp_path / "photo.png", (20, 20))
+    write_image(tmp_path / "photo.png", (20, 20))
     (tmp_path / "model.ckpt").write_bytes(b"junk")
     with pytest.raises(Exception, match="model.ckpt"):
-        predict(_cfg(compose, tmp_path, tmp_path / "model.ckpt", f"input={tmp_path}/photo.png"))
+        predict(predict_config(compose, tmp_path, tmp_path / "model.ckpt",
+                               f"input={tmp_path}/photo.png"))
 
 
 def test_crop_box_reads_boxes_from_json(compose, ckpt, tmp_path):
-    _image(tmp_path / "in" / "p.png", (40, 40))
+    write_image(tmp_path / "in" / "p.png", (40, 40))
     (tmp_path / "boxes.json").write_text('{"p.png": [[0, 0, 20, 20]]}')
     out = tmp_path / "out"
-    result = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
-                          f"output_dir={out}", "crop=box", f"boxes={tmp_path / 'boxes.json'}",
-                          "margin=0", "save_overlay=false"))
+    result = predict(predict_config(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                                    f"output_dir={out}", "crop=box",
+                                    f"boxes={tmp_path / 'boxes.json'}", "margin=0",
+                                    "save_overlay=false"))
     assert result["images"] == 1 and result["failed"] == 0
     mask = np.asarray(Image.open(out / "p_mask.png"))
     assert (mask[20:] == 0).all() and (mask[:, 20:] == 0).all()

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from test_predict_command import _cfg, _image
+from predict_helpers import predict_config, write_image
 
 from faceparse.data.io import BadSampleError
 from faceparse.inference.images import read_photo
@@ -26,8 +26,8 @@ def _names(files: list[Path], root: Path) -> list[str]:
 
 
 def test_symlinked_subfolders_are_searched_once_and_a_loop_is_named(tmp_path, caplog):
-    _image(tmp_path / "shared_album" / "x.png", (10, 10))
-    _image(tmp_path / "in" / "y.png", (10, 10))
+    write_image(tmp_path / "shared_album" / "x.png", (10, 10))
+    write_image(tmp_path / "in" / "y.png", (10, 10))
     os.symlink("../shared_album", tmp_path / "in" / "album")
     os.symlink("..", tmp_path / "in" / "loop")  # back up the tree: must not recurse
     with caplog.at_level(logging.WARNING):
@@ -39,21 +39,23 @@ def test_symlinked_subfolders_are_searched_once_and_a_loop_is_named(tmp_path, ca
 def test_an_output_dir_at_or_above_the_input_leaves_out_only_its_outputs(
         compose, ckpt, tmp_path, caplog):
     photos = tmp_path / "photos"
-    _image(photos / "p.png", (20, 16))
-    _image(photos / "sub" / "beach_colour.png", (20, 16), 1)
+    write_image(photos / "p.png", (20, 16))
+    write_image(photos / "sub" / "beach_colour.png", (20, 16), 1)
     inside = photos / "masks"  # strictly inside: everything under it is an output
-    _image(inside / "q.png", (4, 4))
+    write_image(inside / "q.png", (4, 4))
     assert _names(list_inputs(photos, inside)[0], photos) == ["p.png", "sub/beach_colour.png"]
     (inside / "q.png").unlink()
     inside.rmdir()
     for out in (photos, tmp_path):  # masks beside the photos; into the folder above
-        done = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}", f"output_dir={out}"))
+        done = predict(predict_config(compose, tmp_path, ckpt, f"input={photos}",
+                                      f"output_dir={out}"))
         assert (done["images"], done["inputs"]) == (2, 2)
-    again = predict(_cfg(compose, tmp_path, ckpt, f"input={photos}", f"output_dir={photos}"))
+    again = predict(predict_config(compose, tmp_path, ckpt, f"input={photos}",
+                                   f"output_dir={photos}"))
     assert (again["inputs"], again["skipped"]) == (2, 2)  # its masks are not read back
     only = tmp_path / "only_outputs"
     for name in ("p_mask.png", "p_color.png"):
-        _image(only / name, (4, 4))
+        write_image(only / name, (4, 4))
     with pytest.raises(FileNotFoundError, match=r"all 2 files there are left out as this "
                                                 r"command's own outputs \(named like"):
         list_inputs(only, only)
@@ -61,7 +63,7 @@ def test_an_output_dir_at_or_above_the_input_leaves_out_only_its_outputs(
 
 def test_files_no_reader_takes_are_counted_and_readable_suffixes_are_listed(tmp_path, caplog):
     folder = tmp_path / "in"
-    _image(folder / "a.jpg", (10, 10))
+    write_image(folder / "a.jpg", (10, 10))
     folder.joinpath("b.jfif").write_bytes((folder / "a.jpg").read_bytes())
     for name in ("c.heic", "notes.txt", ".DS_Store"):
         folder.joinpath(name).write_bytes(b"x")
@@ -117,7 +119,7 @@ def test_an_empty_batch_is_an_empty_list(parser):
 def test_boxes_are_looked_up_by_path_under_input_and_a_shared_name_is_not_guessed(
         tmp_path, caplog):
     for rel in ("a.png", "sub/a.png", "sub/b.png", "c/d.png"):
-        _image(tmp_path / rel, (10, 10))
+        write_image(tmp_path / rel, (10, 10))
     files = [tmp_path / rel for rel in ("a.png", "sub/a.png", "sub/b.png", "c/d.png")]
     (tmp_path / "boxes.json").write_text(
         '{"a.png": [[0, 0, 5, 5]], "sub/a.png": [[5, 5, 10, 10]], "b.png": [[1, 1, 9, 9]]}')
@@ -134,13 +136,13 @@ def test_boxes_are_looked_up_by_path_under_input_and_a_shared_name_is_not_guesse
 
 
 def test_crop_box_run_parses_a_nested_photo_in_its_own_box(compose, ckpt, tmp_path, caplog):
-    _image(tmp_path / "in" / "a.png", (40, 40))
-    _image(tmp_path / "in" / "sub" / "a.png", (40, 40), 1)
+    write_image(tmp_path / "in" / "a.png", (40, 40))
+    write_image(tmp_path / "in" / "sub" / "a.png", (40, 40), 1)
     (tmp_path / "boxes.json").write_text('{"sub/a.png": [[20, 20, 40, 40]]}')
     with caplog.at_level(logging.WARNING):
-        done = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
-                            f"output_dir={tmp_path / 'out'}", "crop=box", "margin=0",
-                            f"boxes={tmp_path / 'boxes.json'}"))
+        done = predict(predict_config(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                                      f"output_dir={tmp_path / 'out'}", "crop=box", "margin=0",
+                                      f"boxes={tmp_path / 'boxes.json'}"))
     assert (done["images"], done["without_face"]) == (1, 1)
     assert f'no mask: {tmp_path / "in" / "a.png"}: no box for it' in caplog.text
     assert '(key "a.png")' in caplog.text

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_predict_command import _cfg, _disk_full_for, _image, _refusal, run_predict
+from predict_helpers import disk_full_for, predict_config, refusal, run_predict, write_image
 
 from faceparse.predict import predict
 
@@ -28,19 +28,19 @@ def test_a_redo_stopped_part_way_is_redone_by_the_rerun_not_kept_half_new(
     beside the old checkpoint's colour picture."""
     from faceparse.labels import colorize, get_scheme
 
-    _image(tmp_path / "in" / "a.png", (20, 20))
+    write_image(tmp_path / "in" / "a.png", (20, 20))
     out = tmp_path / "out"
-    assert predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
-                        f"output_dir={out}"))["images"] == 1
+    assert predict(predict_config(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                                  f"output_dir={out}"))["images"] == 1
     other = tmp_path / "other" / "model.ckpt"  # another checkpoint: the outputs are stale
     other.parent.mkdir()
     os.link(ckpt, other)
     with monkeypatch.context() as patch:
-        _disk_full_for(patch, "a_color")
-        _refusal(_cfg(compose, tmp_path, other, f"input={tmp_path / 'in'}",
-                      f"output_dir={out}"), caplog)
-    rerun = predict(_cfg(compose, tmp_path, other, f"input={tmp_path / 'in'}",
-                         f"output_dir={out}"))
+        disk_full_for(patch, "a_color")
+        refusal(predict_config(compose, tmp_path, other, f"input={tmp_path / 'in'}",
+                               f"output_dir={out}"), caplog)
+    rerun = predict(predict_config(compose, tmp_path, other, f"input={tmp_path / 'in'}",
+                                   f"output_dir={out}"))
     assert (rerun["redone"], rerun["skipped"]) == (1, 0)
     labels = np.asarray(Image.open(out / "a_mask.png"))
     color = np.asarray(Image.open(out / "a_color.png").convert("RGB"))
@@ -56,7 +56,7 @@ def test_trust_pickle_typed_no_never_unpickles(tmp_path):
     marker = tmp_path / "PWNED"
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": Payload(marker)}, path)
-    _image(tmp_path / "photo.png", (20, 20))
+    write_image(tmp_path / "photo.png", (20, 20))
     for trust, code, mark in (("trust_pickle=no", 1, "error: "), ("trust_pickle=false", 2,
                                                                  "[ERROR]")):
         done = run_predict(f"ckpt={path}", f"input={tmp_path / 'photo.png'}", trust,
@@ -79,7 +79,7 @@ def test_a_decoder_failure_on_one_photo_is_a_warning_not_the_end_of_the_run(
     import faceparse.inference.folder as folder
 
     for name in ("a.png", "b.png", "c.png"):
-        _image(tmp_path / "in" / name, (20, 16))
+        write_image(tmp_path / "in" / name, (20, 16))
     real = folder.read_photo
 
     def fussy(path):
@@ -89,8 +89,8 @@ def test_a_decoder_failure_on_one_photo_is_a_warning_not_the_end_of_the_run(
 
     monkeypatch.setattr(folder, "read_photo", fussy)
     with caplog.at_level(logging.WARNING):
-        done = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
-                            f"output_dir={tmp_path / 'out'}", "batch_size=1"))
+        done = predict(predict_config(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                                      f"output_dir={tmp_path / 'out'}", "batch_size=1"))
     assert (done["images"], done["failed"]) == (2, 1)
     assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.png")) == [
         "a_mask.png", "c_mask.png"]
@@ -118,8 +118,8 @@ def test_a_video_of_two_people_parses_both_faces_as_a_photo_would(compose, ckpt,
     photo = Parser.from_checkpoint(ckpt, device="cpu", crop="faces")(decoded)
     assert len(photo.boxes) >= 2 and {b[0] < 256 for b in photo.boxes} == {True, False}
     out = tmp_path / "out"
-    done = predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
-                        f"output_dir={out}", "crop=faces"))
+    done = predict(predict_config(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                                  f"output_dir={out}", "crop=faces"))
     assert done["videos"][str(tmp_path / "in" / "two.mp4")]["frames_without_face"] == []
     first = np.asarray(Image.open(out / "two_frames" / "000000_mask.png"))
     np.testing.assert_array_equal(first, photo.labels)  # smoothing=0: the photo's labels

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from predict_helpers import predict_config, write_image
 from test_checkpoints import OFFICIAL, original_checkpoint, original_model, tiny_vit  # noqa: F401
-from test_predict_command import _cfg, _image
 
 from faceparse.data.io import read_png_text
 from faceparse.inference.provenance import RECORD_KEY
@@ -34,14 +34,15 @@ def test_a_rerun_with_another_dinov3_file_parses_again(compose, tmp_path: Path, 
     state = {k: v + 0.05 if k.startswith("blocks.") and v.is_floating_point() else v
              for k, v in state.items()}
     torch.save(state, vit_b)
-    _image(tmp_path / "in" / "a.png", (32, 32))
+    write_image(tmp_path / "in" / "a.png", (32, 32))
     out = tmp_path / "out"
 
     def run(vit: Path) -> dict:
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            return predict(_cfg(compose, tmp_path, decoder_ckpt, f"input={tmp_path / 'in'}",
-                                f"output_dir={out}", f"vit_weights={vit}", "image_size=32"))
+            return predict(predict_config(compose, tmp_path, decoder_ckpt,
+                                          f"input={tmp_path / 'in'}", f"output_dir={out}",
+                                          f"vit_weights={vit}", "image_size=32"))
 
     assert run(vit_a)["images"] == 1
     record = json.loads(read_png_text(out / "a_mask.png")[RECORD_KEY])

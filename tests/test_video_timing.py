@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_predict_command import _cfg, _video
+from predict_helpers import predict_config, write_video
 
 from faceparse.inference.predictor import ParseResult
 from faceparse.inference.video_outputs import VideoOutputs
@@ -55,13 +55,13 @@ def _record(out: Path) -> dict:
 
 
 def _run(compose, ckpt, tmp_path: Path, *overrides: str) -> dict:
-    return predict(_cfg(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
-                        f"output_dir={tmp_path / 'out'}", *overrides))
+    return predict(predict_config(compose, tmp_path, ckpt, f"input={tmp_path / 'in'}",
+                                  f"output_dir={tmp_path / 'out'}", *overrides))
 
 
 def test_a_video_that_ends_before_its_declared_frames_is_a_warning_and_a_record(
         compose, ckpt, tmp_path, monkeypatch, caplog):
-    _video(tmp_path / "in" / "clip.mp4", frames=4)
+    write_video(tmp_path / "in" / "clip.mp4", frames=4)
     _header(monkeypatch, "clip.mp4", frames=6)  # a damaged frame stopped the decoder at 4
     with caplog.at_level(logging.WARNING):
         done = _run(compose, ckpt, tmp_path)
@@ -74,7 +74,7 @@ def test_a_video_that_ends_before_its_declared_frames_is_a_warning_and_a_record(
 
 def test_an_off_by_one_container_count_is_no_warning(compose, ckpt, tmp_path, monkeypatch,
                                                      caplog):
-    _video(tmp_path / "in" / "clip.mp4", frames=4)
+    write_video(tmp_path / "in" / "clip.mp4", frames=4)
     _header(monkeypatch, "clip.mp4", frames=1)
     with caplog.at_level(logging.WARNING):
         _run(compose, ckpt, tmp_path)
@@ -84,7 +84,7 @@ def test_an_off_by_one_container_count_is_no_warning(compose, ckpt, tmp_path, mo
 
 def test_a_variable_frame_rate_is_a_warning_with_every_frame_time_recorded(
         compose, ckpt, tmp_path, monkeypatch, caplog):
-    _video(tmp_path / "in" / "clip.mp4", frames=4)  # 10 fps: 100 ms a frame on average...
+    write_video(tmp_path / "in" / "clip.mp4", frames=4)  # 10 fps: 100 ms a frame on average...
     times = [0.0, 50.0, 100.0, 400.0]  # ...but a phone's stall before the last one
     _header(monkeypatch, "clip.mp4", fps=10.0, times=times)
     with caplog.at_level(logging.WARNING):
@@ -96,7 +96,7 @@ def test_a_variable_frame_rate_is_a_warning_with_every_frame_time_recorded(
 
 def test_a_backend_without_frame_times_is_no_variable_rate(compose, ckpt, tmp_path,
                                                            monkeypatch, caplog):
-    _video(tmp_path / "in" / "clip.mp4", frames=4)
+    write_video(tmp_path / "in" / "clip.mp4", frames=4)
     _header(monkeypatch, "clip.mp4", times=[0.0] * 4)  # no times at all
     with caplog.at_level(logging.WARNING):
         _run(compose, ckpt, tmp_path)
@@ -104,7 +104,7 @@ def test_a_backend_without_frame_times_is_no_variable_rate(compose, ckpt, tmp_pa
 
 
 def test_a_constant_rate_records_no_frame_times(compose, ckpt, tmp_path, caplog):
-    _video(tmp_path / "in" / "clip.mp4", frames=4)
+    write_video(tmp_path / "in" / "clip.mp4", frames=4)
     with caplog.at_level(logging.WARNING):
         _run(compose, ckpt, tmp_path)
     assert "variable frame rate" not in caplog.text
@@ -118,7 +118,7 @@ def test_a_constant_rate_records_no_frame_times(compose, ckpt, tmp_path, caplog)
 ])
 def test_a_frame_rate_the_writer_cannot_take_is_a_warning_not_a_stopped_run(
         compose, ckpt, tmp_path, monkeypatch, caplog, fps, written, message):
-    _video(tmp_path / "in" / "clip.mp4", frames=3)
+    write_video(tmp_path / "in" / "clip.mp4", frames=3)
     _header(monkeypatch, "clip.mp4", fps=fps)
     with caplog.at_level(logging.WARNING):
         done = _run(compose, ckpt, tmp_path)
@@ -132,7 +132,7 @@ def test_a_frame_rate_the_writer_cannot_take_is_a_warning_not_a_stopped_run(
 
 def test_a_rerun_remakes_a_deleted_mask_video_and_frames_asked_for_now(
         compose, ckpt, tmp_path, caplog):
-    _video(tmp_path / "in" / "clip.mp4", frames=3)
+    write_video(tmp_path / "in" / "clip.mp4", frames=3)
     out = tmp_path / "out"
     assert _run(compose, ckpt, tmp_path, "save_frames=false")["images"] == 3
     assert _run(compose, ckpt, tmp_path, "save_frames=false")["skipped"] == 1
