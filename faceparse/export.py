@@ -26,7 +26,12 @@ from faceparse.checkpoints.load import weight_files_read
 from faceparse.cli import hydra_entry, keep_run_folder, one_line_errors
 from faceparse.deploy import FORMATS, ParityError, check_parity, export_net, parity_inputs
 from faceparse.option_values import booleans, number, shown, whole_number
-from faceparse.writable import output_file, refuse_overwriting, replacing
+from faceparse.writable import (
+    output_file,
+    refuse_overwriting,
+    replacing,
+    write_errors_naming,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +66,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     keep_run_folder()  # what fails from here on failed a run: its log stays
     sizes = [image_size] + ([image_size + 2 * net.size_multiple] if cfg.dynamic else [])
     reports = []
-    with replacing(out) as partial:  # out appears only once it passed parity
+    # out appears only once it passed parity; a write that fails is one line naming it
+    with write_errors_naming(out), replacing(out) as partial:
         exported = export_net(net, partial, fmt, scheme, image_size, cfg.dynamic)
         for size in sizes:
             reports.append(check_parity(net, exported, parity_inputs(images, size), atol,
@@ -70,7 +76,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     result = {"checkpoint": str(located.path), "out": str(out), "format": fmt,
               "labels": scheme.name, "image_size": image_size, "dynamic": cfg.dynamic,
               "parity": [r.to_json() for r in reports]}
-    Path(f"{out}.parity.json").write_text(json.dumps(result, indent=2))
+    with write_errors_naming(Path(f"{out}.parity.json")) as report:
+        report.write_text(json.dumps(result, indent=2))
     log.info("wrote %s (%s, %.1f MiB)", out, fmt, out.stat().st_size / 2**20)
     return result
 
@@ -84,7 +91,7 @@ def refuse_overwriting_weights(out: Path, ckpt: CheckpointFile, vit_weights: Any
 
 
 @hydra_entry("export")
-@one_line_errors(ValueError, KeyError, FileNotFoundError, ImportError, ParityError)
+@one_line_errors(ValueError, KeyError, OSError, ImportError, ParityError)
 def main(cfg: DictConfig) -> None:
     export(cfg)
 

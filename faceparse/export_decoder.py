@@ -38,7 +38,7 @@ def export_decoder(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra_entry("export_decoder")
-@one_line_errors(ValueError, KeyError, FileNotFoundError, ImportError)
+@one_line_errors(ValueError, KeyError, OSError, ImportError)
 def main(cfg: DictConfig) -> None:
     export_decoder(cfg)
 

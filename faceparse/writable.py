@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["check_output_dir", "output_dir", "output_file", "refuse_overwriting", "replacing"]
+__all__ = ["check_output_dir", "output_dir", "output_file", "refuse_overwriting", "replacing",
+           "write_errors_naming"]
 
 
 def _make_dir(path: Path, option: str) -> None:
@@ -60,6 +61,13 @@ def output_file(path: str | Path, option: str, example: str = "model.onnx") -> P
     _make_dir(folder, option)
     if not os.access(folder, os.W_OK | os.X_OK):  # made, but another user's or read-only
         raise ValueError(f"{option}={path}: cannot write there ({folder}: permission denied)")
+    probe = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.probe"
+    try:  # root passes os.access everywhere: /proc or a read-only mount still takes no file
+        probe.open("xb").close()
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"{option}={path}: cannot write there ({folder}: "
+                         f"{error.strerror or error})") from None
     return path
 
 
@@ -80,12 +88,36 @@ def refuse_overwriting(out: str | Path, source: str | Path, option: str = "out",
 @contextmanager
 def replacing(path: str | Path) -> Iterator[Path]:
     """A temporary file beside ``path`` to write; it becomes ``path`` only if the block ends
-    without an error, so a crash never leaves a half-written ``path`` (or a destroyed one)."""
+    without an error, so a crash never leaves a half-written ``path`` (or a destroyed one).
+    The file is created first: a place that cannot hold it is an OSError naming ``path``
+    before the work that would fill it, not the writer's own words about the temporary."""
     path = Path(path)
-    # a fresh name, not a mkstemp file: the writer creates it with the usual permissions
+    # a fresh name, not a mkstemp file: created with the usual permissions
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    try:  # a folder that takes no file (/proc, a read-only mount) fails now, naming path
+        temp.open("xb").close()
+    except OSError as error:
+        raise OSError(f"cannot write {path}: {error.strerror or error}") from None
     try:
         yield temp
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+@contextmanager
+def write_errors_naming(path: Path) -> Iterator[Path]:
+    """A failed write of ``path`` (a full disk, a file system error) as one OSError naming
+    it: the ONNX writer raises OSError, TorchScript's the RuntimeError of torch's zip writer,
+    which names neither the file nor the option. Other errors pass unchanged."""
+    try:
+        yield path
+    except OSError as error:
+        if error.strerror is None:  # already in words (:func:`replacing`'s)
+            raise
+        raise OSError(f"cannot write {path}: {error.strerror}") from None
+    except RuntimeError as error:
+        if not any(word in str(error) for word in ("PytorchStreamWriter", "inline_container")):
+            raise
+        reason = " ".join(str(error).split())[-160:]
+        raise OSError(f"cannot write {path}: {reason}") from None

@@ -24,7 +24,7 @@ from faceparse.checkpoints import checkpoint_metadata, export_decoder_only, read
 from faceparse.export import export
 from faceparse.labels import get_scheme
 from faceparse.models import dinov3 as dinov3_module
-from faceparse.writable import output_file
+from faceparse.writable import output_file, replacing, write_errors_naming
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 OFFICIAL = Path(__file__).parent / "fixtures" / "dinov3" / "dinov3_tiny_official.pth"
@@ -130,6 +130,53 @@ def test_an_unwritable_folder_is_refused_in_one_line(full: Path, tmp_path: Path,
     with pytest.raises(ValueError, match=f"out={tmp_path / 'dec.ckpt'}: cannot write there"):
         export_decoder_only(full, tmp_path / "dec.ckpt")
     assert list(tmp_path.iterdir()) == [tmp_path / "sub"]  # no .partial, no output
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_place_that_takes_no_file_is_refused_before_the_work(full: Path,
+                                                               tmp_path: Path) -> None:
+    """/proc takes no new file, even for root (whom ``os.access`` lets write anywhere)."""
+    with pytest.raises(ValueError, match="out=/proc/model.onnx: cannot write there"):
+        output_file("/proc/model.onnx", "out")
+    result = subprocess.run(
+        [sys.executable, "-m", "faceparse.export_decoder", f"ckpt={full}",
+         "out=/proc/dec.ckpt", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: out=/proc/dec.ckpt: cannot write there (/proc: " in result.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_replacing_names_the_file_a_place_cannot_hold() -> None:
+    with pytest.raises(OSError, match="cannot write /proc/out.bin: "), replacing(
+            "/proc/out.bin"):
+        pytest.fail("the block must not run")
+
+
+def zip_writer_fails(*args, **kwargs) -> None:
+    """What torch's zip writer raises on a full disk (its words, no file named)."""
+    raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1536 vs "
+                       "1434\nPytorchStreamWriter failed writing file data/0: file write failed")
+
+
+def test_a_write_that_fails_midway_is_one_line_naming_the_output(
+        compose, full: Path, decoder_only: Path, tmp_path: Path, monkeypatch) -> None:
+    """A full disk after the checks: the file named, nothing partial left, no traceback."""
+    monkeypatch.setattr("faceparse.checkpoints.export.torch.save", zip_writer_fails)
+    out = tmp_path / "dec.ckpt"
+    with pytest.raises(OSError, match=f"cannot write {out}: .*file write failed$"):
+        export_decoder_only(full, out)
+    monkeypatch.setattr("faceparse.deploy.exporters.torch.jit.save", zip_writer_fails)
+    cfg = compose([f"ckpt={decoder_only}", f"out={tmp_path / 'model.pt'}",
+                   "format=torchscript"], config="export")
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'model.pt'}: "):
+        export(cfg)
+    assert list(tmp_path.iterdir()) == []  # no output, no .partial
+
+
+def test_other_errors_pass_through_write_errors_naming(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="^a bug$"), write_errors_naming(tmp_path / "x"):
+        raise RuntimeError("a bug")
 
 
 def test_export_decoder_takes_a_run_folder(full: Path, tmp_path: Path) -> None:

@@ -23,7 +23,12 @@ from faceparse.checkpoints.format import (
 )
 from faceparse.checkpoints.locate import locate_checkpoint
 from faceparse.checkpoints.read import read_checkpoint
-from faceparse.writable import output_file, refuse_overwriting, replacing
+from faceparse.writable import (
+    output_file,
+    refuse_overwriting,
+    replacing,
+    write_errors_naming,
+)
 
 __all__ = ["export_decoder_only"]
 
@@ -126,11 +131,7 @@ def _refuse_replacing_weights(out: Path, file: str) -> None:
 
 
 def _write(out: Path, contents: dict[str, Any]) -> None:
-    """Save ``contents`` to ``out`` whole or not at all; a write that fails is one line."""
-    try:
-        with replacing(out) as partial:
-            torch.save(contents, partial)
-    except (OSError, RuntimeError) as error:
-        reason = " ".join(str(error).split())[:200]
-        raise ValueError(f"out={out}: cannot write it ({type(error).__name__}: {reason})"
-                         ) from None
+    """Save ``contents`` to ``out`` whole or not at all; a write that fails is an OSError
+    naming ``out``."""
+    with write_errors_naming(out), replacing(out) as partial:
+        torch.save(contents, partial)
