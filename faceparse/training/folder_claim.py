@@ -7,6 +7,11 @@ and train into one folder. The claim is the atomic step before those checks: the
 writes the folder creates :data:`CLAIM_FILE` with ``O_EXCL``, records its host, process and
 start in it, and removes it when it ends, however it ends.
 
+Hydra writes ``.hydra/`` (the command's config and overrides) into the folder before the
+job starts: a command that the claim then refuses had already overwritten the holder's.
+Training therefore claims its folder in Hydra's ``on_run_start`` (:class:`ClaimRunFolder`),
+before Hydra writes anything, and the job adopts that claim.
+
 A claim left by a job that died without removing it (killed, out of memory) is taken over
 when it names a process of this host that is gone, and by a requeued SLURM job (whose
 earlier attempt it is). A claim from another host cannot be checked: it is refused with the
@@ -15,20 +20,28 @@ file's name, to delete when no job uses the folder.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
 from faceparse.training.distributed import is_rank_zero, requeued
 
-__all__ = ["CLAIM_FILE", "claim_run_folder"]
+__all__ = ["CLAIM_FILE", "ClaimRunFolder", "claim_run_folder", "release_early_claim"]
 
 CLAIM_FILE = ".run_claim"
+
+# the claim :class:`ClaimRunFolder` took before Hydra wrote the folder: (file, contents)
+_early: tuple[Path, dict[str, Any]] | None = None
 
 
 def _this_job() -> dict[str, Any]:
@@ -88,17 +101,52 @@ def _take(path: Path, claim: dict[str, Any]) -> None:
     )
 
 
+class ClaimRunFolder(Callback):
+    """Hydra callback (``conf/train.yaml``): claims a single run's folder before Hydra writes
+    ``.hydra/`` into it. A folder another job holds is one ``error:`` line, exit code 1, and
+    nothing of this command written there."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global _early
+        if not is_rank_zero():
+            return
+        path = Path(os.path.abspath(str(config.hydra.run.dir))) / CLAIM_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        claim = _this_job()
+        try:
+            _take(path, claim)
+        except ValueError as error:  # Hydra would turn an exception here into a warning
+            print(f"error: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
+        _early = (path, claim)
+        atexit.register(release_early_claim)  # a command refused before its job adopts it
+
+
+def release_early_claim() -> None:
+    """Give up the claim :class:`ClaimRunFolder` took, unless the job adopted it."""
+    global _early
+    if _early is not None:
+        path, claim = _early
+        _early = None
+        if _read(path) == claim:
+            path.unlink(missing_ok=True)
+
+
 @contextmanager
 def claim_run_folder(folder: Path) -> Iterator[None]:
-    """Hold ``folder`` for this job while the block runs (the rank that writes it claims it;
-    the others share it)."""
+    """Hold ``folder`` for this job while the block runs (the rank that writes it claims it,
+    or adopts the claim taken before Hydra wrote the folder; the others share it)."""
+    global _early
     if not is_rank_zero():
         yield
         return
-    path = folder / CLAIM_FILE
-    folder.mkdir(parents=True, exist_ok=True)
-    claim = _this_job()
-    _take(path, claim)
+    path = Path(os.path.abspath(folder)) / CLAIM_FILE
+    if _early is not None and _early[0] == path:
+        claim, _early = _early[1], None
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        claim = _this_job()
+        _take(path, claim)
     try:
         yield
     finally:

@@ -37,6 +37,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from omegaconf import DictConfig, OmegaConf
 
 from faceparse.training.distributed import is_rank_zero, requeued
+from faceparse.training.folder_claim import release_early_claim
 from faceparse.training.job_status import (
     INTERRUPTED,
     STATUS_FILE,
@@ -135,6 +136,7 @@ def discard_refused_run() -> None:
     leaves no empty run behind: only when this command created it (:class:`NoteNewRunFolder`,
     not since :func:`keep_run_folder`) and it holds nothing but Hydra's files (``.hydra/``,
     the job's log) and :data:`BOOKKEEPING`; then also the folders created with it, if empty."""
+    release_early_claim()  # the claim taken before Hydra wrote the folder goes first
     noted = _new_folder
     if noted is None or not HydraConfig.initialized() or not is_rank_zero():
         return
