@@ -50,6 +50,7 @@ def test_a_best_checkpoint_that_is_gone_starts_a_fresh_record(tmp_path: Path, ca
     assert callback.check_monitor_top_k(None, torch.tensor(5.0))  # any new epoch is saved
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_resume_exactly_in_a_new_folder_tests_and_returns_the_true_best(
         compose, tiny, tmp_path: Path) -> None:
     """Run P's record says its epoch 0 scored 0.99 (no new epoch reaches that): the run

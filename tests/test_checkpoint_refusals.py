@@ -101,6 +101,7 @@ def original_file(path: Path, drop: tuple[str, ...] = ()) -> Path:
 # --------------------------------------------------------------------------- 2: out= is ckpt=
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_export_commands_refuse_to_write_over_their_checkpoint(ckpt: Path, tmp_path: Path
                                                                ) -> None:
     source = copy_of(ckpt, tmp_path / "model.ckpt")

@@ -68,6 +68,7 @@ def test_the_audit_exploit_runs_nothing_and_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out.ckpt").exists()
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_predict_refuses_the_exploit_in_one_line(tmp_path: Path) -> None:
     """As a user runs it: exit 2 with the reason, no traceback, no code run."""
     marker = tmp_path / "PWNED"

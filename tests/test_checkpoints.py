@@ -146,6 +146,7 @@ def test_decoder_only_refuses_another_dinov3_file(trained: Path, tmp_path: Path)
         load_face_parser(tmp_path / "decoder.ckpt", vit_weights=tmp_path / "other.pth")
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_the_decoder_only_export_of_a_bf16_run_loads_with_its_dinov3_file(
     tmp_path: Path, compose, compose_tiny, tiny
 ) -> None:
@@ -213,6 +214,7 @@ def test_starting_from_a_decoder_only_file_needs_its_dinov3_file(
     assert torch.equal(logits(started, x), logits(reference, x))
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_a_decoder_only_file_of_a_finetune_blocks_run_starts_a_run_with_its_tuned_blocks(
     tmp_path: Path, compose, compose_tiny, tiny
 ) -> None:

@@ -192,6 +192,7 @@ def test_malformed_checkpoint_contents_are_refused_by_name(tmp_path: Path, edit)
     assert str(tmp_path / "bad.ckpt") in str(error.value)
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_export_refuses_malformed_contents_in_one_line(tmp_path: Path) -> None:
     contents = small_contents()
     _list_value(contents)

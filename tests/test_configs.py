@@ -252,6 +252,7 @@ EXPERIMENTS = [o for _, o in options("experiment")]
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_every_experiment_composes_with_every_encoder_and_data_option(
     compose, experiment: str
 ) -> None:
@@ -307,6 +308,7 @@ def test_data_options_share_one_datamodule_default(compose) -> None:
             assert "batch_size" not in path.read_text(), path
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_importing_a_command_registers_nothing() -> None:
     """Resolvers are registered when a command runs, not as a side effect of an import."""
     import subprocess

@@ -215,6 +215,7 @@ def test_a_train_split_smaller_than_a_batch_is_refused(dataset_copies) -> None:
     assert len(module.train_dataloader()) >= 1
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_stats_with_a_wrong_root_is_one_error_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "faceparse.stats", "data=lapa", f"data.root={tmp_path}/nowhere",

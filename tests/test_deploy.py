@@ -108,6 +108,7 @@ def test_missing_onnxruntime_names_the_extra(tmp_path: Path, monkeypatch) -> Non
         load_onnx_parser(tmp_path / "model.onnx")
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_predict_with_an_onnx_file_and_no_onnxruntime_is_one_error_line(
         tiny_net, tmp_path: Path) -> None:
     """As typed, where onnxruntime is not installed (a stand-in that fails to import)."""
@@ -130,6 +131,7 @@ def test_predict_with_an_onnx_file_and_no_onnxruntime_is_one_error_line(
     assert not any((tmp_path / "out").glob("*"))  # and writes no output
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_bench_deploy_section_times_all_three_engines(compose, tmp_path: Path) -> None:
     from faceparse.bench import run
     from faceparse.bench.report import format_table

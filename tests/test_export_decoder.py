@@ -56,6 +56,7 @@ def test_export_command_writes_a_decoder_only_file_that_loads_to_the_same_net(
     assert scheme.name == "ourface"
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_export_command_needs_ckpt_and_out(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "faceparse.export_decoder",
                              f"hydra.run.dir={tmp_path}"], capture_output=True, text=True,

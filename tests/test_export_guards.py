@@ -87,6 +87,7 @@ def test_export_decoder_refuses_an_out_named_as_the_file_it_needs_beside_it(
     assert not (tmp_path / VIT_FILE).exists()
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_export_decoder_command_refuses_the_dinov3_file_in_one_line(full: Path,
                                                                    tmp_path: Path) -> None:
     weights = full.parent / VIT_FILE

@@ -83,10 +83,11 @@ def test_a_job_refused_for_a_held_folder_writes_nothing_there(compose, tiny,
     assert not claim.exists()
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_train_in_a_folder_another_job_holds_is_one_error_line(tiny, tmp_path: Path) -> None:
     """As typed: the second of two commands with one hydra.run.dir."""
     run = tmp_path / "run"
-    claim = _claim(run, socket.gethostname(), os.getpid())
+    _claim(run, socket.gethostname(), os.getpid())  # a live job holds it
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "faceparse.train", *tiny,
                              f"hydra.run.dir={run}"],

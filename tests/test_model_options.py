@@ -62,6 +62,7 @@ def test_valid_loss_weights_are_kept() -> None:
     assert loss.class_weights.tolist() == [0.0, 1.0, 2.0]
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_a_resolver_refusal_is_one_error_line(tmp_path) -> None:
     """``FACEPARSE_CPU_BF16=2`` is read by the ``trainer.precision`` resolver: its message,
     not OmegaConf's InterpolationResolutionError traceback, and no run folder."""

@@ -30,6 +30,7 @@ def _made_from(mask: Path) -> dict:
     return json.loads(read_png_text(mask)[RECORD_KEY])
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_a_photo_with_the_same_name_from_another_folder_does_not_take_the_first_ones_mask(
         compose, ckpt, tmp_path, caplog):
     write_image(tmp_path / "trip1" / "IMG_0001.jpg", (40, 30))

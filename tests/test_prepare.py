@@ -200,6 +200,7 @@ def test_prepared_copy_without_listing_or_raw_files(folder, caplog) -> None:
     assert ready.prepared is not None and "cannot compare with the raw files" in caplog.text
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_prepare_command_runs_in_parallel(celeba, tmp_path: Path) -> None:
     root, _ = celeba
     result = subprocess.run(
@@ -239,6 +240,7 @@ def test_class_counts_and_weights(dataset_copies) -> None:
     assert override.startswith("loss.class_weights=[") and override.count(",") == 10
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_stats_command_prints_an_override(dataset_copies, tmp_path: Path) -> None:
     """``python -m faceparse.stats`` as a user runs it: a table and an override to paste."""
     root, _ = dataset_copies["lapa"]

@@ -89,6 +89,7 @@ def prepare(root: Path, run: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_prepare_command_on_three_images_fills_every_split(tmp_path: Path) -> None:
     """Three images that all hash into train (the default 5% shares): one per split."""
     root = tmp_path / "faces"
@@ -106,6 +107,7 @@ def test_prepare_command_on_three_images_fills_every_split(tmp_path: Path) -> No
         assert ready.prepared is not None and ready.ids == indexes[split]
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_prepare_command_refuses_too_few_images_in_one_line(tmp_path: Path) -> None:
     root = tmp_path / "faces"
     write_faces(root, 1)
@@ -120,6 +122,7 @@ def test_prepare_command_refuses_too_few_images_in_one_line(tmp_path: Path) -> N
     assert not (tmp_path / "run").exists()  # and no run folder: nothing was run
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_prepare_command_without_data_is_one_line_and_no_run_folder(tmp_path: Path) -> None:
     result = prepare(tmp_path / "nowhere", tmp_path / "run")
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -127,6 +130,7 @@ def test_prepare_command_without_data_is_one_line_and_no_run_folder(tmp_path: Pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_a_prepared_dir_that_cannot_be_made_is_one_line_before_any_work(tmp_path: Path
                                                                         ) -> None:
     """A read-only dataset mount, or a file in the way: named in one line, no traceback."""

@@ -44,6 +44,7 @@ def command(argv: list[str]) -> subprocess.CompletedProcess:
     (["faceparse.train", "data=lapa", "data.root=no_such_lapa"], 1,
      "error: the frozen DINOv3 ViT-L/16 has no weights (vit.weights is null)"),
 ])
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_a_refused_command_leaves_no_run_folder(tmp_path: Path, argv, code, message) -> None:
     run = tmp_path / "outputs" / "day" / "run"
     result = command([*argv, f"hydra.run.dir={run}"])

@@ -20,6 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
     ("export", ["ckpt=model.ckpt"], "out= is required (conf/export.yaml"),
     ("export_decoder", [], "ckpt=, out= are required (conf/export_decoder.yaml"),
 ])
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_a_missing_required_option_is_one_error_line(tmp_path: Path, command, given, missing
                                                      ) -> None:
     run = tmp_path / "run"
@@ -39,6 +40,7 @@ def test_a_missing_required_option_is_one_error_line(tmp_path: Path, command, gi
     ("slurm", "hydra_plugins.hydra_submitit_launcher and submitit"),
     ("submitit_local", "hydra_plugins.hydra_submitit_launcher and submitit"),
 ])
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_a_launcher_without_the_sweeps_extra_is_one_line(tmp_path: Path, launcher, missing
                                                          ) -> None:
     """As typed where the extra is not installed (stand-ins that fail to import)."""

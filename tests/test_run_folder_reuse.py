@@ -47,6 +47,7 @@ def finished_run(folder: Path, cfg) -> None:
     (folder / "train.log").write_text("[INFO] - val/f1_mean (best checkpoint) = 0.5\n")
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_a_new_run_in_a_run_folder_is_refused_and_changes_nothing(compose, tiny,
                                                                   tmp_path: Path) -> None:
     """As typed: one ``error:`` line naming the folder and resume=; every file as it was

@@ -132,6 +132,7 @@ def test_a_real_pickle_the_data_only_reader_cannot_check_keeps_the_opt_in(
     assert torch.equal(safe_load(path, trust_pickle=True)["state_dict"]["net.w"], torch.ones(3))
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_eval_of_an_empty_checkpoint_is_one_error_line(tmp_path: Path) -> None:
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")

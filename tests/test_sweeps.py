@@ -153,6 +153,7 @@ def test_a_study_records_its_command_and_refuses_another() -> None:
         _claim_study(study, other, "search", "memory")
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_another_search_with_the_same_study_name_is_refused(tiny, tmp_path: Path) -> None:
     """As typed: one ``error:`` line, and the stored study gains no trial."""
     optuna = pytest.importorskip("optuna")

@@ -120,6 +120,7 @@ def test_a_command_starts_without_the_plugin_warning(without_extra) -> None:
     assert "optimized_metric: val/f1_mean" in result.stdout  # the config was composed
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_the_optuna_search_asks_for_the_extra(without_extra, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     result = python(without_extra, "-m", "faceparse.train", "-m", "hparams_search=optuna",

@@ -60,6 +60,7 @@ def test_training_is_repeatable_with_a_seed(compose, tiny, tmp_path: Path) -> No
     assert runs[0]["train/loss"] == pytest.approx(runs[1]["train/loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_testing_a_given_checkpoint_tests_those_weights(compose, tiny, tmp_path: Path) -> None:
     """``train=false ckpt_path=...`` scores that checkpoint, never the random weights the
     config would build, and without ``ckpt_path`` it refuses."""
@@ -102,6 +103,7 @@ def test_bad_option_values_are_refused_by_name(compose, tiny, tmp_path: Path, ov
         train(compose([*tiny, override], output_dir=tmp_path))
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_a_refused_command_prints_one_error_line(tiny, tmp_path: Path) -> None:
     """A bad option is one ``error:`` line (exit 1), no traceback; status.json records it."""
     result = run_cli([*tiny, "data.batch_size=0"], tmp_path)
@@ -114,6 +116,7 @@ def test_a_refused_command_prints_one_error_line(tiny, tmp_path: Path) -> None:
     assert status["status"] == "failed" and "data.batch_size=0" in status["error"]
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_missing_data_is_refused_before_there_is_a_run(tiny, tmp_path: Path) -> None:
     """A real dataset that is not on disk: one error line naming what is missing and where
     to get it, and no run folder left behind (the folder is Hydra's, made for this run)."""
@@ -149,6 +152,7 @@ def test_debug_fdr_runs_from_the_command_line(tiny, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "scores.json").read_text())["scheme"] == "ourface"
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_the_default_model_without_dinov3_weights_is_refused_from_the_cli(tmp_path: Path) -> None:
     result = run_cli(["trainer.max_epochs=1", "data.image_size=32"], tmp_path)
     assert result.returncode != 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -29,6 +30,7 @@ def _rank(rank: int, rendezvous: str, out: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)
 def test_each_rank_keeps_the_matrix_summed_over_ranks(tmp_path) -> None:
     with mp.Manager() as manager:
         out = manager.dict()
