@@ -12,7 +12,9 @@ The mask and overlay videos are written at a constant frame rate, the input's: a
 with a variable frame rate (phones record one) gets a warning saying how far the outputs'
 timing drifts, and ``<stem>_video.json`` lists every frame's time in the input. A video
 that ends before the frames its header declares (a damaged frame stops the decoder, a cut
-file) gets a warning naming both counts, also recorded there. OpenCV writes no audio.
+file) gets a warning naming both counts, also recorded there. The input's sound is copied
+into both videos (with PyAV; :mod:`faceparse.inference.video_audio`), and the record says
+whether it was.
 
 With ``crop=faces`` every frame is still written, so the mask video keeps the input's
 frame count and ``<stem>_frames/<n>_mask.png`` has no gaps. A face the detector

@@ -2,6 +2,8 @@
 
 OpenCV's ``VideoWriter.write`` fails silently (disk full, a file system error mid-run), so
 a finished video is renamed into place only once it reads back with every frame written.
+OpenCV writes pictures only: the input's sound is added to a finished video afterwards
+(:mod:`faceparse.inference.video_audio`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from faceparse.data.io import write_atomic
 from faceparse.inference.outputs import mask_text, overlay, png_bytes, writing_outputs_of
 from faceparse.inference.provenance import record_file_text
+from faceparse.inference.video_audio import NO_AUDIO, audio_copier_missing, copy_audio
 
 __all__ = ["VideoOutputs", "video_paths"]
 
@@ -108,6 +111,7 @@ class VideoOutputs:
                 if self.keep and error is None:
                     for name, partial in self.partials.items():  # all, before any is renamed
                         _check_video(partial, self.written, self.finals[name])
+                    self.details["audio"] = self._add_sound()
                     if self.record is not None and self.scheme is not None:
                         made_from = {**self.record, "size": self.size}
                         write_atomic(self.record_file, record_file_text(
@@ -117,11 +121,49 @@ class VideoOutputs:
             finally:  # what was not renamed: an unfinished video, or one that failed
                 for partial in self.partials.values():
                     partial.unlink(missing_ok=True)
+                    _with_sound(partial).unlink(missing_ok=True)
             if error is None and not self.keep:
                 for frame in self.frames:
                     frame.unlink(missing_ok=True)
             if self.frames_dir is not None and not any(self.frames_dir.iterdir()):
                 self.frames_dir.rmdir()  # no empty <stem>_frames for a video that gave nothing
+
+
+    def _add_sound(self) -> str:
+        """The input's sound into both finished videos; what was done, for the record. A
+        sound that cannot be added leaves the videos silent, with a warning saying why."""
+        outcome = NO_AUDIO
+        for name, partial in self.partials.items():
+            try:
+                outcome = copy_audio(self.source, partial, _with_sound(partial))
+            except ValueError as error:
+                _warn_silent(self.source, str(error))
+                return f"not copied: {error}"
+            if outcome == NO_AUDIO:
+                return outcome
+            _check_video(_with_sound(partial), self.written, self.finals[name])
+            os.replace(_with_sound(partial), partial)
+        return outcome
+
+
+def _with_sound(partial: Path) -> Path:
+    """Where a partial video is written again with the input's sound."""
+    return partial.with_name(partial.name.replace(".partial.mp4", ".sound.mp4"))
+
+
+_said_no_copier = False  # PyAV missing: said once per run, recorded for every video
+
+
+def _warn_silent(source: Path, reason: str) -> None:
+    global _said_no_copier
+    if audio_copier_missing():
+        if not _said_no_copier:
+            log.warning("the output videos have no sound, the inputs' sound (if any) is not "
+                        "copied: %s", reason)
+        _said_no_copier = True
+        return
+    log.warning("%s: its sound is not copied into the output videos, which stay silent (%s)",
+                source, reason)
 
 
 def _frame_count(path: Path, expected: int) -> int | None:
