@@ -34,6 +34,12 @@ def output_dir(path: str | Path, option: str) -> Path:
     return path
 
 
+def _beside_name(path: Path, kind: str) -> str:
+    """A fresh hidden name beside ``path`` that stays under the file system's name limit
+    (255 bytes) for any legal ``path`` name: ``.<its first 40 characters>.<pid>.<hex>.kind``."""
+    return f".{path.name[:40]}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
+
+
 def check_output_dir(path: str | Path, option: str) -> Path:
     """Refuse a folder that cannot be made, without making it: a refused command (a wrong
     split, a checkpoint it will not read) must not leave a new empty folder behind. Create
@@ -61,7 +67,7 @@ def output_file(path: str | Path, option: str, example: str = "model.onnx") -> P
     _make_dir(folder, option)
     if not os.access(folder, os.W_OK | os.X_OK):  # made, but another user's or read-only
         raise ValueError(f"{option}={path}: cannot write there ({folder}: permission denied)")
-    probe = folder / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.probe"
+    probe = folder / _beside_name(path, "probe")
     try:  # root passes os.access everywhere: /proc or a read-only mount still takes no file
         probe.open("xb").close()
         probe.unlink()
@@ -93,7 +99,7 @@ def replacing(path: str | Path) -> Iterator[Path]:
     before the work that would fill it, not the writer's own words about the temporary."""
     path = Path(path)
     # a fresh name, not a mkstemp file: created with the usual permissions
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial")
+    temp = path.with_name(_beside_name(path, "partial"))
     try:  # a folder that takes no file (/proc, a read-only mount) fails now, naming path
         temp.open("xb").close()
     except OSError as error:

@@ -147,6 +147,15 @@ def test_a_place_that_takes_no_file_is_refused_before_the_work(full: Path,
     assert "error: out=/proc/dec.ckpt: cannot write there (/proc: " in result.stderr
 
 
+def test_a_long_legal_out_name_is_written(tmp_path: Path) -> None:
+    """The probe and partial files' names stay under the 255-byte limit the name meets."""
+    out = tmp_path / f"{'m' * 245}.onnx"
+    assert output_file(out, "out") == out
+    with replacing(out) as partial:
+        partial.write_bytes(b"model")
+    assert out.read_bytes() == b"model" and list(tmp_path.iterdir()) == [out]
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_replacing_names_the_file_a_place_cannot_hold() -> None:
     with pytest.raises(OSError, match="cannot write /proc/out.bin: "), replacing(

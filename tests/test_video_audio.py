@@ -135,6 +135,125 @@ def test_an_unreadable_sound_leaves_the_video_silent_naming_it(compose, ckpt, tm
     assert frame_count(out / "talk_overlay.mp4") == FRAMES
 
 
+def pictures_of(source: Path, out: Path) -> Path:
+    """``source``'s frames as OpenCV writes them for predict (mp4v, no sound)."""
+    capture = cv2.VideoCapture(str(source))
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (48, 32))
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        writer.write(bgr)
+    capture.release()
+    writer.release()
+    return out
+
+
+def first_loud_second(path: Path) -> float:
+    """When a video's sound first gets loud (the beep)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        heard = 0
+        for frame in container.decode(stream):
+            level = np.abs(frame.to_ndarray().astype(np.float64)).max(axis=0)
+            loud = np.flatnonzero(level > 0.5 * np.abs(np.iinfo(np.int16).max)
+                                  if frame.format.name.startswith("s16") else level > 0.5)
+            if loud.size:
+                return (heard + loud[0]) / stream.codec_context.sample_rate
+            heard += frame.samples
+    raise AssertionError(f"{path} has no beep")
+
+
+def test_re_encoded_sound_keeps_a_gap_so_what_follows_stays_in_time(tmp_path) -> None:
+    """A paused recorder leaves a gap: closing it would play the beep 1 s early."""
+    source = tmp_path / "gap.mkv"
+    with av.open(str(source), "w", format="matroska") as out:
+        video = out.add_stream("mpeg4", rate=FPS)
+        video.width, video.height, video.pix_fmt = 48, 32, "yuv420p"
+        audio = out.add_stream("pcm_s16le", rate=RATE, layout="mono")
+        for _ in range(3 * FPS):  # 3 s
+            for packet in video.encode(av.VideoFrame.from_ndarray(
+                    np.zeros((32, 48, 3), np.uint8), format="rgb24")):
+                out.mux(packet)
+        tone = np.zeros(3 * RATE, np.int16)
+        tone[int(2.5 * RATE):int(2.5 * RATE) + 320] = 30000  # the beep, at 2.5 s
+        for at in range(0, 3 * RATE, 1600):
+            if RATE <= at < 2 * RATE:
+                continue  # no sound from 1 s to 2 s
+            frame = av.AudioFrame.from_ndarray(tone[None, at:at + 1600], format="s16",
+                                               layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = RATE, at, Fraction(1, RATE)
+            for packet in audio.encode(frame):
+                out.mux(packet)
+        for packet in [*audio.encode(None), *video.encode(None)]:
+            out.mux(packet)
+    out = tmp_path / "out.mp4"
+    assert video_audio.copy_audio(source, pictures_of(source, tmp_path / "pic.mp4"),
+                                  out) == "re-encoded to AAC"
+    assert abs(first_loud_second(out) - 2.5) < 0.01
+
+
+def test_a_sound_without_a_decoder_leaves_the_videos_silent(compose, ckpt, tmp_path,
+                                                            caplog) -> None:
+    """An AVI whose sound format tag no decoder knows: silent videos, not a failed parse."""
+    good = tmp_path / "good.avi"
+    talking_video(good, "pcm_s16le", "avi")
+    data = bytearray(good.read_bytes())
+    tag = data.find(b"strf", data.find(b"auds")) + 8  # the WAVEFORMATEX format tag
+    data[tag:tag + 2] = (0x7777).to_bytes(2, "little")
+    odd = tmp_path / "in" / "odd.avi"
+    odd.parent.mkdir()
+    odd.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        record, out = parse(compose, ckpt, tmp_path, odd)
+    assert record["audio"] == "not copied: ValueError: PyAV has no decoder for its sound"
+    assert sound_of(out / "odd_mask.mp4") is None and sound_of(out / "odd_overlay.mp4") is None
+
+
+def test_of_several_tracks_the_default_is_copied_and_the_record_says_so(compose, ckpt,
+                                                                        tmp_path) -> None:
+    video = tmp_path / "two.mkv"
+    with av.open(str(video), "w", format="matroska") as out:
+        picture = out.add_stream("mpeg4", rate=FPS)
+        picture.width, picture.height, picture.pix_fmt = 48, 32, "yuv420p"
+        tracks = [out.add_stream("aac", rate=RATE, layout="mono") for _ in range(2)]
+        for _ in range(FRAMES):
+            for packet in picture.encode(av.VideoFrame.from_ndarray(
+                    np.zeros((32, 48, 3), np.uint8), format="rgb24")):
+                out.mux(packet)
+        for track in tracks:
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, RATE * FRAMES // FPS), np.int16),
+                                               format="s16", layout="mono")
+            frame.sample_rate = RATE
+            for packet in [*track.encode(frame), *track.encode(None)]:
+                out.mux(packet)
+        for packet in picture.encode(None):
+            out.mux(packet)
+    record, out = parse(compose, ckpt, tmp_path, video)
+    assert record["audio"] == "copied (audio track 1 of 2; the others are not)"
+
+
+def test_a_failed_second_copy_leaves_both_videos_silent(compose, ckpt, tmp_path,
+                                                        monkeypatch) -> None:
+    """Not a mask video with sound beside a silent overlay, recorded as not copied."""
+    calls = []
+
+    def full_disk_on_the_second(source, video, out):
+        calls.append(video)
+        if len(calls) == 2:
+            raise ValueError("FFmpegError: [Errno 28] No space left on device")
+        return video_audio.copy_audio(source, video, out)
+
+    monkeypatch.setattr(video_outputs, "copy_audio", full_disk_on_the_second)
+    video = tmp_path / "talk.mp4"
+    talking_video(video)
+    record, out = parse(compose, ckpt, tmp_path, video)
+    assert record["audio"] == "not copied: FFmpegError: [Errno 28] No space left on device"
+    assert sound_of(out / "talk_mask.mp4") is None and sound_of(out / "talk_overlay.mp4") is None
+    assert sorted(p.name for p in out.iterdir()) == [
+        "talk_mask.mp4", "talk_overlay.mp4", "talk_video.json"]
+
+
 def test_sound_is_moved_by_the_pictures_start_and_sound_before_it_dropped() -> None:
     """The output's first frame is at 0 s: the input's first picture time is taken off."""
     base = Fraction(1, 1000)

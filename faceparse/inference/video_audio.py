@@ -1,11 +1,12 @@
 """The input's sound in the output videos: OpenCV writes pictures only.
 
-The audio packets are copied as they are (no re-encoding, so no quality loss) into a copy
-of each finished video, with PyAV (``pip install av``, in the ``video`` extra); a sound
-format players do not read from mp4 (PCM from an AVI, Vorbis) is re-encoded to AAC. The sound is
-shifted by the input's video start time, since the output's first frame is at 0, and cut
-at the output's last frame. Without PyAV, or with a sound PyAV cannot read, the videos stay
-silent and the reason is said and recorded: a parse never fails for its sound.
+The default audio track's packets are copied as they are (no re-encoding, so no quality
+loss) into a copy of each finished video, with PyAV (``pip install av``, in the ``video``
+extra); a sound format players do not read from mp4 (PCM from an AVI, Vorbis) is
+re-encoded to AAC, its gaps kept as silence. The sound is shifted by the input's video
+start time, since the output's first frame is at 0, and cut at the output's last frame.
+Without PyAV, or with a sound PyAV cannot read, the videos stay silent and the reason is
+said and recorded: a parse never fails for its sound.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 __all__ = ["AUDIO_HINT", "NO_AUDIO", "audio_copier_missing", "copy_audio"]
 
@@ -36,11 +39,12 @@ def audio_copier_missing() -> str | None:
 
 
 def copy_audio(source: Path, video: Path, out: Path) -> str:
-    """Write ``video`` with ``source``'s first audio stream to ``out``, as mp4.
+    """Write ``video`` with ``source``'s sound (its default audio track) to ``out``, as mp4.
 
-    Returns what was done, for the record: ``"copied"``, ``"re-encoded to AAC"`` or
-    :data:`NO_AUDIO` (then ``out`` is not written); raises ``ValueError`` with the reason
-    the sound could not be added (PyAV missing, a stream it cannot read).
+    Returns what was done, for the record: ``"copied"`` or ``"re-encoded to AAC"`` (saying
+    which track of several, and a downmix), or :data:`NO_AUDIO` (then ``out`` is not
+    written); raises ``ValueError`` with the reason the sound could not be added (PyAV
+    missing, a stream it cannot read).
     """
     missing = audio_copier_missing()
     if missing:
@@ -51,36 +55,53 @@ def copy_audio(source: Path, video: Path, out: Path) -> str:
         with av.open(str(source)) as src:
             if not src.streams.audio:
                 return NO_AUDIO
-            codec = src.streams.audio[0].codec_context.codec.canonical_name
+            audio = src.streams.best("audio") or src.streams.audio[0]
+            context = audio.codec_context
+            if context is None or context.codec is None:
+                raise ValueError("PyAV has no decoder for its sound")
+            track, tracks = list(src.streams.audio).index(audio), len(src.streams.audio)
+            codec, channels = context.codec.canonical_name, context.channels
+        which = f" (audio track {track + 1} of {tracks}; the others are not)" \
+            if tracks > 1 else ""
         if codec in MP4_SOUND:
             try:
-                _mux(source, video, out, reencode=False)
-                return "copied"
+                _mux(source, video, out, track, reencode=False)
+                return f"copied{which}"
             except (av.error.FFmpegError, ValueError):  # a stream the muxer does not take
                 out.unlink(missing_ok=True)
-        _mux(source, video, out, reencode=True)
-        return "re-encoded to AAC"
+        layout = _mux(source, video, out, track, reencode=True)
+        downmix = f", downmixed from {channels} channels" if channels > 2 and \
+            layout == "stereo" else ""
+        return f"re-encoded to AAC{downmix}{which}"
     except (av.error.FFmpegError, ValueError) as error:
         out.unlink(missing_ok=True)
         raise ValueError(f"{type(error).__name__}: {error}") from None
 
 
-def _mux(source: Path, video: Path, out: Path, reencode: bool) -> None:
-    """``video``'s pictures and ``source``'s sound, in time order, into ``out``."""
+# channel layouts FFmpeg's AAC encoder takes; others are downmixed to stereo
+AAC_LAYOUTS = frozenset({"mono", "stereo", "3.0", "4.0", "5.0", "5.1", "7.1",
+                         "5.0(side)", "5.1(side)"})
+
+
+def _mux(source: Path, video: Path, out: Path, track: int, reencode: bool) -> str | None:
+    """``video``'s pictures and audio ``track`` of ``source``, in time order, into ``out``;
+    the channel layout when re-encoded."""
     import av
 
     with av.open(str(source)) as src, av.open(str(video)) as pictures, \
             av.open(str(out), "w", format="mp4") as dst:
-        audio = src.streams.audio[0]
+        audio = src.streams.audio[track]
         frames = pictures.streams.video[0]
         end = _end_seconds(frames)
         out_frames = dst.add_stream_from_template(frames)
         shift = _start(src.streams.video[0]) if src.streams.video else 0.0
-        if reencode:  # the encoder counts from 0: the sound's own start is kept by the shift
-            layout = "mono" if audio.codec_context.channels == 1 else "stereo"  # AAC's own
-            out_audio = dst.add_stream("aac", rate=audio.codec_context.sample_rate,
-                                       layout=layout)
-            sound = _encoded(src.decode(audio), out_audio)
+        layout = None
+        if reencode:  # timed from the sound's start: the shift keeps it in place
+            context = audio.codec_context
+            layout = context.layout.name if context.layout.name in AAC_LAYOUTS else \
+                "mono" if context.channels == 1 else "stereo"
+            out_audio = dst.add_stream("aac", rate=context.sample_rate, layout=layout)
+            sound = _encoded(src.decode(audio), out_audio, _start(audio))
             shift -= _start(audio)
         else:
             out_audio = dst.add_stream_from_template(audio)
@@ -89,19 +110,47 @@ def _mux(source: Path, video: Path, out: Path, reencode: bool) -> None:
                               _timed(sound, shift, out_audio), key=lambda timed: timed[0])
         for seconds, packet in packets:
             if packet.stream is out_audio and end is not None and seconds >= end:
-                continue  # sound after the last frame (the input stopped early)
+                break  # sound after the last frame (in time order: no picture is left)
             dst.mux(packet)
+        return layout
 
 
-def _encoded(frames: Iterator[Any], stream: Any) -> Iterator[Any]:
+def _encoded(frames: Iterator[Any], stream: Any, start: float) -> Iterator[Any]:
     """Decoded sound encoded for ``stream`` (PyAV resamples to the encoder's format), timed
-    by its samples from 0 (:func:`_mux` shifts it by the sound's start)."""
+    in samples from ``start``: a gap in the input (a paused recorder) is filled with
+    silence, so what follows it stays in time with the pictures."""
     samples = 0
     for frame in frames:
-        frame.pts, frame.time_base = samples, Fraction(1, frame.sample_rate)
+        rate = frame.sample_rate
+        if frame.pts is not None and frame.time_base is not None:
+            due = round((float(frame.pts * frame.time_base) - start) * rate)
+            if due > samples:
+                yield from stream.encode(_silence(frame, due - samples, samples))
+                samples = due
+        frame.pts, frame.time_base = samples, Fraction(1, rate)
         samples += frame.samples
         yield from stream.encode(frame)
     yield from stream.encode(None)
+
+
+def _silence(like: Any, count: int, at: int) -> Any:
+    """``count`` samples of silence in ``like``'s format, layout and rate, at sample ``at``."""
+    import av
+
+    name = like.format.name
+    dtype = SAMPLE_DTYPES[name.removesuffix("p")]
+    channels = len(like.layout.channels)
+    shape = (channels, count) if like.format.is_planar else (1, count * channels)
+    silent = np.full(shape, 128 if dtype == np.uint8 else 0, dtype=dtype)  # u8 is offset
+    frame = av.AudioFrame.from_ndarray(silent, format=name, layout=like.layout.name)
+    frame.sample_rate, frame.pts, frame.time_base = like.sample_rate, at, \
+        Fraction(1, like.sample_rate)
+    return frame
+
+
+# FFmpeg's sample formats (planar ones end in "p") as NumPy types
+SAMPLE_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64,
+                 "flt": np.float32, "dbl": np.float64}
 
 
 def _start(stream: Any) -> float:

@@ -131,17 +131,22 @@ class VideoOutputs:
 
     def _add_sound(self) -> str:
         """The input's sound into both finished videos; what was done, for the record. A
-        sound that cannot be added leaves the videos silent, with a warning saying why."""
+        sound that cannot be added leaves both videos silent, with a warning saying why."""
         outcome = NO_AUDIO
-        for name, partial in self.partials.items():
-            try:
+        try:
+            for name, partial in self.partials.items():  # both, before either is replaced
                 outcome = copy_audio(self.source, partial, _with_sound(partial))
-            except ValueError as error:
-                _warn_silent(self.source, str(error))
-                return f"not copied: {error}"
-            if outcome == NO_AUDIO:
-                return outcome
-            _check_video(_with_sound(partial), self.written, self.finals[name])
+                if outcome == NO_AUDIO:
+                    return outcome
+                _check_video(_with_sound(partial), self.written, self.finals[name])
+        except Exception as error:  # never a failed parse for its sound
+            for partial in self.partials.values():
+                _with_sound(partial).unlink(missing_ok=True)
+            reason = str(error) if isinstance(error, ValueError) else \
+                f"{type(error).__name__}: {error}"
+            _warn_silent(self.source, reason)
+            return f"not copied: {reason}"
+        for partial in self.partials.values():
             os.replace(_with_sound(partial), partial)
         return outcome
 
