@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from faceparse.cli import hydra_entry, keep_run_folder, one_line_errors
 from faceparse.data.prepare import SplitReport, prepare_dataset
+from faceparse.option_values import whole_number
 from faceparse.writable import check_output_dir, output_dir
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,10 @@ def prepare(cfg: DictConfig) -> dict[str, SplitReport]:
     if not prepared_dir:
         raise ValueError(f"data.dataset ({cfg.data.dataset._target_}) has no prepared_dir: "
                          f"nothing to prepare")
+    whole_number("data.image_size", cfg.data.image_size, 1, "the prepared side in pixels")
+    if cfg.workers is not None:
+        whole_number("workers", cfg.workers, 0, "the number of worker processes (null: one "
+                     "per CPU)")
     check_output_dir(prepared_dir, "data.dataset.prepared_dir")  # read-only data: refused
     datamodule = instantiate(cfg.data)
     # every split opened (listed) first: missing data is refused before there is a run

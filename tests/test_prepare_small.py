@@ -142,3 +142,33 @@ def test_a_prepared_dir_that_cannot_be_made_is_one_line_before_any_work(tmp_path
     assert (f"error: data.dataset.prepared_dir={tmp_path}/afile/sub: cannot create folder "
             f"({tmp_path}/afile is a file)") in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("fractions", "message"), [
+    ({"val": "abc"}, r"data.dataset.fractions.val=abc: the share of images held out for val"),
+    ({"val": -0.1}, r"data.dataset.fractions.val=-0.1: .* a number from 0 to below 1"),
+    ({"val": 0.6, "test": 0.5}, r"holds out everything: val \+ test must stay below 1"),
+    ({"train": 0.9}, r"data.dataset.fractions has train: only val and test are held out"),
+])
+def test_bad_fractions_are_one_line_naming_the_option(tmp_path: Path, fractions, message
+                                                      ) -> None:
+    """Not a comparison error inside the split, nor 'missing any train sample'."""
+    root = tmp_path / "faces"
+    write_faces(root, 3)
+    with pytest.raises(ValueError, match=message):
+        ImageMaskFolder("train", root, scheme="facesynthetics", fractions=fractions)
+
+
+@pytest.mark.slow  # a whole command in a subprocess: in CI's slow suite (pytest -m slow)
+@pytest.mark.parametrize(("option", "message"), [
+    ("data.image_size=0", "data.image_size=0: the prepared side in pixels is a whole number"),
+    ("workers=abc", "workers=abc: the number of worker processes"),
+])
+def test_bad_prepare_options_are_one_line_before_anything_is_written(tmp_path: Path, option,
+                                                                     message) -> None:
+    root = tmp_path / "faces"
+    write_faces(root, 3)
+    result = prepare(root, tmp_path / "run", option)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"error: {message}" in result.stderr
+    assert not list(root.glob("prepared_*")) and not (tmp_path / "run").exists()

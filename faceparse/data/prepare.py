@@ -2,9 +2,10 @@
 
 Every sample is decoded, merged (CelebAMask-HQ parts), checked, resized to the training
 size (area for images, nearest for labels) and written as a JPEG + label PNG pair, in
-worker processes, with a progress bar. Resumable: a sample whose two files exist is
-not redone; atomic: files appear under their final name only when complete, and a
-split's index is written after its last sample, so a killed run is never read as done.
+worker processes, with a progress bar. Resumable: a sample whose two files exist and whose
+raw files are as they were (``sources.json``) is not redone; atomic: files appear under
+their final name only when complete, and a split's index is written after its last sample,
+so a killed run is never read as done.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from faceparse.data.readers.prepared import (
     VERSION,
     PreparedLayout,
     json_plain,
+    source_fingerprint,
 )
 from faceparse.data.transforms import MASK_RESIZE
 
@@ -61,35 +63,40 @@ def resize_pair(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndar
 _JOB: dict = {}
 
 
-def _init_worker(dataset: FileDataset, layout: PreparedLayout, size: int) -> None:
+def _init_worker(dataset: FileDataset, layout: PreparedLayout, size: int,
+                 recorded: dict[str, str] | None) -> None:
     cv2.setNumThreads(1)
-    _JOB.update(dataset=dataset, layout=layout, size=size)
+    _JOB.update(dataset=dataset, layout=layout, size=size, recorded=recorded)
 
 
-def _prepare_one(index: int) -> tuple[str, str | None]:
-    """('written' | 'reused' | 'skipped', reason) for one sample."""
+def _prepare_one(index: int) -> tuple[str, str | None, str]:
+    """('written' | 'redone' | 'reused' | 'skipped', reason, the sample's source
+    fingerprint) for one sample."""
     dataset: FileDataset = _JOB["dataset"]
     layout: PreparedLayout = _JOB["layout"]
+    recorded: dict[str, str] | None = _JOB["recorded"]
     sample_id = dataset.ids[index]
+    fingerprint = source_fingerprint(dataset.source_files(sample_id))  # before it is read
     done = layout.is_done(dataset.split, sample_id)
-    if done and not _changed_since(dataset, layout, sample_id):
-        return "reused", None
+    if done and (recorded.get(sample_id) == fingerprint if recorded is not None
+                 else not _changed_since(dataset, layout, sample_id)):
+        return "reused", None, fingerprint
     try:
         image, mask = resize_pair(*dataset.load_checked(index), _JOB["size"])
     except BadSampleError as err:
         if dataset.strict:
             raise
-        return "skipped", str(err)
+        return "skipped", str(err), fingerprint
     except Exception as err:  # name the files: a worker's traceback names none
         raise RuntimeError(f"failed to prepare {dataset.describe(index)}: {err!r}") from err
     write_atomic(layout.image_path(dataset.split, sample_id), encode_image(image, IMAGE_EXT))
     write_atomic(layout.label_path(dataset.split, sample_id), encode_image(mask, LABEL_EXT))
-    return "redone" if done else "written", None
+    return "redone" if done else "written", None, fingerprint
 
 
 def _changed_since(dataset: FileDataset, layout: PreparedLayout, sample_id: str) -> bool:
-    """Whether a raw file of the sample is newer than its prepared label (written last): a
-    re-annotated mask or a re-downloaded image is prepared again, not kept stale."""
+    """For a copy made before ``sources.json``: whether a raw file of the sample is newer
+    than its prepared label (written last), so a re-annotated mask is prepared again."""
     made = layout.label_path(dataset.split, sample_id).stat().st_mtime_ns
     for path in dataset.source_files(sample_id):
         try:
@@ -101,7 +108,7 @@ def _changed_since(dataset: FileDataset, layout: PreparedLayout, sample_id: str)
 
 
 def _run(indices: Sequence[int], workers: int,
-         init_args: tuple) -> Iterable[tuple[str, str | None]]:
+         init_args: tuple) -> Iterable[tuple[str, str | None, str]]:
     if workers <= 1:
         _init_worker(*init_args)
         yield from map(_prepare_one, indices)
@@ -115,10 +122,12 @@ def prepare_split(dataset: FileDataset, layout: PreparedLayout, size: int, worke
     """Prepare every sample of a raw dataset split, then write what it listed and its index."""
     if dataset.prepared is not None:
         raise ValueError("prepare reads the raw files: open the dataset with prepared_dir=None")
-    report, done = SplitReport(), []
+    report, done, sources = SplitReport(), [], {}
     task = progress.add_task(dataset.split, total=len(dataset)) if progress else None
-    results = _run(range(len(dataset)), workers, (dataset, layout, size))
-    for sample_id, (status, reason) in zip(dataset.ids, results, strict=True):
+    results = _run(range(len(dataset)), workers,
+                   (dataset, layout, size, layout.read_sources(dataset.split)))
+    for sample_id, (status, reason, fingerprint) in zip(dataset.ids, results, strict=True):
+        sources[sample_id] = fingerprint
         if status == "redone":
             report.redone += 1
             status = "written"
@@ -130,6 +139,7 @@ def prepare_split(dataset: FileDataset, layout: PreparedLayout, size: int, worke
         if progress is not None:
             progress.advance(task)
     layout.write_listed(dataset.split, dataset.ids)  # skipped ones too: not "added" later
+    layout.write_sources(dataset.split, {i: sources[i] for i in done})
     layout.write_index(dataset.split, done)
     return report
 

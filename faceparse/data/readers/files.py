@@ -28,6 +28,7 @@ from faceparse.data.readers.prepared import (
     PreparedLayout,
     StalePreparedError,
     find_prepared,
+    source_fingerprint,
     stale_reason,
 )
 from faceparse.labels import LabelScheme
@@ -73,6 +74,9 @@ class FileDataset(FaceParsingDataset):
         self.exif_orientation = check_exif_choice(exif_orientation)
         # ids prepare skipped as unreadable: bad samples of the split, though never read here
         self.prepare_skipped: list[str] = []
+        # each prepared sample's source fingerprint; None: not checked (no record, no raw)
+        self.prepared_sources: dict[str, str] | None = None
+        self._said_changed = False
         self.prepared: PreparedLayout | None = find_prepared(
             prepared_dir, type(self).__name__, self.native_scheme.name, split,
             self.recorded_settings()
@@ -94,12 +98,13 @@ class FileDataset(FaceParsingDataset):
         """
         ids = prepared.read_index(self.split) or []
         where = prepared.root / self.split
+        checkable = True
         try:
             reason = stale_reason(prepared, self.split, self.list_raw(self.split))
         except DatasetNotFoundError as err:
             log.warning("%s: cannot compare with the raw files (%s); using it as is",
                         where, str(err).splitlines()[0])
-            reason = None
+            reason, checkable = None, False
         if reason is not None:
             raise StalePreparedError(
                 f"prepared copy {where} is out of date with data.root={self.root}: {reason}. "
@@ -107,6 +112,8 @@ class FileDataset(FaceParsingDataset):
                 f"resumes, keeping the samples already prepared), or read the raw files with "
                 f"data.dataset.prepared_dir=null"
             )
+        if checkable:  # each sample checked against its files when read (:meth:`load`)
+            self.prepared_sources = prepared.read_sources(self.split)
         kept = set(ids)
         self.prepare_skipped = [i for i in prepared.read_listed(self.split) or []
                                 if i not in kept]
@@ -152,8 +159,24 @@ class FileDataset(FaceParsingDataset):
         sample_id = self.ids[index]
         if self.prepared is None:
             return self.load_raw(sample_id)
+        if self.prepared_sources is not None and self.prepared_sources.get(
+                sample_id) != source_fingerprint(self.source_files(sample_id)):
+            self._say_changed(sample_id)
+            return self.load_raw(sample_id)  # not the copy made from what the files were
         return (read_image(self.prepared.image_path(self.split, sample_id)),
                 read_mask(self.prepared.label_path(self.split, sample_id)))
+
+    def _say_changed(self, sample_id: str) -> None:
+        """Warn at the first sample whose raw files changed since prepare (once per split
+        and process: a worker says it for its own samples)."""
+        if self._said_changed:
+            return
+        self._said_changed = True
+        log.warning("%s %s: %s changed since the prepared copy %s was made (its raw files "
+                    "differ): read from the raw files, as is every sample that changed; "
+                    "re-run python -m faceparse.prepare to refresh the copy", self.title,
+                    self.split, " + ".join(map(str, self.raw_files(sample_id))),
+                    self.prepared.root if self.prepared else "")
 
     def describe(self, index: int) -> str:
         sample_id = self.ids[index]

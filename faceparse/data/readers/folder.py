@@ -21,6 +21,7 @@ from typing import Any
 from faceparse.data.readers.base import Transform
 from faceparse.data.readers.files import IMAGE_EXTS, PairedFileDataset
 from faceparse.labels import LabelScheme, get_scheme
+from faceparse.option_values import is_number, shown
 
 __all__ = ["ImageMaskFolder", "TooFewImagesError", "assign_splits", "hash_split"]
 
@@ -32,6 +33,23 @@ class TooFewImagesError(ValueError):
 def _position(name: str) -> float:
     """Where a file name falls in [0, 1): the hash the split shares are cut from."""
     return zlib.crc32(name.encode()) / 2**32
+
+
+def check_fractions(fractions: Mapping[str, Any]) -> dict[str, float]:
+    """The held-out shares: ``val`` and ``test``, numbers in [0, 1) that leave a train
+    share (a typo is one line naming the option, not a comparison error in the split)."""
+    unknown = sorted(set(fractions) - {"val", "test"})
+    if unknown:
+        raise ValueError(f"data.dataset.fractions has {', '.join(map(str, unknown))}: only val "
+                         f"and test are held out (train gets the rest)")
+    for split, share in fractions.items():
+        if not is_number(share) or not 0 <= share < 1:
+            raise ValueError(f"data.dataset.fractions.{split}={shown(share)}: the share of "
+                             f"images held out for {split}, a number from 0 to below 1")
+    if sum(fractions.values()) >= 1:
+        raise ValueError(f"data.dataset.fractions={dict(fractions)} holds out everything: "
+                         f"val + test must stay below 1, the rest trains")
+    return {split: float(share) for split, share in fractions.items()}
 
 
 def hash_split(name: str, fractions: Mapping[str, float]) -> str:
@@ -111,7 +129,7 @@ class ImageMaskFolder(PairedFileDataset):
         self.native_scheme = get_scheme(scheme)
         self.image_dir, self.mask_dir, self.mask_name = image_dir, mask_dir, check_mask_name(
             mask_name)
-        self.fractions = dict(fractions or {"val": 0.05, "test": 0.05})
+        self.fractions = check_fractions(fractions or {"val": 0.05, "test": 0.05})
         self.layout = f"""\
   [<split>/]{image_dir}/<name>{{{','.join(IMAGE_EXTS)}}}
   [<split>/]{mask_dir}/{mask_name.format(stem='<name>')}   one channel, {scheme} ids, 255 ignore

@@ -84,6 +84,14 @@ Pass the folder holding either as data.root=<folder>."""
         image = read_image_for_mask(image_path, maps[0].shape[:2], self.exif_orientation)
         return image, np.argmax(np.stack(maps), axis=0).astype(np.uint8)
 
+    def source_files(self, sample_id: str) -> list[Path]:
+        """The image and, for the original release, each soft map in its label folder (a
+        map rewritten in place leaves the folder's own time as it was)."""
+        image_path, label_path = self.pairs[sample_id]
+        if not label_path.is_dir():
+            return super().source_files(sample_id)
+        return [image_path, *sorted(label_path.glob(f"{sample_id}_lbl*.png"))]
+
     def _soft_maps(self, sample_id: str) -> list[Path]:
         folder = self.pairs[sample_id][1]
         paths = [folder / f"{sample_id}_lbl{c:02d}.png" for c in range(HELEN.num_classes)]

@@ -7,6 +7,7 @@
     <prepared_dir>/<split>/images/<id>.jpg   RGB, image_size x image_size, JPEG quality 95
     <prepared_dir>/<split>/labels/<id>.png   one channel, ids of the dataset's native scheme
     <prepared_dir>/<split>/listed.txt        the raw split's ids that prepare considered
+    <prepared_dir>/<split>/sources.json      {id: fingerprint of the raw files it was made from}
     <prepared_dir>/<split>/index.txt         one id per line, written last: the split is done
 
 Labels keep the native scheme (named in ``meta.json``), so one prepared copy serves every
@@ -14,14 +15,19 @@ target scheme; images are JPEG because decoding one is several times faster than
 ``listed.txt`` is the index plus the samples skipped as unreadable: a reader compares it
 with today's raw listing (:func:`stale_reason`), so samples added or removed since (or a
 changed split) are noticed without counting the skipped ones as changes. Copies from before
-``listed.txt`` are compared by their index.
+``listed.txt`` are compared by their index. ``sources.json`` fingerprints each sample's raw
+files (names, sizes, modification times, :func:`source_fingerprint`): prepare redoes a
+sample whose files differ in any way (a mask edited, a part deleted, an older file unpacked
+over it), and a reader reads such a sample from its raw files (copies from before this
+record are trusted as they are).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +35,7 @@ from typing import Any
 from faceparse.data.io import write_atomic
 
 __all__ = ["PreparedLayout", "StalePreparedError", "find_prepared", "refuse_other_size",
-           "stale_reason", "json_plain", "VERSION"]
+           "source_fingerprint", "stale_reason", "json_plain", "VERSION"]
 
 # 2: masks downscaled centre-aligned (INTER_NEAREST_EXACT), as the images are
 VERSION = 2
@@ -87,6 +93,35 @@ class PreparedLayout:
 
     def write_listed(self, split: str, ids: list[str]) -> None:
         _write_ids(self.listed_path(split), ids)
+
+    def sources_path(self, split: str) -> Path:
+        return self.root / split / "sources.json"
+
+    def read_sources(self, split: str) -> dict[str, str] | None:
+        """Each prepared sample's :func:`source_fingerprint` (``None``: a copy from before
+        this record, or one whose record cannot be read)."""
+        try:
+            sources = json.loads(self.sources_path(split).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return sources if isinstance(sources, dict) else None
+
+    def write_sources(self, split: str, sources: Mapping[str, str]) -> None:
+        write_atomic(self.sources_path(split), json.dumps(dict(sources)).encode())
+
+
+def source_fingerprint(paths: Iterable[Path]) -> str:
+    """What a sample's raw files are now: their names, sizes and modification times. Any
+    change, to an older time too (``unzip`` and ``rsync -a`` restore old ones), or a file
+    gone or added, gives another fingerprint; nothing is read."""
+    parts = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            parts.append(f"{path.name}\t{stat.st_size}\t{stat.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{path.name}\tmissing")
+    return hashlib.sha1("\n".join(sorted(parts)).encode()).hexdigest()[:20]
 
 
 def _read_ids(path: Path) -> list[str] | None:
