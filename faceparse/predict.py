@@ -185,6 +185,7 @@ def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir
     flicker = {}
     run = run_record(parser)  # smoothing changes a video's labels too
     run["settings"]["smoothing"] = check_smoothing(cfg.smoothing)
+    run["settings"]["alpha"] = float(cfg.alpha)  # the overlay video's blend
     for video in videos:
         try:
             record = source_record(video, root, None, run)

@@ -101,6 +101,52 @@ def test_a_rerun_redoes_outputs_of_another_checkpoint_scheme_or_setting_or_a_cha
     assert run(str(moved), "keep_aspect=true", "overwrite=true")["images"] == 1
 
 
+def test_another_overlay_alpha_or_precision_is_redone_and_older_records_are_kept(
+        compose, ckpt, tmp_path, caplog):
+    """Overlays blended at another alpha, labels computed in bf16 against fp32: not the
+    outputs asked for. Masks from before precision was recorded are not all redone."""
+    photos, out = tmp_path / "in", tmp_path / "out"
+    write_image(photos / "p.png", (30, 20))
+    mask = out / "p_mask.png"
+
+    def run(*extra: str) -> dict:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            return predict(predict_config(compose, tmp_path, ckpt, f"input={photos}",
+                                          f"output_dir={out}", *extra))
+
+    assert run("save_overlay=true", "alpha=0.2", "precision=32-true")["images"] == 1
+    assert run("save_overlay=true", "alpha=0.2", "precision=32-true")["skipped"] == 1
+    assert run("save_overlay=true", "alpha=0.9", "precision=32-true")["redone"] == 1
+    assert "alpha=0.2, not 0.9" in caplog.text
+    assert run("save_overlay=false", "precision=32-true")["skipped"] == 1  # no overlay asked
+    assert run("save_overlay=false", "precision=bf16-mixed")["redone"] == 1
+    assert "precision='32-true', not 'bf16-mixed'" in caplog.text
+    made_from = json.loads(read_png_text(mask)[RECORD_KEY])
+    del made_from["settings"]["precision"]  # a mask from before precision was recorded
+    text = dict(read_png_text(mask), **{RECORD_KEY: json.dumps(made_from)})
+    mask.write_bytes(png_bytes(np.asarray(Image.open(mask)), text))
+    assert run("save_overlay=false", "precision=32-true")["skipped"] == 1
+
+
+def test_a_photo_parsed_again_without_a_face_keeps_none_of_its_earlier_outputs(
+        compose, ckpt, tmp_path, caplog):
+    """crop=none wrote its files; crop=faces finds no face in it: the earlier files do not
+    stand as its result (a photo without a face gets none)."""
+    photos, out = tmp_path / "in", tmp_path / "out"
+    write_image(photos / "p.png", (40, 40))  # noise: the detector finds no face
+    first = predict(predict_config(compose, tmp_path, ckpt, f"input={photos}",
+                                   f"output_dir={out}", "save_overlay=true"))
+    assert first["images"] == 1 and (out / "p_overlay.png").is_file()
+    with caplog.at_level(logging.WARNING):
+        again = predict(predict_config(compose, tmp_path, ckpt, f"input={photos}",
+                                       f"output_dir={out}", "crop=faces"))
+    assert (again["images"], again["without_face"]) == (0, 1)
+    assert list(out.iterdir()) == []
+    assert f"removed p_mask.png, p_color.png, p_overlay.png, p_visualization.png: the " \
+           f"earlier outputs of {photos / 'p.png'}" in caplog.text
+
+
 def test_outputs_written_before_the_record_are_kept_only_when_nothing_tells_them_apart(
         compose, ckpt, tmp_path, caplog):
     photos, out = tmp_path / "in", tmp_path / "out"

@@ -212,6 +212,21 @@ def _with_faces(good: list[tuple[int, np.ndarray]],
     return kept, kept_results
 
 
+def _remove_earlier_outputs(faceless: list[int], files: list[Path], stems: list[Path],
+                            out_dir: Path) -> None:
+    """A photo parsed again (stale outputs, ``overwrite=true``) that now has no face or
+    usable box gets no files: the earlier run's, made with other settings, go, with a
+    warning, rather than stand as its result. Only photos judged this photo's own reach
+    here (another photo's outputs are refused before parsing)."""
+    for i in faceless:
+        earlier = [p for p in output_paths(out_dir, stems[i], True, True) if p.is_file()]
+        for path in earlier:
+            path.unlink()
+        if earlier:
+            log.warning("removed %s: the earlier outputs of %s, which has no face or usable "
+                        "box now", ", ".join(p.name for p in earlier), files[i])
+
+
 def _submit_writes(writer: ThreadPoolExecutor, parser: Parser,
                    good: list[tuple[int, np.ndarray]],
                    results: list[torch.Tensor] | list[ParseResult], files: list[Path],
@@ -255,6 +270,8 @@ def _sort_out(parser: Parser, files: list[Path], stems: list[Path], options: Wri
     are this photo's but stale, and refused (failed) when another photo made them."""
     inputs = {f.resolve() for f in files}
     run, scheme = run_record(parser), parser.scheme.name
+    if options.save_overlay:  # the overlay's blend: another alpha makes other overlays
+        run["settings"]["alpha"] = float(options.alpha)
     todo, records, unrecorded = [], {}, 0
     for i, stem in enumerate(stems):
         targets = output_paths(options.out_dir, stem, options.save_overlay, options.save_probs)
@@ -326,7 +343,10 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
                 model_start = time.perf_counter()
                 results = _run_model(parser, good, options, boxes)
                 summary.model_seconds += time.perf_counter() - model_start
-                good, results = _with_faces(good, results, parser, boxes, files, summary)
+                faced, results = _with_faces(good, results, parser, boxes, files, summary)
+                _remove_earlier_outputs([i for i, _ in good if i not in dict(faced)], files,
+                                        stems, options.out_dir)
+                good = faced
                 batches.append(_submit_writes(writer, parser, good, results, files, stems,
                                               options, records))
                 summary.images += len(good)

@@ -140,6 +140,8 @@ class Parser:
                 f"fast_path.frozen_vit_bf16=false")
         self.image_size, self.keep_aspect, self.crop, self.margin = size, keep_aspect, crop, margin
         self.autocast_dtype = PRECISIONS[precision]
+        # what the labels are computed in (recorded with each mask): an ONNX model runs fp32
+        self.precision = precision if torch_net else "32-true"
         self.batch_size = batch_size
         self.out_scheme = get_scheme(labels) if labels else model.scheme
         self.lut = mapping_lut(model.scheme, self.out_scheme) if labels else None

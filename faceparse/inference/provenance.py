@@ -39,6 +39,9 @@ __all__ = ["RECORD_KEY", "Verdict", "file_stamp", "judge", "judge_text", "left_b
            "read_record_file", "record_file_text", "run_record", "source_record"]
 
 RECORD_KEY = "faceparse:made_from"
+# settings compared only when both runs record them: outputs from before they were recorded
+# are not all redone, and alpha counts only where both runs wrote overlays
+COMPARED_WHEN_BOTH = frozenset({"precision", "alpha"})
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ def run_record(parser: Any) -> dict[str, Any]:
                                 "keep_aspect": bool(parser.keep_aspect), "crop": parser.crop}
     if parser.crop != "none":
         settings["margin"] = float(parser.margin)
+    if getattr(parser, "precision", None):  # bf16 moves a few labels against fp32
+        settings["precision"] = parser.precision
     record = {"model": file_stamp(Path(parser.model.source)), "settings": settings}
     vit_files = getattr(parser.model, "vit_files", ())
     if vit_files:  # the checkpoint holds no ViT weights: the file they came from counts too
@@ -123,7 +128,8 @@ def _differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str
                    f"{', '.join(str(s['path']) for s in new) or 'none'}")
     old, new = recorded.get("settings") or {}, expected["settings"]
     changed = [f"{k}={old.get(k)!r}, not {new.get(k)!r}" for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k)]
+               if old.get(k) != new.get(k)
+               and (k not in COMPARED_WHEN_BOTH or (k in old and k in new))]
     if changed:
         out.append("made with " + ", ".join(changed))
     return out
