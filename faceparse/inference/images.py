@@ -112,6 +112,8 @@ def to_rgb(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> np.nd
 
     Arrays are HxWx3 RGB (uint8, or float in [0, 1]), HxWx4 RGBA (alpha dropped) or HxW /
     HxWx1 grey; tensors are 3xHxW or 1xHxW in [0, 1] or uint8 (torchvision's convention).
+    Paths and PIL images are turned upright by their EXIF orientation tag, which Pillow keeps
+    on an image a user rotated: ``ImageOps.exif_transpose`` turns it and drops the tag.
     """
     if isinstance(image, (str, Path)):
         return read_photo(image)
