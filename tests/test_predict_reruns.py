@@ -64,18 +64,29 @@ def test_a_photo_with_the_same_name_from_another_folder_does_not_take_the_first_
     assert _size(tmp_path / "one" / "a_mask.png") == (24, 20)
 
 
+def one_photo_reruns(compose, tmp_path: Path, caplog):
+    """``in/p.png``'s mask path, and a run over it into ``out/`` (checkpoint, options) that
+    returns predict's summary with this run's warnings alone in ``caplog``."""
+    photos, out = tmp_path / "in", tmp_path / "out"
+    write_image(photos / "p.png", (30, 20))
+
+    def run(ckpt, *extra: str) -> dict:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            return predict(predict_config(compose, tmp_path, ckpt, f"input={photos}",
+                                          f"output_dir={out}", *extra))
+
+    return out / "p_mask.png", run
+
+
 @pytest.mark.slow  # a whole command, end to end: in CI's slow suite
 def test_a_rerun_redoes_outputs_of_another_checkpoint_scheme_or_setting_or_a_changed_photo(
         compose, ckpt, tmp_path, caplog):
-    photos, out = tmp_path / "in", tmp_path / "out"
-    write_image(photos / "p.png", (30, 20))
-    mask = out / "p_mask.png"
+    mask, rerun = one_photo_reruns(compose, tmp_path, caplog)
+    photos = tmp_path / "in"
 
-    def run(*extra: str) -> dict:
-        caplog.clear()
-        with caplog.at_level(logging.WARNING):
-            return predict(predict_config(compose, tmp_path, extra[0] if extra else ckpt,
-                                          f"input={photos}", f"output_dir={out}", *extra[1:]))
+    def run(*extra: str) -> dict:  # the checkpoint first
+        return rerun(extra[0] if extra else ckpt, *extra[1:])
 
     assert run()["images"] == 1
     assert run()["skipped"] == 1 and "again" not in caplog.text
@@ -105,15 +116,10 @@ def test_another_overlay_alpha_or_precision_is_redone_and_older_records_are_kept
         compose, ckpt, tmp_path, caplog):
     """Overlays blended at another alpha, labels computed in bf16 against fp32: not the
     outputs asked for. Masks from before precision was recorded are not all redone."""
-    photos, out = tmp_path / "in", tmp_path / "out"
-    write_image(photos / "p.png", (30, 20))
-    mask = out / "p_mask.png"
+    mask, rerun = one_photo_reruns(compose, tmp_path, caplog)
 
     def run(*extra: str) -> dict:
-        caplog.clear()
-        with caplog.at_level(logging.WARNING):
-            return predict(predict_config(compose, tmp_path, ckpt, f"input={photos}",
-                                          f"output_dir={out}", *extra))
+        return rerun(ckpt, *extra)
 
     assert run("save_overlay=true", "alpha=0.2", "precision=32-true")["images"] == 1
     assert run("save_overlay=true", "alpha=0.2", "precision=32-true")["skipped"] == 1
