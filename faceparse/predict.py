@@ -170,7 +170,6 @@ def _video_overwrite(parser: Parser, cfg: DictConfig, video: Path, out_stem: Pat
     if verdict.action == "redo":
         log.warning("parsing %s again: its outputs %s are stale: %s", video, done,
                     verdict.reason)
-        summary.redone += 1
         return True
     return False
 
@@ -207,6 +206,7 @@ def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir
             summary.skipped += 1
             continue
         faceless = report["frames_without_face"]
+        stale = overwrite and not cfg.overwrite  # outputs there but stale: parsed again
         if faceless and len(faceless) == report["frames"]:
             reason = (f"no face detected in any of its {len(faceless)} frames (crop=faces); "
                       f"nothing written")
@@ -217,6 +217,8 @@ def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir
                         "masks are all background", len(faceless), report["frames"], video,
                         frame_ranges(faceless))
             summary.faceless_frames += len(faceless)
+        if stale and len(faceless) < report["frames"]:
+            summary.redone += 1
         summary.images += report["frames"] - len(faceless)
         summary.seconds += report["seconds"]
         summary.model_seconds += report["model_seconds"]

@@ -147,10 +147,24 @@ def test_a_photo_parsed_again_without_a_face_keeps_none_of_its_earlier_outputs(
     with caplog.at_level(logging.WARNING):
         again = predict(predict_config(compose, tmp_path, ckpt, f"input={photos}",
                                        f"output_dir={out}", "crop=faces"))
-    assert (again["images"], again["without_face"]) == (0, 1)
+    assert (again["images"], again["without_face"], again["redone"]) == (0, 1, 0)
     assert list(out.iterdir()) == []
     assert f"removed p_mask.png, p_color.png, p_overlay.png, p_visualization.png: the " \
            f"earlier outputs of {photos / 'p.png'}" in caplog.text
+
+
+def test_a_stale_photo_that_cannot_be_read_now_counts_as_failed_not_redone(
+        compose, ckpt, tmp_path):
+    photos, out = tmp_path / "in", tmp_path / "out"
+    write_image(photos / "p.png", (30, 20))
+    write_image(photos / "q.png", (30, 20), 1)
+    assert predict(predict_config(compose, tmp_path, ckpt, f"input={photos}",
+                                  f"output_dir={out}"))["images"] == 2
+    (photos / "p.png").write_bytes(b"not a picture any more")
+    write_image(photos / "q.png", (30, 20), 2)  # changed, readable: parsed again
+    again = predict(predict_config(compose, tmp_path, ckpt, f"input={photos}",
+                                   f"output_dir={out}"))
+    assert (again["images"], again["failed"], again["redone"]) == (1, 1, 1)
 
 
 def test_outputs_written_before_the_record_are_kept_only_when_nothing_tells_them_apart(

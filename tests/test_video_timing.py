@@ -147,6 +147,15 @@ def test_a_rerun_remakes_a_deleted_mask_video_and_frames_asked_for_now(
     assert (out / "clip_mask.mp4").is_file()
 
 
+def test_a_stale_video_that_cannot_be_read_now_counts_as_failed_not_redone(
+        compose, ckpt, tmp_path):
+    write_video(tmp_path / "in" / "clip.mp4", frames=3)
+    assert _run(compose, ckpt, tmp_path)["images"] == 3
+    (tmp_path / "in" / "clip.mp4").write_bytes(b"not a video any more")
+    again = _run(compose, ckpt, tmp_path)
+    assert (again["images"], again["failed"], again["redone"]) == (0, 1, 0)
+
+
 def test_odd_frame_sizes_say_what_the_videos_hold(tmp_path, caplog):
     rgb = np.zeros((57, 101, 3), np.uint8)
     result = ParseResult(np.zeros((57, 101), np.uint8), get_scheme("ourface"))

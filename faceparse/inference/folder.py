@@ -71,7 +71,7 @@ class Summary:
 
     images: int = 0
     skipped: int = 0
-    redone: int = 0  # outputs there, but stale (another checkpoint, scheme, settings, photo)
+    redone: int = 0  # parsed again: outputs there were stale (another checkpoint, settings...)
     failed: list[tuple[str, str]] = field(default_factory=list)
     without_face: list[tuple[str, str]] = field(default_factory=list)
     unusable_boxes: list[tuple[str, str]] = field(default_factory=list)
@@ -264,15 +264,16 @@ def _record_of(run: dict, photo: Path, root: Path | None,
 
 def _sort_out(parser: Parser, files: list[Path], stems: list[Path], options: WriteOptions,
               root: Path | None, boxes: list[list[Box] | None] | None, summary: Summary
-              ) -> tuple[list[int], dict[int, dict]]:
-    """The inputs to parse and what each one's mask will record. Existing outputs are
-    skipped when their mask records this photo and run, redone with a warning when they
-    are this photo's but stale, and refused (failed) when another photo made them."""
+              ) -> tuple[list[int], dict[int, dict], set[int]]:
+    """The inputs to parse, what each one's mask will record, and those whose outputs
+    are stale. Existing outputs are skipped when their mask records this photo and run,
+    redone with a warning when they are this photo's but stale, and refused (failed) when
+    another photo made them."""
     inputs = {f.resolve() for f in files}
     run, scheme = run_record(parser), parser.scheme.name
     if options.save_overlay:  # the overlay's blend: another alpha makes other overlays
         run["settings"]["alpha"] = float(options.alpha)
-    todo, records, unrecorded = [], {}, 0
+    todo, records, stale_outputs, unrecorded = [], {}, set(), 0
     for i, stem in enumerate(stems):
         targets = output_paths(options.out_dir, stem, options.save_overlay, options.save_probs)
         record = _record_of(run, files[i], root, boxes, i)
@@ -298,7 +299,7 @@ def _sort_out(parser: Parser, files: list[Path], stems: list[Path], options: Wri
         elif verdict.action == "redo":
             log.warning("parsing %s again: its outputs %s are stale: %s", files[i],
                         targets[0], verdict.reason)
-            summary.redone += 1
+            stale_outputs.add(i)
             todo.append(i)
         elif all(t.exists() for t in targets):
             summary.skipped += 1
@@ -309,7 +310,7 @@ def _sort_out(parser: Parser, files: list[Path], stems: list[Path], options: Wri
         log.warning("kept the outputs of %d inputs written before masks recorded their "
                     "source and checkpoint: their scheme and size fit, nothing else tells; "
                     "overwrite=true redoes them", unrecorded)
-    return todo, records
+    return todo, records, stale_outputs
 
 
 def predict_files(parser: Parser, files: list[Path], stems: list[Path], options: WriteOptions,
@@ -319,7 +320,8 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
     """Parse ``files`` and write each one's outputs under ``options.out_dir / stem``;
     ``root``: the folder ``input=`` named (masks record the photo's path relative to it)."""
     summary = Summary()
-    todo, records = _sort_out(parser, files, stems, options, root, boxes, summary)
+    todo, records, stale_outputs = _sort_out(parser, files, stems, options, root, boxes,
+                                             summary)
     start = time.perf_counter()
     device = parser.model.device
     ahead = 0 if device.type == "cpu" else AHEAD
@@ -346,7 +348,8 @@ def predict_files(parser: Parser, files: list[Path], stems: list[Path], options:
                 faced, results = _with_faces(good, results, parser, boxes, files, summary)
                 _remove_earlier_outputs([i for i, _ in good if i not in dict(faced)], files,
                                         stems, options.out_dir)
-                good = faced
+                good = faced  # a stale photo that failed or has no face now is not redone
+                summary.redone += sum(i in stale_outputs for i, _ in good)
                 batches.append(_submit_writes(writer, parser, good, results, files, stems,
                                               options, records))
                 summary.images += len(good)
