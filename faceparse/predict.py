@@ -17,6 +17,7 @@ only when no input was parsed: every one failed or had no face/box. A failed wri
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -38,6 +39,7 @@ from faceparse.inference.provenance import (
     Verdict,
     judge,
     judge_text,
+    left_behind,
     read_record_file,
     run_record,
     source_record,
@@ -48,7 +50,7 @@ from faceparse.inference.video import (
     frame_ranges,
     predict_video,
 )
-from faceparse.inference.video_outputs import video_paths
+from faceparse.inference.video_outputs import frame_mask_name, frame_masks, video_paths
 from faceparse.labels import get_scheme
 from faceparse.writable import check_output_dir, output_dir
 
@@ -135,13 +137,30 @@ def _video_verdict(parser: Parser, video: Path, out_stem: Path, record: dict
 
 def _missing_video_outputs(out_stem: Path, save_frames: bool) -> str | None:
     """What a finished video's outputs lack (the mask video deleted, or frame masks asked
-    for now but not written then); ``None`` if nothing."""
+    for now but not written then, or some of them deleted since); ``None`` if nothing."""
     paths = video_paths(out_stem)
     if not paths["mask"].is_file():
         return f"its mask video {paths['mask'].name} is"
-    if save_frames and not (paths["frames"] / "000000_mask.png").is_file():
+    if not save_frames:
+        return None
+    frames = _recorded_frames(paths["record"])
+    wanted = {frame_mask_name(n) for n in range(frames or 1)}  # unrecorded: the first
+    missing = wanted - {p.name for p in frame_masks(paths["frames"])}
+    if len(missing) == len(wanted):
         return f"its frame masks {paths['frames'].name}/ (save_frames=true) are"
+    if missing:
+        return (f"{len(missing)} of its {len(wanted)} frame masks in "
+                f"{paths['frames'].name}/ (e.g. {min(missing)}) are")
     return None
+
+
+def _recorded_frames(record_file: Path) -> int | None:
+    """The frame count ``<stem>_video.json`` records (``None``: no such record)."""
+    try:
+        frames = json.loads(record_file.read_text(encoding="utf-8")).get("frames")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return frames if isinstance(frames, int) and frames > 0 else None
 
 
 def _video_overwrite(parser: Parser, cfg: DictConfig, video: Path, out_stem: Path,
@@ -190,6 +209,11 @@ def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir
             record = source_record(video, root, None, run)
         except OSError:
             record = None  # opening it fails below, naming it
+        stale = left_behind(video, root, stem_of[video], out_dir, video=True)
+        if stale is not None:
+            log.warning("left behind: %s and its videos are %s's outputs from before a file "
+                        "with the same name renamed its outputs %s_*; delete them",
+                        stale, video, stem_of[video].name)
         overwrite = _video_overwrite(parser, cfg, video, out_dir / stem_of[video], record,
                                      summary)
         if overwrite is None:

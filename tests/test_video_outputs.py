@@ -4,6 +4,7 @@ tests/test_predict_command.py."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -46,17 +47,27 @@ def short_writer(monkeypatch, keep: int, empty: bool = False, only: str = "") ->
     monkeypatch.setattr(cv2, "VideoWriter", Short)
 
 
-def write_video(tmp_path: Path, save_frames: bool = False) -> Path:
-    """Four frames through ``VideoOutputs`` as ``predict_video`` writes them; the output folder."""
+def write_video(tmp_path: Path, save_frames: bool = False, frames: int = FRAMES,
+                label: int = 0, keep: bool = True, stop_after: int | None = None) -> Path:
+    """``frames`` frames through ``VideoOutputs`` as ``predict_video`` writes them, each
+    mask's labels offset by ``label``; ``stop_after``: a KeyboardInterrupt after that many
+    frames. The output folder."""
     rgb = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    result = ParseResult(np.arange(32 * 48, dtype=np.uint8).reshape(32, 48) % 3,
+    result = ParseResult((np.arange(32 * 48, dtype=np.uint8).reshape(32, 48) + label) % 3,
                          get_scheme("ourface"))
     with VideoOutputs(tmp_path / "clip.mp4", tmp_path / "out" / "clip", 10.0, save_frames,
-                  0.5) as outputs:
-        for n in range(FRAMES):
+                      0.5) as outputs:
+        for n in range(frames):
+            if n == stop_after:
+                raise KeyboardInterrupt
             outputs.write(n, rgb, result)
-        outputs.keep = True
+        outputs.keep = keep
     return tmp_path / "out"
+
+
+def first_label(mask: Path) -> int:
+    """The label of a frame mask's first pixel: which run wrote it."""
+    return int(cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)[0, 0])
 
 
 def frame_count(path: Path) -> int:
@@ -81,10 +92,8 @@ def test_a_video_written_short_is_an_output_write_error_naming_it_and_no_video_i
             f"cannot write {named} (from {tmp_path / 'clip.mp4'}): {problem} (disk full or "
             f"a file system error while writing?); stopped")):
         write_video(tmp_path, save_frames)
-    # neither video is renamed into place (a rerun parses it again), no partial is left;
-    # the frames, each written and checked on its own, are kept as after any failed write
-    kept = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert kept == (["clip_frames"] if save_frames else [])
+    # nothing is renamed into place (a rerun parses it again), no partial is left
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_a_finished_video_is_renamed_into_place_with_every_frame(tmp_path):
@@ -113,3 +122,47 @@ def test_a_frame_count_the_container_gets_wrong_is_checked_by_reading_the_frames
     short_writer(monkeypatch, keep=2)
     with pytest.raises(OutputWriteError, match="holds 2 of the 4 frames written"):
         write_video(tmp_path / "again")
+
+
+def test_a_redo_replaces_every_earlier_output_and_leaves_the_users_own_files(
+        tmp_path, caplog):
+    out = write_video(tmp_path, save_frames=True, frames=6, label=1)
+    (out / "clip_frames" / "notes.txt").write_text("mine")
+    write_video(tmp_path, save_frames=True, frames=3, label=2)  # a shorter video now
+    masks = sorted(p.name for p in (out / "clip_frames").glob("*_mask.png"))
+    assert masks == ["000000_mask.png", "000001_mask.png", "000002_mask.png"]
+    assert {first_label(out / "clip_frames" / m) for m in masks} == {2}
+    assert (out / "clip_frames" / "notes.txt").read_text() == "mine"
+    assert frame_count(out / "clip_overlay.mp4") == 3
+    with caplog.at_level(logging.WARNING):
+        write_video(tmp_path, save_frames=False, frames=3)
+    assert sorted(p.name for p in (out / "clip_frames").iterdir()) == ["notes.txt"]
+    assert "removed 3 frame masks of" in caplog.text and "save_frames=false" in caplog.text
+
+
+def test_a_redo_stopped_part_way_leaves_the_earlier_frames_and_no_overlay_to_keep(tmp_path):
+    """The earlier frame masks are untouched and nothing is half-new; the earlier overlay,
+    the sign of a finished video, is only replaced at the very end."""
+    out = write_video(tmp_path, save_frames=True, frames=4, label=1)
+    with pytest.raises(KeyboardInterrupt):
+        write_video(tmp_path, save_frames=True, frames=4, label=2, stop_after=2)
+    masks = sorted((out / "clip_frames").iterdir())
+    assert len(masks) == 4 and {first_label(m) for m in masks} == {1}
+    assert sorted(p.name for p in out.iterdir()) == ["clip_frames", "clip_mask.mp4",
+                                                     "clip_overlay.mp4"]
+    partial = out / ".clip_frames.partial"  # as a killed run leaves it: the next one clears it
+    partial.mkdir()
+    (partial / "000009_mask.png").write_bytes(b"old")
+    write_video(tmp_path, save_frames=True, frames=2, label=2)
+    assert not partial.exists() and len(list((out / "clip_frames").iterdir())) == 2
+
+
+def test_a_video_without_any_face_now_loses_its_earlier_outputs_with_a_warning(
+        tmp_path, caplog):
+    out = write_video(tmp_path, save_frames=True)
+    with caplog.at_level(logging.WARNING):
+        write_video(tmp_path, save_frames=True, keep=False)
+    assert list(out.iterdir()) == []
+    assert (f"removed clip_overlay.mp4, clip_mask.mp4, {FRAMES} frame masks in clip_frames/: "
+            f"the earlier outputs of {tmp_path / 'clip.mp4'}, which has no face in any frame "
+            f"now") in caplog.text

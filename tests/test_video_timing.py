@@ -156,6 +156,60 @@ def test_a_stale_video_that_cannot_be_read_now_counts_as_failed_not_redone(
     assert (again["images"], again["failed"], again["redone"]) == (0, 1, 0)
 
 
+def test_a_rerun_remakes_frame_masks_with_gaps(compose, ckpt, tmp_path, caplog):
+    """An interrupted run, a user's deletion: any frame mask the record's count lacks."""
+    write_video(tmp_path / "in" / "clip.mp4", frames=4)
+    frames = tmp_path / "out" / "clip_frames"
+    assert _run(compose, ckpt, tmp_path)["images"] == 4
+    (frames / "000002_mask.png").unlink()
+    with caplog.at_level(logging.WARNING):
+        again = _run(compose, ckpt, tmp_path)
+    assert (again["images"], again["redone"], again["skipped"]) == (4, 1, 0)
+    assert "1 of its 4 frame masks in clip_frames/ (e.g. 000002_mask.png) are missing" in (
+        caplog.text)
+    assert len(list(frames.glob("*_mask.png"))) == 4
+    assert _run(compose, ckpt, tmp_path)["skipped"] == 1
+
+
+def test_outputs_a_video_left_under_its_plain_name_are_a_warning(compose, ckpt, tmp_path,
+                                                                  caplog):
+    write_video(tmp_path / "in" / "clip.mp4", frames=2)
+    assert _run(compose, ckpt, tmp_path, "save_frames=false")["images"] == 2
+    write_video(tmp_path / "in" / "clip.mov", frames=2)  # now its outputs are clip_mp4_*
+    with caplog.at_level(logging.WARNING):
+        assert _run(compose, ckpt, tmp_path, "save_frames=false")["images"] == 4
+    out = tmp_path / "out"
+    assert (f"left behind: {out / 'clip_video.json'} and its videos are "
+            f"{tmp_path / 'in' / 'clip.mp4'}'s outputs from before") in caplog.text
+    assert "clip.mov's outputs" not in caplog.text
+
+
+def test_a_video_too_small_for_the_writer_is_a_bad_input_not_a_stopped_run(
+        compose, ckpt, tmp_path, monkeypatch, caplog):
+    write_video(tmp_path / "in" / "clip.mp4", frames=2)
+    write_video(tmp_path / "in" / "thin.mp4", frames=2)
+
+    class Thin:  # a 1 px wide video, which OpenCV's mp4v writer cannot take
+        def __init__(self, path: str) -> None:
+            self.capture, self.thin = REAL_CAPTURE(path), Path(path).name == "thin.mp4"
+
+        def read(self):
+            ok, frame = self.capture.read()
+            return ok, (frame[:, :1].copy() if ok and self.thin else frame)
+
+        def __getattr__(self, attr: str):
+            return getattr(self.capture, attr)
+
+    monkeypatch.setattr(cv2, "VideoCapture", Thin)
+    with caplog.at_level(logging.WARNING):
+        done = _run(compose, ckpt, tmp_path, "save_frames=false")
+    assert (done["images"], done["failed"]) == (2, 1)
+    assert (f"{tmp_path / 'in' / 'thin.mp4'}: its frames are 1x32 px, too small for a video"
+            in caplog.text)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "clip_mask.mp4", "clip_overlay.mp4", "clip_video.json"]
+
+
 def test_odd_frame_sizes_say_what_the_videos_hold(tmp_path, caplog):
     rgb = np.zeros((57, 101, 3), np.uint8)
     result = ParseResult(np.zeros((57, 101), np.uint8), get_scheme("ourface"))

@@ -218,18 +218,23 @@ def read_record_file(path: Path) -> dict[str, str] | None:
     return {key: value for key, value in text.items() if isinstance(value, str)}
 
 
-def left_behind(photo: Path, root: Path | None, stem: Path, out_dir: Path) -> Path | None:
-    """The mask ``photo`` got under its plain name (``a_mask.png``) before a same-named
-    file (``a.png`` beside ``a.jpg``) renamed its outputs ``stem`` (``a_jpg_*``): still
-    there and recording ``photo`` as its source, it is left behind; else ``None``."""
+def left_behind(photo: Path, root: Path | None, stem: Path, out_dir: Path,
+                video: bool = False) -> Path | None:
+    """The mask ``photo`` got under its plain name (``a_mask.png``; a ``video``: its
+    ``a_video.json``) before a same-named file (``a.png`` beside ``a.jpg``) renamed its
+    outputs ``stem`` (``a_jpg_*``): still there and recording ``photo`` as its source, it
+    is left behind; else ``None``."""
     source = relative_source(photo, root)
     plain = Path(source).with_suffix("")
     if plain == stem:
         return None
-    mask = out_dir / plain.parent / f"{plain.name}_mask.png"
+    ending = "_video.json" if video else "_mask.png"
+    found = out_dir / plain.parent / f"{plain.name}{ending}"
     try:
-        text = read_png_text(mask) if mask.is_file() else None
+        if not found.is_file():
+            return None
+        text = read_record_file(found) if video else read_png_text(found)
         recorded = json.loads(text[RECORD_KEY]) if text and RECORD_KEY in text else {}
     except (OSError, ValueError):
         return None
-    return mask if isinstance(recorded, dict) and recorded.get("source") == source else None
+    return found if isinstance(recorded, dict) and recorded.get("source") == source else None

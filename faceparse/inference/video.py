@@ -131,49 +131,39 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     raw_changes, smooth_changes, times = [], [], []
     count, start, model_seconds = 0, time.perf_counter(), 0.0
     held, faceless = 0, []
-    with outputs, Progress(transient=True) as progress:
-        task = progress.add_task(f"parsing {path.name}", total=total)
-        while True:
-            ok, bgr = capture.read()
-            if not ok:
-                break
-            times.append(float(capture.get(cv2.CAP_PROP_POS_MSEC)))
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            height, width = rgb.shape[:2]
-            regions = [whole]
-            if parser.crop == "faces":
-                held += tracks.update(parser.boxes_for(rgb, None))
-                regions = tracks.tracks
-                if not regions:  # no face: not parsed, all background, smoothing restarts
-                    faceless.append(count)
-            crops = [rgb if r is whole else rgb[r.box[1]:r.box[3], r.box[0]:r.box[2]]
-                     for r in regions]
-            model_start = time.perf_counter()
-            logits = parser.photo_logits(crops) if crops else []
-            model_seconds += time.perf_counter() - model_start
-            states = []
-            for region, region_logits in zip(regions, logits, strict=True):
-                states.append(region.smooth(region_logits, smoothing))
-                raw, smooth = region_logits.argmax(0), states[-1].argmax(0)
-                for changes, prev, now in ((raw_changes, region.raw_prev, raw),
-                                           (smooth_changes, region.smooth_prev, smooth)):
-                    value = flicker(prev, now)
-                    if value is not None:
-                        changes.append(value)
-                region.raw_prev, region.smooth_prev = raw, smooth
-            if parser.crop == "faces":
-                result = parser.paste((height, width), [r.box for r in regions], states)
-            else:
-                result = parser.finish(states[0], (height, width), False)
-            outputs.write(count, rgb, result)
-            count += 1
-            progress.advance(task)
-        outputs.keep = count > len(faceless)  # nothing of a video without any face is kept
-        outputs.details = timing_details(path, fps, times, total)
-    capture.release()
-    if count == 0:
-        raise BadSampleError(f"{path}: the video has no readable frames (empty or "
-                             f"truncated?)")
+    try:
+        with outputs, Progress(transient=True) as progress:
+            task = progress.add_task(f"parsing {path.name}", total=total)
+            while True:
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                times.append(float(capture.get(cv2.CAP_PROP_POS_MSEC)))
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                height, width = rgb.shape[:2]
+                if min(height, width) < 2:  # the mp4v writer takes even sizes from 2x2
+                    raise BadSampleError(f"{path}: its frames are {width}x{height} px, too "
+                                         f"small for a video: give frames of 2x2 px or more")
+                regions = [whole]
+                if parser.crop == "faces":
+                    held += tracks.update(parser.boxes_for(rgb, None))
+                    regions = tracks.tracks
+                    if not regions:  # no face: not parsed, all background, smoothing restarts
+                        faceless.append(count)
+                model_start = time.perf_counter()
+                result = _parse_frame(parser, rgb, regions, whole, smoothing,
+                                      (raw_changes, smooth_changes))
+                model_seconds += time.perf_counter() - model_start
+                outputs.write(count, rgb, result)
+                count += 1
+                progress.advance(task)
+            if count == 0:  # raised inside: its earlier outputs, if any, stay as they are
+                raise BadSampleError(f"{path}: the video has no readable frames (empty or "
+                                     f"truncated?)")
+            outputs.keep = count > len(faceless)  # nothing of a video without any face is kept
+            outputs.details = timing_details(path, fps, times, total)
+    finally:
+        capture.release()
     report = {"frames": count, "seconds": time.perf_counter() - start,
               "model_seconds": model_seconds,
               "flicker_raw": float(np.mean(raw_changes)) if raw_changes else None,
@@ -184,6 +174,30 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     log.info("%s: %d frames%s, flicker %s raw, %s with smoothing=%s", path, count, held_note,
              _share(report["flicker_raw"]), _share(report["flicker_smoothed"]), smoothing)
     return report
+
+
+def _parse_frame(parser, rgb: np.ndarray, regions: list[FaceTrack], whole: FaceTrack,
+                 smoothing: float, changes: tuple[list[float], list[float]]):
+    """One frame's result: each region parsed, its logits smoothed over its track, pasted
+    back (crop=faces) or finished; the flicker of each region appended to ``changes``
+    (raw, smoothed). No region (no face): all background."""
+    height, width = rgb.shape[:2]
+    crops = [rgb if r is whole else rgb[r.box[1]:r.box[3], r.box[0]:r.box[2]]
+             for r in regions]
+    logits = parser.photo_logits(crops) if crops else []
+    states = []
+    for region, region_logits in zip(regions, logits, strict=True):
+        states.append(region.smooth(region_logits, smoothing))
+        raw, smooth = region_logits.argmax(0), states[-1].argmax(0)
+        for found, prev, now in ((changes[0], region.raw_prev, raw),
+                                 (changes[1], region.smooth_prev, smooth)):
+            value = flicker(prev, now)
+            if value is not None:
+                found.append(value)
+        region.raw_prev, region.smooth_prev = raw, smooth
+    if parser.crop == "faces":
+        return parser.paste((height, width), [r.box for r in regions], states)
+    return parser.finish(states[0], (height, width), False)
 
 
 def _share(value: float | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from faceparse.inference.outputs import mask_text, overlay, png_bytes, writing_o
 from faceparse.inference.provenance import record_file_text
 from faceparse.inference.video_audio import NO_AUDIO, audio_copier_missing, copy_audio
 
-__all__ = ["VideoOutputs", "video_paths"]
+__all__ = ["VideoOutputs", "frame_mask_name", "frame_masks", "video_paths"]
 
 log = logging.getLogger(__name__)
+_FRAME_MASK = re.compile(r"\d{6,}_mask\.png")
 
 
 def video_paths(out_stem: Path) -> dict[str, Path]:
@@ -37,15 +39,18 @@ def video_paths(out_stem: Path) -> dict[str, Path]:
 
 
 class VideoOutputs:
-    """One video's files: ``<stem>_overlay.mp4`` and ``<stem>_mask.mp4``, written under
-    hidden partial names and renamed when the video is done (the overlay, which a rerun
-    takes as the sign of a finished video, last), ``<stem>_frames/<n>_mask.png``, and,
-    given a ``record``, ``<stem>_video.json``: what made them (written before the videos
-    are renamed), which a rerun judges with or without frame masks.
+    """One video's files, replaced as one: ``<stem>_overlay.mp4`` and ``<stem>_mask.mp4``,
+    written under hidden partial names, ``<stem>_frames/<n>_mask.png`` (``save_frames``),
+    written into a hidden partial folder, and, given a ``record``, ``<stem>_video.json``:
+    what made them, which a rerun judges with or without frame masks.
 
-    As a context manager: on leaving, the videos are kept if ``keep`` (else removed with
-    the frames written); after an error the partial videos are removed and the frames
-    kept. A failed write is an :class:`OutputWriteError` naming the file and the video;
+    As a context manager: on leaving, the finished outputs replace the earlier ones if
+    ``keep``; the earlier overlay, which a rerun takes as the sign of a finished video, goes
+    first and the new one comes last, so a run stopped in between is parsed again, never
+    kept as a mix of two runs; frame masks of the earlier run go too (a shorter video,
+    ``save_frames=false`` now). Not ``keep`` (no face in any frame): the earlier outputs go,
+    with a warning, as a photo's do. After an error nothing is replaced and the partial
+    files go. A failed write is an :class:`OutputWriteError` naming the file and the video;
     so is a video that does not read back with every frame written, since OpenCV's
     ``VideoWriter.write`` fails silently (disk full, a file system error mid-run).
     """
@@ -63,12 +68,16 @@ class VideoOutputs:
         self.finals = {kind: paths[kind] for kind in ("mask", "overlay")}  # overlay last
         self.partials = {kind: path.with_name(f".{path.stem}.partial.mp4")
                          for kind, path in self.finals.items()}
-        self.frames_dir = paths["frames"] if save_frames else None
+        self.frames_final = paths["frames"]
+        self.frames_dir = (paths["frames"].with_name(f".{paths['frames'].name}.partial")
+                           if save_frames else None)
         self.writers: dict[str, cv2.VideoWriter] = {}
-        self.frames: list[Path] = []
         self.written = 0  # frames handed to each video writer
         with writing_outputs_of(source):
-            (self.frames_dir or out_stem.parent).mkdir(parents=True, exist_ok=True)
+            out_stem.parent.mkdir(parents=True, exist_ok=True)
+            if self.frames_dir is not None:
+                _remove_frame_masks(self.frames_dir)  # of a run killed before cleaning up
+                self.frames_dir.mkdir(exist_ok=True)
 
     def __enter__(self) -> VideoOutputs:
         return self
@@ -84,10 +93,9 @@ class VideoOutputs:
             self.writers["mask"].write(cv2.cvtColor(color, cv2.COLOR_RGB2BGR))
             self.written += 1
             if self.frames_dir is not None:
-                self.frames.append(self.frames_dir / f"{n:06d}_mask.png")
                 made_from = (None if self.record is None else
                              {**self.record, "size": [rgb.shape[1], rgb.shape[0]]})
-                write_atomic(self.frames[-1],
+                write_atomic(self.frames_dir / frame_mask_name(n),
                              png_bytes(result.labels, mask_text(result, made_from)))
 
     def _open(self, width: int, height: int) -> None:
@@ -109,25 +117,55 @@ class VideoOutputs:
         with writing_outputs_of(self.source):
             try:
                 if self.keep and error is None:
-                    for name, partial in self.partials.items():  # all, before any is renamed
-                        _check_video(partial, self.written, self.finals[name])
-                    self.details["audio"] = self._add_sound()
-                    if self.record is not None and self.scheme is not None:
-                        made_from = {**self.record, "size": self.size}
-                        write_atomic(self.record_file, record_file_text(
-                            made_from, self.scheme, self.details).encode())
-                    for name, partial in self.partials.items():
-                        os.replace(partial, self.finals[name])
+                    self._replace_earlier()
+                elif error is None:
+                    self._remove_earlier("which has no face in any frame now")
             finally:  # what was not renamed: an unfinished video, or one that failed
                 for partial in self.partials.values():
                     partial.unlink(missing_ok=True)
                     _with_sound(partial).unlink(missing_ok=True)
-            if error is None and not self.keep:
-                for frame in self.frames:
-                    frame.unlink(missing_ok=True)
-            if self.frames_dir is not None and not any(self.frames_dir.iterdir()):
-                self.frames_dir.rmdir()  # no empty <stem>_frames for a video that gave nothing
+                if self.frames_dir is not None:
+                    _remove_frame_masks(self.frames_dir)
 
+    def _replace_earlier(self) -> None:
+        """The finished outputs in place of the earlier ones, the overlay out first and in
+        last (see the class)."""
+        for name, partial in self.partials.items():  # all, before any is renamed
+            _check_video(partial, self.written, self.finals[name])
+        self.details["audio"] = self._add_sound()
+        self.finals["overlay"].unlink(missing_ok=True)
+        if self.record is not None and self.scheme is not None:
+            made_from = {**self.record, "size": self.size}
+            write_atomic(self.record_file, record_file_text(
+                made_from, self.scheme, self.details).encode())
+        else:  # nothing says what made the new videos: not the earlier record either
+            self.record_file.unlink(missing_ok=True)
+        os.replace(self.partials["mask"], self.finals["mask"])
+        earlier = _remove_frame_masks(self.frames_final)
+        if self.frames_dir is not None:
+            if self.frames_final.exists():  # it holds files of the user's: they stay
+                for frame in frame_masks(self.frames_dir):
+                    os.replace(frame, self.frames_final / frame.name)
+            else:
+                os.replace(self.frames_dir, self.frames_final)
+        elif earlier:
+            log.warning("removed %d frame masks of %s's earlier outputs from %s: "
+                        "save_frames=false wrote none for its new videos", earlier,
+                        self.source, self.frames_final)
+        os.replace(self.partials["overlay"], self.finals["overlay"])
+
+    def _remove_earlier(self, why: str) -> None:
+        """The earlier outputs go, with a warning: they are not this run's result."""
+        files = [p for p in (self.finals["overlay"], self.finals["mask"], self.record_file)
+                 if p.is_file()]
+        for path in files:
+            path.unlink()
+        frames = _remove_frame_masks(self.frames_final)
+        named = [p.name for p in files] + ([f"{frames} frame masks in "
+                                            f"{self.frames_final.name}/"] if frames else [])
+        if named:
+            log.warning("removed %s: the earlier outputs of %s, %s", ", ".join(named),
+                        self.source, why)
 
     def _add_sound(self) -> str:
         """The input's sound into both finished videos; what was done, for the record. A
@@ -149,6 +187,29 @@ class VideoOutputs:
         for partial in self.partials.values():
             os.replace(_with_sound(partial), partial)
         return outcome
+
+
+def frame_mask_name(n: int) -> str:
+    """Frame ``n``'s mask in ``<stem>_frames/``."""
+    return f"{n:06d}_mask.png"
+
+
+def frame_masks(folder: Path) -> list[Path]:
+    """The frame masks in ``folder`` (none if it is not there)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _FRAME_MASK.fullmatch(p.name))
+
+
+def _remove_frame_masks(folder: Path) -> int:
+    """Remove ``folder``'s frame masks, and the folder once it holds nothing else; how
+    many there were. Files the user put there stay."""
+    found = frame_masks(folder)
+    for frame in found:
+        frame.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return len(found)
 
 
 def _with_sound(partial: Path) -> Path:
