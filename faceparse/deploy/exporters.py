@@ -1,8 +1,10 @@
 """Write a face parser as ONNX or TorchScript, the whole net (DINOv3 ViT with RoPE included).
 
-ONNX goes through ``torch.onnx.export``'s TorchScript-based exporter: it traces the timm
-ViT's RoPE tables as ops of the input size, so a ``dynamic`` export accepts any batch
-and any side that is a multiple of the patch size. The scheme, class names, image size
+ONNX goes through ``torch.onnx.export``'s TorchScript-based exporter, TorchScript through
+``torch.jit.trace``; both trace the ViT's RoPE tables as ops of the input size
+(:func:`~faceparse.deploy.traceable_rope.traceable_rope`; timm's are constants of the
+export size), so a ``dynamic`` export accepts any batch and any side that is a multiple
+of the patch size, and computes what the torch net does there. The scheme, class names, image size
 and size multiple are stored in the file's ``metadata_props``.
 """
 
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 
 from faceparse.deploy.runtime import META_PREFIX, load_onnx_parser
+from faceparse.deploy.traceable_rope import traceable_rope
 from faceparse.labels import LabelScheme
 
 __all__ = ["FORMATS", "export_net", "export_onnx", "export_torchscript", "onnx_metadata"]
@@ -91,4 +94,5 @@ def export_net(net: nn.Module, out: str | Path, fmt: str, scheme: LabelScheme,
                          f"{net.size_multiple}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return FORMATS[fmt](net.eval().cpu(), out, scheme, image_size, dynamic)
+    with traceable_rope(net):
+        return FORMATS[fmt](net.eval().cpu(), out, scheme, image_size, dynamic)

@@ -7,6 +7,7 @@ labels drift beyond the tolerance is refused, not shipped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -65,16 +66,25 @@ def check_parity(
     atol: float = 1e-3,
     min_agreement: float = 0.999,
 ) -> ParityReport:
-    """Compare on ``inputs`` one image at a time; raise :class:`ParityError` past tolerance."""
+    """Compare on ``inputs`` one image at a time; raise :class:`ParityError` past tolerance,
+    for a difference that is not a number (NaN or infinite logits on either side), or when
+    the export cannot run the input at all (a shape it froze at the export size)."""
     worst, same, total = 0.0, 0, 0
     with torch.inference_mode():
         for image in inputs.split(1):
             ours = net(image).float()
-            theirs = exported(image).float()
+            try:
+                theirs = exported(image).float()
+            except Exception as error:  # onnxruntime's own errors, TorchScript's
+                first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                raise ParityError(f"the export cannot run a {image.shape[-2]}x"
+                                  f"{image.shape[-1]} px input ({type(error).__name__}: "
+                                  f"{first}): export this model with dynamic=false") from None
             if theirs.shape != ours.shape:
                 raise ParityError(f"the export gives logits {tuple(theirs.shape)}, the torch "
                                   f"net {tuple(ours.shape)}")
-            worst = max(worst, float((ours - theirs).abs().max()))
+            difference = float((ours - theirs).abs().max())
+            worst = max(worst, difference if math.isfinite(difference) else math.inf)
             same += int((ours.argmax(1) == theirs.argmax(1)).sum())
             total += int(np.prod(ours.shape[-2:])) * ours.shape[0]
     report = ParityReport(worst, same / total, atol, min_agreement, len(inputs),
