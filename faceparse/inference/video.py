@@ -10,11 +10,13 @@ with and without the smoothing on the same frames, so the report shows what it b
 
 The mask and overlay videos are written at a constant frame rate, the input's: a video
 with a variable frame rate (phones record one) gets a warning saying how far the outputs'
-timing drifts, and ``<stem>_video.json`` lists every frame's time in the input. A video
-that ends before the frames its header declares (a damaged frame stops the decoder, a cut
-file) gets a warning naming both counts, also recorded there. The input's sound is copied
-into both videos (with PyAV; :mod:`faceparse.inference.video_audio`), and the record says
-whether it was.
+timing drifts, and ``<stem>_video.json`` lists every frame's time in the input. Matroska,
+WebM and AVI headers give a nominal rate, not the average: there the rate and the frame
+count come from the video packets' times (read with PyAV, not decoded), so the outputs last
+as long as the input. A video that ends before the frames its header declares (a damaged
+frame stops the decoder, a cut file) gets a warning naming both counts, also recorded
+there. The input's sound is copied into both videos (with PyAV;
+:mod:`faceparse.inference.video_audio`), and the record says whether it was.
 
 With ``crop=faces`` every frame is still written, so the mask video keeps the input's
 frame count and ``<stem>_frames/<n>_mask.png`` has no gaps. A face the detector
@@ -40,15 +42,22 @@ from rich.progress import Progress
 
 from faceparse.data.io import BadSampleError
 from faceparse.inference.face_tracks import FaceTrack, FaceTracks
+from faceparse.inference.video_audio import audio_copier_missing
 from faceparse.inference.video_outputs import VideoOutputs, video_paths
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HOLD_SECONDS", "MIN_FPS", "NO_BOXES_FOR_VIDEO", "check_smoothing", "flicker",
-           "frame_ranges", "predict_video", "timing_details", "writer_fps"]
+           "frame_ranges", "packet_timing", "predict_video", "stream_timing", "timing_details",
+           "writer_fps"]
 
 HOLD_SECONDS = 0.5  # crop=faces: a face missed for up to this long keeps its last box
 MIN_FPS = 0.01  # OpenCV's mp4v writer refuses slower rates (0.001 fails to open)
+# containers (PyAV's format names) whose header gives a nominal frame rate, so OpenCV's fps
+# and frame count (duration x that rate) are wrong for a variable rate; mp4/mov give the average
+NOMINAL_RATE_FORMATS = frozenset({"matroska", "webm", "avi"})
+SAME_RATE = 0.01  # an average this close to the header's rate keeps it (exact: 30000/1001)
+CUT_INTERVALS = 2  # a declared end later than the last packet's by more: a cut file
 NO_BOXES_FOR_VIDEO = ("crop=box gives boxes per photo, not per video frame: parse videos "
                       "with crop=faces or crop=none")
 
@@ -115,8 +124,6 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
     if parser.crop == "box":
         raise ValueError(NO_BOXES_FOR_VIDEO)
     capture = _open(path)
-    header_fps = capture.get(cv2.CAP_PROP_FPS)
-    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     over_path = video_paths(out_stem)["overlay"]
     if over_path.exists() and not overwrite:
         capture.release()
@@ -124,6 +131,8 @@ def predict_video(parser, path: Path, out_stem: Path, smoothing: float = 0.0,
         return {"frames": 0, "seconds": 0.0, "model_seconds": 0.0, "flicker_raw": None,
                 "flicker_smoothed": None, "frames_without_face": [], "frames_face_held": 0,
                 "skipped": True}
+    header_fps, total = stream_timing(path, capture.get(cv2.CAP_PROP_FPS),
+                                      int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None)
     fps = writer_fps(header_fps, path)
     outputs = VideoOutputs(path, out_stem, fps, save_frames, alpha, record, parser.scheme.name)
     whole = FaceTrack((0, 0, 0, 0))  # crop=none: the frame is the one region
@@ -203,6 +212,85 @@ def _parse_frame(parser, rgb: np.ndarray, regions: list[FaceTrack], whole: FaceT
 def _share(value: float | None) -> str:
     """A flicker for the log: undefined for a one-frame video."""
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def stream_timing(path: Path, header_fps: float, header_frames: int | None
+                  ) -> tuple[float, int | None]:
+    """The frame rate to write at and the frames to expect, OpenCV's (``header_*``) unless
+    the container's header gives a nominal rate (:data:`NOMINAL_RATE_FORMATS`): then its
+    video packets' times give the average rate (so the outputs, and the sound cut at their
+    end, last as long as the input) and their count (no false "cut file" warning). Without
+    PyAV, or for a file it cannot read, OpenCV's stay: the parse never fails for this."""
+    if audio_copier_missing():
+        return header_fps, header_frames
+    import av
+
+    try:
+        packets = _video_packets(path)
+    except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as error:
+        log.debug("%s: PyAV cannot read its packets (%s): OpenCV's timing", path, error)
+        return header_fps, header_frames
+    if packets is None or not packets[0]:
+        return header_fps, header_frames
+    return packet_timing(header_fps, *packets)
+
+
+def packet_timing(header_fps: float, times: list[float], durations: list[float],
+                  declared_end: float | None) -> tuple[float, int]:
+    """Rate and frame count of packets starting at ``times`` (s) and lasting ``durations``
+    (0: unknown, then the typical interval): the header's rate when the average is within
+    :data:`SAME_RATE` of it; a ``declared_end`` well after the last packet (a cut file) adds
+    the frames that would fill the gap, so the cut is still a warning."""
+    order = sorted(range(len(times)), key=times.__getitem__)
+    gaps = [b - a for a, b in zip(sorted(times), sorted(times)[1:], strict=False) if b > a]
+    last = durations[order[-1]] or (float(np.median(gaps)) if gaps else 0.0)
+    end = times[order[-1]] + last
+    span = end - times[order[0]]
+    if span <= 0:  # one frame of unknown length: no average to take
+        return header_fps, len(times)
+    average = len(times) / span
+    same = math.isfinite(header_fps) and abs(average - header_fps) <= SAME_RATE * header_fps
+    fps = header_fps if same else average
+    missing = (declared_end or 0.0) - end
+    extra = round(missing * fps) if missing > CUT_INTERVALS / fps else 0
+    return fps, len(times) + extra
+
+
+def _video_packets(path: Path) -> tuple[list[float], list[float], float | None] | None:
+    """The first video stream's packets' start times and durations (s; demuxed, not
+    decoded) and the end its container declares; None where the header rate is the
+    average already."""
+    import av
+
+    with av.open(str(path)) as container:
+        names = set(container.format.name.split(","))
+        if not names & NOMINAL_RATE_FORMATS or not container.streams.video:
+            return None
+        stream = container.streams.video[0]
+        times, durations = [], []
+        for packet in container.demux(stream):
+            at = packet.pts if packet.pts is not None else packet.dts
+            if packet.size and at is not None and packet.time_base is not None:
+                times.append(float(at * packet.time_base))
+                durations.append(float((packet.duration or 0) * packet.time_base))
+        return times, durations, _declared_end(container, stream)
+
+
+def _declared_end(container: Any, stream: Any) -> float | None:
+    """When the video's header says it ends (s): Matroska's track ``DURATION`` tag (kept
+    in a cut file), the stream's duration, or a lone stream's container duration (with
+    sound, that may be the sound's end)."""
+    tag = stream.metadata.get("DURATION", "")
+    try:
+        hours, minutes, seconds = tag.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        pass
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None and len(container.streams) == 1:
+        return container.duration / 1_000_000  # av.time_base
+    return None
 
 
 def writer_fps(header_fps: float, path: Path) -> float:
