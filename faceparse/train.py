@@ -53,6 +53,7 @@ from faceparse.training.run_folder import (
     refuse_existing_run,
     write_hydra_files,
 )
+from faceparse.training.sweep_ranks import ranks_join_this_job
 
 log = logging.getLogger(__name__)
 
@@ -206,19 +207,20 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     datamodule.open_splits(stages, trainer.world_size)  # missing data: no run folder
     keep_run_folder()  # what fails from here on failed a run: its folder stays
     try:
-        log_config(loggers, cfg)
-        if cfg.train:
-            with safe_globals(resume or "checkpoint"):
-                trainer.fit(model, datamodule=datamodule, ckpt_path=resume,
-                            weights_only=not trust_pickle)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        metrics.update(_best_score(trainer))
-        if cfg.test:
-            tested = _test_target(trainer, cfg.train, resume)
-            with safe_globals(tested or "checkpoint"):
-                trainer.test(model, datamodule=datamodule, ckpt_path=tested,
-                             weights_only=not trust_pickle)
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        with ranks_join_this_job():  # a sweep job's DDP ranks start as this job
+            log_config(loggers, cfg)
+            if cfg.train:
+                with safe_globals(resume or "checkpoint"):
+                    trainer.fit(model, datamodule=datamodule, ckpt_path=resume,
+                                weights_only=not trust_pickle)
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            metrics.update(_best_score(trainer))
+            if cfg.test:
+                tested = _test_target(trainer, cfg.train, resume)
+                with safe_globals(tested or "checkpoint"):
+                    trainer.test(model, datamodule=datamodule, ckpt_path=tested,
+                                 weights_only=not trust_pickle)
+                metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     finally:
         for logger in loggers:
             logger.finalize("success")

@@ -117,7 +117,8 @@ def test_optuna_search_space_and_study_file() -> None:
 def test_slurm_launcher_extends_the_plugin_config() -> None:
     launcher = hydra_section(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]).launcher
 
-    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    # the plugin's launcher, each job's result collected on its own (a killed job: failed)
+    assert launcher._target_ == "hydra_plugins.faceparse_sweepers.submitit_jobs.SlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_node, launcher.timeout_min) == ("gpu", 1, 240)
     assert launcher.max_num_timeout == 3         # requeued after a timeout or preemption
     assert "qos" in launcher                     # the plugin's fields are all there

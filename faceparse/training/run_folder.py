@@ -72,17 +72,24 @@ def run_folder(resume: str | None, default: str) -> str:
     return resume
 
 
-def hydra_subdir(resume: str | None, folder: str | None = None) -> str | None:
-    """Hydra's ``output_subdir``: :data:`HYDRA_SUBDIR`, or None with ``resume=`` or when the
-    run ``folder`` already holds a run (:func:`run_evidence`).
+def hydra_subdir(resume: str | None, folder: str | None = None, mode: str | None = None,
+                 job: str | None = None) -> str | None:
+    """Hydra's ``output_subdir``: :data:`HYDRA_SUBDIR`, or None with ``resume=``, when the
+    run ``folder`` already holds a run (:func:`run_evidence`), or for a training ``job`` of
+    a multirun (``mode``).
 
     Hydra writes ``.hydra/`` (config, overrides) into the run folder before the job starts,
     which for ``resume=`` is a run that :func:`resume_config` may yet refuse, and for a new
     run one that :func:`refuse_existing_run` refuses: a refused command would leave its
-    overrides there as the run's. The job writes them instead once the command is accepted
-    (:func:`write_hydra_files`).
+    overrides there as the run's. A sweep job's folder may be another sweep's job folder
+    at that very moment (two workers of one study, two sweeps given one
+    ``hydra.sweep.dir``), and no Hydra callback runs before that write, as
+    ``on_run_start`` does for a single run. The job writes them instead once it holds the
+    folder and the command is accepted (:func:`write_hydra_files`).
     """
     if resume or (folder and run_evidence(Path(folder))):
+        return None
+    if getattr(mode, "name", mode) == "MULTIRUN" and job == "train":
         return None
     return HYDRA_SUBDIR
 

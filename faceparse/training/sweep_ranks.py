@@ -1,0 +1,60 @@
+"""DDP ranks of one sweep job start as that job, not as the sweep.
+
+Lightning starts ranks > 0 of a one-machine DDP run by running the command again
+(``sys.argv``) with ``hydra.run.dir`` set to ``HydraConfig.get().run.dir``. In a multirun
+that command is the sweep's: ``-m`` and the sweep lists, or ``hparams_search=optuna``
+(which sets ``hydra.mode: MULTIRUN``). Each other rank then ran a sweep of its own, with its
+own sweep folder and, for Optuna, its own trials, joining rank 0's process group with
+other hyperparameters. While :func:`ranks_join_this_job` holds, the command Lightning
+repeats is this job's overrides as one run (``hydra.mode=RUN``), and the folder it names
+is this job's; after it, the next job of the sweep in this process starts its own ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from omegaconf import read_write
+
+from faceparse.training.distributed import is_rank_zero
+from faceparse.training.job_status import in_multirun
+
+__all__ = ["ranks_join_this_job"]
+
+
+@contextmanager
+def ranks_join_this_job() -> Iterator[None]:
+    """Inside, in a multirun job's rank 0, Lightning starts the other ranks as this job."""
+    if not in_multirun() or not is_rank_zero():
+        yield
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get()
+    argv, run_dir, environ = sys.argv[:], hydra.run.dir, dict(os.environ)
+    sys.argv = [argv[0], *hydra.overrides.task, "hydra.mode=RUN"]
+    with read_write(hydra):
+        hydra.run.dir = hydra.runtime.output_dir
+    try:
+        yield
+    finally:  # the next job of the sweep, in this process, starts from the sweep's again
+        sys.argv = argv
+        with read_write(hydra):
+            hydra.run.dir = run_dir
+        _forget_process_group(environ)
+
+
+def _forget_process_group(environ: dict[str, str]) -> None:
+    """Leave no trace of this job's ranks for the next job in this process: Lightning's
+    launcher takes ``LOCAL_RANK`` and ``WORLD_SIZE`` in the environment (which it set for
+    this job) as ranks started for it, and would start no other ranks, and a process group
+    still open would be this job's."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key in set(os.environ) - set(environ):
+        del os.environ[key]
+    os.environ.update(environ)
