@@ -25,7 +25,7 @@ from faceparse.checkpoints import (
 from faceparse.checkpoints.load import weight_files_read
 from faceparse.cli import hydra_entry, keep_run_folder, one_line_errors
 from faceparse.deploy import FORMATS, ParityError, check_parity, export_net, parity_inputs
-from faceparse.option_values import booleans, number, shown, whole_number
+from faceparse.option_values import booleans, number, path_value, shown, whole_number
 from faceparse.writable import (
     output_file,
     refuse_overwriting,
@@ -45,6 +45,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if cfg.image_size is not None:
         whole_number("image_size", cfg.image_size, 1, "the input side in pixels (null: the "
                      "checkpoint's own)")
+    check_parity_option(cfg.parity)
     images = whole_number("parity.images", cfg.parity.images, 1,
                           "the number of synthetic portraits compared")
     atol = number("parity.atol", cfg.parity.atol, 0, "the largest logit difference allowed")
@@ -53,12 +54,14 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if agreement > 1:
         raise ValueError(f"parity.min_agreement={shown(cfg.parity.min_agreement)}: a share "
                          f"of pixels, between 0 and 1")
+    vit_weights = (None if cfg.vit_weights is None else
+                   path_value("vit_weights", cfg.vit_weights, "a DINOv3 weight file"))
     out = output_file(cfg.out, "out")
     located = locate_checkpoint(cfg.ckpt)
     refuse_overwriting(out, located.path)
     ckpt = read_checkpoint(located.path, cfg.trust_pickle)
-    refuse_overwriting_weights(out, ckpt, cfg.vit_weights)
-    net, scheme = load_face_parser(ckpt, cfg.vit_weights)
+    refuse_overwriting_weights(out, ckpt, vit_weights)
+    net, scheme = load_face_parser(ckpt, vit_weights)
     image_size = cfg.image_size or (ckpt.metadata or {}).get("image_size")
     if not image_size:
         raise ValueError(f"{located.path} records no training image size: set image_size=")
@@ -82,7 +85,17 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-def refuse_overwriting_weights(out: Path, ckpt: CheckpointFile, vit_weights: Any) -> None:
+def check_parity_option(parity: Any) -> None:
+    """``parity=`` is a group of three settings, and the check cannot be switched off:
+    ``parity=null`` or ``parity=5`` is one line, not an AttributeError's traceback."""
+    if not isinstance(parity, DictConfig):
+        raise ValueError(f"parity={shown(parity)}: parity takes parity.images=, parity.atol= "
+                         f"and parity.min_agreement= (the check cannot be switched off: an "
+                         f"export is written only once it matches PyTorch)")
+
+
+def refuse_overwriting_weights(out: Path, ckpt: CheckpointFile, vit_weights: Path | None
+                               ) -> None:
     """``out`` must not replace a DINOv3 file the export reads (``vit_weights=``, or the
     one beside a decoder-only checkpoint): it is half the model, licensed, 1.2 GB."""
     files = weight_files_read(ckpt, vit_weights)

@@ -6,11 +6,14 @@ one ``ValueError`` naming the option as typed and what would be right.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 from omegaconf import ListConfig
 
-__all__ = ["boolean", "booleans", "is_number", "is_whole", "number", "shown", "whole_number"]
+__all__ = ["boolean", "booleans", "is_number", "is_whole", "number", "path_value", "shown",
+           "whole_number"]
 
 
 def shown(value: Any) -> str:
@@ -59,3 +62,14 @@ def number(option: str, value: Any, minimum: float, meaning: str) -> float:
     if not is_number(value) or value < minimum:
         raise ValueError(f"{option}={shown(value)}: {meaning} is a number >= {minimum:g}")
     return float(value)
+
+
+def path_value(option: str, value: Any, meaning: str = "a file name") -> Path:
+    """A path option as typed. Hydra types ``out=123`` as an int: that names the file
+    ``123`` as well as text does. null, true or 1.5 name no file (``Path`` would raise a
+    bare TypeError), so they are refused naming the option; quoting makes them a name."""
+    if isinstance(value, (str, os.PathLike)) or is_whole(value):
+        return Path(str(value) if is_whole(value) else value)
+    quoted = ("" if value is None else
+              f" (for a file of that name, quote it: {option}='{shown(value)}')")
+    raise ValueError(f"{option}={shown(value)}: give {meaning}{quoted}")

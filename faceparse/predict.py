@@ -52,6 +52,7 @@ from faceparse.inference.video import (
 )
 from faceparse.inference.video_outputs import frame_mask_name, frame_masks, video_paths
 from faceparse.labels import get_scheme
+from faceparse.option_values import path_value
 from faceparse.writable import check_output_dir, output_dir
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         get_scheme(cfg.labels)  # an unknown scheme is refused before the model loads
     check_smoothing(cfg.smoothing)
     resolve_device(cfg.device)
-    out_dir = Path(cfg.output_dir)
+    out_dir = path_value("output_dir", cfg.output_dir, "a folder for the outputs")
     files, root = list_inputs(cfg.input, out_dir)
     videos = [f for f in files if f.suffix.lower() in VIDEO_SUFFIXES]
     images = [f for f in files if f not in videos]

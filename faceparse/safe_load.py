@@ -76,9 +76,11 @@ class NotACheckpointError(ValueError):
 # What torch's data-only unpickler says when it refuses a class or function reference.
 _REFUSED = re.compile(r"GLOBAL (\S+)|new object for|call reduce for|Can only build")
 # What reading a file that is no torch.save output raises (the data-only reader, the full
-# unpickler and torch's zip reader alike: a truncated zip is an OSError there).
+# unpickler and torch's zip reader alike: a truncated zip is an OSError there; the data-only
+# reader's KeyError is a memo entry missing, as in a text file starting with "h" or "j",
+# the pickle opcodes BINGET / LONG_BINGET).
 _READ_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, struct.error,
-                zipfile.BadZipFile, IndexError, OSError)
+                zipfile.BadZipFile, IndexError, OSError, KeyError)
 # Pickle opcodes that name a class or function: a pickle with them holds objects.
 _REFERENCE_OPS = {"GLOBAL", "STACK_GLOBAL", "INST"}
 # A legacy (non-zip) torch.save file's pickles come before its tensor data, within this.

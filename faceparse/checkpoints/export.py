@@ -23,6 +23,7 @@ from faceparse.checkpoints.format import (
 )
 from faceparse.checkpoints.locate import locate_checkpoint
 from faceparse.checkpoints.read import read_checkpoint
+from faceparse.option_values import path_value
 from faceparse.writable import (
     output_file,
     refuse_overwriting,
@@ -59,7 +60,7 @@ def export_decoder_only(
     itself or a DINOv3 file it needs are refused), is written whole or not at all, and
     never over ``ckpt_path`` (its tensors are memory-mapped while they are written).
     """
-    out = output_file(Path(out_path).expanduser(), "out", "decoder.ckpt")
+    out = output_file(path_value("out", out_path).expanduser(), "out", "decoder.ckpt")
     located = locate_checkpoint(ckpt_path)
     refuse_overwriting(out, located.path)
     ckpt = read_checkpoint(located.path, trust_pickle)

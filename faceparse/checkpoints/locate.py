@@ -12,6 +12,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from faceparse.option_values import path_value
+
 __all__ = ["LocatedCheckpoint", "best_checkpoint_pattern", "locate_checkpoint"]
 
 # conf/callbacks/default.yaml: model_checkpoint.filename, and Lightning's own default
@@ -46,8 +48,9 @@ def locate_checkpoint(ckpt: str | Path) -> LocatedCheckpoint:
     ``save_top_k: 1``); several are ambiguous and refused. ``last*.ckpt`` and
     ``on_exception.ckpt`` never count, so a run with only those (stopped before its
     first validation) is refused rather than scored as if it were the best.
+    ``ckpt=null`` is refused by name (Hydra's ``ckpt=123`` is the file ``123``).
     """
-    path = Path(ckpt).expanduser()
+    path = path_value("ckpt", ckpt, "a checkpoint file or a training run folder").expanduser()
     if path.is_file():
         return LocatedCheckpoint(path)
     if not path.exists():

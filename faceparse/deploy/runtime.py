@@ -18,10 +18,12 @@ import torch
 
 from faceparse.labels import LabelScheme, get_scheme
 
-__all__ = ["OnnxFaceParser", "load_onnx_parser", "require_onnxruntime", "META_PREFIX"]
+__all__ = ["CUDA_PROVIDER", "META_PREFIX", "OnnxFaceParser", "load_onnx_parser",
+           "require_onnxruntime"]
 
 T = TypeVar("T")
 META_PREFIX = "faceparse."  # metadata_props keys: faceparse.labels, faceparse.class_names, ...
+CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
 def require_onnxruntime():
@@ -111,11 +113,11 @@ class OnnxFaceParser:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"ONNX model not found: {self.path}")
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = ([CUDA_PROVIDER, "CPUExecutionProvider"]
                      if str(device).startswith("cuda") else ["CPUExecutionProvider"])
         if providers[0] not in ort.get_available_providers():
-            raise ValueError(f"device={device}: this onnxruntime has no {providers[0]} "
-                             f"(pip install onnxruntime-gpu for CUDA)")
+            raise ValueError(f"device={device}: this onnxruntime has no {providers[0]}: use "
+                             f"device=cpu, or pip install onnxruntime-gpu for CUDA")
         options = ort.SessionOptions()
         if threads:  # default: onnxruntime's own choice (one per physical core)
             options.intra_op_num_threads = int(threads)
@@ -146,6 +148,15 @@ class OnnxFaceParser:
         if not self.dynamic and list(x.shape[1:]) != list(fixed[1:]):
             raise ValueError(f"{self.path.name} was exported for input {fixed} only, got "
                              f"{list(x.shape)}: export with dynamic=true for other sizes")
+
+    def check_image_size(self, side: int) -> None:
+        """Refuse a square input ``side`` a static export cannot take before any work is
+        done (a predict run would otherwise stop at its first batch, its folder made)."""
+        fixed = self.session.get_inputs()[0].shape
+        if not self.dynamic and list(fixed[2:]) != [side, side]:
+            raise ValueError(f"image_size={side}: {self.path.name} was exported for input "
+                             f"{fixed} only: drop image_size=, or export with dynamic=true "
+                             f"for other sizes")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for ``x``; a static export's fixed batch is filled chunk by chunk."""

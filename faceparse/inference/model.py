@@ -7,6 +7,7 @@ session) plugs in here and nowhere else.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,11 @@ from faceparse.fast_path import FastPath
 from faceparse.inference.batch import prepare_for_inference
 from faceparse.labels import LabelScheme
 from faceparse.onnx_sniff import is_onnx_model, is_torch_file
+from faceparse.option_values import path_value
 
 __all__ = ["LoadedModel", "load_model", "resolve_device"]
+
+log = logging.getLogger(__name__)
 
 Net = Callable[[torch.Tensor], torch.Tensor]
 
@@ -77,6 +81,8 @@ def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
                              f"options are PyTorch's; drop them, or pass the .ckpt it was "
                              f"exported from")
         return _load_onnx(located.path, device)
+    if vit_weights is not None:  # Hydra's vit_weights=123 is an int
+        vit_weights = path_value("vit_weights", vit_weights, "a DINOv3 weight file")
     file = read_checkpoint(located.path, trust_pickle)  # names the file if it is no checkpoint
     net, scheme = load_face_parser(file, vit_weights, trust_pickle)
     # a checkpoint's own ViT weights leave weights_file unset (build_net): only files here
@@ -91,9 +97,19 @@ def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
 
 def _load_onnx(path: Path, device: str | torch.device) -> LoadedModel:
     from faceparse.deploy import load_onnx_parser  # onnxruntime is an optional extra
+    from faceparse.deploy.runtime import CUDA_PROVIDER, require_onnxruntime
 
     target = resolve_device(device)
-    net = load_onnx_parser(path, device=str(target))
+    # the CPU-only onnxruntime of faceparse[export] on a GPU machine: auto means its CPU
+    fallback = (str(device) == "auto" and target.type == "cuda"
+                and CUDA_PROVIDER not in require_onnxruntime().get_available_providers())
+    net = load_onnx_parser(path, device="cpu" if fallback else str(target))
+    provider = net.session.get_providers()[0]
+    if fallback:
+        log.warning("%s runs on onnxruntime's %s: this onnxruntime has no %s (pip install "
+                    "onnxruntime-gpu to run it on the GPU)", path.name, provider, CUDA_PROVIDER)
+    else:
+        log.info("%s runs on onnxruntime's %s", path.name, provider)
     # outputs come back on the CPU: the predictor moves inputs to model.device
     return LoadedModel(net, net.scheme, net.image_size, net.size_multiple,
                        torch.device("cpu"), path)

@@ -125,6 +125,8 @@ class Parser:
         if crop not in CROPS:
             raise ValueError(f"crop={crop}: choose one of {', '.join(CROPS)}")
         check_batch_size(batch_size)
+        if not isinstance(model.net, torch.nn.Module):  # an onnxruntime model
+            _check_onnx_options(model, size, precision)
         if precision == "auto":  # bf16 where it is the faster path on this device
             precision = "bf16-mixed" if inference_bf16(model.device) else "32-true"
         if precision not in PRECISIONS:
@@ -311,6 +313,19 @@ class Parser:
         if warn:
             _warn_unusable(images, results, stacklevel=2)
         return results
+
+
+def _check_onnx_options(model: LoadedModel, size: int, precision: str) -> None:
+    """An ONNX model runs fp32 in onnxruntime, at its export size unless dynamic: refuse
+    a precision it would ignore (as the PyTorch-only fast_path options are refused) and a
+    static export's other size now, not at the first batch after outputs were made."""
+    if precision in PRECISIONS and precision != "32-true":
+        raise ValueError(f"precision={precision}: {model.source} is an ONNX model, run by "
+                         f"onnxruntime in fp32; drop precision=, or pass the .ckpt it was "
+                         f"exported from")
+    check_size = getattr(model.net, "check_image_size", None)  # a static export's
+    if check_size is not None:
+        check_size(size)
 
 
 def _warn_unusable(images: Sequence, results: list[ParseResult], stacklevel: int) -> None:
