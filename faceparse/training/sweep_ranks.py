@@ -23,7 +23,10 @@ from omegaconf import read_write
 from faceparse.training.distributed import is_rank_zero
 from faceparse.training.job_status import in_multirun
 
-__all__ = ["ranks_join_this_job"]
+__all__ = ["LAUNCHER_VARIABLES", "ranks_join_this_job"]
+
+# what Lightning's subprocess launcher sets in rank 0's environment
+LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
 @contextmanager
@@ -48,13 +51,15 @@ def ranks_join_this_job() -> Iterator[None]:
         _forget_process_group(environ)
 
 
-def _forget_process_group(environ: dict[str, str]) -> None:
+def _forget_process_group(before: dict[str, str]) -> None:
     """Leave no trace of this job's ranks for the next job in this process: Lightning's
-    launcher takes ``LOCAL_RANK`` and ``WORLD_SIZE`` in the environment (which it set for
-    this job) as ranks started for it, and would start no other ranks, and a process group
-    still open would be this job's."""
+    launcher takes the ``LOCAL_RANK`` and ``WORLD_SIZE`` it set for this job as ranks
+    started for the next one (and would start none), and a process group still open would
+    be this job's. Only the launcher's variables go back: others (a logger's) are left."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    for key in set(os.environ) - set(environ):
-        del os.environ[key]
-    os.environ.update(environ)
+    for key in LAUNCHER_VARIABLES:
+        if key in before:
+            os.environ[key] = before[key]
+        else:
+            os.environ.pop(key, None)
