@@ -95,8 +95,13 @@ class VideoOutputs:
             if self.frames_dir is not None:
                 made_from = (None if self.record is None else
                              {**self.record, "size": [rgb.shape[1], rgb.shape[0]]})
-                write_atomic(self.frames_dir / frame_mask_name(n),
-                             png_bytes(result.labels, mask_text(result, made_from)))
+                name = frame_mask_name(n)
+                try:
+                    write_atomic(self.frames_dir / name,
+                                 png_bytes(result.labels, mask_text(result, made_from)))
+                except OSError as error:  # named where the user will look for it
+                    raise OSError(error.errno, error.strerror,
+                                  str(self.frames_final / name)) from error
 
     def _open(self, width: int, height: int) -> None:
         self.size = [width, height]
