@@ -20,6 +20,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from faceparse.checkpoints import start_from
@@ -123,6 +124,15 @@ def check_labels(cfg: DictConfig) -> None:
         raise ValueError(f"data.labels={cfg.data.labels}: {err.args[0]}") from None
 
 
+def refuse_lr_monitor_without_logger(callbacks: list, loggers: list) -> None:
+    """Lightning's LearningRateMonitor refuses a trainer without a logger only once
+    training starts, as a traceback: say so before the run folder is kept."""
+    if not loggers and any(isinstance(c, LearningRateMonitor) for c in callbacks):
+        raise ValueError("callbacks.lr_monitor logs the learning rates to a logger, and this "
+                         "run has none: give one (logger=csv), or drop the monitor "
+                         "(~callbacks.lr_monitor)")
+
+
 def _best_score(trainer: L.Trainer) -> dict[str, float]:
     """``{"best/<monitor>": score}`` of the best checkpoint: what a sweep compares, not the
     last epoch's value."""
@@ -200,6 +210,7 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     if resume:  # in a new folder, Lightning would forget which checkpoint was the best
         callbacks.append(KeepBestCheckpoints())
     loggers = instantiate_all(cfg.get("logger"), "logger")
+    refuse_lr_monitor_without_logger(callbacks, loggers)
     trainer: L.Trainer = instantiate_option(cfg.trainer, "trainer", callbacks=callbacks,
                                             logger=loggers)
     refuse_other_input_size(model.net, cfg.data.image_size)
@@ -237,7 +248,8 @@ def main(cfg: DictConfig) -> float | None:
     # a failed sweep job is recorded and returns None; a refused resume= records nothing
     value = record_job(fit, cfg, accept=resumed)
     if value is not None:
-        kept = OmegaConf.select(cfg, "callbacks.model_checkpoint") is not None
+        kept = (OmegaConf.select(cfg, "callbacks.model_checkpoint") is not None
+                and not OmegaConf.select(cfg, "trainer.fast_dev_run"))  # chooses no best
         log.info("%s (%s) = %.4f", cfg.optimized_metric,
                  "best checkpoint" if kept else "last validation", value)
     return value

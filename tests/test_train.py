@@ -148,8 +148,9 @@ def test_debug_fdr_runs_from_the_command_line(tiny, tmp_path: Path) -> None:
     """``debug=fdr`` (README): one batch of each stage; no best checkpoint is chosen."""
     result = run_cli(["debug=fdr", *tiny], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert not list(tmp_path.glob("checkpoints/epoch_*.ckpt"))
+    assert not (tmp_path / "checkpoints").exists()  # no one-batch last.ckpt for resume=auto
     assert json.loads((tmp_path / "scores.json").read_text())["scheme"] == "ourface"
+    assert "val/f1_mean (last validation) = " in result.stdout + result.stderr
 
 
 @pytest.mark.slow  # 8 s or more on 2 cores: in CI's slow suite (pytest -m slow)

@@ -25,9 +25,10 @@ from faceparse.data.io import write_atomic
 from faceparse.data.transforms import denormalize
 from faceparse.labels import LabelScheme, colorize, get_scheme
 from faceparse.metrics import HEADLINE
+from faceparse.option_values import whole_number
 
-__all__ = ["PredictionImages", "ScoreReport", "first_predictions", "prediction_panel",
-           "score_rows"]
+__all__ = ["PredictionImages", "ScoreReport", "first_predictions", "image_count",
+           "prediction_panel", "score_rows"]
 
 
 def prediction_panel(
@@ -35,6 +36,12 @@ def prediction_panel(
 ) -> np.ndarray:
     """One row ``input | ground truth | prediction`` as an RGB uint8 array."""
     return np.concatenate([image, colorize(truth, scheme), colorize(pred, scheme)], axis=1)
+
+
+def image_count(option: str, value: Any) -> int:
+    """How many images a picture callback shows, refused at start unless a whole number
+    >= 1 (0 reached the model as an empty batch after an epoch of training)."""
+    return whole_number(option, value, 1, "the number of images shown")
 
 
 def first_predictions(trainer: L.Trainer, pl_module: L.LightningModule, batch: dict,
@@ -58,7 +65,7 @@ class PredictionImages(L.Callback):
     def __init__(self, dirpath: str | Path, labels: str, num_images: int = 4) -> None:
         self.dirpath = Path(dirpath)
         self.scheme = get_scheme(labels)
-        self.num_images = num_images
+        self.num_images = image_count("callbacks.prediction_images.num_images", num_images)
 
     @rank_zero_only
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict,
@@ -89,15 +96,17 @@ def score_rows(metrics: Mapping[str, Any], scheme: LabelScheme, stage: str = "te
     """Per-class rows and headline scores from logged ``{stage}/...`` metrics.
 
     A class is present when its F1 was logged (the module logs the classes the ground
-    truth has); absent classes score 0 and are left out of the means.
+    truth has); an absent class has no F1 or IoU (None: an empty cell, JSON null, as in
+    ``faceparse.eval``'s report), never a 0 that would pull a column mean down, and is
+    left out of the means.
     """
     rows = []
     for name in scheme.class_names:
         present = f"{stage}/f1/{name}" in metrics
         rows.append({
             "class": name, "present": present,
-            "f1": float(metrics[f"{stage}/f1/{name}"]) if present else 0.0,
-            "iou": float(metrics[f"{stage}/iou/{name}"]) if present else 0.0,
+            "f1": float(metrics[f"{stage}/f1/{name}"]) if present else None,
+            "iou": float(metrics[f"{stage}/iou/{name}"]) if present else None,
         })
     headline = {k: float(metrics.get(f"{stage}/{k}", math.nan)) for k in HEADLINE}
     return rows, headline

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from faceparse.labels import IGNORE_INDEX, LabelScheme, get_scheme
-from faceparse.training.callbacks import first_predictions, score_rows
+from faceparse.training.callbacks import first_predictions, image_count, score_rows
 
 __all__ = ["WandbMedia", "confusion_figure"]
 
@@ -50,6 +50,14 @@ def confusion_figure(confusion: torch.Tensor, scheme: LabelScheme) -> np.ndarray
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def scores_step(trainer: L.Trainer) -> int:
+    """The step Lightning logs the scores of this validation or test at: the batches that
+    stepped the optimizer so far (a validation at an epoch's end comes before its last
+    step counts in ``global_step``), so the pictures and tables sit beside their scores."""
+    loop = getattr(trainer.fit_loop, "epoch_loop", None)
+    return int(getattr(loop, "_batches_that_stepped", trainer.global_step))
+
+
 class WandbMedia(L.Callback):
     """Logs to W&B, for validation (every ``every_n_epochs``) and test:
 
@@ -67,7 +75,7 @@ class WandbMedia(L.Callback):
                              f"got {every_n_epochs}")
         self.scheme = get_scheme(labels)
         self.every_n_epochs = every_n_epochs
-        self.num_images = num_images
+        self.num_images = image_count("callbacks.wandb_media.num_images", num_images)
         self.log_best_checkpoint = log_best_checkpoint
         self.class_labels = dict(enumerate(self.scheme.class_names)) | {IGNORE_INDEX: "ignore"}
         self._confusion: dict[str, torch.Tensor] = {}
@@ -96,7 +104,7 @@ class WandbMedia(L.Callback):
             for image, t, p in zip(images, truth, preds, strict=True)
         ]
         self._logger(trainer).log_metrics({f"{stage}/predictions": pictures},
-                                          step=trainer.global_step)
+                                          step=scores_step(trainer))
 
     def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                 outputs: Any, batch: Any, batch_idx: int,
@@ -142,7 +150,7 @@ class WandbMedia(L.Callback):
             payload[f"{stage}/confusion_matrix"] = wandb.Image(
                 confusion_figure(confusion, self.scheme), caption="rows: ground truth")
         if payload:
-            self._logger(trainer).log_metrics(payload, step=trainer.global_step)
+            self._logger(trainer).log_metrics(payload, step=scores_step(trainer))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._due(trainer, "val"):
