@@ -3,7 +3,8 @@
 [weight_power=0.5]``.
 
 Prints a table of pixel shares per class of the target scheme and a
-``loss.class_weights=[...]`` override to paste into a training command. Options are checked
+``'loss.class_weights=[...]'`` override to paste into a training command (quoted for the
+shell). Options are checked
 before counting (a whole split can take minutes), and a split with nothing to count is
 refused rather than printed as all-zero weights, which would train with a 0/0 loss.
 """
@@ -11,6 +12,7 @@ refused rather than printed as all-zero weights, which would train with a 0/0 lo
 from __future__ import annotations
 
 import logging
+import shlex
 
 from omegaconf import DictConfig
 from rich.console import Console
@@ -88,7 +90,8 @@ def stats(cfg: DictConfig) -> tuple[list[float], str]:
                     f"; max_samples=null counts all {len(dataset)} samples" if subsampled
                     else "")
     override = weights_override(weights)
-    console.print(override, soft_wrap=True)
+    # quoted: [...] is a glob to the shell (bash with failglob, zsh refuse it unquoted)
+    console.print(shlex.quote(override), soft_wrap=True, markup=False)
     return weights.tolist(), override
 
 

@@ -283,7 +283,8 @@ def test_variants_rerun_with_their_overrides_and_survive_failures(compose_bench,
     assert [row.split()[:3] for row in table[1:4]] == [
         ["baseline", "infer", "labels"], ["baseline", "infer", "softmax"],
         ["explicit_attention", "infer", "labels"]]
-    assert table[-1].split()[:2] == ["broken", "failed"]
+    assert table[-2].split()[:2] == ["broken", "failed"]
+    assert table[-1].startswith(f"measured on: {results['machine']['cpu']} (flags: ")
 
 
 def test_flops_count_convolutions_and_attention() -> None:

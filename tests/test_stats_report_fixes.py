@@ -61,7 +61,9 @@ def test_stats_counts_each_good_sample_once_and_reports_the_bad(
     expected = training_weights(_counts(masks[1:]))
     assert weights == pytest.approx(expected.tolist())
     assert override == weights_override(expected)
-    assert "1 bad sample skipped, not counted" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1 bad sample skipped, not counted" in printed
+    assert f"'{override}'" in printed  # quoted: pasted into a shell, [...] is no glob
 
 
 def test_count_classes_skips_a_bad_sample_and_counts_it(compose, tmp_path: Path) -> None:

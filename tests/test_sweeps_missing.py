@@ -81,21 +81,29 @@ MESSAGE = ("needs the sweeps extra, not installed here (No module named 'optuna'
 SCAN = """
 import json
 from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
-ours = [c.__name__ for c in Plugins.instance().discover()
-        if c.__module__.startswith("hydra_plugins.faceparse_sweepers")]
+def ours(kind):
+    return sorted(c.__name__ for c in Plugins.instance().discover(kind)
+                  if c.__module__.startswith("hydra_plugins.faceparse_sweepers"))
 sweepers = [c.__name__ for c in Plugins.instance().discover(Sweeper)]
-print(json.dumps({"ours": ours, "sweepers": sweepers}))
+print(json.dumps({"ours": ours(Sweeper), "launchers": ours(Launcher), "sweepers": sweepers}))
 """
+# the submitit launchers that go on past a killed job, where hydra-submitit-launcher is
+LAUNCHERS = ["LocalLauncher", "SlurmLauncher"]
 
 
-def test_plugin_scan_registers_nothing_and_warns_nothing(without_sweeps) -> None:
+def test_plugin_scan_registers_nothing_and_warns_nothing(without_sweeps, request) -> None:
     # with optuna importable, ours would be ["ResumableOptunaSweeper"]: the blocker works
     result = python(without_sweeps, "-c", SCAN)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Error importing" not in result.stderr, result.stderr[-2000:]
     # the stand-in for the plugin's class is no Hydra plugin: no second sweeper is offered
-    assert json.loads(result.stdout)["ours"] == []
+    found = json.loads(result.stdout)
+    assert found["ours"] == []
+    # ours come with hydra-submitit-launcher, hidden with the rest of the extra
+    mode = request.node.callspec.params["without_sweeps"]
+    assert found["launchers"] == ([] if mode == "no_extra" else LAUNCHERS)
 
     code = ("from hydra_plugins.faceparse_sweepers.resumable_optuna import "
             "ResumableOptunaSweeper as S\ntry:\n    S()\nexcept ImportError as e:\n    print(e)")
@@ -110,6 +118,7 @@ def test_plugin_scan_finds_the_sweeper_with_the_extra() -> None:
     assert "Error importing" not in result.stderr
     found = json.loads(result.stdout)
     assert found["ours"] == ["ResumableOptunaSweeper"]
+    assert found["launchers"] == LAUNCHERS
     assert "ResumableOptunaSweeper" in found["sweepers"]
 
 

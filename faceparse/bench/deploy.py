@@ -63,8 +63,9 @@ def _bench_deploy(cfg: DictConfig) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(int(threads))
     net = instantiate(cfg.model.net).eval()
-    fast_net = prepare_for_inference(copy.deepcopy(net), "cpu", instantiate(cfg.fast_path))
     bf16 = bench_bf16(cfg, "cpu")
+    fast_net = prepare_for_inference(copy.deepcopy(net), "cpu", instantiate(cfg.fast_path),
+                                     bf16)
 
     def fast_path(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", torch.bfloat16, enabled=bf16):

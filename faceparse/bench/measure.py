@@ -19,6 +19,7 @@ import torch
 
 from faceparse.fast_path import inference_bf16
 from faceparse.hardware import cpu_info, cpu_policy
+from faceparse.option_values import boolean
 
 __all__ = ["PeakMemory", "bench_bf16", "machine", "rss_bytes", "sync"]
 
@@ -31,7 +32,9 @@ def rss_bytes() -> int:
 def bench_bf16(cfg: Any, device: str | torch.device) -> bool:
     """Whether a section's inference runs in bf16 autocast: ``bench.bf16``, or where faster
     (null), as ``faceparse.predict`` decides."""
-    return inference_bf16(device) if cfg.bench.bf16 is None else bool(cfg.bench.bf16)
+    if cfg.bench.bf16 is None:
+        return inference_bf16(device)
+    return boolean("bench.bf16", cfg.bench.bf16)
 
 
 def sync(device: torch.device) -> None:

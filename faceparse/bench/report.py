@@ -73,7 +73,7 @@ def format_table(results: dict[str, Any]) -> str:
     rows = [("measured", "setting", "images/s", "peak MiB")]
     rows += [(key, setting, f"{rate:.2f}", _mib(peak))
              for key, (setting, rate, peak) in measurements(results).items()]
-    return _aligned(rows)
+    return _aligned(rows) + machine_line(results)
 
 
 def format_comparison(results: dict[str, Any]) -> str:
@@ -88,7 +88,17 @@ def format_comparison(results: dict[str, Any]) -> str:
         for key, (setting, rate, peak) in measurements(variant).items():
             ratio = f"{rate / base[key][1]:.2f}" if key in base else ""
             rows.append((name, key, setting, f"{rate:.2f}", ratio, _mib(peak)))
-    return _aligned(rows)
+    return _aligned(rows) + machine_line(results)
+
+
+def machine_line(results: dict[str, Any]) -> str:
+    """Under a table: the machine its figures came from, so figures from two machines are
+    never compared blind (CPU model and flags, the CPU policy, cores, GPU)."""
+    info = results.get("machine") or {}
+    gpu = f"; GPU {info['gpu']}" if info.get("gpu") else ""
+    return (f"\nmeasured on: {info.get('cpu', '?')} (flags: {info.get('cpu_flags', '?')}); "
+            f"CPU policy {info.get('cpu_policy', '?')}; {info.get('cores_usable', '?')} "
+            f"cores, {info.get('torch_threads', '?')} torch threads{gpu}")
 
 
 def format_profile(profile: dict[str, Any]) -> str:

@@ -207,10 +207,10 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
     images = torch.randn(b * steps, 3, size, size)
     with torch.inference_mode():  # the plain fp32 net's logits, to see what the fast path moves
         reference = net(images[:b].to(device)).float()
-    start = time.perf_counter()
-    net = prepare_for_inference(net, device, fast_path)
-    peak = _peak_tflops(cfg, device)
     bf16 = bench_bf16(cfg, device)
+    start = time.perf_counter()
+    net = prepare_for_inference(net, device, fast_path, bf16)  # the ViT in bf16 only then
+    peak = _peak_tflops(cfg, device)
     overlap = overlaps(device, cfg.bench.overlap)
     with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         fast = net(images[:b].to(device)).float()
@@ -223,7 +223,8 @@ def bench_infer(cfg: DictConfig) -> dict[str, Any]:
         "fold_batchnorm": fast_path.fold_batchnorm,
         "fold_layer_scale": fast_path.fold_layer_scale,
         "fused_conv_relus": sum(isinstance(m, ConvReLU) for m in net.modules()),
-        "frozen_vit_bf16": fast_path.wants_frozen_vit_bf16(device),
+        # as the net holds it, not as the policy would have it
+        "frozen_vit_bf16": any(p.dtype == torch.bfloat16 for p in net.parameters()),
         "fused_rope_attentions": _fused_rope_attentions(net),
         "overlap": overlap,
         # process-wide: an earlier section or variant may have switched it on

@@ -82,8 +82,9 @@ def _record_killed(folder: Path, reason: str) -> bool:
 
 if BaseSubmititLauncher is not None:
 
-    class _KeepsGoing(BaseSubmititLauncher):
-        """hydra-submitit-launcher's launcher, each job's result collected on its own."""
+    class _KeepsGoing:
+        """hydra-submitit-launcher's launch, each job's result collected on its own (a
+        mixin, not itself a launcher Hydra's plugin scan would offer)."""
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
                    ) -> Sequence[JobReturn]:
@@ -113,9 +114,9 @@ if BaseSubmititLauncher is not None:
             return collect_results(jobs, job_overrides, initial_job_idx, sweep_dir)
 
 
-    class LocalLauncher(_KeepsGoing):
+    class LocalLauncher(_KeepsGoing, BaseSubmititLauncher):
         _EXECUTOR = "local"
 
 
-    class SlurmLauncher(_KeepsGoing):
+    class SlurmLauncher(_KeepsGoing, BaseSubmititLauncher):
         _EXECUTOR = "slurm"
