@@ -46,7 +46,7 @@ def check_output_dir(path: str | Path, option: str) -> Path:
     """Refuse a folder that cannot be made, without making it: a refused command (a wrong
     split, a checkpoint it will not read) must not leave a new empty folder behind. Create
     it with :func:`output_dir` once there is something to write."""
-    path = path_value(option, path, "a folder name")
+    path = path_value(option, path, "a folder name").expanduser()
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option}={path} is a file: give a folder for the output files")
     existing = next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
@@ -61,7 +61,7 @@ def check_output_dir(path: str | Path, option: str) -> Path:
 def output_file(path: str | Path, option: str, example: str = "model.onnx") -> Path:
     """The file ``option`` names, its folder created (and writable); refused if it is a
     folder (``example``: a file name to suggest inside it), or null (Hydra's ``out=null``)."""
-    path = path_value(option, path)
+    path = path_value(option, path).expanduser()
     if path.is_dir():
         raise ValueError(f"{option}={path} is a folder: give a file name inside it, "
                          f"e.g. {option}={path / example}")

@@ -22,7 +22,7 @@ from faceparse.inference import Parser, load_model
 from faceparse.labels import get_scheme
 from faceparse.option_values import path_value
 from faceparse.safe_load import NotACheckpointError, safe_load
-from faceparse.writable import output_file
+from faceparse.writable import check_output_dir, output_file
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -210,3 +210,12 @@ def test_predict_refuses_onnx_options_before_writing_anything(
                          f"output_dir={out}", override)
     assert refusal(cfg, caplog) == message.format(onnx=static_onnx)
     assert not out.exists()  # refused up front, not at the first batch
+
+
+def test_an_output_path_under_home_is_expanded(tmp_path: Path, monkeypatch) -> None:
+    """out='~/model.onnx' writes into the home folder, not a folder named ~ here."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert output_file("~/model.onnx", "out") == tmp_path / "home" / "model.onnx"
+    assert check_output_dir("~/masks", "output_dir") == tmp_path / "home" / "masks"
+    assert not (tmp_path / "~").exists()

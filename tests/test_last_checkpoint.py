@@ -33,9 +33,10 @@ class LastSeen(L.Callback):
             self.epochs.append(torch.load(self.path, weights_only=False)["epoch"])
 
 
-@pytest.mark.parametrize("with_validation", [True, False])
+@pytest.mark.parametrize(("with_validation", "every"), [(True, 1), (False, 1), (True, 2)])
 def test_last_ckpt_is_the_latest_epoch_whether_or_not_it_was_the_best(
-        tmp_path: Path, with_validation: bool) -> None:
+        tmp_path: Path, with_validation: bool, every: int) -> None:
+    """Also for the epochs between validations (``check_val_every_n_epoch=2``)."""
     checkpoint = EpochCheckpoint(dirpath=tmp_path, filename="epoch_{epoch:03d}", save_last=True,
                                  monitor="val/score" if with_validation else None, mode="max",
                                  save_top_k=1, enable_version_counter=False,
@@ -44,9 +45,12 @@ def test_last_ckpt_is_the_latest_epoch_whether_or_not_it_was_the_best(
     trainer = L.Trainer(max_epochs=4, limit_train_batches=2,
                         limit_val_batches=1 if with_validation else 0,
                         num_sanity_val_steps=0, callbacks=[checkpoint, seen], logger=False,
+                        check_val_every_n_epoch=every,
                         enable_progress_bar=False, enable_model_summary=False,
                         accelerator="cpu")
     trainer.fit(NeverBetter())
     assert seen.epochs == [0, 1, 2]
     if with_validation:
-        assert [p.name for p in sorted(tmp_path.glob("epoch_*.ckpt"))] == ["epoch_000.ckpt"]
+        # the first validation (the only best)
+        assert [p.name for p in sorted(tmp_path.glob("epoch_*.ckpt"))] == [
+            f"epoch_{every - 1:03d}.ckpt"]

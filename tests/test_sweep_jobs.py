@@ -16,6 +16,7 @@ import yaml
 
 from faceparse.training.folder_claim import CLAIM_FILE
 from faceparse.training.run_folder import hydra_subdir
+from faceparse.training.sweep_ranks import job_command
 
 FAST = ("data.dataset.sizes={train: 8, val: 4, test: 4}", "callbacks.progress_bar=null",
         "callbacks.prediction_images=null", "data.num_workers=0")
@@ -34,6 +35,16 @@ def test_a_training_sweep_job_leaves_hydra_files_to_the_job():
     assert hydra_subdir(None, None, "MULTIRUN", "train") is None
     assert hydra_subdir(None, None, "RUN", "train") == ".hydra"
     assert hydra_subdir(None, None, "MULTIRUN", "eval") == ".hydra"
+
+
+def test_the_ranks_get_the_sweeps_config_source_and_the_jobs_overrides():
+    argv = ["train.py", "-m", "--config-dir", "extra", "-cn=mine", "optimizer.lr=1e-3,1e-2"]
+    command = job_command(argv, ["hydra.sweep.dir=s", "hydra.mode=MULTIRUN",
+                                 "hydra.run.dir=r", "hydra/launcher=joblib"],
+                          ["optimizer.lr=0.001", "experiment=mine"])
+    assert command == ["train.py", "--config-dir", "extra", "-cn=mine", "hydra.sweep.dir=s",
+                       "hydra/launcher=joblib", "optimizer.lr=0.001", "experiment=mine",
+                       "hydra.mode=RUN"]
 
 
 @pytest.mark.slow

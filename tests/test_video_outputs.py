@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from faceparse.inference.listing import is_output_name
 from faceparse.inference.outputs import OutputWriteError
 from faceparse.inference.predictor import ParseResult
 from faceparse.inference.video_outputs import VideoOutputs
@@ -166,3 +167,26 @@ def test_a_video_without_any_face_now_loses_its_earlier_outputs_with_a_warning(
     assert (f"removed clip_overlay.mp4, clip_mask.mp4, {FRAMES} frame masks in clip_frames/: "
             f"the earlier outputs of {tmp_path / 'clip.mp4'}, which has no face in any frame "
             f"now") in caplog.text
+
+
+def test_a_file_where_the_frame_masks_go_is_refused_before_anything_is_replaced(tmp_path):
+    out = write_video(tmp_path)  # the earlier run: videos, no frame masks
+    (out / "clip_frames").write_text("a file of the user's")
+    with pytest.raises(OutputWriteError, match=re.escape(
+            f"cannot write {out / 'clip_frames'} (from {tmp_path / 'clip.mp4'}): a file is "
+            f"there, not the folder of frame masks (save_frames=true)")):
+        write_video(tmp_path, save_frames=True)
+    assert sorted(p.name for p in out.iterdir()) == ["clip_frames", "clip_mask.mp4",
+                                                     "clip_overlay.mp4"]
+
+
+def test_partial_files_a_killed_run_left_are_cleared_and_never_taken_for_inputs(tmp_path):
+    partial = tmp_path / "out" / ".clip_frames.partial"
+    partial.mkdir(parents=True)
+    (partial / "000000_mask.png").write_bytes(b"old")
+    write_video(tmp_path, save_frames=False)
+    assert not partial.exists()
+    for name in (".clip_overlay.partial.mp4", ".clip_mask.partial.mp4",
+                 ".clip_overlay.sound.mp4"):
+        assert is_output_name(tmp_path / name)
+    assert not is_output_name(tmp_path / "holiday.partial.mp4")  # a user's own video

@@ -122,6 +122,9 @@ def test_the_average_rate_and_count_come_from_the_packets(tmp_path):
     assert video.packet_timing(9.95, starts, [0.1] * 9, 1.0) == (9.95, 9)
     # no durations: the last frame lasts the typical interval; 0.6 s short: a cut file
     assert video.packet_timing(25.0, starts, [0.0] * 9, 1.5) == (pytest.approx(10.0), 15)
+    # AVI: no durations, the header's length near the last frame is the end (1.6 s here)
+    avi = [0, 0.1, 0.2, 0.3, 0.7, 0.8, 0.9, 1.3, 1.4, 1.5]
+    assert video.packet_timing(1000.0, avi, [0.0] * 10, 1.6) == (pytest.approx(6.25), 10)
 
 
 def test_without_pyav_or_for_an_unreadable_or_mp4_file_opencvs_timing_stays(

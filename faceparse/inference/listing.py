@@ -32,14 +32,19 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm"})
 OUTPUT_ENDINGS = ("_mask.png", "_color.png", "_overlay.png", "_visualization.png",
                   "_probs.npz", "_mask.mp4", "_overlay.mp4")
 _FRAME_MASK = re.compile(r"\d+_mask\.png")
+# a video's hidden partial files (faceparse.inference.video_outputs)
+_PARTIAL_ENDINGS = ("_mask.partial.mp4", "_overlay.partial.mp4", "_mask.sound.mp4",
+                    "_overlay.sound.mp4")
 _EXAMPLES = 3  # files named in a warning about many
 
 
 def is_output_name(path: Path) -> bool:
-    """Whether ``path`` is named as one of this command's outputs (a frame mask too)."""
+    """Whether ``path`` is named as one of this command's outputs (a frame mask too, and a
+    hidden partial video a killed run left)."""
     name = path.name
     return name.endswith(OUTPUT_ENDINGS) or (
-        path.parent.name.endswith("_frames") and _FRAME_MASK.fullmatch(name) is not None)
+        path.parent.name.endswith("_frames") and _FRAME_MASK.fullmatch(name) is not None) or (
+        name.startswith(".") and name.endswith(_PARTIAL_ENDINGS))
 
 
 def _wanted(path: Path) -> bool:

@@ -238,13 +238,18 @@ def stream_timing(path: Path, header_fps: float, header_frames: int | None
 def packet_timing(header_fps: float, times: list[float], durations: list[float],
                   declared_end: float | None) -> tuple[float, int]:
     """Rate and frame count of packets starting at ``times`` (s) and lasting ``durations``
-    (0: unknown, then the typical interval): the header's rate when the average is within
-    :data:`SAME_RATE` of it; a ``declared_end`` well after the last packet (a cut file) adds
-    the frames that would fill the gap, so the cut is still a warning."""
+    (0: unknown, then the end the header declares when it is near, else the typical
+    interval): the header's rate when the average is within :data:`SAME_RATE` of it; a
+    ``declared_end`` well after the last packet (a cut file) adds the frames that would
+    fill the gap, so the cut is still a warning."""
     order = sorted(range(len(times)), key=times.__getitem__)
     gaps = [b - a for a, b in zip(sorted(times), sorted(times)[1:], strict=False) if b > a]
-    last = durations[order[-1]] or (float(np.median(gaps)) if gaps else 0.0)
+    typical = float(np.median(gaps)) if gaps else 0.0
+    last = durations[order[-1]] or typical
     end = times[order[-1]] + last
+    if not durations[order[-1]] and declared_end and (
+            times[order[-1]] < declared_end <= end + CUT_INTERVALS * typical):
+        end = declared_end  # AVI: no packet durations, the header's length is the end
     span = end - times[order[0]]
     if span <= 0:  # one frame of unknown length: no average to take
         return header_fps, len(times)

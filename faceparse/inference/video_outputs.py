@@ -69,14 +69,17 @@ class VideoOutputs:
         self.partials = {kind: path.with_name(f".{path.stem}.partial.mp4")
                          for kind, path in self.finals.items()}
         self.frames_final = paths["frames"]
-        self.frames_dir = (paths["frames"].with_name(f".{paths['frames'].name}.partial")
-                           if save_frames else None)
+        partial_frames = paths["frames"].with_name(f".{paths['frames'].name}.partial")
+        self.frames_dir = partial_frames if save_frames else None
         self.writers: dict[str, cv2.VideoWriter] = {}
         self.written = 0  # frames handed to each video writer
         with writing_outputs_of(source):
             out_stem.parent.mkdir(parents=True, exist_ok=True)
+            _remove_frame_masks(partial_frames)  # of a run killed before cleaning up
             if self.frames_dir is not None:
-                _remove_frame_masks(self.frames_dir)  # of a run killed before cleaning up
+                if self.frames_final.exists() and not self.frames_final.is_dir():
+                    raise FileExistsError(None, "a file is there, not the folder of frame "
+                                          "masks (save_frames=true)", str(self.frames_final))
                 self.frames_dir.mkdir(exist_ok=True)
 
     def __enter__(self) -> VideoOutputs:

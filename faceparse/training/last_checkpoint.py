@@ -21,9 +21,10 @@ class EpochCheckpoint(ModelCheckpoint):
     whether or not the epoch was a new best."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after an epoch-end validation (which wrote last.ckpt at this step already), and
+        # for an epoch without one (check_val_every_n_epoch > 1, no validation data)
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._last_of_epoch(trainer)
+        self._last_of_epoch(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)

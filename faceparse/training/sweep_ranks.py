@@ -23,8 +23,12 @@ from omegaconf import read_write
 from faceparse.training.distributed import is_rank_zero
 from faceparse.training.job_status import in_multirun
 
-__all__ = ["LAUNCHER_VARIABLES", "ranks_join_this_job"]
+__all__ = ["LAUNCHER_VARIABLES", "job_command", "ranks_join_this_job"]
 
+# where the config comes from (Hydra's command-line flags): the ranks need the same
+_CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+# hydra.* keys Lightning or this module gives the ranks: the sweep's would clash
+_SET_FOR_RANKS = {"hydra.run.dir", "hydra.job.name", "hydra.output_subdir", "hydra.mode"}
 # what Lightning's subprocess launcher sets in rank 0's environment
 LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -39,7 +43,7 @@ def ranks_join_this_job() -> Iterator[None]:
 
     hydra = HydraConfig.get()
     argv, run_dir, environ = sys.argv[:], hydra.run.dir, dict(os.environ)
-    sys.argv = [argv[0], *hydra.overrides.task, "hydra.mode=RUN"]
+    sys.argv = job_command(argv, list(hydra.overrides.hydra), list(hydra.overrides.task))
     with read_write(hydra):
         hydra.run.dir = hydra.runtime.output_dir
     try:
@@ -49,6 +53,21 @@ def ranks_join_this_job() -> Iterator[None]:
         with read_write(hydra):
             hydra.run.dir = run_dir
         _forget_process_group(environ)
+
+
+def job_command(argv: list[str], hydra_overrides: list[str], task_overrides: list[str]
+                ) -> list[str]:
+    """The command line of one sweep job as a single run: the sweep's config source
+    (``--config-dir``, ``--config-name``, ``--config-path``), its ``hydra.*`` overrides but
+    those Lightning sets for the ranks (and ``hydra.mode``), the job's overrides, one run."""
+    flags, rest = [], iter(argv[1:])
+    for arg in rest:
+        if arg in _CONFIG_FLAGS:
+            flags += [arg, next(rest, "")]
+        elif arg.startswith(tuple(f"{flag}=" for flag in _CONFIG_FLAGS)):
+            flags.append(arg)
+    kept = [o for o in hydra_overrides if o.split("=", 1)[0].lstrip("~+") not in _SET_FOR_RANKS]
+    return [argv[0], *flags, *kept, *task_overrides, "hydra.mode=RUN"]
 
 
 def _forget_process_group(before: dict[str, str]) -> None:

@@ -58,7 +58,8 @@ def collect_results(jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]],
             log.error("job %d (%s) ended without a result: killed from outside (out of "
                       "memory, scancel, a node failure or its requeues used up)%s: %s",
                       index, " ".join(filter_overrides(overrides)),
-                      f", recorded as failed in {folder / STATUS_FILE}" if recorded else "",
+                      f", recorded as failed in {folder / STATUS_FILE}" if recorded else
+                      f" (no running status.json in {folder} to mark failed)",
                       reason)
             returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
                                      _return_value=None))
