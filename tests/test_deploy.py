@@ -176,7 +176,7 @@ def test_bench_deploy_refuses_to_time_a_fast_path_that_changes_the_labels(
             return -self.net(x)
 
     monkeypatch.setattr(deploy_section, "prepare_for_inference",
-                        lambda net, device, fast_path: Negated(net))
+                        lambda net, device, fast_path, bf16=None: Negated(net))
     cfg = compose(["bench.sections=[deploy]", "cnn.arch=vgg11_bn", "vit.size=small",
                    "decoder.decoder_channels=32", "data.image_size=32", "bench.steps=1",
                    "bench.deploy.repeats=1"], config="bench", output_dir=tmp_path)
