@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from faceparse.training.last_checkpoint import EpochCheckpoint
@@ -54,3 +55,10 @@ def test_last_ckpt_is_the_latest_epoch_whether_or_not_it_was_the_best(
         # the first validation (the only best)
         assert [p.name for p in sorted(tmp_path.glob("epoch_*.ckpt"))] == [
             f"epoch_{every - 1:03d}.ckpt"]
+
+
+def test_its_state_is_saved_under_model_checkpoints_key(tmp_path: Path) -> None:
+    """Checkpoints of runs from before it resume with their best, and theirs with ours."""
+    ours = EpochCheckpoint(dirpath=tmp_path, monitor="val/score", mode="max")
+    plain = ModelCheckpoint(dirpath=tmp_path, monitor="val/score", mode="max")
+    assert ours.state_key == plain.state_key and ours.state_key.startswith("ModelCheckpoint{")

@@ -10,6 +10,8 @@ best-checkpoint callback that writes ``last.ckpt`` after every epoch again.
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -19,6 +21,12 @@ __all__ = ["EpochCheckpoint"]
 class EpochCheckpoint(ModelCheckpoint):
     """:class:`ModelCheckpoint` whose ``save_last`` writes ``last.ckpt`` at every epoch end,
     whether or not the epoch was a new best."""
+
+    def _generate_state_key(self, **kwargs: Any) -> str:
+        """ModelCheckpoint's key: Lightning saves and restores a callback's state (the best
+        checkpoint and its score) under it, so runs from before this class resume with
+        their best, and theirs with ours."""
+        return f"{ModelCheckpoint.__qualname__}{kwargs!r}"
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # after an epoch-end validation (which wrote last.ckpt at this step already), and
