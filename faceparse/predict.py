@@ -210,11 +210,11 @@ def _predict_videos(parser: Parser, cfg: DictConfig, videos: list[Path], out_dir
             record = source_record(video, root, None, run)
         except OSError:
             record = None  # opening it fails below, naming it
-        stale = left_behind(video, root, stem_of[video], out_dir, video=True)
-        if stale is not None:
+        earlier = left_behind(video, root, stem_of[video], out_dir, video=True)
+        if earlier is not None:
             log.warning("left behind: %s and its videos are %s's outputs from before a file "
                         "with the same name renamed its outputs %s_*; delete them",
-                        stale, video, stem_of[video].name)
+                        earlier, video, stem_of[video].name)
         overwrite = _video_overwrite(parser, cfg, video, out_dir / stem_of[video], record,
                                      summary)
         if overwrite is None:
