@@ -43,7 +43,6 @@ def test_a_sweep_goes_on_past_a_job_killed_from_outside(tiny, tmp_path: Path) ->
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "faceparse.train", "-m", *tiny, "callbacks.progress_bar=null",
            "callbacks.prediction_images=null", "hydra/launcher=submitit_local",
-           "hydra.launcher._target_=hydra_plugins.faceparse_sweepers.submitit_jobs.LocalLauncher",
            f"hydra.sweep.dir={sweep}", "+callbacks.killer._target_=signal.raise_signal",
            "+callbacks.killer._args_=[9]", "optimizer.lr=0.001,0.002"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -124,6 +124,16 @@ def test_slurm_launcher_extends_the_plugin_config() -> None:
     assert "qos" in launcher                     # the plugin's fields are all there
 
 
+@pytest.mark.parametrize("name", ["submitit_local", "submitit_slurm"])
+def test_the_plugins_own_launcher_names_go_on_past_a_killed_job(name: str) -> None:
+    launcher = hydra_section([f"hydra/launcher={name}"]).launcher
+
+    # the names the plugin documents run ours too, with the plugin's options and defaults
+    kind = "LocalLauncher" if name == "submitit_local" else "SlurmLauncher"
+    assert launcher._target_ == f"hydra_plugins.faceparse_sweepers.submitit_jobs.{kind}"
+    assert launcher.timeout_min == 60 and ("partition" in launcher) == (kind == "SlurmLauncher")
+
+
 def test_a_study_records_its_command_and_refuses_another() -> None:
     optuna = pytest.importorskip("optuna")
     from hydra_plugins.faceparse_sweepers.resumable_optuna import (

@@ -12,6 +12,12 @@ a killed one is an error line naming it, ``failed`` in its ``status.json`` (whic
 Hydra takes launchers from the ``hydra_plugins`` package only, and imports every module
 there when any command starts: without hydra-submitit-launcher (the ``sweeps`` extra) this
 module defines no launcher, and ``faceparse.cli`` refuses ``hydra/launcher=slurm`` first.
+With it, the plugin's own config names ``hydra/launcher=submitit_local`` and
+``submitit_slurm`` are stored again with these launchers as their targets, so a sweep goes
+on past a killed job whichever name the user picks (the plugin's options are unchanged).
+The plugin scan runs each module again, the plugin's ``config`` module after or before
+this one by where each is installed, so the names are stored again only once the scan is
+over: when Hydra asks the search-path plugins for their paths, before it composes.
 """
 
 from __future__ import annotations
@@ -22,19 +28,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.core.config_store import ConfigStore
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from omegaconf import OmegaConf
 
 from faceparse.data.io import write_atomic
 from faceparse.training.job_status import STATUS_FILE
 
-__all__ = ["LocalLauncher", "SlurmLauncher", "collect_results"]
+__all__ = ["KeepGoingLauncherNames", "LocalLauncher", "SlurmLauncher", "collect_results"]
 
 log = logging.getLogger(__name__)
 
 try:
-    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+    from hydra_plugins.hydra_submitit_launcher.config import (
+        BaseQueueConf,
+        LocalQueueConf,
+        SlurmQueueConf,
+    )
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 except ImportError:  # the sweeps extra is not installed: no launcher here
     BaseSubmititLauncher = None
@@ -121,3 +134,17 @@ if BaseSubmititLauncher is not None:
 
     class SlurmLauncher(_KeepsGoing, BaseSubmititLauncher):
         _EXECUTOR = "slurm"
+
+
+    class KeepGoingLauncherNames(SearchPathPlugin):
+        """Store ``submitit_local``/``submitit_slurm`` again with the launchers above as
+        targets. A search-path plugin adds no path here: Hydra calls it after the plugin
+        scan and before composing, the one moment the plugin's own entries (which the
+        scan stores anew) are sure to be there to replace."""
+
+        def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+            store = ConfigStore.instance()
+            for name, node, launcher in (("submitit_local", LocalQueueConf, LocalLauncher),
+                                         ("submitit_slurm", SlurmQueueConf, SlurmLauncher)):
+                store.store(group="hydra/launcher", name=name, provider="faceparse",
+                            node=node(_target_=f"{__name__}.{launcher.__name__}"))
