@@ -102,6 +102,7 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
         @functools.wraps(task)
         def main() -> Any:
             refuse_word_booleans(sys.argv[1:])
+            refuse_null_groups(sys.argv[1:])
             refuse_missing_sweeps(sys.argv[1:])
             register_resolvers()  # Hydra resolves some values before the job runs
             refuse_configured_sweeper(sys.argv[1:], config_name, job)
@@ -126,6 +127,26 @@ def refuse_word_booleans(overrides: Sequence[str]) -> None:
         if sep and not key.startswith("-") and value.strip().lower() in WORD_BOOLEANS:
             report_error(ValueError(f"{override}: use true or false (Hydra reads "
                                     f"{value.strip()} as text, which would count as true)"))
+
+
+def refuse_null_groups(overrides: Sequence[str]) -> None:
+    """Refuse ``group=null`` (``logger=null``) in one ``error:`` line naming the group's
+    options and the way to leave it out (``~logger``), where Hydra's words are a traceback
+    ending in "Config group override must be a string or a list. Got NoneType"."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        group = key.lstrip("+")
+        if not sep or key.startswith(("-", "~")) or value.strip().lower() != "null":
+            continue
+        folder = CONF_DIR / group
+        if not group.startswith("hydra/") and not folder.is_dir():
+            continue
+        # hydra/* groups hold Hydra's and its plugins' options too, not only the files here
+        options = ([] if group.startswith("hydra/")
+                   else sorted(f.stem for f in folder.glob("*.yaml")))
+        choices = f"one of its options ({', '.join(options)})" if options else "an option name"
+        report_error(ValueError(f"{override}: the config group {group} takes {choices}; "
+                                f"to leave it out, write ~{group}"))
 
 
 def command_line_keys() -> list[str] | None:

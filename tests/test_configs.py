@@ -352,3 +352,34 @@ def test_the_real_ablation_study_the_experiment_file_advises_is_the_reference_se
     cfg = compose(["experiment=ablation_fusion", *overrides])
     assert (cfg.data.image_size, cfg.loss.dice_weight, cfg.optimizer.lr) == (512, 0.0, 3e-4)
     assert (cfg.trainer.max_epochs, cfg.cnn.arch, cfg.vit.size) == (30, "vgg19_bn", "large")
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("logger=null", "logger=null: the config group logger takes one of its options (csv, "
+                    "tensorboard, wandb); to leave it out, write ~logger"),
+    ("+data/augment=null", "the config group data/augment takes one of its options (default, "
+                           "none); to leave it out, write ~data/augment"),
+    ("hydra/launcher=null", "hydra/launcher takes an option name; to leave it out, write "
+                            "~hydra/launcher"),
+])
+def test_a_config_group_set_to_null_is_one_line_naming_its_options(override: str, message: str,
+                                                                   capsys) -> None:
+    from faceparse.cli import refuse_null_groups
+
+    with pytest.raises(SystemExit):
+        refuse_null_groups(["seed=1", override])
+    assert message in capsys.readouterr().err
+    refuse_null_groups(["optimizer.lr=null", "~logger", "seed=null"])  # values, not groups
+
+
+def test_logger_null_on_the_command_line_is_refused_as_a_user_sees_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "faceparse.train", "logger=null"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: logger=null: the config group logger takes one of its options (csv, "
+        "tensorboard, wandb); to leave it out, write ~logger"]
+    assert not (tmp_path / "outputs").exists()
