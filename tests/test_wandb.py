@@ -22,6 +22,7 @@ def test_a_run_folder_keeps_its_wandb_run_id(tmp_path: Path) -> None:
 
 def test_wandb_is_offline_without_an_api_key(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "https://api.wandb.ai")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
     assert not has_wandb_api_key()
     (tmp_path / "netrc").write_text("machine api.wandb.ai login user password abc\n")
@@ -118,3 +119,58 @@ def test_two_sweeps_never_share_a_wandb_group(mode: str, extra: list[str], group
         assert cfg.logger.wandb.group == group
     finally:
         HydraConfig.instance().cfg = None
+
+
+@pytest.mark.parametrize("mode", ["offline", "dryrun", "disabled"])
+def test_the_users_wandb_mode_keeps_a_run_offline(tmp_path: Path, monkeypatch, mode: str) -> None:
+    """It used to be deleted whenever a key was configured and the host reachable: the run
+    then streamed the config and pictures the user meant to keep on the machine."""
+    from faceparse.training import loggers
+
+    monkeypatch.setattr(loggers, "USER_WANDB_MODE", mode)
+    monkeypatch.setenv("WANDB_MODE", mode)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(loggers, "_reachable", lambda url, timeout=0: True)
+    logger = wandb_logger(tmp_path, project="p")
+    assert logger._offline and os.environ["WANDB_MODE"] == mode
+    assert logger._wandb_init.get("mode") == ("disabled" if mode == "disabled" else None)
+    with pytest.raises(ValueError, match=f"logger.wandb.offline=false, but WANDB_MODE={mode} "
+                                         "in the environment keeps W&B offline"):
+        wandb_logger(tmp_path, offline=False, project="p")
+
+
+def test_an_online_job_drops_only_the_dryrun_an_earlier_offline_job_left(tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    from faceparse.training import loggers
+
+    monkeypatch.setattr(loggers, "USER_WANDB_MODE", None)
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # Lightning's, from job 0 of the sweep
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(loggers, "_reachable", lambda url, timeout=0: True)
+    assert not wandb_logger(tmp_path, project="p")._offline
+    assert "WANDB_MODE" not in os.environ
+
+
+def test_a_self_hosted_login_is_found_in_wandbs_settings(tmp_path: Path, monkeypatch) -> None:
+    """``wandb login --host`` keeps the server in wandb's settings, not in WANDB_BASE_URL:
+    the key for it was looked up under the public host, so every run went offline."""
+    from faceparse.training import loggers
+
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # what `wandb login --host https://wandb.mycorp.example` leaves in wandb's config folder
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    (tmp_path / "wandb_config").mkdir()
+    (tmp_path / "wandb_config" / "settings").write_text(
+        "[default]\nbase_url = https://wandb.mycorp.example\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    (tmp_path / "netrc").write_text("machine wandb.mycorp.example login user password abc\n")
+    assert loggers._wandb_host() == "https://wandb.mycorp.example"
+    assert has_wandb_api_key()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://api.wandb.ai")  # the variable still wins
+    assert not has_wandb_api_key()
+
+
+def test_offline_must_be_true_false_or_null(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="logger.wandb.offline=maybe: give true, false or null"):
+        wandb_logger(tmp_path, offline="maybe", project="p")

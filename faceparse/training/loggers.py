@@ -1,14 +1,19 @@
 """Logger setup and teardown around a run: the config every logger gets, the W&B run.
 
 W&B runs offline unless an API key is configured (``WANDB_API_KEY`` or a netrc entry for
-the W&B host), so a run never prompts for a login and never waits on a missing network;
-offline runs are uploaded later with ``wandb sync``. The W&B run id is kept in the run
-folder (``wandb/run_id.txt``), so a run resumed in the same folder continues the same W&B
-run, and every job of a sweep (its own folder) gets its own.
+the W&B host: ``WANDB_BASE_URL``, else the one ``wandb login [--host]`` saved in wandb's
+settings), so a run never prompts for a login and never waits on a missing network;
+offline runs are uploaded later with ``wandb sync``. The user's ``WANDB_MODE=offline``
+(``dryrun``, ``disabled``) keeps a run offline: it is W&B's own switch, and
+``offline=false`` against it is refused rather than one of the two ignored. The W&B run
+id is kept in the run folder (``wandb/run_id.txt``), so a run resumed in the same folder
+continues the same W&B run, and every job of a sweep (its own folder) gets its own.
 """
 
 from __future__ import annotations
 
+import configparser
+import contextlib
 import logging
 import netrc
 import os
@@ -27,7 +32,10 @@ __all__ = ["finish_wandb", "has_wandb_api_key", "log_config", "wandb_logger", "w
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = Path("wandb") / "run_id.txt"
-DEFAULT_HOST = "https://api.wandb.ai"
+DEFAULT_HOST = "https://api.wandb.ai"  # where wandb's own settings cannot be read
+# the user's WANDB_MODE, read before an offline job of a sweep leaves Lightning's "dryrun"
+USER_WANDB_MODE = os.environ.get("WANDB_MODE")
+OFFLINE_MODES = ("offline", "dryrun", "disabled")
 # How long an online run waits to reach the W&B host before it falls back to offline.
 REACH_TIMEOUT_S = 3.0
 
@@ -40,18 +48,36 @@ def log_config(loggers: Iterable[Logger], cfg: DictConfig) -> None:
 
 
 def _wandb_host() -> str:
-    return os.environ.get("WANDB_BASE_URL", DEFAULT_HOST)
+    """The W&B server: ``WANDB_BASE_URL``, else the ``base_url`` of wandb's settings file
+    (``wandb login --host`` keeps a self-hosted server there), else wandb's default, which
+    differs by version. The file is read here, not through ``wandb.setup()``: that fixes
+    wandb's settings for the process before Lightning sets an offline run's mode."""
+    if url := os.environ.get("WANDB_BASE_URL"):
+        return url
+    config_dir = Path(os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb")
+    saved = configparser.ConfigParser()
+    with contextlib.suppress(OSError, configparser.Error):
+        saved.read(Path(config_dir).expanduser() / "settings")
+    if url := saved.get("default", "base_url", fallback=None):
+        return url
+    try:
+        import wandb
+
+        return str(wandb.Settings().base_url)
+    except Exception:  # noqa: BLE001 - a probe: any failure leaves the usual host
+        return DEFAULT_HOST
 
 
-def has_wandb_api_key() -> bool:
-    """Whether W&B can log in without asking: ``WANDB_API_KEY`` or a netrc entry."""
+def has_wandb_api_key(host: str | None = None) -> bool:
+    """Whether W&B can log in without asking: ``WANDB_API_KEY`` or a netrc entry for
+    ``host`` (default: :func:`_wandb_host`)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
         entries = netrc.netrc(os.environ.get("NETRC")).hosts
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
-    return urlparse(_wandb_host()).hostname in entries
+    return urlparse(host or _wandb_host()).hostname in entries
 
 
 def _reachable(url: str, timeout: float = REACH_TIMEOUT_S) -> bool:
@@ -93,17 +119,35 @@ def wandb_logger(save_dir: str | Path, offline: bool | None = None, id: str | No
     """
     import wandb
 
-    if offline is None:
-        offline = not has_wandb_api_key()
-        if offline:
-            log.info("W&B runs offline (no WANDB_API_KEY or netrc entry); upload it later "
-                     "with `wandb sync %s/wandb/offline-run-*`", save_dir)
-    if not offline and not _reachable(_wandb_host()):
-        log.warning("W&B host %s is unreachable: this run logs offline; upload it later "
-                    "with `wandb sync %s/wandb/offline-run-*`", _wandb_host(), save_dir)
+    if offline not in (None, True, False):
+        raise ValueError(f"logger.wandb.offline={offline}: give true, false or null (online "
+                         "only with an API key and the W&B host reachable)")
+    user_mode = (USER_WANDB_MODE or "").strip().lower()
+    user_offline = user_mode in OFFLINE_MODES
+    if offline is False and user_offline:
+        raise ValueError(f"logger.wandb.offline=false, but WANDB_MODE={USER_WANDB_MODE} in the "
+                         "environment keeps W&B offline: unset one of the two")
+    if user_mode == "disabled":
         offline = True
-    if not offline:
-        os.environ.pop("WANDB_MODE", None)  # an earlier offline job of a sweep set it
+        kwargs["mode"] = "disabled"  # wandb's no-op run: nothing written, nothing sent
+        log.info("W&B is disabled (WANDB_MODE=disabled): this run logs nothing to W&B")
+    elif offline is None and user_offline:
+        offline = True
+        log.info("W&B runs offline (WANDB_MODE=%s); upload it later with "
+                 "`wandb sync %s/wandb/offline-run-*`", USER_WANDB_MODE, save_dir)
+    host = _wandb_host()
+    if offline is None:
+        offline = not has_wandb_api_key(host)
+        if offline:
+            log.info("W&B runs offline (no WANDB_API_KEY, nor a netrc entry for %s); upload "
+                     "it later with `wandb sync %s/wandb/offline-run-*`", host, save_dir)
+    if not offline and not _reachable(host):
+        log.warning("W&B host %s is unreachable: this run logs offline; upload it later "
+                    "with `wandb sync %s/wandb/offline-run-*`", host, save_dir)
+        offline = True
+    if not offline and os.environ.get("WANDB_MODE") != USER_WANDB_MODE:
+        # Lightning's "dryrun" from an earlier offline job of this sweep, not the user's
+        os.environ.pop("WANDB_MODE", None)
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(init_timeout=60, console="off", silent=True)
     return WandbLogger(save_dir=str(save_dir), offline=offline, id=id or wandb_run_id(save_dir),
