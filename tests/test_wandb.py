@@ -174,3 +174,31 @@ def test_a_self_hosted_login_is_found_in_wandbs_settings(tmp_path: Path, monkeyp
 def test_offline_must_be_true_false_or_null(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="logger.wandb.offline=maybe: give true, false or null"):
         wandb_logger(tmp_path, offline="maybe", project="p")
+
+
+@pytest.mark.parametrize(("every", "check_val", "max_epochs", "logged"), [
+    (2, 2, 6, [1, 3, 5]),     # the same N: every validation (before: none at all)
+    (5, 1, 5, [4]),           # the fifth epoch, the last (before: only the first epoch)
+    (3, 1, 5, [2, 4]),        # every third epoch, and the last one
+    (1, 1, 3, [0, 1, 2]),
+])
+def test_wandb_media_logs_on_the_epochs_lightning_validates(tmp_path: Path, every: int,
+                                                            check_val: int, max_epochs: int,
+                                                            logged: list[int]) -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    from faceparse.training.wandb_media import WandbMedia
+
+    media = WandbMedia("ourface", every_n_epochs=every)
+    wandb = WandbLogger(save_dir=str(tmp_path), offline=True)  # never started: no run made
+    due = []
+    for epoch in range(max_epochs):
+        if (epoch + 1) % check_val:  # Lightning's check_val_every_n_epoch
+            continue
+        trainer = SimpleNamespace(loggers=[wandb], sanity_checking=False, current_epoch=epoch,
+                                  max_epochs=max_epochs)
+        if media._due(trainer, "val"):
+            due.append(epoch)
+    assert due == logged

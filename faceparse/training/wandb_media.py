@@ -87,7 +87,12 @@ class WandbMedia(L.Callback):
     def _due(self, trainer: L.Trainer, stage: str) -> bool:
         if self._logger(trainer) is None or trainer.sanity_checking:
             return False
-        return stage == "test" or trainer.current_epoch % self.every_n_epochs == 0
+        if stage == "test":
+            return True
+        # counted as Lightning counts check_val_every_n_epoch (epochs N, 2N, ... from 1), so
+        # the same N logs every validation; the last epoch always logs (the trained model)
+        epoch = trainer.current_epoch + 1
+        return epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
 
     # -- predictions -----------------------------------------------------------------
     @rank_zero_only
