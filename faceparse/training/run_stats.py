@@ -3,6 +3,11 @@
 Parameter counts (total, trainable), training throughput (images/s over the training
 batches, validation excluded) and peak memory (CUDA allocator peak on a GPU, the process's
 peak resident memory on a CPU). Written by rank 0 when fitting ends.
+
+Both peaks are reset when fitting starts: a sweep runs its jobs one after another in one
+process, and a job's peak must not be the largest of the jobs before it. On Linux the
+resident peak (``VmHWM``) is reset through ``/proc/self/clear_refs``; where it cannot be,
+the process's whole-life peak is recorded under its own name (``process_max_rss``).
 """
 
 from __future__ import annotations
@@ -23,10 +28,36 @@ from faceparse.data.io import write_atomic
 __all__ = ["RunStats", "peak_memory_mb"]
 
 
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    """Peak memory in MiB and what it measures."""
+PROC_SELF = Path("/proc/self")
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident memory (Linux: ``5`` to ``clear_refs``); whether
+    it was reset."""
+    try:
+        (PROC_SELF / "clear_refs").write_text("5")
+    except OSError:
+        return False
+    return _vm_hwm_kib() is not None
+
+
+def _vm_hwm_kib() -> int | None:
+    """``VmHWM`` of ``/proc/self/status``: the peak resident memory since the last reset."""
+    try:
+        status = (PROC_SELF / "status").read_text()
+    except OSError:
+        return None
+    line = next((ln for ln in status.splitlines() if ln.startswith("VmHWM:")), None)
+    return int(line.split()[1]) if line else None
+
+
+def peak_memory_mb(device: torch.device, rss_reset: bool = False) -> tuple[float, str]:
+    """Peak memory in MiB and what it measures; ``rss_reset``: :func:`reset_peak_rss`
+    succeeded when the measured work began."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    if rss_reset and (hwm := _vm_hwm_kib()) is not None:
+        return hwm / 2**10, "process_peak_rss_since_fit_start"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "process_max_rss"
 
@@ -39,10 +70,13 @@ class RunStats(L.Callback):
         self.images = 0
         self.seconds = 0.0
         self._batch_start = 0.0
+        self._rss_reset = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
+        else:
+            self._rss_reset = reset_peak_rss()
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:
@@ -58,7 +92,7 @@ class RunStats(L.Callback):
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         params = list(pl_module.parameters())
-        peak, measure = peak_memory_mb(pl_module.device)
+        peak, measure = peak_memory_mb(pl_module.device, self._rss_reset)
         stats = {
             "params_total": sum(p.numel() for p in params),
             "params_trainable": sum(p.numel() for p in params if p.requires_grad),

@@ -1,0 +1,38 @@
+"""run_stats.json's peak memory is the job's own, also for jobs sharing one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from faceparse.training import run_stats
+from faceparse.training.run_stats import peak_memory_mb, reset_peak_rss
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
+def test_a_later_job_in_the_same_process_gets_its_own_cpu_peak() -> None:
+    """A sweep's jobs run one after another in one process: the whole-life peak made every
+    job after a large one report that one's memory (a 32 px job above a 224 px job)."""
+    big = np.ones(400 * 2**20 // 8)  # job 0 touches 400 MiB
+    big[:] = 2.0
+    first, _ = peak_memory_mb(CPU)
+    del big
+    assert reset_peak_rss()             # job 1's fit starts
+    small = np.ones(20 * 2**20 // 8)
+    small[:] = 1.0
+    second, measure = peak_memory_mb(CPU, rss_reset=True)
+    assert measure == "process_peak_rss_since_fit_start"
+    assert second < first - 300          # not job 0's 400 MiB again
+    assert second >= 20                  # but it holds its own array
+
+
+def test_without_a_reset_the_whole_life_peak_says_so(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(run_stats, "PROC_SELF", tmp_path / "absent")  # not Linux
+    assert not reset_peak_rss()
+    peak, measure = peak_memory_mb(CPU, rss_reset=False)
+    assert measure == "process_max_rss" and peak > 0
