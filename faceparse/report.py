@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from faceparse.reporting import (
+    PLOT_PATTERNS,
     collect_jobs,
     job_rows,
     mixed_warnings,
@@ -49,11 +50,15 @@ def report(sweep_dir: str | Path, out: str | Path | None = None) -> list[Path]:
         write_csv(rows, out / "report.csv")
         files = [out / "report.md", out / "report.csv", *plot_params(rows, swept, out)]
         classes = plot_classes(rows, out)
+        files += [classes] if classes else []
+        for stale in {p for pattern in PLOT_PATTERNS for p in out.glob(pattern)} - set(files):
+            log.info("%s: an earlier report's plot this one has no data for, removed", stale)
+            stale.unlink()
     except OSError as error:  # a read-only sweep folder, a full disk
         reason = error.strerror or type(error).__name__
         raise ValueError(f"cannot write the report into {out} ({reason}); "
                          "give another folder with --out") from None
-    return files + ([classes] if classes else [])
+    return files
 
 
 def main(argv: list[str] | None = None) -> None:

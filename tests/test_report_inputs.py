@@ -211,7 +211,7 @@ def test_a_folder_that_cannot_be_written_is_one_error_line(tmp_path: Path,
     def refused(self: Path, *args: Any, **kwargs: Any) -> None:
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(Path, "write_text", refused)
+    monkeypatch.setattr(Path, "write_bytes", refused)  # report.md and .csv: write_atomic
     with pytest.raises(SystemExit) as exited:
         report_main([str(tmp_path)])
 
@@ -314,3 +314,73 @@ def test_the_report_lists_interrupted_jobs_and_ranks_them_after_finished_ones(
     assert "- job 1: interrupted by SIGTERMException" in section
     assert "- job 2: interrupted by SystemExit (exit code -1)" in section
     assert "Running (or stopped without a status): jobs 3" in text
+
+
+# --- audit round 10 (report): untested sweeps, order, eval folders, stale plots -----------
+
+def test_a_sweep_without_test_scores_is_ranked_and_plotted_by_val_best(tmp_path: Path) -> None:
+    """``test=false`` leaves no scores.json: rows came out in folder order and the plots
+    were empty frames reported as written."""
+    for num, value in enumerate([0.3, 0.9, 0.5]):
+        write_job(tmp_path, num, [f"optimizer.lr={num + 1}e-4"],
+                  {"status": "finished", "optimized_metric": "val/f1_mean", "value": value})
+    files = report(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "3 jobs, sorted by val_best (no job has test/f1_mean)." in text
+    assert list(read_rows(tmp_path)) == ["1", "2", "0"]
+    assert tmp_path / "param_optimizer.lr.png" in files
+
+
+def test_ties_and_unscored_jobs_keep_job_number_order(tmp_path: Path) -> None:
+    for num in (2, 10, 3):  # folders as text sort 10 before 2
+        write_job(tmp_path, num, [f"optimizer.lr={num}e-4"])  # running: no status, no score
+    write_job(tmp_path, 11, ["optimizer.lr=1e-4"], {"status": "finished",
+              "optimized_metric": "val/loss", "value": 0.2}, 0.7)
+    write_job(tmp_path, 12, ["optimizer.lr=5e-4"], {"status": "finished",
+              "optimized_metric": "val/loss", "value": 0.1}, 0.7)  # same score, lower loss
+    report(tmp_path)
+    assert list(read_rows(tmp_path)) == ["12", "11", "2", "3", "10"]
+    assert "Running (or stopped without a status): jobs 2, 3, 10" in (
+        tmp_path / "report.md").read_text()
+
+
+def test_an_eval_multirun_is_refused_not_reported_as_running(tmp_path: Path, caplog) -> None:
+    def job_of(command: str, num: int) -> None:
+        folder = write_job(tmp_path, num, [f"ckpt=run{num}"])
+        (folder / ".hydra" / "hydra.yaml").write_text(
+            f"hydra:\n  job:\n    name: {command}\n")
+
+    job_of("eval", 0)
+    job_of("eval", 1)
+    with pytest.raises(ValueError, match="its jobs ran faceparse.eval, not faceparse.train; "
+                                         "the report reads training sweeps"):
+        report(tmp_path)
+    assert not (tmp_path / "report.md").exists()
+    job_of("train", 2)
+    report(tmp_path)
+    assert list(read_rows(tmp_path)) == ["2"]
+    assert "a faceparse.eval job, not a training job: left out of the report" in caplog.text
+
+
+def test_a_report_into_the_same_folder_removes_the_earlier_plots(tmp_path: Path) -> None:
+    first, second, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    for num, lr in enumerate(("1e-4", "1e-3")):
+        write_job(first, num, [f"optimizer.lr={lr}"], {"status": "finished"}, 0.5 + num / 10)
+        write_job(second, num, [f"loss.aux_weight={num}"], {"status": "finished",
+                  "value": 0.4 + num / 10})  # test=false: val_best only
+    report(first, out)
+    assert (out / "param_optimizer.lr.png").is_file() and (out / "classes_best.png").is_file()
+    (out / "notes.png").write_bytes(b"mine")
+    files = report(second, out)
+    # sweep b has no test scores: no per-class plot; its own key; a's plots gone
+    assert sorted(p.name for p in out.glob("*.png")) == ["notes.png",
+                                                         "param_loss.aux_weight.png"]
+    assert out / "param_loss.aux_weight.png" in files
+
+
+def test_numeric_categories_are_ordered_by_value() -> None:
+    from faceparse.reporting.plots import _category_order
+
+    names = ["0.01", "null", "1e-4", "0.001", "2e-3", "auto"]
+    assert sorted(names, key=_category_order) == ["1e-4", "0.001", "2e-3", "0.01", "auto",
+                                                  "null"]

@@ -165,17 +165,46 @@ def _job(folder: Path) -> Job:
                stats=stats)
 
 
+def _natural(folder: Path) -> tuple[tuple[int, int, str], ...]:
+    """Sort key of a job folder: numbered parts as numbers (job 2 before job 10)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in folder.parts)
+
+
+def _command(folder: Path) -> str | None:
+    """The faceparse command that ran in ``folder`` (Hydra's ``job.name``: ``train``,
+    ``eval``, ...); None when its ``.hydra/hydra.yaml`` does not say."""
+    try:
+        hydra = yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text())
+        name = hydra["hydra"]["job"]["name"]
+    except (*_READ_ERRORS, AttributeError):
+        return None
+    return str(name) if name else None
+
+
 def collect_jobs(sweep_dir: str | Path) -> list[Job]:
-    """Every job folder (one holding ``.hydra/overrides.yaml``) under ``sweep_dir``."""
+    """Every training job folder (one holding ``.hydra/overrides.yaml``) under
+    ``sweep_dir``, job 2 before job 10. Jobs of another command (an ``eval`` multirun)
+    leave no training records: they are left out with a warning, and a folder of only
+    such jobs is refused rather than reported as jobs forever running."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: no such sweep folder (give the multirun folder, "
                                 "e.g. multirun/train/<date>)")
-    folders = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")})
+    folders = sorted({p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")},
+                     key=_natural)
     if not folders:
         raise FileNotFoundError(f"{sweep_dir}: no job folder in it (none has "
                                 ".hydra/overrides.yaml); is it a Hydra multirun folder?")
-    return [_job(folder) for folder in folders]
+    commands = {folder: _command(folder) for folder in folders}
+    others = {f: c for f, c in commands.items() if c not in (None, "train")}
+    if len(others) == len(folders):
+        names = ", ".join(sorted({f"faceparse.{c}" for c in others.values()}))
+        raise ValueError(f"{sweep_dir}: its jobs ran {names}, not faceparse.train; the report "
+                         "reads training sweeps (an eval job's scores are in its metrics.json)")
+    for folder, command in others.items():
+        log.warning("%s: a faceparse.%s job, not a training job: left out of the report",
+                    folder, command)
+    return [_job(folder) for folder in folders if folder not in others]
 
 
 def swept_keys(jobs: list[Job]) -> list[str]:

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from faceparse.reporting.tables import SORT_KEY  # noqa: E402
 
-__all__ = ["plot_classes", "plot_params"]
+__all__ = ["PLOT_PATTERNS", "plot_classes", "plot_params"]
 
 
 def _as_number(value: str) -> float | None:
@@ -24,25 +24,46 @@ def _as_number(value: str) -> float | None:
         return None
 
 
+# the files plot_params and plot_classes write: an earlier report's that this one does not
+# write again (another sweep's keys, no scores any more) are removed, never left beside it
+PLOT_PATTERNS = ("param_*.png", "classes_best.png")
+
+
+def _category_order(name: str) -> tuple[int, float, str]:
+    """Categories of a swept key: numbers by value (1e-4 before 0.001), then the others."""
+    number = _as_number(name)
+    return (0, number, "") if number is not None else (1, 0.0, name)
+
+
+def _plotted(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The score the plots show and the rows that have it: the headline test score, else
+    (a ``test=false`` sweep, or none tested yet) ``val_best``."""
+    for key in (SORT_KEY, "val_best"):
+        having = [r for r in rows if not math.isnan(r[key])]
+        if having:
+            return key, having
+    return SORT_KEY, []
+
+
 def plot_params(rows: list[dict[str, Any]], swept: list[str], folder: Path) -> list[Path]:
     """One scatter per swept key (log x for positive numbers spanning over 10x, categories
-    as positions); returns the written files."""
-    scored = [r for r in rows if not math.isnan(r[SORT_KEY])]
+    as positions); returns the written files, none when no job has a score to plot."""
+    score, scored = _plotted(rows)
     paths = []
-    for key in swept:
+    for key in swept if scored else []:
         values = [r[key] for r in scored]
         numbers = [_as_number(v) for v in values]
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         if numbers and all(n is not None for n in numbers):
-            ax.scatter(numbers, [r[SORT_KEY] for r in scored])
+            ax.scatter(numbers, [r[score] for r in scored])
             if min(numbers) > 0 and max(numbers) / min(numbers) > 10:
                 ax.set_xscale("log")
         else:
-            names = sorted(set(map(str, values)))
-            ax.scatter([names.index(str(v)) for v in values], [r[SORT_KEY] for r in scored])
+            names = sorted(set(map(str, values)), key=_category_order)
+            ax.scatter([names.index(str(v)) for v in values], [r[score] for r in scored])
             ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
         ax.set_xlabel(key)
-        ax.set_ylabel(SORT_KEY)
+        ax.set_ylabel(score)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = folder / f"param_{key.replace('/', '_')}.png"

@@ -8,17 +8,19 @@ precisions) get a column saying which, and a warning, rather than a silent ranki
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from faceparse.data.io import write_atomic
 from faceparse.metrics import HEADLINE, metric_mode
 from faceparse.reporting.collect import UNREADABLE, Job
 from faceparse.training.job_status import INTERRUPTED
 
-__all__ = ["SORT_KEY", "job_names", "job_rows", "mixed_warnings", "val_best_note",
+__all__ = ["SORT_KEY", "job_names", "job_rows", "mixed_warnings", "sort_note", "val_best_note",
            "write_csv", "write_markdown"]
 
 SORT_KEY = f"test/{HEADLINE[0]}"
@@ -28,11 +30,24 @@ _STATS = (("params_total", "params_M", 1e6), ("params_trainable", "trainable_M",
           ("train_images_per_s", "train_img_per_s", 1.0), ("peak_memory_mb", "peak_mem_MB", 1.0))
 
 
-def _sort_value(job: Job) -> tuple[bool, bool, float]:
-    """Finished jobs by score, then stopped jobs with a score, then jobs without one."""
+def _sort_value(job: Job) -> tuple[bool, bool, float, bool, float]:
+    """Finished jobs by score, then stopped jobs with a score, then jobs without one; ties
+    and jobs without a test score (a ``test=false`` sweep, one still training) by their
+    ``val_best``, the lowest first for a loss. Equal jobs keep their (job number) order."""
     value = job.test.get(HEADLINE[0], math.nan)
     scored = not math.isnan(value)
-    return scored and job.status not in STOPPED, scored, value if scored else -math.inf
+    validated = not math.isnan(job.val_best)
+    val = job.val_best * (-1 if metric_mode(job.metric) == "min" else 1) if validated else 0.0
+    return (scored and job.status not in STOPPED, scored, value if scored else -math.inf,
+            validated, val)
+
+
+def sort_note(rows: list[dict[str, Any]]) -> str:
+    """What the rows are sorted by: the headline test score, or ``val_best`` when no job
+    has test scores (yet)."""
+    if any(not math.isnan(r[SORT_KEY]) for r in rows):
+        return f"sorted by {SORT_KEY}, ties by val_best"
+    return f"sorted by val_best (no job has {SORT_KEY})"
 
 
 def _num(value: Any) -> float:
@@ -135,7 +150,7 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, title: str,
     """Write the table (``notes`` and ``warnings`` above it, the failed, interrupted and
     unreadable jobs' errors under it) as markdown; return the text."""
     columns = [c for c in rows[0] if c != "error"]
-    lines = [f"# {title}", "", f"{len(rows)} jobs, sorted by {SORT_KEY}.", *notes, ""]
+    lines = [f"# {title}", "", f"{len(rows)} jobs, {sort_note(rows)}.", *notes, ""]
     if warnings:
         lines += [f"**Warning:** {w}." for w in warnings] + [""]
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -152,12 +167,13 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, title: str,
     if running:
         lines += ["", f"Running (or stopped without a status): jobs {', '.join(running)}"]
     text = "\n".join(lines) + "\n"
-    path.write_text(text)
+    write_atomic(path, text.encode())  # a failed write leaves the earlier report whole
     return text
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, table.getvalue().encode())
