@@ -111,3 +111,16 @@ def test_the_class_weights_hint_counts_the_runs_own_data(compose) -> None:
     cfg = compose(["data=lapa", "data.root=/data/LaPa", "data.labels=lapa"])
     assert stats_hint(cfg.data) == ("python -m faceparse.stats data=lapa data.root=/data/LaPa "
                                     "data.labels=lapa")
+
+
+def test_an_unknown_wandb_option_is_refused_before_anything_is_built(compose, tiny,
+                                                                    tmp_path: Path) -> None:
+    """It was wandb's TypeError traceback, after the data and the model were built."""
+    cfg = compose([*tiny, "logger=wandb", "+logger.wandb.tag=[x]"], output_dir=tmp_path)
+    with pytest.raises(ValueError, match="logger.wandb.tag: not an option of the W&B logger"):
+        train(cfg)
+    assert not (tmp_path / "wandb").exists()
+    ok = compose([*tiny, "logger=wandb", "+logger.wandb.notes=try"], output_dir=tmp_path)
+    from faceparse.training.preflight import check_wandb_options
+
+    check_wandb_options(ok.logger)  # wandb.init's own options pass

@@ -36,6 +36,7 @@ NO_LIMIT = -1  # Lightning's "no limit" for max_epochs and max_steps
 def check_training_options(cfg: DictConfig) -> None:
     """The options :func:`faceparse.train.fit` needs right before it builds anything."""
     scheme = get_scheme(cfg.data.labels)
+    check_wandb_options(cfg.get("logger"))
     check_class_weights(cfg.get("loss"), cfg.data.labels, scheme.class_names,
                         stats_hint(cfg.data))
     if not cfg.train:
@@ -49,6 +50,30 @@ def check_training_options(cfg: DictConfig) -> None:
         if callback and "monitor" in callback:
             check_monitor(f"callbacks.{name}.monitor", callback.monitor, names)
     check_best_is_optimized(cfg)
+
+
+def check_wandb_options(loggers: DictConfig | None) -> None:
+    """``logger.wandb`` options that neither faceparse's factory, Lightning's
+    ``WandbLogger`` nor ``wandb.init`` take (``+logger.wandb.tag=[x]``): refused here, not
+    as wandb's TypeError traceback when the first hyperparameters are logged."""
+    entry = (loggers or {}).get("wandb")
+    if not entry or not str(entry.get("_target_", "")).endswith("loggers.wandb_logger"):
+        return
+    import inspect
+
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from faceparse.training.loggers import wandb_logger
+
+    taken = {name for fn in (wandb_logger, WandbLogger.__init__, wandb.init)
+             for name, param in inspect.signature(fn).parameters.items()
+             if param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)}
+    unknown = sorted(key for key in entry if not str(key).startswith("_") and key not in taken)
+    if unknown:
+        raise ValueError(f"logger.wandb.{unknown[0]}: not an option of the W&B logger (it takes "
+                         "project, entity, name, group, tags, job_type, notes, offline, ... as "
+                         "wandb.init does)")
 
 
 def check_best_is_optimized(cfg: DictConfig) -> None:
