@@ -122,6 +122,25 @@ def test_resume_checks_only_what_the_command_sets(compose, tiny, tmp_path: Path)
         resumed(compose([f"resume={run}", "scheduler=cosine"], output_dir=run))
 
 
+def test_a_resumed_run_may_find_its_weight_files_elsewhere(compose, tiny, tmp_path: Path
+                                                          ) -> None:
+    """A cleaned or moved weights folder: the first refusal said to give vit.weights=, and
+    the resume then refused vit.weights= as a change of the run's config."""
+    run = tmp_path / "run"
+    old, new = tmp_path / "old" / "vit.pth", tmp_path / "new" / "vit.pth"
+    saved = compose([*tiny, "vit.random_init=false", f"vit.weights={old}",
+                     f"cnn.weights={old.with_name('vgg.pth')}"], output_dir=run)
+    fake_run(run, saved)
+
+    cfg = resumed(compose([f"resume={run}", f"vit.weights={new}"], output_dir=run))
+    assert cfg.vit.weights == str(new)
+    assert cfg.model.net.encoder.vit.weights == str(new)  # the resolved copy the net is built from
+    assert cfg.cnn.weights == str(old.with_name("vgg.pth"))  # not set: the run's own
+    with pytest.raises(ValueError, match=r"changes the run's config \(vit.size\)"):
+        resumed(compose([f"resume={run}", f"vit.weights={new}", "vit.size=base"],
+                        output_dir=run))
+
+
 def test_a_moved_run_folder_is_refused(compose, tiny, tmp_path: Path) -> None:
     """Its saved config writes elsewhere (checkpoints, logs): resuming would split the run."""
     fake_run(tmp_path / "moved", compose(tiny, output_dir=tmp_path / "old"))

@@ -10,7 +10,9 @@ resumed that way without being asked (:func:`continue_requeued`).
 
 Only what the resuming command itself sets (:func:`~faceparse.training.run_folder.
 command_keys` of its overrides) is checked against the saved config: the keys of
-:data:`EXTEND_KEYS` may change, any other change is refused. Keys the command does not set,
+:data:`EXTEND_KEYS` may change, and those of :data:`WEIGHT_KEYS` (where the pretrained files
+now are: the checkpoint holds the weights, a moved file must not end the run); any other
+change is refused. Keys the command does not set,
 and ``paths.*`` (the folders of the machine and working directory the run started from),
 come from the saved config.
 """
@@ -29,7 +31,7 @@ from faceparse.training.distributed import is_rank_zero, requeued
 from faceparse.training.job_status import read_status
 from faceparse.training.run_folder import AUTO, CONFIG_FILE
 
-__all__ = ["EXTEND_KEYS", "RESUME_KEYS", "continue_requeued", "newest_checkpoint",
+__all__ = ["EXTEND_KEYS", "RESUME_KEYS", "WEIGHT_KEYS", "continue_requeued", "newest_checkpoint",
            "resume_config"]
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 # spreading the rest of its decay over the new end: faceparse.training.schedulers).
 RESUME_KEYS = ("resume", "ckpt_path")
 EXTEND_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time")
+# The pretrained files a run was built from: a resumed run may find them elsewhere (a
+# cleaned or moved weights folder, another machine); its checkpoint then fills the net.
+WEIGHT_KEYS = ("vit.weights", "cnn.weights")
 # Never compared: where the run started (its folders stay the saved ones), and Hydra's own.
 UNCHECKED = ("paths", "hydra")
 
@@ -79,7 +84,7 @@ def _differences(saved: DictConfig, current: DictConfig, keys: Collection[str] |
     :data:`RESUME_KEYS`, :data:`EXTEND_KEYS` and :data:`UNCHECKED`."""
     flat_saved = flatten(OmegaConf.to_container(saved, resolve=True))
     flat_current = flatten(OmegaConf.to_container(current, resolve=True))
-    ignored = (*RESUME_KEYS, *EXTEND_KEYS, *UNCHECKED)
+    ignored = (*RESUME_KEYS, *EXTEND_KEYS, *WEIGHT_KEYS, *UNCHECKED)
     return sorted(k for k in set(flat_saved) | set(flat_current)
                   if (keys is None or _covered(k, keys)) and not _covered(k, ignored)
                   and flat_saved.get(k) != flat_current.get(k))
@@ -134,6 +139,9 @@ def resume_config(cfg: DictConfig, keys: Collection[str] | None = None) -> DictC
     if cfg.get("ckpt_path"):
         log.info("resume=auto: %s holds a run to continue; ckpt_path=%s was where it started",
                  folder, cfg.ckpt_path)
+    for key in WEIGHT_KEYS:
+        if keys is None or _covered(key, keys):
+            saved = _repoint(saved, key, OmegaConf.select(cfg, key))
     with open_dict(saved):
         saved.ckpt_path = str(checkpoint)
         for key in EXTEND_KEYS:
@@ -141,6 +149,26 @@ def resume_config(cfg: DictConfig, keys: Collection[str] | None = None) -> DictC
                 OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
     log.info("resuming %s from %s", folder, checkpoint.name)
     return saved
+
+
+def _repoint(saved: DictConfig, key: str, path: str | None) -> DictConfig:
+    """``saved`` with the weight file of ``key`` at ``path`` wherever the run's config holds
+    the old one: the saved config is resolved, so the model's own copy of ``vit.weights``
+    (``model.net.encoder.vit.weights``) is a second value, not a reference."""
+    old = OmegaConf.select(saved, key)
+    if path is None or old is None or str(path) == str(old):
+        return saved
+
+    def moved(node: object) -> object:
+        if isinstance(node, dict):
+            return {k: moved(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [moved(v) for v in node]
+        return path if node == old else node
+
+    log.info("resume: %s now at %s (was %s); the run's checkpoint holds the weights", key,
+             path, old)
+    return OmegaConf.create(moved(OmegaConf.to_container(saved)))
 
 
 def _start_afresh(folder: Path) -> None:
