@@ -74,3 +74,38 @@ def test_a_resolver_refusal_is_one_error_line(tmp_path) -> None:
     assert done.stderr.strip().splitlines()[-1] == (
         "error: FACEPARSE_CPU_BF16='2': use 1 (or true, yes, on), 0 (or false, no, off) or auto")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("widths", "message"), [
+    ([0, 16, 32, 64], r"encoder.pyramid_channels=\[0,16,32,64\]: each width is a whole number"),
+    ([-4, 16, 32, 64], "each width is a whole number >= 1"),
+    ([16, 32], r"encoder.pyramid_channels=\[16,32\]: 4 widths, one per stride below the "
+               r"ViT's 16, e.g. \[64,128,256,512\]"),
+    ("abc", "4 widths"),
+])
+def test_vit_pyramid_widths_are_refused_before_the_first_step(widths, message: str) -> None:
+    """A width of 0 built a net that crashed in its first step with a torch traceback."""
+    from faceparse.models.fusion import VitPyramidEncoder
+
+    vit = DinoVitEncoder(size="small", random_init=True)
+    with pytest.raises(ValueError, match=message):
+        VitPyramidEncoder(vit, pyramid_channels=widths)
+
+
+@pytest.mark.parametrize(("batch", "message"), [
+    (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "expected a float32 .* got torch.uint8"),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.float64), "got torch.float64"),
+    (torch.zeros(0, 3, 32, 32), r"B >= 1, got \(0, 3, 32, 32\)"),
+])
+def test_a_raw_or_empty_batch_is_refused_by_name(batch: torch.Tensor, message: str) -> None:
+    import functools
+
+    from faceparse.models.decoder import CoarseToFineDecoder
+    from faceparse.models.faceparser import FaceParser
+    from faceparse.models.fusion import VitPyramidEncoder
+
+    vit = DinoVitEncoder(size="small", random_init=True)
+    net = FaceParser(VitPyramidEncoder(vit, pyramid_channels=[8, 8, 8, 8]),
+                     functools.partial(CoarseToFineDecoder, decoder_channels=16), num_classes=3)
+    with pytest.raises(ValueError, match=message):
+        net(batch)

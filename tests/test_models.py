@@ -220,14 +220,13 @@ def test_dino_vit_rejects_layers_outside_the_model(tiny_vit, layers: list[int]) 
 
 
 def test_dino_vit_out_channels_match_its_output(tiny_vit) -> None:
-    """``[-1, 3]`` names block 3 twice on a 4-block ViT: either refuse it, or the channel
-    count the decoder is built from must be what forward returns."""
-    try:
-        encoder = DinoVitEncoder("small", random_init=True, layers=[-1, 3])
-    except ValueError:
-        return
+    """``[-1, 3]`` names block 3 twice on a 4-block ViT: refused by name; two distinct
+    blocks give the channel count the decoder is built from."""
+    with pytest.raises(ValueError, match=r"vit.layers=\[-1,3\] names the same block twice"):
+        DinoVitEncoder("small", random_init=True, layers=[-1, 3])
+    encoder = DinoVitEncoder("small", random_init=True, layers=[-1, 2])
     (out,) = encoder(torch.randn(1, 3, 32, 32))
-    assert out.shape[1] == encoder.out_channels[0]
+    assert out.shape[1] == encoder.out_channels[0] == 2 * 64
 
 
 @pytest.fixture

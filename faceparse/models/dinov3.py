@@ -130,7 +130,8 @@ class DinoVitEncoder(Encoder):
                              f"lr times this, a number > 0 (0 or less would not train it, or "
                              f"climb the loss); freeze it with vit.frozen=true instead of 0")
         if size not in DINOV3_MODELS:
-            raise ValueError(f"unknown DINOv3 size {size!r}; choose one of {list(DINOV3_MODELS)}")
+            raise ValueError(f"vit.size={shown(size)}: not a DINOv3 size faceparse builds; "
+                             f"choose one of {', '.join(DINOV3_MODELS)}")
         if weights is None and not random_init:
             raise FileNotFoundError(no_weights_message(DINOV3_WIDTHS[size], frozen))
         self.size = size

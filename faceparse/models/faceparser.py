@@ -63,8 +63,13 @@ class FaceParser(nn.Module):
 
     def check_input_size(self, x: torch.Tensor) -> None:
         """Fail with a clear message instead of a shape error deep in the ViT or decoder."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[0] == 0:
+            raise ValueError(f"expected images of shape (B, 3, H, W), B >= 1, got "
+                             f"{tuple(x.shape)}")
+        if not x.is_floating_point() or x.dtype == torch.float64:
+            raise ValueError(f"expected a float32 (or bf16/fp16) image batch normalised with "
+                             f"ImageNet mean/std, got {x.dtype}; faceparse.inference.Parser "
+                             f"takes raw images")
         h, w = x.shape[-2:]
         m = self.size_multiple
         if h % m or w % m:

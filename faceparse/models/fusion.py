@@ -9,8 +9,10 @@ ViT-only ablation: a simple pyramid built from the ViT map, with no CNN detail.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
+from omegaconf import ListConfig
 from torch import nn
 
 from faceparse.models.base import Encoder
@@ -18,6 +20,7 @@ from faceparse.models.blocks import ConvBNReLU, upsample_bilinear
 from faceparse.models.dinov3 import DinoVitEncoder
 from faceparse.models.fusion_ops import StrideFusion, VitInjection, VitOnlyFusion
 from faceparse.models.vgg import VggEncoder
+from faceparse.option_values import is_whole, shown
 
 __all__ = ["DualEncoder", "VitPyramidEncoder"]
 
@@ -94,6 +97,22 @@ class DualEncoder(Encoder):
         return fine + [self.fusion(cnn16, vit_map)]
 
 
+def _pyramid_widths(widths: Any, vit_stride: int) -> tuple[int, ...]:
+    """``encoder.pyramid_channels``: one width >= 1 per stride below the ViT's (1, 2, 4, 8
+    for a /16 ViT), refused here rather than as a torch error in the first step."""
+    levels = vit_stride.bit_length() - 1
+    example = ",".join(str(64 * 2**i) for i in range(levels))
+    if not isinstance(widths, Sequence | ListConfig) or isinstance(widths, str) or len(
+            widths) != levels:
+        raise ValueError(f"encoder.pyramid_channels={shown(widths)}: {levels} widths, one per "
+                         f"stride below the ViT's {vit_stride}, e.g. [{example}]")
+    for width in widths:
+        if not is_whole(width) or width < 1:
+            raise ValueError(f"encoder.pyramid_channels={shown(widths)}: each width is a whole "
+                             f"number >= 1, e.g. [{example}]")
+    return tuple(int(w) for w in widths)
+
+
 class VitPyramidEncoder(Encoder):
     """A simple feature pyramid (strides 1 up to the ViT's) built from the ViT map alone.
 
@@ -107,6 +126,7 @@ class VitPyramidEncoder(Encoder):
         super().__init__()
         self.vit = vit
         (vit_channels,) = vit.out_channels
+        pyramid_channels = _pyramid_widths(pyramid_channels, vit.strides[0])
         self.levels = torch.nn.ModuleList(
             torch.nn.Sequential(ConvBNReLU(vit_channels, c, 1), ConvBNReLU(c, c, 3))
             for c in pyramid_channels
