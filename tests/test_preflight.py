@@ -124,3 +124,32 @@ def test_an_unknown_wandb_option_is_refused_before_anything_is_built(compose, ti
     from faceparse.training.preflight import check_wandb_options
 
     check_wandb_options(ok.logger)  # wandb.init's own options pass
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("seed=1.5", "seed=1.5: the random seed is a whole number >= 0"),
+    ("seed=null", "seed=null: the random seed"),
+    ("data.image_size=-32", "data.image_size=-32: the square side in pixels"),
+    ("data.image_size=0", "data.image_size=0: the square side"),
+    ("data.num_workers=-1", "data.num_workers=-1: the loader processes"),
+    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1: the largest gradient norm"),
+    ("trainer=ddp trainer.accelerator=cpu", "trainer.sync_batchnorm=true needs CUDA GPUs .* "
+                                            "use trainer=ddp_cpu"),
+])
+def test_numbers_torch_would_take_wrongly_are_refused_first(compose, tiny, tmp_path: Path,
+                                                            override: str, message: str) -> None:
+    """Before: seed 1.5 trained as 1, -32 px was albumentations' dump, -1 workers a kept
+    failed folder, clipping at -1 gradient ascent, SyncBatchNorm on CPU a DDP crash."""
+    cfg = compose([*tiny, *override.split()], output_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match=message):
+        check_training_options(cfg)
+
+
+def test_a_negative_clip_value_never_flips_gradients() -> None:
+    from faceparse.training.optim import clip_gradients
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    for algorithm in (None, "value"):
+        p.grad = torch.tensor([3.0, 4.0, 0.0])
+        clip_gradients([p], -1.0, algorithm)
+        torch.testing.assert_close(p.grad, torch.tensor([3.0, 4.0, 0.0]))

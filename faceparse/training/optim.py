@@ -95,8 +95,10 @@ def clips_itself(optimizer: torch.optim.Optimizer, scaler: object | None) -> boo
 
 def clip_gradients(params: Iterable[nn.Parameter], value: float | None,
                    algorithm: str | None) -> None:
-    """Clip by global norm (default) or by value, as Lightning's ``gradient_clip_*`` says."""
-    if not value:
+    """Clip by global norm (default) or by value, as Lightning's ``gradient_clip_*`` says;
+    ``value`` <= 0 (or None) is no clipping, as in Lightning (a negative one would flip the
+    gradients)."""
+    if not value or value <= 0:
         return
     params = list(params)
     if algorithm == "value":

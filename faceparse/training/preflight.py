@@ -14,8 +14,9 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from faceparse.fast_path import on_gpu
 from faceparse.labels import get_scheme
-from faceparse.option_values import is_whole
+from faceparse.option_values import is_number, is_whole, whole_number
 from faceparse.training.module import FaceParsingModule, monitorable
 from faceparse.training.optim import build_optimizer
 
@@ -36,6 +37,7 @@ NO_LIMIT = -1  # Lightning's "no limit" for max_epochs and max_steps
 def check_training_options(cfg: DictConfig) -> None:
     """The options :func:`faceparse.train.fit` needs right before it builds anything."""
     scheme = get_scheme(cfg.data.labels)
+    check_run_numbers(cfg)
     check_wandb_options(cfg.get("logger"))
     check_class_weights(cfg.get("loss"), cfg.data.labels, scheme.class_names,
                         stats_hint(cfg.data))
@@ -50,6 +52,31 @@ def check_training_options(cfg: DictConfig) -> None:
         if callback and "monitor" in callback:
             check_monitor(f"callbacks.{name}.monitor", callback.monitor, names)
     check_best_is_optimized(cfg)
+
+
+def check_run_numbers(cfg: DictConfig) -> None:
+    """Numbers that reached torch, pydantic or Lightning unchecked: ``seed=1.5`` trained as
+    seed 1 under its own name, ``data.image_size=-32`` was albumentations' validation
+    dump, ``data.num_workers=-1`` a traceback in a kept run folder, a negative
+    ``trainer.gradient_clip_val`` flipped every gradient (ascent), and SyncBatchNorm on a
+    CPU stopped both DDP ranks after they started."""
+    whole_number("seed", cfg.get("seed"), 0, "the random seed")
+    data = cfg.get("data") or {}
+    size = data.get("image_size")
+    if size is not None and not isinstance(size, ListConfig):
+        whole_number("data.image_size", size, 1, "the square side in pixels (a multiple of 16)")
+    if data.get("num_workers") is not None:
+        whole_number("data.num_workers", data.num_workers, 0,
+                     "the loader processes (0: load in the training process)")
+    trainer = cfg.get("trainer") or {}
+    clip = trainer.get("gradient_clip_val")
+    if clip is not None and (not is_number(clip) or clip < 0):
+        raise ValueError(f"trainer.gradient_clip_val={clip}: the largest gradient norm (or "
+                         "value), a number >= 0; 0 or null for no clipping")
+    if trainer.get("sync_batchnorm") and not on_gpu(str(trainer.get("accelerator", "auto"))):
+        raise ValueError("trainer.sync_batchnorm=true needs CUDA GPUs (SyncBatchNorm), and this "
+                         f"run trains on trainer.accelerator={trainer.get('accelerator')}: use "
+                         "trainer=ddp_cpu for DDP on CPUs, or trainer.sync_batchnorm=false")
 
 
 def check_wandb_options(loggers: DictConfig | None) -> None:
