@@ -45,11 +45,15 @@ def stats_options(cfg: DictConfig) -> tuple[int | None, float]:
     return max_samples, power
 
 
-def caption(counted: int, total: int, skipped: int) -> str | None:
-    """The table's caption: a subsample, and the bad samples left out of the counts."""
+def caption(counted: int, total: int, skipped: int, prepare_skipped: int = 0) -> str | None:
+    """The table's caption: a subsample, and the bad samples left out of the counts (those
+    ``prepare`` skipped too: the prepared copy lacks them, so they are in no count)."""
     parts = [f"{counted} of {total} samples counted"] if counted < total else []
     if skipped:
         parts.append(f"{skipped} bad sample{'s' if skipped > 1 else ''} skipped, not counted")
+    if prepare_skipped:
+        parts.append(f"{prepare_skipped} bad sample{'s' if prepare_skipped > 1 else ''} "
+                     f"skipped by prepare, not in the prepared copy")
     return "; ".join(parts) or None
 
 
@@ -75,7 +79,8 @@ def stats(cfg: DictConfig) -> tuple[list[float], str]:
     subsampled = counted < len(dataset)
     console = Console()
     table = render_table(scheme, counts, weights, f"{name} {cfg.split}: {scheme.name} classes")
-    table.caption = caption(counted, len(dataset), skipped)
+    table.caption = caption(counted, len(dataset), skipped,
+                            len(getattr(dataset, "prepare_skipped", ())))
     if skipped:
         log.warning("%d of the %d samples were bad and not counted (the warnings above name "
                     "them)", skipped, counted)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from PIL import Image
 
 __all__ = [
     "BadSampleError",
+    "worker_message",
+    "refuse_jpeg_mask",
+    "JPEG_MASK_ADVICE",
     "DatasetNotFoundError",
     "png_size",
     "read_file",
@@ -44,8 +48,38 @@ SCHEME_TEXT_KEY = "faceparse:labels"
 _TEXT_HEAD = 1 << 16  # a PNG's text chunks (before its image data) lie far inside this
 
 
+# how torch re-raises a loader worker's exception in the main process: its type, made
+# from this text (torch.utils.data._utils.ExceptionWrapper.reraise)
+_WORKER_TEXT = re.compile(r"\ACaught (\w+) [^\n]*\nOriginal Traceback")
+
+
+def worker_message(text: str) -> str | None:
+    """The message of the exception a loader worker raised, from the text torch re-raises
+    it with (the worker's whole traceback); ``None`` when ``text`` is no such text."""
+    wrapped = _WORKER_TEXT.match(text)
+    if wrapped is None:
+        return None
+    lines = list(re.finditer(rf"^(?:[\w.]+\.)?{wrapped.group(1)}: ", text, re.MULTILINE))
+    return text[lines[-1].end():].rstrip("\n") if lines else None
+
+
 class BadSampleError(ValueError):
-    """One sample cannot be used (corrupt file, wrong size, unknown labels)."""
+    """One sample cannot be used (corrupt file, wrong size, unknown labels).
+
+    Raised in a loader worker, torch re-makes it in the main process with the worker's
+    whole traceback as its message; the sample's one-line message is taken back out of it
+    (so any loader's caller can print it as one ``error:`` line), and the worker's
+    traceback is kept as a note (shown with the trace, e.g. ``HYDRA_FULL_ERROR=1``).
+    """
+
+    def __init__(self, *args: object) -> None:
+        text = args[0] if len(args) == 1 and isinstance(args[0], str) else None
+        message = None if text is None else worker_message(text)
+        if message is None:
+            super().__init__(*args)
+            return
+        super().__init__(message)
+        self.add_note(text)
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -237,13 +271,14 @@ def read_mask(path: str | Path, scheme: str | None = None) -> np.ndarray:
     """
     path = Path(path)
     data = _read_bytes(path)
+    refuse_jpeg_mask(data, path)
     if data[:8] == PNG_SIGNATURE:
         recorded = png_text(data).get(SCHEME_TEXT_KEY)
         if scheme is not None and recorded is not None and recorded != scheme:
             raise MaskSchemeError(scheme_mismatch(path, recorded, scheme))
         if len(data) > 25 and data[12:16] == b"IHDR" and data[25] == 3:
             return _palette_indices(data, path)
-    mask = _decode(path, cv2.IMREAD_UNCHANGED, data)
+    mask = _low_bit_grey_ids(_decode(path, cv2.IMREAD_UNCHANGED, data), data)
     if mask.ndim == 3:
         colour = mask[..., :3]
         if not (np.array_equal(colour[..., 0], colour[..., 1])
@@ -258,6 +293,27 @@ def read_mask(path: str | Path, scheme: str | None = None) -> np.ndarray:
     if mask.dtype != np.uint8:
         raise BadSampleError(f"mask of type {mask.dtype} with values above 255: {path}")
     return np.ascontiguousarray(mask)
+
+
+JPEG_MASK_ADVICE = ("JPEG is lossy: label ids change along every edge; save masks as PNG "
+                    "(lossless)")
+
+
+def refuse_jpeg_mask(data: bytes, path: Path) -> None:
+    """Refuse a mask whose bytes are a JPEG (whatever its name): decoded, its ringing would
+    train as wrong ids, or be refused one sample at a time as ids outside the scheme."""
+    if data[:2] == b"\xff\xd8":
+        raise BadSampleError(f"mask is a JPEG file; {JPEG_MASK_ADVICE}: {path}")
+
+
+def _low_bit_grey_ids(mask: np.ndarray, data: bytes) -> np.ndarray:
+    """The stored values of a 1, 2 or 4-bit grey PNG, which OpenCV scales to 0-255 (a 1-bit
+    mask's id 1 would read as 255, ignore)."""
+    if not (data[:8] == PNG_SIGNATURE and len(data) > 25 and data[12:16] == b"IHDR"
+            and data[25] == 0 and data[24] in (1, 2, 4)):
+        return mask
+    top = 2 ** data[24] - 1
+    return mask if int(mask.max()) <= top else mask // np.uint8(255 // top)
 
 
 def read_png_text(path: str | Path) -> dict[str, str] | None:

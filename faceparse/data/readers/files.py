@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from faceparse.data.io import (
+    BadSampleError,
     DatasetNotFoundError,
     read_image,
     read_mask,
@@ -120,10 +121,25 @@ class FileDataset(FaceParsingDataset):
         log.info("%s %s: reading the prepared copy %s (%d samples)", self.title, self.split,
                  where, len(ids))
         if self.prepare_skipped:
+            self.refuse_prepare_skipped(where, checkable)
             log.warning("%s %s: %d samples were skipped by prepare as unreadable, e.g. %s "
                         "(its log named the files)", self.title, self.split,
                         len(self.prepare_skipped), ", ".join(self.prepare_skipped[:3]))
         return ids
+
+    def refuse_prepare_skipped(self, where: Path, checkable: bool) -> None:
+        """Under ``strict``, stop on the samples prepare skipped as unreadable, as reading
+        the raw files would: the copy lacks them, so no read would ever stop on them."""
+        if not self.strict:
+            return
+        first, more = self.prepare_skipped[0], len(self.prepare_skipped) - 1
+        files = " + ".join(map(str, self.raw_files(first))) if checkable else first
+        others = f" (and {more} more)" if more else ""
+        raise BadSampleError(
+            f"{self.title} {self.split}: prepare skipped {files}{others} as unreadable, so "
+            f"the prepared copy {where} lacks it (prepare's log said why); "
+            f"data.dataset.strict=true stops on bad samples: fix the files and re-run "
+            f"python -m faceparse.prepare, or set data.dataset.strict=false")
 
     def reader_settings(self) -> dict[str, Any]:
         """The options that change which files are read, or how (recorded with a prepared

@@ -152,7 +152,7 @@ def find_prepared(prepared_dir: str | Path | None, dataset: str, scheme: str,
     meta = layout.read_meta()
     if meta is None or not layout.index_path(split).is_file():
         return None
-    if (meta.get("dataset"), meta.get("scheme")) != (dataset, scheme):
+    if meta.get("dataset") != dataset:
         log.warning("ignoring %s: prepared from %s/%s, not %s/%s", layout.root,
                     meta.get("dataset"), meta.get("scheme"), dataset, scheme)
         return None
@@ -162,6 +162,8 @@ def find_prepared(prepared_dir: str | Path | None, dataset: str, scheme: str,
                     "with their images): prepare it again into another "
                     "data.dataset.prepared_dir", layout.root, meta.get("version"), VERSION)
         return None
+    if meta.get("scheme") != scheme:
+        raise StalePreparedError(other_scheme_message(layout.root, meta.get("scheme"), scheme))
     made_with, today = meta.get("reader"), json_plain(reader or {})
     if made_with is not None and made_with != today:
         raise StalePreparedError(
@@ -170,6 +172,17 @@ def find_prepared(prepared_dir: str | Path | None, dataset: str, scheme: str,
             f"data.dataset.prepared_dir, or read the raw files with "
             f"data.dataset.prepared_dir=null")
     return layout
+
+
+def other_scheme_message(root: Path, recorded: Any, scheme: str) -> str:
+    """Why a copy of the same dataset in another label scheme is refused: it is the record
+    of which scheme these masks were declared in, and ids of one scheme fit any other of
+    as many classes, so reading the raw masks as ``scheme`` would train on wrong classes."""
+    return (f"prepared copy {root} was made with the masks read as label scheme "
+            f"{recorded!r}, not data.dataset.scheme={scheme}: set data.dataset.scheme="
+            f"{recorded} if that is what the masks hold, or read the raw files with "
+            f"data.dataset.prepared_dir=null (prepare again into another "
+            f"data.dataset.prepared_dir for a copy in {scheme!r})")
 
 
 def refuse_other_size(layout: PreparedLayout, image_size: int) -> None:
