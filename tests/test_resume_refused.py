@@ -123,3 +123,20 @@ def test_refused_resume_commands_change_nothing(compose, tiny, tmp_path: Path) -
     for folder, files in before.items():
         assert snapshot(folder) == files, folder
     assert not list(elsewhere.rglob(STATUS_FILE))  # a refused command records no run
+
+
+def test_resuming_a_finished_run_without_a_longer_length_is_refused(compose, tiny,
+                                                                   tmp_path: Path) -> None:
+    """It trained nothing, tested again and wrote its record over (0 images/s, the
+    status's metrics gone)."""
+    run = tmp_path / "run"
+    fake_run(run, compose(tiny, output_dir=run))
+    before = snapshot(run)
+    with pytest.raises(ValueError, match=r"the run finished \(trainer.max_epochs=1 reached\); "
+                                         r"resuming it would train nothing"):
+        resumed(compose([f"resume={run}"], output_dir=run))
+    assert snapshot(run) == before
+    longer = resumed(compose([f"resume={run}", "trainer.max_epochs=2"], output_dir=run))
+    assert longer.trainer.max_epochs == 2
+    # resume=auto makes sure a run is done (a sweep typed again): no refusal
+    assert resumed(compose([*tiny, "resume=auto"], output_dir=run)).trainer.max_epochs == 1

@@ -36,3 +36,22 @@ def test_without_a_reset_the_whole_life_peak_says_so(monkeypatch, tmp_path: Path
     assert not reset_peak_rss()
     peak, measure = peak_memory_mb(CPU, rss_reset=False)
     assert measure == "process_max_rss" and peak > 0
+
+
+def test_a_resumed_run_adds_its_earlier_training_to_the_record(tmp_path: Path) -> None:
+    """Resuming rewrote run_stats.json with the last attempt's batches only (0 images for
+    a finished run resumed)."""
+    import json
+    from types import SimpleNamespace
+
+    from faceparse.training.run_stats import RunStats
+
+    (tmp_path / "run_stats.json").write_text(json.dumps({"train_images": 8,
+                                                         "train_seconds": 20.0}))
+    stats = RunStats(tmp_path)
+    module = SimpleNamespace(device=CPU)
+    stats.on_fit_start(SimpleNamespace(ckpt_path=str(tmp_path / "last.ckpt")), module)
+    assert (stats.images, stats.seconds) == (8, 20.0)
+    fresh = RunStats(tmp_path)
+    fresh.on_fit_start(SimpleNamespace(ckpt_path=None), module)  # a new run counts afresh
+    assert (fresh.images, fresh.seconds) == (0, 0.0)

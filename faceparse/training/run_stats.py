@@ -1,8 +1,9 @@
 """``run_stats.json``: the per-run facts a sweep report compares and no logger records.
 
 Parameter counts (total, trainable), training throughput (images/s over the training
-batches, validation excluded) and peak memory (CUDA allocator peak on a GPU, the process's
-peak resident memory on a CPU). Written by rank 0 when fitting ends.
+batches, validation excluded; a resumed run adds its earlier attempts' recorded batches)
+and peak memory (CUDA allocator peak on a GPU, the process's peak resident memory on a
+CPU). Written by rank 0 when fitting ends.
 
 Both peaks are reset when fitting starts: a sweep runs its jobs one after another in one
 process, and a job's peak must not be the largest of the jobs before it. On Linux the
@@ -62,6 +63,16 @@ def peak_memory_mb(device: torch.device, rss_reset: bool = False) -> tuple[float
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "process_max_rss"
 
 
+def _earlier_training(path: Path) -> tuple[int, float]:
+    """Images and seconds an earlier attempt of this run recorded; none without a
+    readable record (a run started from another run's checkpoint has none here)."""
+    try:
+        earlier = json.loads(path.read_text())
+        return int(earlier["train_images"]), float(earlier["train_seconds"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return 0, 0.0
+
+
 class RunStats(L.Callback):
     """Count parameters, time training batches, write ``<dirpath>/run_stats.json``."""
 
@@ -73,6 +84,8 @@ class RunStats(L.Callback):
         self._rss_reset = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.ckpt_path:  # a resumed run: its earlier attempts' batches count too
+            self.images, self.seconds = _earlier_training(self.dirpath / "run_stats.json")
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         else:
