@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 from torch.utils.data import DataLoader
 
+from faceparse.bench.measure import machine
+from faceparse.bench.report import machine_line
 from faceparse.data.loaders import seed_worker_transform, single_thread_opencv
 from faceparse.data.prepare import prepare_dataset
 from faceparse.data.readers.celebamask import CelebAMaskHQ
@@ -94,6 +96,7 @@ def main() -> None:
             for workers in args.workers:
                 rate = throughput(dataset, workers, args.passes)
                 print(f"{name:<24}{workers:>8}{rate:>10.1f}", flush=True)
+    print(machine_line({"machine": machine()}))  # figures are never compared blind
 
 
 if __name__ == "__main__":
