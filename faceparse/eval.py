@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
+from faceparse.checkpoints.load import check_vit_weights
 from faceparse.checkpoints.locate import LocatedCheckpoint
 from faceparse.cli import (
     command_line_keys,
@@ -137,23 +138,6 @@ def input_size(options_size: int | None, ckpt_size: Any, data: DictConfig,
     return size, overridden
 
 
-def check_vit_weights(vit_weights: Any) -> str | None:
-    """A ``vit_weights=`` path that does not exist is refused before the checkpoint is read."""
-    if vit_weights is None:
-        return None
-    if not Path(str(vit_weights)).is_file():
-        raise FileNotFoundError(f"vit_weights={vit_weights}: no such file; give the DINOv3 "
-                                f"file a checkpoint without ViT weights needs, or leave it out")
-    return str(vit_weights)
-
-
-def warn_unused_vit_weights(vit_weights: str | None, vit_file: str | None, ckpt: Path) -> None:
-    """A ``vit_weights=`` the checkpoint did not need (it holds its ViT) is not used."""
-    if vit_weights is not None and vit_file is None:
-        log.warning("vit_weights=%s is not used: %s holds its own ViT weights, which are "
-                    "scored", vit_weights, ckpt)
-
-
 def vit_file_of(net: nn.Module) -> tuple[str | None, str | None]:
     """The DINOv3 file a net's ViT was read from (a checkpoint without ViT weights), and
     its sha256: two such files of one shape give two scores from one checkpoint."""
@@ -177,13 +161,12 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
     options = eval_options(cfg)  # every option checked before the checkpoint is read
     out = check_output_dir(cfg.out or cfg.paths.output_dir, "out")  # created only with the report
     located = locate_checkpoint(cfg.ckpt)
-    vit_weights = check_vit_weights(cfg.vit_weights)
+    vit_weights = check_vit_weights(cfg.vit_weights)  # load_face_parser warns if unused
     data, data_from = data_to_score(cfg, located, command_keys)
     datamodule = open_data_module(data)  # its options refused before the checkpoint is read
     workers = worker_count(data)
     ckpt = read_checkpoint(located.path, options.trust_pickle)
     net, model_scheme = load_face_parser(ckpt, vit_weights)
-    warn_unused_vit_weights(vit_weights, vit_file_of(net)[0], located.path)
     scored = scoring_scheme(model_scheme, data.labels, cfg.labels)
     to_scored = mapping_lut(model_scheme, scored)
     image_size, overridden = input_size(options.image_size,

@@ -30,11 +30,12 @@ from faceparse.checkpoints.read import CheckpointFile, read_checkpoint
 from faceparse.labels import LabelScheme
 from faceparse.models import DinoVitEncoder, FaceParser
 from faceparse.models.dinov3_weights import DINOV3_FILES, DINOV3_SOURCE
-from faceparse.models.weights import load_strict
+from faceparse.models.weights import folder_message, load_strict
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_face_parser", "load_net_weights", "refuse_other_labels", "weight_files_read"]
+__all__ = ["check_vit_weights", "load_face_parser", "load_net_weights", "refuse_other_labels",
+           "warn_unused_vit_weights", "weight_files_read"]
 
 Checkpoint = str | Path | CheckpointFile
 
@@ -94,14 +95,42 @@ def load_face_parser(
 
     Ours (full or decoder-only) rebuild from their stored config; the original project's
     from their weight shapes. Files without ViT weights need the DINOv3 file
-    (``vit_weights``, or found beside the checkpoint).
+    (``vit_weights``, or found beside the checkpoint); a ``vit_weights`` that is no file is
+    refused, and one a checkpoint holding its ViT does not need is not read, with a warning.
     """
+    vit_weights = check_vit_weights(vit_weights)
     ckpt = _read(checkpoint, trust_pickle)
     if ckpt.original:
         net, scheme = _load_original(ckpt, vit_weights)
     else:
         net, scheme = _load_ours(ckpt, vit_weights)
+    if not any(vit.weights_file for vit in vit_modules(net).values()):
+        warn_unused_vit_weights(vit_weights, ckpt.path)
     return net.eval(), scheme
+
+
+def check_vit_weights(vit_weights: object) -> str | None:
+    """A ``vit_weights=`` that is no file is refused before any checkpoint is read (a
+    folder: the file in it is meant); every command and the Python API refuse alike."""
+    if vit_weights is None:
+        return None
+    path = Path(str(vit_weights)).expanduser()
+    if path.is_dir():
+        raise FileNotFoundError(f"vit_weights={vit_weights}: "
+                                + folder_message(path, "the DINOv3 weight file", "vit_weights=",
+                                               "dinov3_*"))
+    if not path.is_file():
+        raise FileNotFoundError(f"vit_weights={vit_weights}: no such file; give the DINOv3 "
+                                f"file a checkpoint without ViT weights needs, or leave it out")
+    return str(path)
+
+
+def warn_unused_vit_weights(vit_weights: str | None, ckpt: Path) -> None:
+    """A ``vit_weights=`` the checkpoint does not need (it holds its ViT) is not read: say
+    so, or a user trying another DINOv3 file gets the old ViT's outputs without a word."""
+    if vit_weights is not None:
+        log.warning("vit_weights=%s is not used: %s holds its own ViT weights, which are "
+                    "used instead", vit_weights, ckpt)
 
 
 def _load_ours(ckpt: CheckpointFile, vit_weights: str | Path | None
@@ -127,7 +156,7 @@ def _load_original(ckpt: CheckpointFile, vit_weights: str | Path | None
     config = original_net_config(state)
     files = {at: str(path) for at, path in _vit_files(ckpt, vit_weights).items()}
     net = build_net(config, files, str(ckpt.path))
-    mapped = original_to_faceparse(state, net.encoder.vit.model)
+    mapped = original_to_faceparse(state, net.encoder.vit.model, ckpt.path)
     if files:  # the file has no ViT weight: the net's, loaded from the DINOv3 file
         mapped.update({k: v for k, v in net.state_dict().items() if k.startswith("encoder.vit.")})
     load_strict(net, mapped, f"original FaceParsing checkpoint {ckpt.path}")
@@ -153,7 +182,7 @@ def load_net_weights(
             raise ValueError(f"{ckpt.path} is the original FaceParsing model (VGG and DINOv3 "
                              f"ViT encoders), and this run's net has no ViT encoder at "
                              f"encoder.vit: it needs encoder=dual (with the same vit.size)")
-        state = original_to_faceparse(ckpt.state_dict, vit.model)
+        state = original_to_faceparse(ckpt.state_dict, vit.model, ckpt.path)
     else:
         theirs = scheme_from_metadata(ckpt.metadata) if ckpt.metadata else scheme
         state = {k.removeprefix(NET_PREFIX): v for k, v in ckpt.state_dict.items()}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from faceparse.labels import LabelScheme, get_scheme
-from faceparse.models.dinov3_weights import dinov3_filter
+from faceparse.models.dinov3_weights import check_dinov3, dinov3_filter
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +102,20 @@ def original_scheme(num_classes: int) -> LabelScheme:
 
 
 def original_to_faceparse(
-    state_dict: Mapping[str, torch.Tensor], vit: nn.Module
+    state_dict: Mapping[str, torch.Tensor], vit: nn.Module, source: object = "the checkpoint"
 ) -> dict[str, torch.Tensor]:
     """Its keys -> our ``FaceParser`` keys; the ViT goes through the DINOv3 filter.
 
-    ``vit`` is the timm ViT the weights are for (the filter needs its shapes). Keys under
-    no mapped module are dropped with a warning (the caller's strict load then reports
-    anything missing).
+    ``vit`` is the timm ViT the weights are for (the filter needs its shapes). Its DINOv3
+    tensors pass the checks a DINOv3 file does (RoPE, patch size): timm's filter would
+    resample another patch size without a word. Keys under no mapped module are dropped
+    with a warning (the caller's strict load then reports anything missing).
     """
     out: dict[str, torch.Tensor] = {}
     official = {k.removeprefix(VIT_PREFIX): v for k, v in state_dict.items()
                 if k.startswith(VIT_PREFIX)}
     if official:
+        check_dinov3(official, vit, f"{source} ({VIT_PREFIX}*)")
         target = MODULE_MAP[VIT_PREFIX]
         out.update({target + k: v for k, v in dinov3_filter(official, vit).items()})
     unmapped = []

@@ -29,6 +29,7 @@ __all__ = [
     "DINOV3_FILES",
     "DINOV3_SOURCE",
     "VIT_WEIGHTS_OPTIONS",
+    "check_dinov3",
     "describe_vit",
     "dinov3_filter",
     "load_dinov3_weights",
@@ -82,16 +83,54 @@ def dinov3_filter(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> S
     return state
 
 
+# The SwiGLU-MLP ("plus") variants faceparse has no encoder for, by width.
+SWIGLU_VITS = {384: "ViT-S+/16", 1280: "ViT-H+/16", 4096: "ViT-7B/16"}
+# a SwiGLU MLP's key in Meta's names (mlp.w1/w2/w3) and in timm's (mlp.fc1_g/fc1_x)
+SWIGLU_KEYS = (".mlp.w1.weight", ".mlp.fc1_g.weight")
+
+
+def is_swiglu(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the ViT's MLPs are SwiGLU: the ``plus`` DINOv3 variants (and ViT-7B)."""
+    return any(k.endswith(SWIGLU_KEYS) for k in state_dict)
+
+
 def describe_vit(state_dict: Mapping[str, torch.Tensor]) -> str:
     """``ViT-B/16 (width 768, 12 blocks)`` for a DINOv3 state dict, in any key naming."""
     width = state_dict["cls_token"].shape[-1]
     blocks = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if is_swiglu(state_dict):
+        name = SWIGLU_VITS.get(width, f"{width}-wide ViT")
+        return f"{name} (width {width}, {len(blocks)} blocks, SwiGLU MLP)"
     name = DINOV3_FILES.get(width, (f"{width}-wide ViT",))[0]
     return f"{name} (width {width}, {len(blocks)} blocks)"
 
 
-def _check_dinov3(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path) -> None:
-    """Refuse files that are no DINOv3 ViT, or use another RoPE, before renaming keys."""
+def _file_for(width: int) -> str:
+    """The official file name pattern for a width (any size when the width is none)."""
+    return DINOV3_FILES.get(width, ("", "dinov3_vit*16_pretrain_lvd1689m-*.pth"))[1]
+
+
+def _check_layout(state: Mapping[str, torch.Tensor], model: nn.Module, path: object) -> None:
+    """Name the DINOv3 files faceparse cannot read: Hugging Face transformers' layout, which
+    is no other ViT, and the SwiGLU "plus" variants, which a new download does not fix."""
+    width = int(model.embed_dim)
+    if any(k.endswith("embeddings.cls_token") for k in state) and any(
+            "embeddings.register_tokens" in k for k in state):
+        raise ValueError(
+            f"{path} is a DINOv3 in Hugging Face transformers' layout (embeddings.*, "
+            f"layer.N.*), which faceparse does not read: use Meta's official {_file_for(width)} "
+            f"from {DINOV3_SOURCE} or timm's converted DINOv3 weights (.safetensors)")
+    if "cls_token" in state and is_swiglu(state):
+        raise ValueError(
+            f"{path} holds a DINOv3 {describe_vit(state)}, a variant faceparse does not "
+            f"support: use {_file_for(width)} from {DINOV3_SOURCE}")
+
+
+def check_dinov3(state: Mapping[str, torch.Tensor], model: nn.Module, path: object) -> None:
+    """Refuse files that are no DINOv3 ViT, or use another RoPE or patch size, before
+    renaming keys: the same checks for a standalone file and one inside a checkpoint
+    (``path`` names where the tensors are)."""
+    _check_layout(state, model, path)
     if "cls_token" not in state or not ({"storage_tokens", "reg_token"} & set(state)):
         sample = ", ".join(list(state)[:4])
         raise ValueError(
@@ -111,7 +150,8 @@ def _check_dinov3(state: Mapping[str, torch.Tensor], model: nn.Module, path: Pat
         raise ValueError(f"{path}: its RoPE periods differ from timm's DINOv3 (another RoPE base?)")
 
 
-def _check_patch_size(state: Mapping[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+def _check_patch_size(state: Mapping[str, torch.Tensor], model: nn.Module, path: object
+                      ) -> None:
     """Refuse another patch size before timm's filter resamples it to ours (then it fits)."""
     found = tuple(getattr(state.get("patch_embed.proj.weight"), "shape", ())[-2:])
     ours = tuple(model.patch_embed.proj.weight.shape[-2:])
@@ -125,8 +165,8 @@ def load_dinov3_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path).expanduser()
     size, pattern = DINOV3_FILES.get(model.embed_dim, ("ViT", "dinov3_vit*16_*.pth"))
     state = load_state_dict_file(path, f"DINOv3 {size}", f"{pattern} from {DINOV3_SOURCE}",
-                                 option=VIT_WEIGHTS_OPTIONS)
-    _check_dinov3(state, model, path)
+                                 option=VIT_WEIGHTS_OPTIONS, pattern=pattern)
+    check_dinov3(state, model, path)
     found = describe_vit(state)
     expected = describe_vit({"cls_token": model.cls_token, **model.state_dict()})
     try:

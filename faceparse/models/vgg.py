@@ -17,6 +17,7 @@ BatchNorm").
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -197,10 +198,21 @@ def _last_conv_channels(layers: nn.Sequential) -> int:
 
 
 def vgg_features_filter(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """torchvision VGG keys (``features.<i>.*``) -> keys of our ``layers`` Sequential."""
+    """torchvision VGG keys (``features.<i>.*``) -> keys of our ``layers`` Sequential.
+
+    A file of the features alone (``torch.save(vgg.features.state_dict())``: ``<i>.*``)
+    already has those keys and is kept whole; any other file without ``features.*`` keys
+    comes back empty, which :func:`load_vgg_weights` refuses by name."""
+    if is_features_only(state_dict):
+        return dict(state_dict)
     return {
         k.removeprefix("features."): v for k, v in state_dict.items() if k.startswith("features.")
     }
+
+
+def is_features_only(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Keys ``<i>.<name>`` only: a saved ``features`` Sequential, unambiguously ours."""
+    return bool(state_dict) and all(re.fullmatch(r"\d+\.\w+", k) for k in state_dict)
 
 
 def vgg_hub_file(arch: str) -> Path:
@@ -211,8 +223,16 @@ def vgg_hub_file(arch: str) -> Path:
 
 def load_vgg_weights(layers: nn.Module, path: str | Path) -> None:
     """Load torchvision VGG ImageNet weights into the (possibly truncated) feature layers."""
-    state = vgg_features_filter(load_state_dict_file(path, "VGG", VGG_SOURCE,
-                                                     option="cnn.weights="))
+    raw = load_state_dict_file(path, "VGG", VGG_SOURCE, option="cnn.weights=",
+                               pattern="vgg*")
+    state = vgg_features_filter(raw)
+    if not state:
+        raise ValueError(f"VGG weights {path} has no features.* keys: not a torchvision VGG "
+                         f"file (its first keys are {', '.join(list(raw)[:4])}); use "
+                         f"{VGG_SOURCE}")
+    if is_features_only(raw):
+        log.info("%s holds a VGG's features alone (keys 0.weight, ...): loading them as is",
+                 path)
     own = layers.state_dict()
     beyond = sorted(set(state) - set(own), key=lambda k: int(k.split(".")[0]))
     if beyond:

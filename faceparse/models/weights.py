@@ -3,8 +3,8 @@
 Files come from the internet, so they are read data-only (:mod:`faceparse.safe_load`).
 Loading is strict: a missing file says where the weights are published and where to put
 them, a file that holds no state dict (a damaged ``.safetensors``, a saved list) says so,
-a file for another architecture names the expected and found shapes, every missing or
-unexpected key is reported through ``logging``, and NaN/inf weights (a diverged run) are
+a file for another architecture names the expected and found shapes (in one line; every
+missing or unexpected key is logged at DEBUG), and NaN/inf weights (a diverged run) are
 refused: they would load silently and predict all background. The renaming of outside key
 layouts lives beside each backbone (``vgg.py``, ``dinov3.py``) as a pure filter.
 """
@@ -31,11 +31,15 @@ CHECKPOINT_DIR_HINT = "checkpoints/ (paths.checkpoint_dir in conf/paths/default.
 
 def load_state_dict_file(
     path: str | Path, what: str, source: str, trust_pickle: bool = False,
-    option: str = "the config's weights path",
+    option: str = "the config's weights path", pattern: str = "*",
 ) -> StateDict:
     """Read a weights file data-only; name the file and where to get it when it is missing
-    (``option``: the options that point at it, e.g. ``cnn.weights=``)."""
+    (``option``: the options that point at it, e.g. ``cnn.weights=``; ``pattern``: its
+    expected name, for a folder given instead)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise FileNotFoundError(folder_message(path, f"the {what} weight file", option,
+                                               pattern))
     if not path.is_file():
         raise FileNotFoundError(
             f"{what} weights not found at {path}. Download {source} and put the file there "
@@ -53,6 +57,22 @@ def load_state_dict_file(
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     return tensor_state_dict(state, path)
+
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+
+
+def folder_message(path: Path, wanted: str, option: str, pattern: str = "*") -> str:
+    """Why a folder given where a weight file goes is refused: users pass the folder that
+    holds the file, and "not found, put the file there" would be false advice. Names the
+    files in it that fit ``pattern`` (the expected file name), as the one to give."""
+    try:
+        names = sorted(f.name for f in path.glob(pattern) if f.suffix in WEIGHT_SUFFIXES)
+    except OSError:  # an unreadable folder: the advice stands without the listing
+        names = []
+    inside = f" (it holds {', '.join(names[:3])})" if names else ""
+    return (f"{path} is a folder{inside}: give {wanted} itself with {option}, "
+            f"e.g. {path / (names[0] if names else pattern)}")
 
 
 def _resave_advice(refusal: str, path: Path) -> str:
@@ -141,9 +161,9 @@ def check_state(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tenso
     """Refuse ``state`` unless it has exactly ``own``'s keys, shapes, dtype kinds and finite
     values.
 
-    Raises one ValueError naming ``source`` and a few of the keys; every missing or
-    unexpected key is logged. Nothing is loaded: a caller that leaves the load to another
-    library (Lightning's resume) checks first.
+    Raises one ValueError naming ``source`` and a few of the keys (the command logs it as
+    its one error line); the full key lists go to the DEBUG log. Nothing is loaded: a caller
+    that leaves the load to another library (Lightning's resume) checks first.
     """
     wrong = [
         f"{k}: expected {tuple(own[k].shape)}, found {tuple(v.shape)}"
@@ -154,7 +174,14 @@ def check_state(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tenso
     unexpected = sorted(set(state) - set(own))
     for kind, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
         if keys:
-            log.error("%s: %d %s keys: %s", source, len(keys), kind, ", ".join(keys[:20]))
+            log.debug("%s: %d %s keys: %s", source, len(keys), kind, ", ".join(keys))
+    prefix = wrapper_prefix(missing, unexpected)
+    if prefix:
+        raise ValueError(
+            f"{source} does not fit this model: its {len(unexpected)} keys carry the prefix "
+            f"{prefix!r} (a DDP/torch.compile wrapper saved whole, e.g. {unexpected[0]}): "
+            f"strip {prefix!r} from every key and save the file again"
+        )
     if wrong or missing or unexpected:
         raise ValueError(
             f"{source} does not fit this model: {len(wrong)} shape mismatches {wrong[:3]}, "
@@ -172,6 +199,20 @@ def check_state(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tenso
         raise BadWeightValuesError(f"{source} holds NaN/inf values in {len(bad)} tensors "
                          f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): the run "
                          f"that saved it diverged, or the file is damaged")
+
+
+def wrapper_prefix(missing: list[str], unexpected: list[str]) -> str | None:
+    """The one prefix (``module.``, ``_orig_mod.``) that turns every unexpected key into a
+    missing one: a wrapped module saved whole, whose refusal should say so. None if none."""
+    if not unexpected or not missing:
+        return None
+    parts = unexpected[0].split(".")
+    wanted = set(missing)
+    for cut in range(1, len(parts)):
+        prefix = ".".join(parts[:cut]) + "."
+        if all(k.startswith(prefix) and k[len(prefix):] in wanted for k in unexpected):
+            return prefix
+    return None
 
 
 def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
