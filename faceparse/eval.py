@@ -195,6 +195,7 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
                         num_workers=workers, collate_fn=collate_samples,
                         pin_memory=device.type == "cuda")
     tta = MultiPassTTA(options.flip, options.scales, net.size_multiple)
+    tta.check_sides(image_size)  # the net sees image_size squares, at either resolution
     keep_run_folder()  # what fails from here on failed a run: its log stays
     result = score_split(net, loader, model_scheme, to_scored, scored.num_classes, tta, device,
                          options.worst)
@@ -213,7 +214,7 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
         skipped=[*result.skipped, *(f"{i} (skipped by prepare as unreadable)"
                                     for i in getattr(reader, "prepare_skipped", []))],
         left_out=list(getattr(reader, "left_out", [])),
-        resolution=options.resolution, image_size=image_size, tta=tta.describe(),
+        resolution=options.resolution, image_size=image_size, tta=tta.describe(image_size),
         precision=precision_of(net, device),
         data_from=data_from.describe(),
         data_root=None if data.get("root") is None else str(data.root),

@@ -55,11 +55,26 @@ def test_eval_options_are_refused_by_name_before_the_checkpoint_is_read(
 
 
 def test_a_single_tta_scale_is_a_list_of_one(compose, ckpt: Path, tmp_path: Path) -> None:
-    """``tta.scales=1.25`` (no brackets) scores at 1.25, as ``[1.25]`` would."""
-    cfg = compose([f"ckpt={ckpt}", *SMALL, "tta.scales=1.25", "worst=0",
+    """``tta.scales=1.5`` (no brackets) scores at 1.5, as ``[1.5]`` would."""
+    cfg = compose([f"ckpt={ckpt}", *SMALL, "tta.scales=1.5", "worst=0",
                    f"out={tmp_path / 'report'}"], config="eval")
     report = evaluate(cfg)
-    assert report["protocol"]["tta"] == "scales [1.25] (logits averaged)"
+    assert report["protocol"]["tta"] == "scales [1.5] (48 px) (logits averaged)"
+
+
+@pytest.mark.parametrize(("scales", "message"), [
+    ("[0.9,1.0,1.1]", r"tta.scales=\[0.9, 1.0, 1.1\] at image_size=32 run at 32, 32, 32 px "
+                      r"\(sides round to multiples of 16\): 0.9 and 1.0 would be the same pass"),
+    ("1.25", "1.25 would run at the input size"),
+])
+def test_tta_scales_that_round_to_one_pass_are_refused(compose, ckpt: Path, tmp_path: Path,
+                                                       scales: str, message: str) -> None:
+    """They ran the same 32 px pass three times, and the protocol said multi-scale."""
+    cfg = compose([f"ckpt={ckpt}", *SMALL, f"tta.scales={scales}", "worst=0",
+                   f"out={tmp_path / 'report'}"], config="eval")
+    with pytest.raises(ValueError, match=message):
+        evaluate(cfg)
+    assert not (tmp_path / "report").exists()
 
 
 @pytest.mark.parametrize("override", ["split=holdout", "data.labels=celebamask"])

@@ -38,10 +38,34 @@ class MultiPassTTA:
     def passes(self) -> int:
         return len(self.scales) * (2 if self.flip else 1)
 
-    def describe(self) -> str:
+    def sides(self, side: int) -> list[int]:
+        """The side each scale runs at for an input ``side`` (rounded to what the net takes)."""
+        return [self._scaled_side(side, scale) for scale in self.scales]
+
+    def check_sides(self, side: int, option: str = "image_size") -> None:
+        """Refuse scales that round to one side at ``side``: they would run the same pass
+        again (``[0.9, 1.0, 1.1]`` at 64 px is three 64 px passes), a multi-scale score in
+        name only."""
+        sides = self.sides(side)
+        same = [f"{a} and {b} would be the same pass"
+                for i, a in enumerate(self.scales) for j, b in enumerate(self.scales)
+                if i < j and sides[i] == sides[j]]
+        same += [f"{s} would run at the input size" for s, ran in zip(self.scales, sides,
+                                                                     strict=True)
+                 if s != 1.0 and ran == side]
+        if same:
+            raise ValueError(
+                f"tta.scales={list(self.scales)} at {option}={side} run at "
+                f"{', '.join(map(str, sides))} px (sides round to multiples of "
+                f"{self.size_multiple}): {same[0]}; use scales further apart, or a larger "
+                f"{option}")
+
+    def describe(self, side: int | None = None) -> str:
+        """The passes, with the sides the scales ran at when the input ``side`` is known."""
         if self.passes == 1 and self.scales == (1.0,):
             return "none"
-        parts = [f"scales {list(self.scales)}"] if self.scales != (1.0,) else []
+        ran = f" ({', '.join(map(str, self.sides(side)))} px)" if side else ""
+        parts = [f"scales {list(self.scales)}{ran}"] if self.scales != (1.0,) else []
         if self.flip:
             parts.append("horizontal flip with left/right class swap")
         return ", ".join(parts) + " (logits averaged)"
