@@ -8,7 +8,9 @@ protocol (``faceparse.evaluation``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,18 @@ def scoring_scheme(model: LabelScheme, data_labels: str, labels: str | None) -> 
             f"or labels=<scheme> (e.g. labels=ourface) to score both in a common scheme"
         )
     return data
+
+
+@contextlib.contextmanager
+def labels_named(labels: str | None, what: str) -> Iterator[None]:
+    """A ``labels=`` the classes cannot be mapped to, refused naming the option and what
+    would be mapped (labels.py's words name two schemes and neither option)."""
+    try:
+        yield
+    except ValueError as err:
+        if labels is None or not str(err).startswith("no mapping from label scheme"):
+            raise
+        raise ValueError(f"labels={labels}: {what} cannot be scored in it ({err})") from None
 
 
 def raw_files_unless(cfg: DictConfig, data: DictConfig | None = None) -> dict[str, Any]:
@@ -168,7 +182,8 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
     ckpt = read_checkpoint(located.path, options.trust_pickle)
     net, model_scheme = load_face_parser(ckpt, vit_weights)
     scored = scoring_scheme(model_scheme, data.labels, cfg.labels)
-    to_scored = mapping_lut(model_scheme, scored)
+    with labels_named(cfg.labels, f"the checkpoint's '{model_scheme.name}' predictions"):
+        to_scored = mapping_lut(model_scheme, scored)
     image_size, overridden = input_size(options.image_size,
                                         (ckpt.metadata or {}).get("image_size"), data,
                                         command_keys)
@@ -184,8 +199,9 @@ def evaluate(cfg: DictConfig, command_keys: list[str] | None = None) -> dict[str
     net = prepare_for_inference(net, device, instantiate_option(cfg.fast_path),
                                 bf16=scores_in_bf16(device))
 
-    reader = datamodule.open_dataset(str(cfg.split), None, image_size, labels=scored.name,
-                                     **raw_files_unless(cfg, data))
+    with labels_named(cfg.labels, f"the data's '{data.labels}' masks (data.labels)"):
+        reader = datamodule.open_dataset(str(cfg.split), None, image_size, labels=scored.name,
+                                         **raw_files_unless(cfg, data))
     if len(reader) == 0:
         raise ValueError(f"split={cfg.split} of data={type(reader).__name__} has no samples")
     samples = EvalSamples(reader, image_size, options.resolution == "original")

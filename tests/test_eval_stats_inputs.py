@@ -194,3 +194,15 @@ def test_samples_prepare_skipped_count_as_bad_in_the_protocol(compose, ckpt: Pat
     for protocol in protocols:
         assert (protocol["samples"], protocol["skipped_count"]) == (1, 1), protocol
     assert protocols[0]["skipped"] == ["1003_val (skipped by prepare as unreadable)"]
+
+
+def test_labels_the_classes_cannot_be_mapped_to_names_the_option(compose, ckpt: Path,
+                                                                 tmp_path: Path) -> None:
+    """The refusal named two schemes and neither option."""
+    cfg = compose([f"ckpt={ckpt}", *SMALL, "labels=lapa", f"out={tmp_path / 'report'}"],
+                  config="eval")
+    with pytest.raises(ValueError, match=r"^labels=lapa: the checkpoint's 'ourface' predictions "
+                                         r"cannot be scored in it \(no mapping from label "
+                                         r"scheme 'ourface' to 'lapa'"):
+        evaluate(cfg)
+    assert not (tmp_path / "report").exists()
