@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -115,6 +117,23 @@ def refuse_unused_vit(cfg: DictConfig) -> None:
                 f"leave vit.{option} at its default ({shown(default[option])})")
 
 
+def warn_unused_backbone(cfg: DictConfig, overrides: Sequence[str] | None) -> None:
+    """``vit.*`` typed for an encoder without a ViT (``encoder=cnn vit.size=base``), or
+    ``cnn.*`` for one without the CNN, is not used: said once, since a sweep over it
+    trains identical jobs under different names. A warning, not a refusal: a grid over
+    ``encoder=cnn,dual vit.size=small,base`` is a fair command."""
+    uses = {"vit": "vit" in cfg.encoder,
+            "cnn": "cnn" in cfg.encoder or ("cnn" in cfg and
+                                            cfg.encoder.get("_target_") == cfg.cnn._target_)}
+    for override in overrides or ():
+        key = override.partition("=")[0].lstrip("+~")
+        branch = key.partition(".")[0]
+        if branch in uses and not uses[branch] and key.partition(".")[2] not in VIT_ONLY_OPTIONS:
+            log.warning("%s is not used: encoder %s has no %s branch (a sweep over it trains "
+                        "identical jobs)", override, cfg.encoder.get("_target_"),
+                        branch.upper())
+
+
 def check_labels(cfg: DictConfig) -> None:
     """Refuse an unknown ``data.labels`` before the config is resolved: the class count
     derives from it, and the resolver's error would not name the option."""
@@ -181,6 +200,8 @@ def fit(cfg: DictConfig) -> dict[str, float]:
     check_labels(cfg)
     refuse_unused_fusion(cfg)
     refuse_unused_vit(cfg)
+    warn_unused_backbone(cfg, HydraConfig.get().overrides.task
+                         if HydraConfig.initialized() else None)
     check_training_options(cfg)
     seed = L.seed_everything(cfg.seed, workers=True)
     if not on_gpu(str(cfg.trainer.get("accelerator", "auto"))):

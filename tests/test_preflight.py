@@ -153,3 +153,30 @@ def test_a_negative_clip_value_never_flips_gradients() -> None:
         p.grad = torch.tensor([3.0, 4.0, 0.0])
         clip_gradients([p], -1.0, algorithm)
         torch.testing.assert_close(p.grad, torch.tensor([3.0, 4.0, 0.0]))
+
+
+@pytest.mark.parametrize(("encoder", "override", "warned"), [
+    ("cnn", "vit.size=base", "vit.size=base is not used: encoder faceparse.models.VggEncoder "
+                             "has no VIT branch"),
+    ("vit", "cnn.arch=vgg16_bn", "cnn.arch=vgg16_bn is not used"),
+    ("dual", "vit.size=small", None),
+    ("cnn", "cnn.arch=vgg16_bn", None),
+])
+def test_options_of_a_backbone_the_encoder_lacks_are_said_unused(compose, encoder: str,
+                                                                 override: str, warned,
+                                                                 caplog) -> None:
+    """``encoder=cnn vit.size=base`` trained as encoder=cnn without a word: a sweep over
+    vit.size trained identical jobs."""
+    from faceparse.train import warn_unused_backbone
+
+    cfg = compose([f"encoder={encoder}", override])
+    with caplog.at_level("WARNING", logger="faceparse.train"):
+        warn_unused_backbone(cfg, [f"encoder={encoder}", override])
+    if warned:
+        assert warned in caplog.text
+    else:
+        assert "is not used" not in caplog.text
+    caplog.clear()
+    quickstart = compose(["experiment=quickstart", "encoder=cnn"])  # sets vit.size itself
+    warn_unused_backbone(quickstart, ["experiment=quickstart", "encoder=cnn"])
+    assert "is not used" not in caplog.text
