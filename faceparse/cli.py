@@ -12,6 +12,7 @@ import contextlib
 import functools
 import importlib.util
 import io
+import logging
 import os
 import re
 import sys
@@ -87,6 +88,7 @@ def hydra_entry(config_name: str) -> Callable[[Task], Callable[[], Any]]:
             register_resolvers()  # a launcher may run the job in a fresh process
             try:
                 refuse_missing_values(cfg, config_name, sys.modules[task.__module__].__doc__)
+                warn_added_top_level_keys(HydraConfig.get().overrides.task)
                 return task(cfg)
             except InterpolationResolutionError as err:
                 # a resolver's refusal (FACEPARSE_CPU_BF16=2 read by ${auto_precision:}) is
@@ -127,6 +129,20 @@ def refuse_word_booleans(overrides: Sequence[str]) -> None:
         if sep and not key.startswith("-") and value.strip().lower() in WORD_BOOLEANS:
             report_error(ValueError(f"{override}: use true or false (Hydra reads "
                                     f"{value.strip()} as text, which would count as true)"))
+
+
+def warn_added_top_level_keys(overrides: Sequence[str]) -> None:
+    """``+foo=1`` adds a top-level key no faceparse command reads (``+ckpt=`` for
+    ``ckpt_path=``, ``+optimized_metrics=``): kept in the config, said once. Keys under a
+    group reach a class, which refuses what it does not take."""
+    for override in overrides:
+        key, sep, _ = override.partition("=")
+        if sep and key.startswith("+") and not key.startswith("++"):
+            name = key[1:]
+            if "." not in name and "/" not in name and not (CONF_DIR / name).is_dir():
+                logging.getLogger(__name__).warning(
+                    "%s adds a key no faceparse command reads (a misspelt option?); it is "
+                    "only kept in the run's config", override)
 
 
 def refuse_null_groups(overrides: Sequence[str]) -> None:

@@ -383,3 +383,15 @@ def test_logger_null_on_the_command_line_is_refused_as_a_user_sees_it(tmp_path: 
         "error: logger=null: the config group logger takes one of its options (csv, "
         "tensorboard, wandb); to leave it out, write ~logger"]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_top_level_key_added_with_plus_is_said_unread(caplog) -> None:
+    """``+foo=1`` (a misspelt ``+ckpt=`` or ``+optimized_metrics=``) trained without a word."""
+    from faceparse.cli import warn_added_top_level_keys
+
+    with caplog.at_level("WARNING", logger="faceparse.cli"):
+        warn_added_top_level_keys(["+optimized_metrics=val/miou", "+experiment=quickstart",
+                                   "+callbacks.extra._target_=x", "++seed=3", "seed=1"])
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == ["+optimized_metrics=val/miou adds a key no faceparse command reads (a "
+                      "misspelt option?); it is only kept in the run's config"]
