@@ -14,37 +14,22 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-import timm
 import torch
 import torchvision
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
+from test_checkpoints import CREATE_MODEL, _tiny_create, tiny_vit  # noqa: F401 - tiny ViTs
 
 from faceparse.checkpoints import build_net, load_face_parser
 from faceparse.checkpoints import original as original_project
 from faceparse.inference.model import load_model
 from faceparse.models import DinoVitEncoder, VggEncoder
-from faceparse.models import dinov3 as dinov3_module
 from faceparse.models.dinov3_weights import describe_vit, load_dinov3_weights
 from faceparse.models.weights import wrapper_prefix
 
 OFFICIAL = Path(__file__).parent / "fixtures" / "dinov3" / "dinov3_tiny_official.pth"
-CREATE_MODEL = timm.create_model  # the real one, before the tiny_vit fixture patches it
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-
-
-def _tiny_create(create, name: str, **kwargs):
-    return create(name, embed_dim=64, depth=4, num_heads=4, **kwargs)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tiny_vit():
-    """Every DINOv3 size builds the fixture's ViT; its width names the original's ViT."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dinov3_module.timm, "create_model", partial(_tiny_create, CREATE_MODEL))
-        mp.setattr(original_project, "VIT_SIZES", {64: "large"})
-        yield mp
 
 
 def official() -> dict[str, torch.Tensor]:
