@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,21 +13,33 @@ from faceparse.training.run_stats import peak_memory_mb, reset_peak_rss
 CPU = torch.device("cpu")
 
 
+# run in a fresh process: a test process's own earlier peak (GBs, after other tests)
+# would hide the 400 MiB one job adds
+TWO_JOBS = """
+import numpy as np, torch
+from faceparse.training.run_stats import peak_memory_mb, reset_peak_rss
+big = np.ones(400 * 2**20 // 8); big[:] = 2.0         # job 0 touches 400 MiB
+first, _ = peak_memory_mb(torch.device("cpu"))
+del big
+reset = reset_peak_rss()                               # job 1's fit starts
+small = np.ones(20 * 2**20 // 8); small[:] = 1.0
+second, measure = peak_memory_mb(torch.device("cpu"), rss_reset=reset)
+print(first, second, measure)
+"""
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc only")
 def test_a_later_job_in_the_same_process_gets_its_own_cpu_peak() -> None:
     """A sweep's jobs run one after another in one process: the whole-life peak made every
     job after a large one report that one's memory (a 32 px job above a 224 px job)."""
-    big = np.ones(400 * 2**20 // 8)  # job 0 touches 400 MiB
-    big[:] = 2.0
-    first, _ = peak_memory_mb(CPU)
-    del big
-    assert reset_peak_rss()             # job 1's fit starts
-    small = np.ones(20 * 2**20 // 8)
-    small[:] = 1.0
-    second, measure = peak_memory_mb(CPU, rss_reset=True)
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", TWO_JOBS], capture_output=True, text=True,
+                          timeout=120, check=True)
+    first, second, measure = done.stdout.split()
     assert measure == "process_peak_rss_since_fit_start"
-    assert second < first - 300          # not job 0's 400 MiB again
-    assert second >= 20                  # but it holds its own array
+    assert float(second) < float(first) - 300   # not job 0's 400 MiB again
 
 
 def test_without_a_reset_the_whole_life_peak_says_so(monkeypatch, tmp_path: Path) -> None:
