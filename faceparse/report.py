@@ -11,12 +11,13 @@ it runs none. A bad folder or output prints one ``error:`` line, like the other 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
+from faceparse.data.io import write_atomic
 from faceparse.reporting import (
-    PLOT_PATTERNS,
     collect_jobs,
     job_rows,
     mixed_warnings,
@@ -51,14 +52,35 @@ def report(sweep_dir: str | Path, out: str | Path | None = None) -> list[Path]:
         files = [out / "report.md", out / "report.csv", *plot_params(rows, swept, out)]
         classes = plot_classes(rows, out)
         files += [classes] if classes else []
-        for stale in {p for pattern in PLOT_PATTERNS for p in out.glob(pattern)} - set(files):
-            log.info("%s: an earlier report's plot this one has no data for, removed", stale)
-            stale.unlink()
+        remove_earlier_plots(out, files)
     except OSError as error:  # a read-only sweep folder, a full disk
         reason = error.strerror or type(error).__name__
         raise ValueError(f"cannot write the report into {out} ({reason}); "
                          "give another folder with --out") from None
     return files
+
+
+# the plots a report wrote, so the next report into the folder removes those it does not
+# write again, and never a file of the user's that happens to share their names
+PLOTS_WRITTEN = ".report_plots.json"
+
+
+def remove_earlier_plots(out: Path, files: list[Path]) -> None:
+    """Remove the plots the earlier report in ``out`` wrote and this one did not (another
+    sweep's keys, no scores any more); note this report's for the next."""
+    record = out / PLOTS_WRITTEN
+    try:
+        earlier = json.loads(record.read_text())
+    except (OSError, ValueError):
+        earlier = []
+    plots = [f.name for f in files if f.suffix == ".png"]
+    for name in earlier if isinstance(earlier, list) else []:
+        stale = out / str(name)
+        if name not in plots and Path(str(name)).name == name and stale.is_file():
+            log.info("%s: a plot of the earlier report this one has no data for, removed",
+                     stale)
+            stale.unlink()
+    write_atomic(record, json.dumps(plots).encode())
 
 
 def main(argv: list[str] | None = None) -> None:

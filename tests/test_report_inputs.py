@@ -331,6 +331,22 @@ def test_a_sweep_without_test_scores_is_ranked_and_plotted_by_val_best(tmp_path:
     assert tmp_path / "param_optimizer.lr.png" in files
 
 
+def test_job_folders_sort_by_their_numbers() -> None:
+    from faceparse.reporting.collect import _natural
+
+    names = ["10_fusion=sum", "2_fusion=gate", "1", "3"]
+    assert sorted(names, key=lambda n: _natural(Path(n))) == [
+        "1", "2_fusion=gate", "3", "10_fusion=sum"]
+    assert sorted(["x/10", "x/9"], key=lambda n: _natural(Path(n))) == ["x/9", "x/10"]
+
+
+def test_a_training_job_renamed_with_hydra_job_name_is_reported(tmp_path: Path) -> None:
+    folder = write_job(tmp_path, 0, ["optimizer.lr=0.1"], {"status": "finished"}, 0.8)
+    (folder / ".hydra" / "hydra.yaml").write_text("hydra:\n  job:\n    name: my_ablation\n")
+    report(tmp_path)
+    assert list(read_rows(tmp_path)) == ["0"]
+
+
 def test_ties_and_unscored_jobs_keep_job_number_order(tmp_path: Path) -> None:
     for num in (2, 10, 3):  # folders as text sort 10 before 2
         write_job(tmp_path, num, [f"optimizer.lr={num}e-4"])  # running: no status, no score
@@ -371,10 +387,12 @@ def test_a_report_into_the_same_folder_removes_the_earlier_plots(tmp_path: Path)
     report(first, out)
     assert (out / "param_optimizer.lr.png").is_file() and (out / "classes_best.png").is_file()
     (out / "notes.png").write_bytes(b"mine")
+    (out / "param_mine.png").write_bytes(b"mine too")  # named like a plot, never written by one
     files = report(second, out)
     # sweep b has no test scores: no per-class plot; its own key; a's plots gone
     assert sorted(p.name for p in out.glob("*.png")) == ["notes.png",
-                                                         "param_loss.aux_weight.png"]
+                                                         "param_loss.aux_weight.png",
+                                                         "param_mine.png"]
     assert out / "param_loss.aux_weight.png" in files
 
 

@@ -129,8 +129,8 @@ def warn_unused_vit_weights(vit_weights: str | None, ckpt: Path) -> None:
     """A ``vit_weights=`` the checkpoint does not need (it holds its ViT) is not read: say
     so, or a user trying another DINOv3 file gets the old ViT's outputs without a word."""
     if vit_weights is not None:
-        log.warning("vit_weights=%s is not used: %s holds its own ViT weights, which are "
-                    "used instead", vit_weights, ckpt)
+        log.warning("vit_weights=%s is not used: %s reads no DINOv3 file (it holds its own "
+                    "ViT weights, which are used instead, or has no ViT)", vit_weights, ckpt)
 
 
 def _load_ours(ckpt: CheckpointFile, vit_weights: str | Path | None

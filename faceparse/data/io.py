@@ -79,7 +79,9 @@ class BadSampleError(ValueError):
             super().__init__(*args)
             return
         super().__init__(message)
-        self.add_note(text)
+        if hasattr(self, "add_note"):  # Python 3.11+: shown with the trace
+            self.add_note(text)
+        self.worker_traceback = text
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -278,7 +280,8 @@ def read_mask(path: str | Path, scheme: str | None = None) -> np.ndarray:
             raise MaskSchemeError(scheme_mismatch(path, recorded, scheme))
         if len(data) > 25 and data[12:16] == b"IHDR" and data[25] == 3:
             return _palette_indices(data, path)
-    mask = _low_bit_grey_ids(_decode(path, cv2.IMREAD_UNCHANGED, data), data)
+    refuse_low_bit_grey(data, path)
+    mask = _decode(path, cv2.IMREAD_UNCHANGED, data)
     if mask.ndim == 3:
         colour = mask[..., :3]
         if not (np.array_equal(colour[..., 0], colour[..., 1])
@@ -306,14 +309,15 @@ def refuse_jpeg_mask(data: bytes, path: Path) -> None:
         raise BadSampleError(f"mask is a JPEG file; {JPEG_MASK_ADVICE}: {path}")
 
 
-def _low_bit_grey_ids(mask: np.ndarray, data: bytes) -> np.ndarray:
-    """The stored values of a 1, 2 or 4-bit grey PNG, which OpenCV scales to 0-255 (a 1-bit
-    mask's id 1 would read as 255, ignore)."""
-    if not (data[:8] == PNG_SIGNATURE and len(data) > 25 and data[12:16] == b"IHDR"
+def refuse_low_bit_grey(data: bytes, path: Path) -> None:
+    """Refuse a 1, 2 or 4-bit grey PNG mask: its values mean ids to the tool that saved ids
+    (PIL's mode "1": 0/1) and grey levels to one that shrank an 8-bit 0/255 mask (optipng:
+    1 is white, 255, ignore); either reading would be silently wrong for the other."""
+    if (data[:8] == PNG_SIGNATURE and len(data) > 25 and data[12:16] == b"IHDR"
             and data[25] == 0 and data[24] in (1, 2, 4)):
-        return mask
-    top = 2 ** data[24] - 1
-    return mask if int(mask.max()) <= top else mask // np.uint8(255 // top)
+        raise BadSampleError(f"mask is a {data[24]}-bit grey PNG, whose values read as ids "
+                             f"(0, 1, ...) or as grey levels (0 ... 255) depending on the tool "
+                             f"that wrote it; save it as an 8-bit PNG of ids: {path}")
 
 
 def read_png_text(path: str | Path) -> dict[str, str] | None:

@@ -16,6 +16,7 @@ import torch
 
 from faceparse.checkpoints import load_face_parser, locate_checkpoint, read_checkpoint
 from faceparse.checkpoints.format import vit_modules
+from faceparse.checkpoints.load import check_vit_weights, warn_unused_vit_weights
 from faceparse.fast_path import FastPath
 from faceparse.inference.batch import prepare_for_inference
 from faceparse.labels import LabelScheme
@@ -74,15 +75,16 @@ def load_model(ckpt: str | Path, vit_weights: str | Path | None = None,
     training code, its scheme and sizes read from the file's metadata.
     """
     located = locate_checkpoint(ckpt)
+    if vit_weights is not None:  # Hydra's vit_weights=123 is an int
+        vit_weights = path_value("vit_weights", vit_weights, "a DINOv3 weight file")
     if is_onnx_model(located.path) or (located.path.suffix.lower() == ".onnx"
                                        and not is_torch_file(located.path)):
         if fast_path is not None and fast_path != FastPath():
             raise ValueError(f"ckpt={ckpt} is an ONNX model, run by onnxruntime: the fast_path "
                              f"options are PyTorch's; drop them, or pass the .ckpt it was "
                              f"exported from")
+        warn_unused_vit_weights(check_vit_weights(vit_weights), located.path)  # it holds its ViT
         return _load_onnx(located.path, device)
-    if vit_weights is not None:  # Hydra's vit_weights=123 is an int
-        vit_weights = path_value("vit_weights", vit_weights, "a DINOv3 weight file")
     file = read_checkpoint(located.path, trust_pickle)  # names the file if it is no checkpoint
     net, scheme = load_face_parser(file, vit_weights, trust_pickle)
     # a checkpoint's own ViT weights leave weights_file unset (build_net): only files here

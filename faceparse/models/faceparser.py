@@ -66,7 +66,8 @@ class FaceParser(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[0] == 0:
             raise ValueError(f"expected images of shape (B, 3, H, W), B >= 1, got "
                              f"{tuple(x.shape)}")
-        if not x.is_floating_point() or x.dtype == torch.float64:
+        if not x.is_floating_point() or (x.dtype == torch.float64
+                                         and next(self.parameters()).dtype != torch.float64):
             raise ValueError(f"expected a float32 (or bf16/fp16) image batch normalised with "
                              f"ImageNet mean/std, got {x.dtype}; faceparse.inference.Parser "
                              f"takes raw images")

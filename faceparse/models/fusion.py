@@ -8,6 +8,7 @@ ViT-only ablation: a simple pyramid built from the ViT map, with no CNN detail.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -107,6 +108,8 @@ def _pyramid_widths(widths: Any, vit_stride: int) -> tuple[int, ...]:
         raise ValueError(f"encoder.pyramid_channels={shown(widths)}: {levels} widths, one per "
                          f"stride below the ViT's {vit_stride}, e.g. [{example}]")
     for width in widths:
+        if isinstance(width, numbers.Integral) and not isinstance(width, bool):
+            width = int(width)  # a numpy int from a config built in Python
         if not is_whole(width) or width < 1:
             raise ValueError(f"encoder.pyramid_channels={shown(widths)}: each width is a whole "
                              f"number >= 1, e.g. [{example}]")

@@ -1,7 +1,7 @@
 """Sweep reports: collect every job of a multirun folder, tabulate and plot them."""
 
 from faceparse.reporting.collect import Job, collect_jobs, swept_keys
-from faceparse.reporting.plots import PLOT_PATTERNS, plot_classes, plot_params
+from faceparse.reporting.plots import plot_classes, plot_params
 from faceparse.reporting.tables import (
     SORT_KEY,
     job_rows,
@@ -11,6 +11,6 @@ from faceparse.reporting.tables import (
     write_markdown,
 )
 
-__all__ = ["PLOT_PATTERNS", "SORT_KEY", "Job", "collect_jobs", "job_rows", "mixed_warnings",
+__all__ = ["SORT_KEY", "Job", "collect_jobs", "job_rows", "mixed_warnings",
            "plot_classes", "plot_params", "swept_keys", "val_best_note", "write_csv",
            "write_markdown"]

@@ -16,6 +16,7 @@ import csv
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,9 +166,17 @@ def _job(folder: Path) -> Job:
                stats=stats)
 
 
-def _natural(folder: Path) -> tuple[tuple[int, int, str], ...]:
-    """Sort key of a job folder: numbered parts as numbers (job 2 before job 10)."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in folder.parts)
+def _natural(folder: Path) -> tuple[tuple[int, str], ...]:
+    """Sort key of a job folder: runs of digits as numbers, in any part of its path (job 2
+    before job 10, ``2_fusion=gate`` before ``10_fusion=sum``)."""
+    return tuple((int(piece), "") if piece.isdigit() else (-1, piece)
+                 for part in folder.parts for piece in re.split(r"(\d+)", part) if piece)
+
+
+# faceparse's commands that leave no training records (Hydra's job.name is the module's
+# name unless hydra.job.name= renames a training job, which stays a training job)
+OTHER_COMMANDS = frozenset({"eval", "predict", "export", "export_decoder", "stats", "prepare",
+                            "bench"})
 
 
 def _command(folder: Path) -> str | None:
@@ -196,7 +205,7 @@ def collect_jobs(sweep_dir: str | Path) -> list[Job]:
         raise FileNotFoundError(f"{sweep_dir}: no job folder in it (none has "
                                 ".hydra/overrides.yaml); is it a Hydra multirun folder?")
     commands = {folder: _command(folder) for folder in folders}
-    others = {f: c for f, c in commands.items() if c not in (None, "train")}
+    others = {f: c for f, c in commands.items() if c in OTHER_COMMANDS}
     if len(others) == len(folders):
         names = ", ".join(sorted({f"faceparse.{c}" for c in others.values()}))
         raise ValueError(f"{sweep_dir}: its jobs ran {names}, not faceparse.train; the report "

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from faceparse.reporting.tables import SORT_KEY  # noqa: E402
 
-__all__ = ["PLOT_PATTERNS", "plot_classes", "plot_params"]
+__all__ = ["plot_classes", "plot_params"]
 
 
 def _as_number(value: str) -> float | None:
@@ -22,11 +22,6 @@ def _as_number(value: str) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
-
-
-# the files plot_params and plot_classes write: an earlier report's that this one does not
-# write again (another sweep's keys, no scores any more) are removed, never left beside it
-PLOT_PATTERNS = ("param_*.png", "classes_best.png")
 
 
 def _category_order(name: str) -> tuple[int, float, str]:

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from faceparse.data.io import JPEG_MASK_ADVICE
 from faceparse.data.readers.base import Transform
 from faceparse.data.readers.files import IMAGE_EXTS, PairedFileDataset
 from faceparse.labels import LabelScheme, get_scheme
@@ -97,9 +96,6 @@ def check_mask_name(mask_name: str) -> str:
         raise ValueError(f"data.dataset.mask_name={mask_name!r}: {{stem}} (the image's name "
                          f"without extension) is the only field it may use, e.g. "
                          f"'{{stem}}_seg.png' ({type(err).__name__}: {err})") from None
-    if mask_name.lower().endswith((".jpg", ".jpeg")):
-        raise ValueError(f"data.dataset.mask_name={mask_name!r} names JPEG masks: "
-                         f"{JPEG_MASK_ADVICE} and set mask_name to their .png name")
     return mask_name
 
 
