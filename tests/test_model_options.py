@@ -109,3 +109,23 @@ def test_a_raw_or_empty_batch_is_refused_by_name(batch: torch.Tensor, message: s
                      functools.partial(CoarseToFineDecoder, decoder_channels=16), num_classes=3)
     with pytest.raises(ValueError, match=message):
         net(batch)
+
+
+def test_a_float64_net_takes_float64_batches_and_numpy_widths() -> None:
+    """The dtype check refuses a batch the net cannot take, not float64 as such."""
+    import functools
+
+    import numpy as np
+
+    from faceparse.models.decoder import CoarseToFineDecoder
+    from faceparse.models.faceparser import FaceParser
+    from faceparse.models.fusion import VitPyramidEncoder
+
+    vit = DinoVitEncoder(size="small", random_init=True)
+    widths = list(np.array([8, 8, 8, 8]))  # numpy ints, as a config built in Python has
+    net = FaceParser(VitPyramidEncoder(vit, pyramid_channels=widths),
+                     functools.partial(CoarseToFineDecoder, decoder_channels=16),
+                     num_classes=3).double().eval()
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, 32, 32, dtype=torch.float64))
+    assert out.dtype == torch.float64 and out.shape == (1, 3, 32, 32)
