@@ -157,12 +157,13 @@ def refuse_null_groups(overrides: Sequence[str]) -> None:
         folder = CONF_DIR / group
         if not group.startswith("hydra/") and not folder.is_dir():
             continue
-        # hydra/* groups hold Hydra's and its plugins' options too, not only the files here
-        options = ([] if group.startswith("hydra/")
-                   else sorted(f.stem for f in folder.glob("*.yaml")))
-        choices = f"one of its options ({', '.join(options)})" if options else "an option name"
-        report_error(ValueError(f"{override}: the config group {group} takes {choices}; "
-                                f"to leave it out, write ~{group}"))
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if group.startswith("hydra/"):  # Hydra needs each of its groups: no ~ for them
+            report_error(ValueError(f"{override}: Hydra's config group {group} takes an option "
+                                    f"name; leave the override out for its default"))
+        report_error(ValueError(f"{override}: the config group {group} takes one of its "
+                                f"options ({', '.join(options)}); to leave it out, write "
+                                f"~{group}"))
 
 
 def command_line_keys() -> list[str] | None:

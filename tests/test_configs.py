@@ -359,8 +359,8 @@ def test_the_real_ablation_study_the_experiment_file_advises_is_the_reference_se
                     "tensorboard, wandb); to leave it out, write ~logger"),
     ("+data/augment=null", "the config group data/augment takes one of its options (default, "
                            "none); to leave it out, write ~data/augment"),
-    ("hydra/launcher=null", "hydra/launcher takes an option name; to leave it out, write "
-                            "~hydra/launcher"),
+    ("hydra/launcher=null", "Hydra's config group hydra/launcher takes an option name; leave "
+                            "the override out for its default"),
 ])
 def test_a_config_group_set_to_null_is_one_line_naming_its_options(override: str, message: str,
                                                                    capsys) -> None:

@@ -129,6 +129,8 @@ def test_an_unknown_wandb_option_is_refused_before_anything_is_built(compose, ti
 @pytest.mark.parametrize(("override", "message"), [
     ("seed=1.5", "seed=1.5: the random seed is a whole number >= 0"),
     ("seed=null", "seed=null: the random seed"),
+    ("logger=wandb +logger.wandb.settings={}", "logger.wandb.settings: not an option of the W&B "
+                                               "logger"),
     ("data.image_size=-32", "data.image_size=-32: the square side in pixels"),
     ("data.image_size=0", "data.image_size=0: the square side"),
     ("data.num_workers=-1", "data.num_workers=-1: the loader processes"),
@@ -180,3 +182,11 @@ def test_options_of_a_backbone_the_encoder_lacks_are_said_unused(compose, encode
     quickstart = compose(["experiment=quickstart", "encoder=cnn"])  # sets vit.size itself
     warn_unused_backbone(quickstart, ["experiment=quickstart", "encoder=cnn"])
     assert "is not used" not in caplog.text
+
+
+def test_a_seed_read_from_the_environment_is_taken(compose, tiny, tmp_path: Path,
+                                                   monkeypatch) -> None:
+    """``seed=${oc.env:SEED}`` is text: Lightning takes "3" as 3, and so does the check."""
+    monkeypatch.setenv("SEED", "3")
+    cfg = compose([*tiny, "seed=${oc.env:SEED}"], output_dir=tmp_path / "run")
+    check_training_options(cfg)

@@ -132,9 +132,11 @@ def test_resuming_a_finished_run_without_a_longer_length_is_refused(compose, tin
     run = tmp_path / "run"
     fake_run(run, compose(tiny, output_dir=run))
     before = snapshot(run)
-    with pytest.raises(ValueError, match=r"the run finished \(trainer.max_epochs=1 reached\); "
-                                         r"resuming it would train nothing"):
-        resumed(compose([f"resume={run}"], output_dir=run))
+    for same in ([], ["trainer.max_epochs=1"]):  # its own length, typed or not
+        with pytest.raises(ValueError, match=r"the run finished at its length \(trainer."
+                                             r"max_epochs=1, trainer.max_steps=-1\); resuming "
+                                             r"it with that length would train nothing"):
+            resumed(compose([f"resume={run}", *same], output_dir=run))
     assert snapshot(run) == before
     longer = resumed(compose([f"resume={run}", "trainer.max_epochs=2"], output_dir=run))
     assert longer.trainer.max_epochs == 2

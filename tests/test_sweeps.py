@@ -134,6 +134,18 @@ def test_the_plugins_own_launcher_names_go_on_past_a_killed_job(name: str) -> No
     assert launcher.timeout_min == 60 and ("partition" in launcher) == (kind == "SlurmLauncher")
 
 
+def test_another_hydra_app_keeps_the_plugins_own_launchers(tmp_path: Path) -> None:
+    """The plugin package is shared by every Hydra app of the environment: only faceparse's
+    commands get the launchers that go on past a killed job."""
+    (tmp_path / "app.py").write_text("import hydra\n@hydra.main(version_base='1.3', "
+                                     "config_path=None)\ndef main(cfg):\n    pass\nmain()\n")
+    done = subprocess.run([sys.executable, "app.py", "hydra/launcher=submitit_local", "--cfg",
+                           "hydra"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+            in done.stdout)
+
+
 def test_a_study_records_its_command_and_refuses_another() -> None:
     optuna = pytest.importorskip("optuna")
     from hydra_plugins.faceparse_sweepers.resumable_optuna import (

@@ -13,6 +13,17 @@ import pytest
 from faceparse.training.loggers import has_wandb_api_key, wandb_logger, wandb_run_id
 
 
+@pytest.fixture(autouse=True)
+def restored_wandb_mode(monkeypatch) -> None:
+    """The logger sets WANDB_MODE's keeper itself (as Lightning sets WANDB_MODE): both are
+    put back after each test, so no test reads another's."""
+    from faceparse.training.loggers import USER_MODE_KEPT
+
+    for name in (USER_MODE_KEPT, "WANDB_MODE"):
+        monkeypatch.setenv(name, "")  # recorded: restored (or removed) afterwards
+        monkeypatch.delenv(name)
+
+
 def test_a_run_folder_keeps_its_wandb_run_id(tmp_path: Path) -> None:
     first = wandb_run_id(tmp_path / "run")
     assert (tmp_path / "run" / "wandb" / "run_id.txt").read_text().strip() == first
@@ -127,7 +138,7 @@ def test_the_users_wandb_mode_keeps_a_run_offline(tmp_path: Path, monkeypatch, m
     then streamed the config and pictures the user meant to keep on the machine."""
     from faceparse.training import loggers
 
-    monkeypatch.setattr(loggers, "USER_WANDB_MODE", mode)
+    monkeypatch.delenv(loggers.USER_MODE_KEPT, raising=False)
     monkeypatch.setenv("WANDB_MODE", mode)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setattr(loggers, "_reachable", lambda url, timeout=0: True)
@@ -143,12 +154,28 @@ def test_an_online_job_drops_only_the_dryrun_an_earlier_offline_job_left(tmp_pat
                                                                          monkeypatch) -> None:
     from faceparse.training import loggers
 
-    monkeypatch.setattr(loggers, "USER_WANDB_MODE", None)
-    monkeypatch.setenv("WANDB_MODE", "dryrun")  # Lightning's, from job 0 of the sweep
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv(loggers.USER_MODE_KEPT, raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert wandb_logger(tmp_path / "0", offline=True, project="p")._offline  # job 0
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # what Lightning sets for it
+    monkeypatch.setattr(loggers, "_reachable", lambda url, timeout=0: True)
+    # a DDP rank started after it, or job 1, may go online: the dryrun is not the user's
+    assert not wandb_logger(tmp_path / "1", offline=False, project="p")._offline
+    assert "WANDB_MODE" not in os.environ
+
+
+def test_a_wandb_mode_set_after_import_is_the_users(tmp_path: Path, monkeypatch) -> None:
+    """A notebook sets WANDB_MODE after importing faceparse: it was read once, at import."""
+    from faceparse.training import loggers
+
+    monkeypatch.delenv(loggers.USER_MODE_KEPT, raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setattr(loggers, "_reachable", lambda url, timeout=0: True)
-    assert not wandb_logger(tmp_path, project="p")._offline
-    assert "WANDB_MODE" not in os.environ
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert wandb_logger(tmp_path / "a", project="p")._offline
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # Lightning's, over the user's "offline"
+    assert wandb_logger(tmp_path / "b", project="p")._offline  # still the user's offline
 
 
 def test_a_self_hosted_login_is_found_in_wandbs_settings(tmp_path: Path, monkeypatch) -> None:
@@ -181,6 +208,7 @@ def test_offline_must_be_true_false_or_null(tmp_path: Path) -> None:
     (5, 1, 5, [4]),           # the fifth epoch, the last (before: only the first epoch)
     (3, 1, 5, [2, 4]),        # every third epoch, and the last one
     (1, 1, 3, [0, 1, 2]),
+    (5, 1, -1, [4]),          # a step-limited run: its last epoch logs too (see below)
 ])
 def test_wandb_media_logs_on_the_epochs_lightning_validates(tmp_path: Path, every: int,
                                                             check_val: int, max_epochs: int,
@@ -194,11 +222,13 @@ def test_wandb_media_logs_on_the_epochs_lightning_validates(tmp_path: Path, ever
     media = WandbMedia("ourface", every_n_epochs=every)
     wandb = WandbLogger(save_dir=str(tmp_path), offline=True)  # never started: no run made
     due = []
-    for epoch in range(max_epochs):
+    for epoch in range(max_epochs if max_epochs > 0 else 5):
         if (epoch + 1) % check_val:  # Lightning's check_val_every_n_epoch
             continue
+        steps = 4 * (epoch + 1)  # 4 steps an epoch; max_steps=4 * 5 when max_epochs=-1
         trainer = SimpleNamespace(loggers=[wandb], sanity_checking=False, current_epoch=epoch,
-                                  max_epochs=max_epochs)
+                                  max_epochs=max_epochs, global_step=steps,
+                                  max_steps=20 if max_epochs == -1 else -1)
         if media._due(trainer, "val"):
             due.append(epoch)
     assert due == logged

@@ -33,11 +33,21 @@ log = logging.getLogger(__name__)
 
 RUN_ID_FILE = Path("wandb") / "run_id.txt"
 DEFAULT_HOST = "https://api.wandb.ai"  # where wandb's own settings cannot be read
-# the user's WANDB_MODE, read before an offline job of a sweep leaves Lightning's "dryrun"
-USER_WANDB_MODE = os.environ.get("WANDB_MODE")
 OFFLINE_MODES = ("offline", "dryrun", "disabled")
+# the user's WANDB_MODE ("" for none), kept when an offline logger of ours lets Lightning
+# set WANDB_MODE=dryrun: later jobs of a sweep, and DDP ranks started after it, read it here
+USER_MODE_KEPT = "FACEPARSE_WANDB_USER_MODE"
 # How long an online run waits to reach the W&B host before it falls back to offline.
 REACH_TIMEOUT_S = 3.0
+
+
+def user_wandb_mode() -> str | None:
+    """The user's ``WANDB_MODE``, read now (a notebook sets it after importing faceparse);
+    the ``dryrun`` Lightning set for an offline logger of ours is not the user's."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode == "dryrun" and USER_MODE_KEPT in os.environ:
+        return os.environ[USER_MODE_KEPT] or None
+    return mode
 
 
 def log_config(loggers: Iterable[Logger], cfg: DictConfig) -> None:
@@ -122,10 +132,11 @@ def wandb_logger(save_dir: str | Path, offline: bool | None = None, id: str | No
     if offline not in (None, True, False):
         raise ValueError(f"logger.wandb.offline={offline}: give true, false or null (online "
                          "only with an API key and the W&B host reachable)")
-    user_mode = (USER_WANDB_MODE or "").strip().lower()
+    typed = user_wandb_mode()
+    user_mode = (typed or "").strip().lower()
     user_offline = user_mode in OFFLINE_MODES
     if offline is False and user_offline:
-        raise ValueError(f"logger.wandb.offline=false, but WANDB_MODE={USER_WANDB_MODE} in the "
+        raise ValueError(f"logger.wandb.offline=false, but WANDB_MODE={typed} in the "
                          "environment keeps W&B offline: unset one of the two")
     if user_mode == "disabled":
         offline = True
@@ -134,7 +145,7 @@ def wandb_logger(save_dir: str | Path, offline: bool | None = None, id: str | No
     elif offline is None and user_offline:
         offline = True
         log.info("W&B runs offline (WANDB_MODE=%s); upload it later with "
-                 "`wandb sync %s/wandb/offline-run-*`", USER_WANDB_MODE, save_dir)
+                 "`wandb sync %s/wandb/offline-run-*`", typed, save_dir)
     host = _wandb_host()
     if offline is None:
         offline = not has_wandb_api_key(host)
@@ -145,9 +156,14 @@ def wandb_logger(save_dir: str | Path, offline: bool | None = None, id: str | No
         log.warning("W&B host %s is unreachable: this run logs offline; upload it later "
                     "with `wandb sync %s/wandb/offline-run-*`", host, save_dir)
         offline = True
-    if not offline and os.environ.get("WANDB_MODE") != USER_WANDB_MODE:
-        # Lightning's "dryrun" from an earlier offline job of this sweep, not the user's
+    if not offline and os.environ.get("WANDB_MODE") != typed:
+        # Lightning's "dryrun" from an earlier offline job of this sweep: the user's again
         os.environ.pop("WANDB_MODE", None)
+        if typed is not None:
+            os.environ["WANDB_MODE"] = typed
+        os.environ.pop(USER_MODE_KEPT, None)
+    if offline:
+        os.environ[USER_MODE_KEPT] = typed or ""  # before Lightning sets its dryrun
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(init_timeout=60, console="off", silent=True)
     return WandbLogger(save_dir=str(save_dir), offline=offline, id=id or wandb_run_id(save_dir),

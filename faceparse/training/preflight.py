@@ -60,7 +60,9 @@ def check_run_numbers(cfg: DictConfig) -> None:
     dump, ``data.num_workers=-1`` a traceback in a kept run folder, a negative
     ``trainer.gradient_clip_val`` flipped every gradient (ascent), and SyncBatchNorm on a
     CPU stopped both DDP ranks after they started."""
-    whole_number("seed", cfg.get("seed"), 0, "the random seed")
+    seed = cfg.get("seed")
+    if not (isinstance(seed, str) and seed.strip().isdigit()):  # ${oc.env:SEED} is text
+        whole_number("seed", seed, 0, "the random seed")
     data = cfg.get("data") or {}
     size = data.get("image_size")
     if size is not None and not isinstance(size, ListConfig):
@@ -96,6 +98,7 @@ def check_wandb_options(loggers: DictConfig | None) -> None:
     taken = {name for fn in (wandb_logger, WandbLogger.__init__, wandb.init)
              for name, param in inspect.signature(fn).parameters.items()
              if param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)}
+    taken -= {"settings"}  # faceparse's own: no prompt, no console capture, a long timeout
     unknown = sorted(key for key in entry if not str(key).startswith("_") and key not in taken)
     if unknown:
         raise ValueError(f"logger.wandb.{unknown[0]}: not an option of the W&B logger (it takes "

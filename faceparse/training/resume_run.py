@@ -138,13 +138,16 @@ def resume_config(cfg: DictConfig, keys: Collection[str] | None = None) -> DictC
                          f"run's own config), or start a new run with ckpt_path={checkpoint}")
     # resume=auto makes sure a run is done (a requeued job, a sweep typed again): a
     # finished one is left to do nothing; resume=<folder> asks for more training
-    extends = keys is None or any(_covered(key, keys) for key in EXTEND_KEYS)
+    extends = keys is None or any(
+        _covered(key, keys) and OmegaConf.select(cfg, key) != OmegaConf.select(saved, key)
+        for key in EXTEND_KEYS)
     if resume != AUTO and read_status(folder) == "finished" and not extends:
-        raise ValueError(f"resume={resume}: the run finished (trainer.max_epochs="
-                         f"{OmegaConf.select(saved, 'trainer.max_epochs')} reached); resuming "
-                         "it would train nothing and write over its record: extend it with a "
-                         "longer trainer.max_epochs (or max_steps, max_time), or score it with "
-                         "python -m faceparse.eval ckpt=" + str(folder))
+        length = ", ".join(f"{key}={OmegaConf.select(saved, key)}" for key in EXTEND_KEYS
+                           if OmegaConf.select(saved, key) is not None)
+        raise ValueError(f"resume={resume}: the run finished at its length ({length}); "
+                         "resuming it with that length would train nothing and write over its "
+                         "record: give a longer one, or score it with python -m faceparse.eval "
+                         f"ckpt={folder}")
     if cfg.get("ckpt_path"):
         log.info("resume=auto: %s holds a run to continue; ckpt_path=%s was where it started",
                  folder, cfg.ckpt_path)

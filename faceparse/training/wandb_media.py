@@ -92,7 +92,8 @@ class WandbMedia(L.Callback):
         # counted as Lightning counts check_val_every_n_epoch (epochs N, 2N, ... from 1), so
         # the same N logs every validation; the last epoch always logs (the trained model)
         epoch = trainer.current_epoch + 1
-        return epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
+        last_step = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        return epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs or last_step
 
     # -- predictions -----------------------------------------------------------------
     @rank_zero_only

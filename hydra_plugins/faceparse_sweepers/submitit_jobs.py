@@ -38,6 +38,9 @@ from omegaconf import OmegaConf
 from faceparse.data.io import write_atomic
 from faceparse.training.job_status import STATUS_FILE
 
+# faceparse's own config folder (faceparse.cli.CONF_DIR, not imported: it needs torch)
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
 __all__ = ["KeepGoingLauncherNames", "LocalLauncher", "SlurmLauncher", "collect_results"]
 
 log = logging.getLogger(__name__)
@@ -143,6 +146,9 @@ if BaseSubmititLauncher is not None:
         scan stores anew) are sure to be there to replace."""
 
         def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+            if not any(element.path.removeprefix("file://").rstrip("/") == str(CONF_DIR)
+                       for element in search_path.get_path()):
+                return  # another Hydra app in this environment keeps the plugin's own
             store = ConfigStore.instance()
             for name, node, launcher in (("submitit_local", LocalQueueConf, LocalLauncher),
                                          ("submitit_slurm", SlurmQueueConf, SlurmLauncher)):
