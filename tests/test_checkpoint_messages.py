@@ -59,7 +59,8 @@ def test_an_unused_vit_weights_is_said_by_load_face_parser_and_load_model(
     unused.write_bytes(b"never read")
     with caplog.at_level(logging.WARNING):
         load_face_parser(ckpt, vit_weights=unused)
-    assert f"vit_weights={unused} is not used: {ckpt} holds its own ViT weights" in caplog.text
+    assert (f"vit_weights={unused} is not used: {ckpt} reads no DINOv3 file (it holds its own "
+            "ViT weights") in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         load_model(ckpt, vit_weights=unused, device="cpu")
