@@ -206,3 +206,20 @@ def test_labels_the_classes_cannot_be_mapped_to_names_the_option(compose, ckpt: 
                                          r"scheme 'ourface' to 'lapa'"):
         evaluate(cfg)
     assert not (tmp_path / "report").exists()
+
+
+def test_class_weights_at_the_default_power_match_hand_values() -> None:
+    """Median-frequency weights to the power 0.5: frequencies 0.9, 0.09, 0.01, median 0.09,
+    weights sqrt(0.09 / f) = 1/sqrt(10), 1, 3."""
+    np.testing.assert_allclose(class_weights(np.array([900, 90, 10])),
+                               [10 ** -0.5, 1.0, 3.0], rtol=1e-12)
+    np.testing.assert_allclose(class_weights(np.array([900, 90, 10]), power=1.0),
+                               [0.1, 1.0, 9.0], rtol=1e-12)
+
+
+def test_the_weight_power_option_reaches_the_weights(compose) -> None:
+    """``weight_power=1`` squares the default square-root weights (it was never run)."""
+    half, _ = stats(compose([*SMALL], config="stats"))
+    full, _ = stats(compose([*SMALL, "weight_power=1"], config="stats"))
+    np.testing.assert_allclose(full, np.square(half), rtol=1e-6)
+    assert not np.allclose(full, half)

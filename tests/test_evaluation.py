@@ -195,6 +195,22 @@ def test_flip_tta_of_a_mirror_symmetric_model_equals_no_tta() -> None:
     assert not torch.allclose(net(x.flip(-1)).flip(-1), plain, atol=1e-3)
 
 
+def test_flip_tta_averages_the_plain_and_the_mirrored_swapped_pass() -> None:
+    """With a net that is not mirror symmetric, flip TTA is the hand average of its plain
+    pass and its mirrored pass, mirrored back with left/right swapped (a TTA that ran the
+    plain pass twice would equal the plain pass)."""
+    torch.manual_seed(0)
+    net = nn.Conv2d(3, LAPA.num_classes, 3, padding=1).eval()
+    x = torch.randn(2, 3, 16, 32)
+    swap = torch.as_tensor(LAPA.flip_lut()[: LAPA.num_classes].astype("int64"))
+    with torch.no_grad():
+        expected = (net(x) + net(x.flip(-1)).flip(-1)[:, swap]) / 2
+        flipped = MultiPassTTA(flip=True)(net, x, LAPA)
+        plain = MultiPassTTA()(net, x, LAPA)
+    torch.testing.assert_close(flipped, expected)
+    assert not torch.allclose(flipped, plain, atol=1e-3)
+
+
 def test_multi_scale_tta_averages_passes_at_the_input_size() -> None:
     tta = MultiPassTTA(scales=(0.5, 1.0, 1.3), size_multiple=16)
     assert [tta._scaled_side(48, s) for s in tta.scales] == [32, 48, 64]
@@ -252,3 +268,61 @@ def test_a_run_is_scored_on_its_own_data_unless_the_command_line_sets_data(
     cfg.run_data = False
     assert data_to_score(cfg, LocatedCheckpoint(run / "checkpoints" / "epoch_000.ckpt", run),
                          ["ckpt"])[1].describe() == "eval's defaults"
+
+
+class VaryingTruth(FaceParsingDataset):
+    """Sample k: PRED with its first k pixels relabelled, so its image F1 falls with k."""
+
+    native_scheme = FIVE
+
+    def __init__(self, errors: list[int], scale: int = 1) -> None:
+        super().__init__(FIVE)
+        self.errors, self.scale = errors, scale
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        truth = PRED.copy().reshape(-1)
+        truth[: self.errors[index]] = 4
+        truth = truth.reshape(PRED.shape).repeat(self.scale, 0).repeat(self.scale, 1)
+        return np.zeros((*truth.shape, 3), np.uint8), truth
+
+    def describe(self, index: int) -> str:
+        return f"k{self.errors[index]}.png"
+
+
+def test_the_worst_images_are_the_lowest_scoring_ones_in_order() -> None:
+    """More images than ``worst``: the grid keeps the two worst, worst first (a grid of the
+    first images would pass with fewer images than ``worst``)."""
+    def scored(errors: list[int], worst: int) -> list:
+        samples = EvalSamples(VaryingTruth(errors), image_size=4, original=True)
+        loader = DataLoader(samples, batch_size=2, collate_fn=collate_samples)
+        return score_split(FixedPrediction(PRED, 5), loader, FIVE, mapping_lut(FIVE, FIVE),
+                           5, MultiPassTTA(), torch.device("cpu"), worst=worst).worst
+
+    errors = [0, 3, 1, 5, 2]
+    alone = {f"k{k}.png": scored([k], 1)[0].f1 for k in errors}  # each image's own F1
+    assert len(set(alone.values())) >= 3  # the images do differ
+    expected = sorted(alone, key=alone.get)[:2]
+    assert [w.name for w in scored(errors, 2)] == expected
+    assert [w.f1 for w in scored(errors, 2)] == [alone[n] for n in expected]
+
+
+def test_original_resolution_scores_bilinear_logits_at_the_mask_size() -> None:
+    """Masks twice the net's output: the logits are resized bilinearly, then scored (the
+    protocol the report states), checked against a hand resize."""
+    samples = EvalSamples(VaryingTruth([2], scale=2), image_size=4, original=True)
+    loader = DataLoader(samples, batch_size=1, collate_fn=collate_samples)
+    net = FixedPrediction(PRED, 5)
+    result = score_split(net, loader, FIVE, mapping_lut(FIVE, FIVE), 5, MultiPassTTA(),
+                         torch.device("cpu"), worst=0)
+    truth = torch.from_numpy(VaryingTruth([2], scale=2).load(0)[1]).long()
+    logits = nn.functional.interpolate(net.logits[None], size=tuple(truth.shape),
+                                       mode="bilinear", align_corners=False)
+    pred = logits[0].argmax(0)
+    expected = torch.zeros(5, 5, dtype=torch.long)
+    for t, p in zip(truth.reshape(-1).tolist(), pred.reshape(-1).tolist(), strict=True):
+        if t != 255:
+            expected[t, p] += 1
+    torch.testing.assert_close(result.confusion.long(), expected)

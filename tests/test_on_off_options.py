@@ -16,7 +16,7 @@ import torch
 from faceparse.export import export
 from faceparse.export_decoder import export_decoder
 from faceparse.inference import Parser
-from faceparse.labels import get_scheme
+from faceparse.labels import get_scheme, mapping_lut
 
 
 @pytest.mark.parametrize(("override", "message"), [
@@ -84,6 +84,10 @@ def test_probs_name_the_model_classes_when_labels_map_them(compose, tiny, tmp_pa
     assert result.prob_class_names == model_names
     assert result.probs.shape == (len(model_names), 40, 32)
     plain = Parser.from_checkpoint(path, device="cpu")(rgb, probs=True)
+    # the written ids are the model's mapped by name (a model's id kept would mislabel them)
+    lut = mapping_lut(get_scheme("celebamask"), get_scheme("celebamask_farl"))
+    np.testing.assert_array_equal(result.labels, lut[plain.labels])
+    assert not np.array_equal(result.labels, plain.labels)  # the mapping is no identity here
     hair = model_names.index("hair")
     np.testing.assert_array_equal(result.probs[result.prob_class_names.index("hair")],
                                   plain.probs[hair])

@@ -200,8 +200,11 @@ def test_mask_png_names_its_scheme_and_classes(parser, tmp_path):
     assert name == result.scheme.name and tuple(classes) == result.class_names
     vis = np.asarray(Image.open(tmp_path / "x_visualization.png"))
     assert vis.shape[0] == 45 and vis.shape[1] > 2 * 70
-    probs = np.load(tmp_path / "x_probs.npz")["probs"]
+    saved = np.load(tmp_path / "x_probs.npz")
+    probs = saved["probs"]
     assert probs.dtype == np.float16 and probs.shape == result.probs.shape
+    np.testing.assert_array_equal(probs, result.probs.astype(np.float16))  # channel order too
+    assert tuple(saved["class_names"]) == parser.model.scheme.class_names
 
 
 def test_written_pngs_decode_to_the_reference_images(parser, tmp_path):
