@@ -402,3 +402,17 @@ def test_numeric_categories_are_ordered_by_value() -> None:
     names = ["0.01", "null", "1e-4", "0.001", "2e-3", "auto"]
     assert sorted(names, key=_category_order) == ["1e-4", "0.001", "2e-3", "0.01", "auto",
                                                   "null"]
+
+
+def test_a_failed_job_with_an_unreadable_file_stays_failed(tmp_path: Path) -> None:
+    """A corrupt file beside a failure hid it: "unreadable", its error lost, its scores
+    ranked among the finished jobs'."""
+    folder = write_job(tmp_path, 0, ["optimizer.lr=0.1"], {"status": "failed", "error": "boom"},
+                       0.9)
+    (folder / "run_stats.json").write_text("{half")
+    write_job(tmp_path, 1, ["optimizer.lr=0.2"], {"status": "finished"}, 0.5)
+    (job,) = [j for j in collect_jobs(tmp_path) if j.folder == folder]
+    assert job.status == "failed"
+    assert job.error.startswith("boom; unreadable run_stats.json")
+    report(tmp_path)
+    assert list(read_rows(tmp_path)) == ["1", "0"]  # the finished job first

@@ -157,16 +157,18 @@ def test_report_lists_jobs_with_unreadable_files_and_reports_the_rest(
     with open(out / "report.csv", newline="") as f:
         rows = {r["job"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"0", "1", "2", "3"}
-    assert [rows[n]["status"] for n in "0123"] == ["finished", "unreadable", "unreadable",
+    # job 2 failed: it stays failed, its own error first (unreadable would rank its scores
+    # among the finished jobs')
+    assert [rows[n]["status"] for n in "0123"] == ["finished", "unreadable", "failed",
                                                    "running"]
     assert rows["1"]["error"].startswith("unreadable status.json: JSONDecodeError: ")
-    assert rows["2"]["error"].startswith("unreadable scores.json: JSONDecodeError: Expecting")
+    assert "; unreadable scores.json: JSONDecodeError: Expecting" in rows["2"]["error"]
     assert float(rows["1"]["test/f1_mean"]) == pytest.approx(0.8)   # its scores still read
     assert float(rows["0"]["f1/hair"]) == pytest.approx(0.4)
     text = (out / "report.md").read_text()
     assert "## Unreadable jobs" in text
     assert "- job 1: unreadable status.json: JSONDecodeError:" in text
-    assert "- job 2: unreadable scores.json: JSONDecodeError:" in text
+    assert "## Failed jobs" in text and "; unreadable scores.json: JSONDecodeError:" in text
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any(m.startswith(f"{sweep / '1' / 'status.json'}: cannot read it") for m in warned)
     assert any(m.startswith(f"{sweep / '2' / 'scores.json'}: cannot read it") for m in warned)

@@ -66,3 +66,25 @@ def test_a_resumed_run_adds_its_earlier_training_to_the_record(tmp_path: Path) -
     fresh = RunStats(tmp_path)
     fresh.on_fit_start(SimpleNamespace(ckpt_path=None), module)  # a new run counts afresh
     assert (fresh.images, fresh.seconds) == (0, 0.0)
+
+
+def test_an_interrupted_fit_still_writes_its_figures(tmp_path: Path) -> None:
+    """SIGTERM, an out-of-memory: the report showed "-" for the job whose peak mattered."""
+    import json
+    from types import SimpleNamespace
+
+    from faceparse.training.run_stats import RunStats
+
+    stats = RunStats(tmp_path)
+    module = SimpleNamespace(device=CPU, parameters=lambda: iter([torch.nn.Parameter(
+        torch.zeros(3))]))
+    trainer = SimpleNamespace(ckpt_path=None, state=SimpleNamespace(fn="fit"))
+    stats.on_fit_start(trainer, module)
+    stats.images, stats.seconds = 12, 3.0
+    stats.on_exception(trainer, module, KeyboardInterrupt())
+    written = json.loads((tmp_path / "run_stats.json").read_text())
+    assert written["train_images"] == 12 and written["params_total"] == 3
+    assert written["peak_memory_mb"] > 0
+    (tmp_path / "run_stats.json").unlink()
+    stats.on_exception(SimpleNamespace(state=SimpleNamespace(fn="test")), module, ValueError())
+    assert not (tmp_path / "run_stats.json").exists()  # a failed test pass: nothing to add

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import yaml
 
 from faceparse.metrics import HEADLINE, metric_mode
-from faceparse.training.job_status import STATUS_FILE
+from faceparse.training.job_status import INTERRUPTED, STATUS_FILE
 
 __all__ = ["DELETED", "UNREADABLE", "Job", "collect_jobs", "swept_keys"]
 
@@ -159,8 +159,14 @@ def _job(folder: Path) -> Job:
     if val_best is None:
         val_best = files.read("csv/metrics.csv", lambda p: _best_logged(p, metric), math.nan)
     state = str(status.get("status") or ("finished" if scores else "running"))
-    return Job(folder=folder, overrides=overrides, status=UNREADABLE if files else state,
-               error="; ".join(files) or str(status.get("error", "")), val_best=val_best,
+    # a job that failed or was interrupted stays so, with its error, whatever else is
+    # unreadable: "unreadable" would rank its scores among the finished jobs'
+    stopped = state in ("failed", INTERRUPTED)
+    error = "; ".join(filter(None, [str(status.get("error", "")) if stopped or not files
+                                    else "", *files]))
+    return Job(folder=folder, overrides=overrides,
+               status=UNREADABLE if files and not stopped else state, error=error,
+               val_best=val_best,
                metric=metric, scheme=str(scores.get("scheme") or ""),
                precision=str(scores.get("precision") or ""), test=test, class_f1=class_f1,
                stats=stats)

@@ -79,6 +79,11 @@ def _job_bars(ax: Any, xs: list[float], heights: list[float], width: float,
                     color="gray")
 
 
+def _short(name: str, limit: int = 32) -> str:
+    """A job name for a legend: ``ablation_fusion``'s folder names run to 200 characters."""
+    return name if len(name) <= limit else name[: limit - 3] + "..."
+
+
 def plot_classes(rows: list[dict[str, Any]], folder: Path, best: int = 3) -> Path | None:
     """Grouped bars of the per-class test F1 of the ``best`` top jobs; None without scores."""
     top = [r for r in rows if not math.isnan(r[SORT_KEY])][:best]
@@ -90,7 +95,7 @@ def plot_classes(rows: list[dict[str, Any]], folder: Path, best: int = 3) -> Pat
     for i, row in enumerate(top):
         _job_bars(ax, [x + i * width for x in range(len(classes))],
                   [float(row[f"f1/{c}"]) for c in classes], width,
-                  f"job {row['job']} ({row[SORT_KEY]:.3f})")
+                  f"job {_short(str(row['job']))} ({row[SORT_KEY]:.3f})")
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(classes))], classes,
                   rotation=40, ha="right")
     ax.set_ylabel("test F1")

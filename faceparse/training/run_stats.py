@@ -102,6 +102,13 @@ class RunStats(L.Callback):
         self.seconds += time.perf_counter() - self._batch_start
         self.images += int(batch["image"].shape[0]) * trainer.world_size
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        """A job that failed or was interrupted (SIGTERM, out of memory) keeps its figures:
+        its peak memory is the one a sweep most needs to see."""
+        if trainer.state.fn == "fit":
+            self.on_fit_end(trainer, pl_module)
+
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         params = list(pl_module.parameters())
