@@ -14,6 +14,7 @@ the process's whole-life peak is recorded under its own name (``process_max_rss`
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import sys
 import time
@@ -107,7 +108,10 @@ class RunStats(L.Callback):
         """A job that failed or was interrupted (SIGTERM, out of memory) keeps its figures:
         its peak memory is the one a sweep most needs to see."""
         if trainer.state.fn == "fit":
-            self.on_fit_end(trainer, pl_module)
+            try:
+                self.on_fit_end(trainer, pl_module)
+            except OSError as err:  # never hide the job's own error behind this one
+                logging.getLogger(__name__).warning("run_stats.json not written: %s", err)
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
